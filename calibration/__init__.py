@@ -1,0 +1,1 @@
+"""fsac.calibration: decision thresholds from normal images and INT8 quantization."""

@@ -1,0 +1,127 @@
+"""Rewrite the metadata of a sealed fsac model file, without torch and without onnx.
+
+`fsac calibrate` has to write a threshold into a model file on whatever machine it runs
+on, the edge box included, and must leave every other byte of the graph as it was. An ONNX
+file is a protobuf `ModelProto`; its metadata is the repeated top-level field 14
+(`metadata_props`, entries {1: key, 2: value}). Protobuf parsers accept fields in any
+order, so we copy every other top-level field verbatim, drop the old field-14 entries and
+append the new ones, with "fsac.seal" last holding the placeholder that
+`fsac.modelfile.write_model_file` replaces by the file's hash (atomic write).
+
+    data, info = load_model_file(path)                  # verifies the old seal
+    new = replace_metadata_bytes(data, {**info.metadata, "fsac.threshold": "0.73"})
+    write_model_file(path, new, force=True)             # seals, writes atomically
+
+`update_model_metadata(path, updates)` does exactly that.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from fsac.errors import FsacError
+from fsac.modelfile import SEAL_KEY, SEAL_PLACEHOLDER, ModelInfo, load_model_file, write_model_file
+
+_METADATA_FIELD = 14
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= len(data):
+            raise ValueError("truncated varint")
+        b = data[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint too long")
+
+
+def _encode_varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def _field_spans(data: bytes):
+    """Yield (field_number, start, end) for each top-level field; data[start:end] is the
+    field's complete encoding (tag included), so it can be copied verbatim."""
+    pos, n = 0, len(data)
+    while pos < n:
+        start = pos
+        key, pos = _varint(data, pos)
+        wt = key & 7
+        if wt == 0:
+            _, pos = _varint(data, pos)
+        elif wt == 1:
+            pos += 8
+        elif wt == 2:
+            ln, pos = _varint(data, pos)
+            pos += ln
+        elif wt == 5:
+            pos += 4
+        else:
+            raise ValueError(f"unsupported wire type {wt}")
+        if pos > n:
+            raise ValueError("truncated field")
+        yield key >> 3, start, pos
+
+
+def _encode_entry(key: str, value: str | bytes) -> bytes:
+    k = key.encode("utf-8")
+    v = value if isinstance(value, bytes) else value.encode("utf-8")
+    body = b"\x0a" + _encode_varint(len(k)) + k + b"\x12" + _encode_varint(len(v)) + v
+    return bytes([(_METADATA_FIELD << 3) | 2]) + _encode_varint(len(body)) + body
+
+
+def replace_metadata_bytes(data: bytes, metadata: dict[str, str], source: str = "<model>") -> bytes:
+    """Serialized ModelProto -> the same bytes with metadata_props replaced by `metadata`
+    plus a "fsac.seal" placeholder entry (last), ready for `write_model_file` to seal."""
+    parts: list[bytes] = []
+    try:
+        for num, start, end in _field_spans(data):
+            if num != _METADATA_FIELD:
+                parts.append(data[start:end])
+    except ValueError as e:
+        raise FsacError(f"{source}: not a valid ONNX model file ({e})") from None
+    for key, value in metadata.items():
+        if key == SEAL_KEY:
+            continue
+        if not isinstance(value, str):
+            raise TypeError(f"metadata value for {key!r} must be a string, got {type(value).__name__}")
+        parts.append(_encode_entry(key, value))
+    parts.append(_encode_entry(SEAL_KEY, SEAL_PLACEHOLDER))
+    return b"".join(parts)
+
+
+def update_model_metadata(path: str | os.PathLike, updates: dict[str, str | None],
+                          out: str | os.PathLike | None = None, force: bool = False) -> tuple[Path, ModelInfo]:
+    """Verify `path`, apply `updates` (value None removes the key), re-seal and write.
+
+    Writes to `out` when given (refused if it exists unless `force`), else in place
+    (atomically: a crash leaves the old file). Returns (written path, its ModelInfo).
+    """
+    path = Path(path)
+    data, info = load_model_file(path)
+    meta = dict(info.metadata)
+    for k, v in updates.items():
+        if v is None:
+            meta.pop(k, None)
+        else:
+            meta[k] = v
+    new = replace_metadata_bytes(data, meta, str(path))
+    target = Path(out) if out is not None else path
+    in_place = target.resolve() == path.resolve()
+    write_model_file(target, new, force=force or in_place)
+    _, new_info = load_model_file(target)
+    return target, new_info

@@ -1,0 +1,175 @@
+"""Parity of the exported graph with PyTorch, checked on real images at export time.
+
+    torch  : DeployModel(pixels)            -> score_t, sim_pos_t, sim_neg_t   (N,) each
+    onnx   : onnxruntime(model)("image")    -> score_o, sim_pos_o, sim_neg_o   (N,) each
+    max|Δ| = max over images of |score_t - score_o|   must be <= tolerance (1e-4 for fp32)
+
+Both sides get the same uint8 pixels from `fsac.preprocess.preprocess_file`, so the check
+covers everything from the resized pixels to the score. The images are real ones: the
+training shots recorded in the checkpoint plus a few held-out images from the same folder,
+or whatever `--check-images` names. Random tensors would miss input-dependent problems
+(e.g. a softmax that saturates only on real data).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from fsac.errors import FsacError
+from fsac.io import sha256_file
+from fsac.modelfile import OUTPUT_NAMES
+from fsac.preprocess import IMAGE_SUFFIXES, PreprocessSpec, list_images, preprocess_file, stack
+
+FP32_TOLERANCE = 1e-4
+
+# Checkpoint keys that may name the folder the shots came from (the trainer records names).
+_FOLDER_KEYS = ("train_dir", "train_folder", "images_dir", "data_dir", "normal_dir")
+
+
+@dataclass
+class ParityReport:
+    """ORT vs PyTorch on `n_images` real images. Differences are absolute, in score units."""
+
+    n_images: int
+    tolerance: float
+    max_abs_diff: float  # score
+    max_abs_diff_sim: float  # sim_pos and sim_neg
+    worst_image: str
+    images: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return self.max_abs_diff <= self.tolerance
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "passed": self.passed}
+
+
+def expand_images(paths: Sequence[str | os.PathLike]) -> list[Path]:
+    """Files and folders (their images, sorted) -> image files. Errors name the path."""
+    out: list[Path] = []
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            found = list_images(p)
+            if not found:
+                raise FsacError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {p}")
+            out.extend(found)
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise FsacError(f"image or folder not found: {p}")
+    return out
+
+
+def _resolve_shots(folder: Path, meta: dict[str, Any]) -> list[Path]:
+    """Training shots of a checkpoint that still exist on disk (and still have the recorded
+    sha256). The checkpoint stores names (+ sha256), optionally a path or a folder."""
+    entries = meta.get("train_images") or []
+    dirs = [Path(meta[k]) for k in _FOLDER_KEYS if isinstance(meta.get(k), str)]
+    shots: list[Path] = []
+    for e in entries:
+        if isinstance(e, str):
+            e = {"path": e}
+        if not isinstance(e, dict):
+            continue
+        candidates = []
+        if e.get("path"):
+            p = Path(e["path"])
+            candidates.append(p if p.is_absolute() else folder / p)
+        if e.get("name"):
+            candidates += [d / e["name"] for d in dirs]
+        for c in candidates:
+            if c.is_file() and (not e.get("sha256") or sha256_file(c) == e["sha256"]):
+                shots.append(c)
+                break
+    return shots
+
+
+def select_parity_images(checkpoint_folder: str | os.PathLike, meta: dict[str, Any],
+                         check_images: Sequence[str | os.PathLike] | None = None,
+                         n_heldout: int = 4, max_images: int = 16) -> list[Path]:
+    """Real images for the parity check: `check_images` if given, else the training shots
+    plus up to `n_heldout` other images from their folder(s). At most `max_images`."""
+    if check_images:
+        images = expand_images(check_images)
+    else:
+        shots = _resolve_shots(Path(checkpoint_folder), meta)
+        if not shots:
+            raise FsacError(
+                f"{checkpoint_folder}: cannot find the training images on disk for the parity check "
+                "(the checkpoint records their names only); pass --check-images FOLDER with a few real images"
+            )
+        seen = {p.resolve() for p in shots}
+        heldout: list[Path] = []
+        for d in dict.fromkeys(p.parent for p in shots):
+            for p in list_images(d):
+                if len(heldout) >= n_heldout:
+                    break
+                if p.resolve() not in seen:
+                    heldout.append(p)
+        images = shots + heldout
+    if not images:
+        raise FsacError("no images for the parity check; pass --check-images FOLDER")
+    return images[:max_images]
+
+
+def load_pixels(paths: Sequence[Path], spec: PreprocessSpec) -> np.ndarray:
+    """Image files -> (N, S, S, 3) uint8 through the one preprocessing implementation."""
+    return stack(preprocess_file(p, spec) for p in paths)
+
+
+def run_torch(deploy_model, pixels: np.ndarray, batch_size: int = 8) -> dict[str, np.ndarray]:
+    """DeployModel on (N, S, S, 3) uint8 -> {"score", "sim_pos", "sim_neg"}: (N,) float32."""
+    import torch
+
+    device = next(deploy_model.parameters()).device
+    outs: list[tuple] = []
+    with torch.no_grad():
+        for i in range(0, len(pixels), batch_size):
+            x = torch.from_numpy(np.ascontiguousarray(pixels[i : i + batch_size])).to(device)
+            outs.append(tuple(t.float().cpu().numpy() for t in deploy_model(x)))
+    return {name: np.concatenate([o[j] for o in outs]) for j, name in enumerate(OUTPUT_NAMES)}
+
+
+def run_onnx(session, pixels: np.ndarray, batch_size: int = 8) -> dict[str, np.ndarray]:
+    """onnxruntime session on (N, S, S, 3) uint8 -> {"score", "sim_pos", "sim_neg"}: (N,)."""
+    from fsac.calibration.scoring import run_session
+
+    return run_session(session, pixels, batch_size)
+
+
+def compare(reference: dict[str, np.ndarray], other: dict[str, np.ndarray], names: Sequence[str],
+            tolerance: float = FP32_TOLERANCE) -> ParityReport:
+    ds = np.abs(reference["score"].astype(np.float64) - other["score"].astype(np.float64))
+    dsim = max(float(np.max(np.abs(reference[k].astype(np.float64) - other[k].astype(np.float64))))
+               for k in ("sim_pos", "sim_neg"))
+    worst = int(np.argmax(ds))
+    return ParityReport(n_images=len(ds), tolerance=tolerance, max_abs_diff=float(ds.max()),
+                        max_abs_diff_sim=dsim, worst_image=str(names[worst]), images=[str(n) for n in names])
+
+
+def check_parity(torch_outputs: dict[str, np.ndarray], model_bytes: bytes, pixels: np.ndarray,
+                 names: Sequence[str], tolerance: float = FP32_TOLERANCE, label: str = "fp32 ONNX graph",
+                 batch_size: int = 4) -> ParityReport:
+    """Run the serialized graph on `pixels` with ONNX Runtime (CPU) and compare with the
+    PyTorch outputs. Raises FsacError, with the numbers, if max |Δ score| > tolerance.
+
+    batch_size > 1 on purpose: it exercises the dynamic batch axis the runtime relies on.
+    """
+    from fsac.calibration.scoring import make_session
+
+    session = make_session(model_bytes)
+    report = compare(torch_outputs, run_onnx(session, pixels, batch_size), names, tolerance)
+    if not report.passed:
+        raise FsacError(
+            f"parity check failed for the {label}: max |Δ score| = {report.max_abs_diff:.3g} "
+            f"(on {report.worst_image}) exceeds the tolerance {tolerance:g} over {report.n_images} images "
+            f"(max |Δ similarity| = {report.max_abs_diff_sim:.3g}); the exported graph does not reproduce PyTorch"
+        )
+    return report

@@ -1,0 +1,61 @@
+"""`fsac`: the workstation command line (typer).
+
+Heavy imports (torch, open_clip, onnx) happen inside the commands, so `fsac --help` is quick.
+User errors (`FsacError`) print one line and exit with status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import typer
+
+from fsac import __version__
+from fsac.errors import FsacError
+from fsac.train import cli as train_cli
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="CLIP-FSAC few-shot anomaly classification: train, evaluate, export, calibrate.")
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that print figures (timings, memory, ratios).")
+app.add_typer(bench_app, name="bench")
+
+app.command("train")(train_cli.train_command)
+app.command("eval")(train_cli.eval_command)
+app.command("synth")(train_cli.synth_command)
+app.command("explain")(train_cli.explain_command)
+app.command("demo")(train_cli.demo_command)
+app.command("models")(train_cli.models_command)
+bench_app.command("train")(train_cli.bench_train_command)
+
+
+@app.command("version")
+def version_command() -> None:
+    """Print the fsac version."""
+    typer.echo(__version__)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        app(args=argv, standalone_mode=False)
+    except FsacError as e:
+        print(f"fsac: error: {e}", file=sys.stderr)
+        return 2
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        print("fsac: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

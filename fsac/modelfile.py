@@ -1,0 +1,278 @@
+"""The fsac model file: one ONNX graph, self-describing and sealed (torch-free, onnx-free).
+
+Contract between `fsac export`, `fsac calibrate` and `fsac-run`:
+
+  input   "image"    uint8  [N, S, S, 3]  RGB pixels from `fsac.preprocess.resize_crop`
+  outputs "score"    float32 [N]   anomaly score AS in [0, 1] (METHOD.md eq. 12)
+          "sim_pos"  float32 [N]   cosine s(CF, AT+)
+          "sim_neg"  float32 [N]   cosine s(CF, AT-)
+
+Normalisation by mean/std is inside the graph. Everything else the runtime needs is in the
+graph's `metadata_props`, keys prefixed "fsac." (see `REQUIRED_KEYS`). Values are strings;
+structured values are JSON.
+
+Sealing: the key "fsac.seal" holds the sha256 of the whole file computed with the seal's own
+64 bytes replaced by `SEAL_PLACEHOLDER`. Any changed byte (weights, graph, metadata such as
+the threshold) breaks the seal, and the runtime refuses the file. The check works on the raw
+bytes, so the edge box needs neither onnx nor torch to do it.
+
+TensorRT engines carry no metadata: they get a JSON sidecar `<engine>.json` with the same
+metadata plus the engine's sha256 (`write_engine_sidecar` / `load_engine_file`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fsac.errors import FsacError
+from fsac.io import atomic_write_bytes, atomic_write_json, sha256_bytes
+from fsac.preprocess import PreprocessSpec
+
+FORMAT_VERSION = 1
+SUPPORTED_FORMAT_VERSIONS = (1,)
+PREFIX = "fsac."
+SEAL_KEY = "fsac.seal"
+SEAL_PLACEHOLDER = b"0" * 64
+INPUT_NAME = "image"
+OUTPUT_NAMES = ("score", "sim_pos", "sim_neg")
+
+REQUIRED_KEYS = (
+    "fsac.format_version",
+    "fsac.version",
+    "fsac.arch",
+    "fsac.weights_id",
+    "fsac.object",
+    "fsac.preprocess",
+    "fsac.inputs",
+    "fsac.outputs",
+    "fsac.checkpoint_sha256",
+    "fsac.precision",
+)
+
+# protobuf wire encoding of the StringStringEntryProto {key: "fsac.seal", value: <64 bytes>}:
+# field 1 (key), length 9, "fsac.seal", field 2 (value), length 64.
+_SEAL_PREFIX = b"\x0a\x09" + SEAL_KEY.encode() + b"\x12\x40"
+
+
+# --------------------------------------------------------------------------- sealing
+
+
+def _seal_offset(data: bytes, source: str) -> int:
+    first = data.find(_SEAL_PREFIX)
+    if first < 0:
+        raise FsacError(f"{source}: not a sealed fsac model file (no {SEAL_KEY} entry); re-export it with `fsac export`")
+    if data.find(_SEAL_PREFIX, first + 1) >= 0:
+        raise FsacError(f"{source}: model file has more than one {SEAL_KEY} entry; refusing it")
+    return first + len(_SEAL_PREFIX)
+
+
+def seal_bytes(data: bytes, source: str = "<model>") -> bytes:
+    """Fill in the seal of a serialized model whose "fsac.seal" value is the placeholder."""
+    off = _seal_offset(data, source)
+    unsealed = data[:off] + SEAL_PLACEHOLDER + data[off + 64 :]
+    digest = sha256_bytes(unsealed).encode("ascii")
+    return unsealed[:off] + digest + unsealed[off + 64 :]
+
+
+def verify_seal(data: bytes, source: str = "<model>") -> str:
+    """Return the file's seal (its content hash) or raise FsacError if any byte changed."""
+    off = _seal_offset(data, source)
+    recorded = data[off : off + 64]
+    unsealed = data[:off] + SEAL_PLACEHOLDER + data[off + 64 :]
+    actual = sha256_bytes(unsealed).encode("ascii")
+    if recorded != actual:
+        raise FsacError(
+            f"{source}: model file is damaged or was modified after export (content hash "
+            f"{actual[:12].decode()}... does not match the recorded {recorded[:12].decode(errors='replace')}...); "
+            "re-export or re-calibrate it with fsac"
+        )
+    return actual.decode("ascii")
+
+
+# --------------------------------------------------------------------------- metadata parsing
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= len(data):
+            raise ValueError("truncated varint")
+        b = data[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint too long")
+
+
+def _fields(data: bytes):
+    """Yield (field_number, wire_type, value) for the top level of a protobuf message."""
+    pos = 0
+    n = len(data)
+    while pos < n:
+        key, pos = _varint(data, pos)
+        num, wt = key >> 3, key & 7
+        if wt == 0:
+            val, pos = _varint(data, pos)
+        elif wt == 1:
+            val, pos = data[pos : pos + 8], pos + 8
+        elif wt == 2:
+            ln, pos = _varint(data, pos)
+            if pos + ln > n:
+                raise ValueError("truncated field")
+            val, pos = data[pos : pos + ln], pos + ln
+        elif wt == 5:
+            val, pos = data[pos : pos + 4], pos + 4
+        else:
+            raise ValueError(f"unsupported wire type {wt}")
+        yield num, wt, val
+
+
+def read_metadata_bytes(data: bytes, source: str = "<model>") -> dict[str, str]:
+    """metadata_props of a serialized ONNX ModelProto (field 14), without importing onnx."""
+    meta: dict[str, str] = {}
+    try:
+        for num, wt, val in _fields(data):
+            if num == 14 and wt == 2:
+                key = value = ""
+                for n2, w2, v2 in _fields(val):
+                    if n2 == 1 and w2 == 2:
+                        key = v2.decode("utf-8")
+                    elif n2 == 2 and w2 == 2:
+                        value = v2.decode("utf-8")
+                meta[key] = value
+    except (ValueError, UnicodeDecodeError) as e:
+        raise FsacError(f"{source}: not a valid ONNX model file ({e})") from None
+    return meta
+
+
+# --------------------------------------------------------------------------- model info
+
+
+@dataclass
+class ModelInfo:
+    """What the runtime needs to know about a model file, parsed and validated."""
+
+    source: str
+    format_version: int
+    fsac_version: str
+    arch: str
+    weights_id: str
+    object_name: str
+    preprocess: PreprocessSpec
+    precision: str
+    checkpoint_sha256: str
+    threshold: float | None
+    seal: str
+    metadata: dict[str, str] = field(repr=False, default_factory=dict)
+
+    @property
+    def image_size(self) -> int:
+        return self.preprocess.image_size
+
+    @property
+    def name(self) -> str:
+        return Path(self.source).name
+
+
+def parse_model_info(meta: dict[str, str], source: str, seal: str) -> ModelInfo:
+    missing = [k for k in REQUIRED_KEYS if k not in meta]
+    if missing:
+        raise FsacError(f"{source}: not an fsac model file (metadata lacks {', '.join(missing)})")
+    try:
+        version = int(meta["fsac.format_version"])
+    except ValueError:
+        raise FsacError(f"{source}: bad fsac.format_version {meta['fsac.format_version']!r}") from None
+    if version not in SUPPORTED_FORMAT_VERSIONS:
+        raise FsacError(
+            f"{source}: model format version {version} is not supported by this fsac "
+            f"(supports {list(SUPPORTED_FORMAT_VERSIONS)}); upgrade fsac or re-export the model"
+        )
+    try:
+        spec = PreprocessSpec.from_dict(json.loads(meta["fsac.preprocess"]))
+    except (json.JSONDecodeError, TypeError) as e:
+        raise FsacError(f"{source}: bad fsac.preprocess metadata ({e})") from None
+    thr_text = meta.get("fsac.threshold", "")
+    threshold = None
+    if thr_text:
+        try:
+            threshold = float(thr_text)
+        except ValueError:
+            raise FsacError(f"{source}: bad fsac.threshold {thr_text!r}") from None
+    return ModelInfo(
+        source=source,
+        format_version=version,
+        fsac_version=meta["fsac.version"],
+        arch=meta["fsac.arch"],
+        weights_id=meta["fsac.weights_id"],
+        object_name=meta["fsac.object"],
+        preprocess=spec,
+        precision=meta["fsac.precision"],
+        checkpoint_sha256=meta["fsac.checkpoint_sha256"],
+        threshold=threshold,
+        seal=seal,
+        metadata=dict(meta),
+    )
+
+
+def load_model_file(path: str | os.PathLike) -> tuple[bytes, ModelInfo]:
+    """Read, verify and describe a sealed ONNX model file. Raises FsacError naming the file."""
+    path = Path(path)
+    if not path.exists():
+        raise FsacError(f"model file not found: {path}")
+    if not path.is_file():
+        raise FsacError(f"model path is not a file: {path}")
+    data = path.read_bytes()
+    seal = verify_seal(data, str(path))
+    meta = read_metadata_bytes(data, str(path))
+    return data, parse_model_info(meta, str(path), seal)
+
+
+def write_model_file(path: str | os.PathLike, data: bytes, force: bool = False) -> Path:
+    """Seal and atomically write serialized model bytes. Refuses to overwrite without force."""
+    path = Path(path)
+    if path.exists() and not force:
+        raise FsacError(f"{path} exists; pass --force to overwrite it")
+    return atomic_write_bytes(path, seal_bytes(data, str(path)))
+
+
+# --------------------------------------------------------------------------- TensorRT sidecar
+
+
+def engine_sidecar_path(engine_path: str | os.PathLike) -> Path:
+    return Path(str(engine_path) + ".json")
+
+
+def write_engine_sidecar(engine_path: str | os.PathLike, metadata: dict[str, str], extra: dict[str, Any]) -> Path:
+    engine_path = Path(engine_path)
+    data = engine_path.read_bytes()
+    sidecar = {"metadata": metadata, "engine_sha256": sha256_bytes(data), **extra}
+    return atomic_write_json(engine_sidecar_path(engine_path), sidecar)
+
+
+def load_engine_file(path: str | os.PathLike) -> tuple[bytes, ModelInfo, dict[str, Any]]:
+    """Read a TensorRT engine and its sidecar; verify the engine's hash against the sidecar."""
+    path = Path(path)
+    side = engine_sidecar_path(path)
+    if not path.is_file():
+        raise FsacError(f"engine file not found: {path}")
+    if not side.is_file():
+        raise FsacError(f"engine sidecar not found: {side} (written by `fsac export --engine`)")
+    try:
+        sidecar = json.loads(side.read_text())
+    except json.JSONDecodeError as e:
+        raise FsacError(f"{side}: not valid JSON ({e})") from None
+    data = path.read_bytes()
+    actual = sha256_bytes(data)
+    if sidecar.get("engine_sha256") != actual:
+        raise FsacError(f"{path}: engine bytes do not match the sha256 in {side.name}; rebuild the engine")
+    meta = sidecar.get("metadata")
+    if not isinstance(meta, dict):
+        raise FsacError(f"{side}: sidecar has no metadata object")
+    return data, parse_model_info(meta, str(path), actual), sidecar

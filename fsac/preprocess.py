@@ -1,0 +1,281 @@
+"""The one image preprocessing implementation of fsac (torch-free).
+
+Training, evaluation, the export parity check and the edge runtime all turn an image into
+model input through this module, so a score computed on the workstation and a score
+computed on the line see the same pixels:
+
+    file / bytes / camera frame
+      -> `to_rgb` / `load_image` / `decode_image_bytes` / `frame_to_rgb`  (H, W, 3) uint8 RGB
+      -> `resize_crop`                                                  (S, S, 3) uint8 RGB
+      -> model (normalisation by mean/std happens *inside* the model, in
+         `fsac.train.model.PixelNormalize`, which is exported into the ONNX graph)
+
+The default spec reproduces open_clip's preprocessing for ViT-B-16-plus-240 (shortest side
+to 240 with bicubic resampling, centre crop, OpenAI CLIP mean/std), which is what the
+pretrained weights expect. Decoding accepts every Pillow mode a camera or an image editor
+may produce: 1, L, LA, P, PA, RGB, RGBA, CMYK, YCbCr, LAB, HSV, I;16*, I and F.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from fsac.errors import FsacError, ImageDecodeError
+
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+RESIZE_MODES = ("shortest", "squash", "longest")
+INTERPOLATIONS = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+# Large but finite: refuse decompression bombs with a clear error instead of eating the RAM.
+MAX_IMAGE_PIXELS = 200_000_000
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """How an image becomes an (S, S, 3) uint8 RGB array, plus the mean/std the model applies.
+
+    resize_mode:
+      - "shortest": scale the shortest side to S, centre-crop S x S (open_clip's default;
+        cuts the borders of non-square images).
+      - "squash": scale both sides to S (keeps every pixel, distorts the aspect ratio).
+      - "longest": scale the longest side to S and pad the rest with `pad_value`
+        (keeps every pixel and the aspect ratio).
+    alpha_background: colour that transparent pixels are composited onto.
+    """
+
+    image_size: int = 240
+    resize_mode: str = "shortest"
+    interpolation: str = "bicubic"
+    mean: tuple[float, float, float] = OPENAI_CLIP_MEAN
+    std: tuple[float, float, float] = OPENAI_CLIP_STD
+    alpha_background: tuple[int, int, int] = (0, 0, 0)
+    pad_value: tuple[int, int, int] = (0, 0, 0)
+    layout: str = field(default="NHWC-uint8-RGB", init=False)
+
+    def __post_init__(self) -> None:
+        if self.resize_mode not in RESIZE_MODES:
+            raise FsacError(f"preprocess.resize_mode must be one of {RESIZE_MODES}, got {self.resize_mode!r}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise FsacError(
+                f"preprocess.interpolation must be one of {tuple(INTERPOLATIONS)}, got {self.interpolation!r}"
+            )
+        if not (isinstance(self.image_size, int) and 16 <= self.image_size <= 4096):
+            raise FsacError(f"preprocess.image_size must be an integer in [16, 4096], got {self.image_size!r}")
+        if len(self.mean) != 3 or len(self.std) != 3 or any(s <= 0 for s in self.std):
+            raise FsacError("preprocess.mean and preprocess.std must have 3 entries, std > 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for k in ("mean", "std", "alpha_background", "pad_value"):
+            d[k] = list(d[k])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "PreprocessSpec":
+        known = {"image_size", "resize_mode", "interpolation", "mean", "std", "alpha_background", "pad_value"}
+        unknown = set(d) - known - {"layout"}
+        if unknown:
+            raise FsacError(f"unknown preprocessing settings: {sorted(unknown)}")
+        if d.get("layout", "NHWC-uint8-RGB") != "NHWC-uint8-RGB":
+            raise FsacError(f"unsupported preprocessing layout {d.get('layout')!r}")
+        kw = {k: d[k] for k in known if k in d}
+        for k in ("mean", "std"):
+            if k in kw:
+                kw[k] = tuple(float(x) for x in kw[k])
+        for k in ("alpha_background", "pad_value"):
+            if k in kw:
+                kw[k] = tuple(int(x) for x in kw[k])
+        if "image_size" in kw:
+            kw["image_size"] = int(kw["image_size"])
+        return cls(**kw)
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def to_rgb(image: Image.Image, alpha_background: Sequence[int] = (0, 0, 0)) -> np.ndarray:
+    """Any Pillow image -> (H, W, 3) uint8 RGB.
+
+    16-bit and 32-bit integer images are scaled by a fixed factor (65535 -> 255), never by
+    their own min/max, so the same scene always gives the same pixels.
+    """
+    mode = image.mode
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        arr = np.asarray(image, dtype=np.float64)
+        if mode == "I" and arr.max(initial=0) <= 255:
+            # 8-bit data stored as 32-bit ints (some TIFF writers do this).
+            gray = arr
+        else:
+            gray = arr / 257.0
+        gray = np.clip(np.rint(gray), 0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if mode == "F":
+        arr = np.asarray(image, dtype=np.float64)
+        # Float images: [0, 1] data is scaled to [0, 255]; anything else is clipped.
+        if arr.size and arr.min() >= 0.0 and arr.max() <= 1.0:
+            arr = arr * 255.0
+        gray = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if mode == "P" or mode == "PA":
+        image = image.convert("RGBA")
+        mode = "RGBA"
+    if mode == "1":
+        image = image.convert("L")
+        mode = "L"
+    if mode == "LA":
+        image = image.convert("RGBA")
+        mode = "RGBA"
+    if mode == "RGBA":
+        bg = Image.new("RGB", image.size, tuple(int(c) for c in alpha_background))
+        bg.paste(image, mask=image.getchannel("A"))
+        image = bg
+    elif mode != "RGB":
+        image = image.convert("RGB")
+    return np.ascontiguousarray(np.asarray(image, dtype=np.uint8))
+
+
+def _open(fp, source: str) -> Image.Image:
+    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+    try:
+        image = Image.open(fp)
+        image.load()  # Pillow decodes lazily: force it so truncation is caught here.
+        image = ImageOps.exif_transpose(image)
+    except FileNotFoundError:
+        raise ImageDecodeError(source, "no such file") from None
+    except IsADirectoryError:
+        raise ImageDecodeError(source, "is a folder, not an image file") from None
+    except UnidentifiedImageError:
+        raise ImageDecodeError(source, "not a recognised image format (corrupt or not an image)") from None
+    except Image.DecompressionBombError as e:
+        raise ImageDecodeError(source, f"image too large ({e})") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageDecodeError(source, f"corrupt or truncated image data ({e})") from None
+    if image.width < 1 or image.height < 1:
+        raise ImageDecodeError(source, "image has no pixels")
+    return image
+
+
+def load_image(path: str | os.PathLike, spec: PreprocessSpec | None = None) -> np.ndarray:
+    """Decode an image file -> (H, W, 3) uint8 RGB. Raises ImageDecodeError naming the file."""
+    spec = spec or PreprocessSpec()
+    image = _open(path, str(path))
+    try:
+        return to_rgb(image, spec.alpha_background)
+    except (OSError, ValueError) as e:
+        raise ImageDecodeError(str(path), f"cannot convert mode {image.mode} to RGB ({e})") from None
+
+
+def decode_image_bytes(data: bytes, source: str = "<bytes>", spec: PreprocessSpec | None = None) -> np.ndarray:
+    """Decode encoded image bytes (PNG, JPEG, ...) -> (H, W, 3) uint8 RGB."""
+    spec = spec or PreprocessSpec()
+    if not data:
+        raise ImageDecodeError(source, "empty file")
+    image = _open(io.BytesIO(data), source)
+    return to_rgb(image, spec.alpha_background)
+
+
+def frame_to_rgb(frame: np.ndarray, channel_order: str = "bgr", source: str = "<frame>") -> np.ndarray:
+    """A decoded camera frame (OpenCV gives BGR) -> (H, W, 3) uint8 RGB.
+
+    Accepts (H, W), (H, W, 1), (H, W, 3) and (H, W, 4) arrays of uint8 or uint16.
+    """
+    if not isinstance(frame, np.ndarray) or frame.ndim not in (2, 3) or frame.size == 0:
+        shape = getattr(frame, "shape", None)
+        raise ImageDecodeError(source, f"frame has shape {shape}; expected (H, W) or (H, W, C)")
+    if frame.dtype == np.uint16:
+        frame = np.clip(np.rint(frame.astype(np.float64) / 257.0), 0, 255).astype(np.uint8)
+    elif frame.dtype != np.uint8:
+        raise ImageDecodeError(source, f"frame dtype {frame.dtype} not supported (uint8 or uint16)")
+    if frame.ndim == 2:
+        frame = frame[..., None]
+    channels = frame.shape[2]
+    if channels == 1:
+        return np.ascontiguousarray(np.repeat(frame, 3, axis=2))
+    if channels not in (3, 4):
+        raise ImageDecodeError(source, f"frame has {channels} channels; expected 1, 3 or 4")
+    if channel_order not in ("bgr", "rgb"):
+        raise FsacError(f"channel_order must be 'bgr' or 'rgb', got {channel_order!r}")
+    rgb = frame[..., 2::-1] if channel_order == "bgr" else frame[..., :3]
+    return np.ascontiguousarray(rgb)
+
+
+# --------------------------------------------------------------------------- geometry
+
+
+def resize_crop(rgb: np.ndarray, spec: PreprocessSpec | None = None) -> np.ndarray:
+    """(H, W, 3) uint8 RGB -> (S, S, 3) uint8 RGB, as `spec.resize_mode` says.
+
+    "shortest" matches torchvision's Resize(S) + CenterCrop(S) on a PIL image exactly
+    (same output size rounding, same crop offsets, same Pillow resampling).
+    """
+    spec = spec or PreprocessSpec()
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise FsacError(f"resize_crop expects (H, W, 3) uint8, got {rgb.shape} {rgb.dtype}")
+    s = spec.image_size
+    h, w = rgb.shape[:2]
+    resample = INTERPOLATIONS[spec.interpolation]
+    image = Image.fromarray(rgb)
+    if spec.resize_mode == "squash":
+        if (w, h) != (s, s):
+            image = image.resize((s, s), resample)
+        return np.asarray(image, dtype=np.uint8)
+    if spec.resize_mode == "longest":
+        scale = s / max(h, w)
+        nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+        if (nw, nh) != (w, h):
+            image = image.resize((nw, nh), resample)
+        canvas = Image.new("RGB", (s, s), tuple(spec.pad_value))
+        canvas.paste(image, ((s - nw) // 2, (s - nh) // 2))
+        return np.asarray(canvas, dtype=np.uint8)
+    # "shortest": torchvision's _compute_resized_output_size, then CenterCrop.
+    short, long = (w, h) if w <= h else (h, w)
+    new_short, new_long = s, int(s * long / short)
+    nw, nh = (new_short, new_long) if w <= h else (new_long, new_short)
+    if (nw, nh) != (w, h):
+        image = image.resize((nw, nh), resample)
+    top = int(round((nh - s) / 2.0))
+    left = int(round((nw - s) / 2.0))
+    arr = np.asarray(image, dtype=np.uint8)
+    return np.ascontiguousarray(arr[top : top + s, left : left + s])
+
+
+def preprocess_file(path: str | os.PathLike, spec: PreprocessSpec | None = None) -> np.ndarray:
+    """Image file -> (S, S, 3) uint8 RGB model input."""
+    spec = spec or PreprocessSpec()
+    return resize_crop(load_image(path, spec), spec)
+
+
+def preprocess_frame(frame: np.ndarray, spec: PreprocessSpec | None = None, channel_order: str = "bgr",
+                     source: str = "<frame>") -> np.ndarray:
+    """Camera frame -> (S, S, 3) uint8 RGB model input."""
+    spec = spec or PreprocessSpec()
+    return resize_crop(frame_to_rgb(frame, channel_order, source), spec)
+
+
+def stack(images: Iterable[np.ndarray]) -> np.ndarray:
+    """List of (S, S, 3) uint8 -> (N, S, S, 3) uint8 batch, the model's input layout."""
+    images = list(images)
+    if not images:
+        raise FsacError("no images to stack")
+    return np.ascontiguousarray(np.stack(images, axis=0))
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """Image files directly inside `folder`, sorted by name. Errors name the folder."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise FsacError(f"folder not found: {folder}")
+    if not folder.is_dir():
+        raise FsacError(f"not a folder: {folder}")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return files

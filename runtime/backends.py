@@ -1,0 +1,421 @@
+"""Inference backends for fsac-run: ONNX Runtime and native TensorRT engines.
+
+Both take a uint8 batch (N, S, S, 3) of RGB pixels from `fsac.preprocess.resize_crop` and
+return three float32 arrays of length N: score, sim_pos, sim_neg (the model-file contract,
+see `fsac.modelfile`). Both refuse at start a model whose graph input disagrees with the
+preprocessing recorded in its metadata, so a frame can never be silently squeezed into a
+model built for another size.
+
+`ModelHandle` owns the model being served and swaps it atomically on SIGHUP: the new file is
+read, verified and turned into a ready backend first; only then is the reference replaced,
+between two batches. A file that fails any check leaves the old model serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from fsac.errors import FsacError
+from fsac.modelfile import INPUT_NAME, OUTPUT_NAMES, ModelInfo, load_engine_file, load_model_file
+
+from .config import ModelConfig
+
+log = logging.getLogger("fsac.runtime")
+
+ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+
+# Short names accepted in model.providers, and the default preference: the fastest
+# provider this onnxruntime build offers, CPU always last as the fallback.
+PROVIDER_ALIASES = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "trt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider",
+    "rocm": "ROCMExecutionProvider",
+    "dml": "DmlExecutionProvider",
+    "coreml": "CoreMLExecutionProvider",
+}
+DEFAULT_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+Outputs = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+class Backend(Protocol):
+    name: str
+    max_batch: int  # most frames one `infer` call runs at once (larger batches are split)
+    providers: list[str]
+
+    def infer(self, batch: np.ndarray) -> Outputs: ...
+
+    def close(self) -> None: ...
+
+
+def _check_batch(batch: np.ndarray, size: int) -> None:
+    if not isinstance(batch, np.ndarray) or batch.dtype != np.uint8 or batch.ndim != 4 \
+            or batch.shape[1:] != (size, size, 3) or batch.shape[0] < 1:
+        shape = getattr(batch, "shape", None)
+        dtype = getattr(batch, "dtype", None)
+        raise FsacError(f"model input must be uint8 (N, {size}, {size}, 3), got {shape} {dtype}")
+
+
+def _check_input_dims(dims: list[Any], info: ModelInfo, what: str) -> int | None:
+    """Validate an (N, S, S, 3) input shape against the metadata; return the fixed batch or None."""
+    size = info.image_size
+    if len(dims) != 4:
+        raise FsacError(f"{info.source}: {what} input {INPUT_NAME!r} has {len(dims)} dimensions; "
+                        f"the fsac contract is uint8 [N, {size}, {size}, 3]")
+    fixed = [d if isinstance(d, int) and d > 0 else None for d in dims]
+    h, w, c = fixed[1:]
+    if (h is not None and h != size) or (w is not None and w != size):
+        raise FsacError(
+            f"{info.source}: the {what} takes {dims[1]}x{dims[2]} images but its metadata says "
+            f"preprocess.image_size={size}; this model was built for a different input size. "
+            "Re-export it with fsac so graph and metadata agree")
+    if c is not None and c != 3:
+        raise FsacError(f"{info.source}: {what} input has {c} channels; the fsac contract is 3 (RGB)")
+    return fixed[0]
+
+
+def _split(batch: np.ndarray, max_batch: int, fixed: int | None):
+    """Yield (chunk, n_real): chunks of at most max_batch frames; a fixed-batch graph gets
+    every chunk padded to its batch size by repeating the last frame."""
+    for start in range(0, batch.shape[0], max_batch):
+        chunk = batch[start:start + max_batch]
+        n = chunk.shape[0]
+        if fixed is not None and n < fixed:
+            pad = np.repeat(chunk[-1:], fixed - n, axis=0)
+            chunk = np.concatenate([chunk, pad], axis=0)
+        yield np.ascontiguousarray(chunk), n
+
+
+# --------------------------------------------------------------------------- ONNX Runtime
+
+
+def choose_providers(requested: list[str], available: list[str]) -> list[str]:
+    """Resolve model.providers against what this onnxruntime build offers."""
+    if not requested:
+        chosen = [p for p in DEFAULT_PROVIDERS if p in available]
+        return chosen or list(available)
+    chosen = []
+    for name in requested:
+        full = PROVIDER_ALIASES.get(name.lower(), name)
+        if full not in available:
+            raise FsacError(
+                f"model.providers: {name} ({full}) is not available in this onnxruntime build "
+                f"(available: {', '.join(available)}); install onnxruntime-gpu / the Jetson onnxruntime "
+                "wheel, or leave model.providers empty to pick the best available")
+        if full not in chosen:
+            chosen.append(full)
+    return chosen
+
+
+class OnnxBackend:
+    """onnxruntime InferenceSession built from the already verified model bytes.
+
+    The session is created from the bytes that passed the seal check, never by reopening
+    the path, so a file swapped between check and load cannot slip through.
+    """
+
+    name = "onnxruntime"
+
+    def __init__(self, data: bytes, info: ModelInfo, *, providers: list[str] | None = None,
+                 batch_size: int = 4, threads: int = 0) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise FsacError("model.backend=onnxruntime: the onnxruntime package is not installed "
+                            "(pip install 'fsac[runtime]'; on a Jetson use the JetPack onnxruntime-gpu wheel)") from None
+        self.info = info
+        chosen = choose_providers(list(providers or []), list(ort.get_available_providers()))
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3  # onnxruntime warnings are noise on the line; errors still raise
+        if threads:
+            opts.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(data, sess_options=opts, providers=chosen)
+        except Exception as e:  # onnxruntime raises its own exception types
+            raise FsacError(f"{info.source}: onnxruntime cannot load the model ({type(e).__name__}: {e})") from None
+        self.providers = list(self.session.get_providers())
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        if INPUT_NAME not in inputs:
+            raise FsacError(f"{info.source}: model has no input {INPUT_NAME!r} (has {sorted(inputs)}); "
+                            "not an fsac export")
+        inp = inputs[INPUT_NAME]
+        if inp.type != "tensor(uint8)":
+            raise FsacError(f"{info.source}: input {INPUT_NAME!r} is {inp.type}; the fsac contract is uint8")
+        self.fixed_batch = _check_input_dims(list(inp.shape), info, "graph")
+        outputs = [o.name for o in self.session.get_outputs()]
+        missing = [n for n in OUTPUT_NAMES if n not in outputs]
+        if missing:
+            raise FsacError(f"{info.source}: model lacks outputs {missing} (has {outputs}); not an fsac export")
+        self.max_batch = min(batch_size, self.fixed_batch) if self.fixed_batch else batch_size
+
+    def infer(self, batch: np.ndarray) -> Outputs:
+        _check_batch(batch, self.info.image_size)
+        parts: list[list[np.ndarray]] = [[], [], []]
+        for chunk, n in _split(batch, self.max_batch, self.fixed_batch):
+            outs = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: chunk})
+            for k, out in enumerate(outs):
+                arr = np.asarray(out, dtype=np.float32).reshape(-1)
+                if arr.shape[0] != chunk.shape[0]:
+                    raise FsacError(f"{self.info.source}: output {OUTPUT_NAMES[k]!r} has {arr.shape[0]} values "
+                                    f"for {chunk.shape[0]} frames")
+                parts[k].append(arr[:n])
+        return tuple(np.concatenate(p) for p in parts)  # type: ignore[return-value]
+
+    def close(self) -> None:
+        self.session = None  # onnxruntime frees the session with the last reference
+
+
+# --------------------------------------------------------------------------- TensorRT
+
+
+def _import_cudart():
+    try:
+        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6 / cuda-bindings
+        return cudart
+    except ImportError:
+        pass
+    try:
+        from cuda import cudart  # older cuda-python
+        return cudart
+    except ImportError:
+        raise FsacError("model.backend=tensorrt needs the CUDA Python bindings (pip install cuda-python; "
+                        "JetPack ships them)") from None
+
+
+class TensorRTBackend:
+    """A serialized TensorRT engine run through the TensorRT >= 8.5 named-tensor API.
+
+    Device buffers are allocated once for `max_batch` frames; each call copies the batch in,
+    runs `execute_async_v3` on a private stream and copies the three outputs back.
+    """
+
+    name = "tensorrt"
+
+    def __init__(self, data: bytes, info: ModelInfo, *, batch_size: int = 4) -> None:
+        try:
+            import tensorrt as trt
+        except ImportError:
+            raise FsacError(
+                f"{info.source}: model.backend=tensorrt but the tensorrt Python package is not installed "
+                "(JetPack provides it; elsewhere pip install 'fsac[tensorrt]'), or serve the .onnx model "
+                "file with model.backend=onnxruntime") from None
+        cudart = _import_cudart()
+        self._cudart = cudart
+        self.info = info
+        self.providers = ["TensorRT " + getattr(trt, "__version__", "?")]
+        self._buffers: dict[str, int] = {}
+        self._stream = None
+        err, count = cudart.cudaGetDeviceCount()
+        if self._failed(err) or not count:
+            raise FsacError(f"{info.source}: model.backend=tensorrt but no CUDA GPU is visible "
+                            f"({self._error_text(err)})")
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._runtime = trt.Runtime(self._logger)
+        self.engine = self._runtime.deserialize_cuda_engine(data)
+        if self.engine is None:
+            raise FsacError(f"{info.source}: TensorRT cannot deserialize this engine; engines only run on the "
+                            "TensorRT version and GPU they were built with. Rebuild it on this device")
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        missing = [n for n in (INPUT_NAME, *OUTPUT_NAMES) if n not in names]
+        if missing:
+            raise FsacError(f"{info.source}: engine lacks tensors {missing} (has {names}); not an fsac export")
+        if self.engine.get_tensor_mode(INPUT_NAME) != trt.TensorIOMode.INPUT:
+            raise FsacError(f"{info.source}: engine tensor {INPUT_NAME!r} is not an input")
+        in_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(INPUT_NAME)))
+        if in_dtype != np.uint8:
+            raise FsacError(f"{info.source}: engine input is {in_dtype}; the fsac contract is uint8")
+        dims = list(self.engine.get_tensor_shape(INPUT_NAME))
+        self.fixed_batch = _check_input_dims(dims, info, "engine")
+        if self.fixed_batch is None:
+            # Dynamic batch: the optimization profile says how large a batch may be.
+            _, _, max_shape = self.engine.get_tensor_profile_shape(INPUT_NAME, 0)
+            self.max_batch = max(1, min(batch_size, int(max_shape[0])))
+        else:
+            self.max_batch = min(batch_size, self.fixed_batch)
+        self._alloc_batch = self.fixed_batch or self.max_batch
+        self._out_dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in OUTPUT_NAMES}
+        self.context = self.engine.create_execution_context()
+        if self.context is None:
+            raise FsacError(f"{info.source}: TensorRT could not create an execution context (out of GPU memory?)")
+        size = info.image_size
+        self._in_bytes = self._alloc_batch * size * size * 3
+        self._alloc(INPUT_NAME, self._in_bytes)
+        for n in OUTPUT_NAMES:
+            self._alloc(n, self._alloc_batch * self._out_dtypes[n].itemsize)
+        err, self._stream = cudart.cudaStreamCreate()
+        self._check(err, "cudaStreamCreate")
+        for n, ptr in self._buffers.items():
+            self.context.set_tensor_address(n, int(ptr))
+        self._lock = threading.Lock()
+
+    # cuda-python returns (error, *values) tuples instead of raising.
+    def _failed(self, err: Any) -> bool:
+        return err != self._cudart.cudaError_t.cudaSuccess
+
+    def _error_text(self, err: Any) -> str:
+        try:
+            return self._cudart.cudaGetErrorString(err)[1].decode()
+        except Exception:
+            return str(err)
+
+    def _check(self, err: Any, what: str) -> None:
+        if self._failed(err):
+            raise FsacError(f"{self.info.source}: CUDA {what} failed: {self._error_text(err)}")
+
+    def _alloc(self, name: str, nbytes: int) -> None:
+        err, ptr = self._cudart.cudaMalloc(nbytes)
+        self._check(err, f"cudaMalloc({nbytes}) for {name}")
+        self._buffers[name] = ptr
+
+    def infer(self, batch: np.ndarray) -> Outputs:
+        _check_batch(batch, self.info.image_size)
+        cudart = self._cudart
+        h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
+        d2h = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        parts: list[list[np.ndarray]] = [[], [], []]
+        with self._lock:  # one set of device buffers
+            for chunk, n in _split(batch, self.max_batch, self.fixed_batch):
+                rows = chunk.shape[0]
+                if self.fixed_batch is None:
+                    if not self.context.set_input_shape(INPUT_NAME, tuple(chunk.shape)):
+                        raise FsacError(f"{self.info.source}: engine refused input shape {chunk.shape}")
+                (err,) = cudart.cudaMemcpyAsync(self._buffers[INPUT_NAME], chunk.ctypes.data, chunk.nbytes,
+                                                h2d, self._stream)
+                self._check(err, "copy to device")
+                if not self.context.execute_async_v3(int(self._stream)):
+                    raise FsacError(f"{self.info.source}: TensorRT execution failed")
+                host = {}
+                for name in OUTPUT_NAMES:
+                    out = np.empty(rows, dtype=self._out_dtypes[name])
+                    (err,) = cudart.cudaMemcpyAsync(out.ctypes.data, self._buffers[name], out.nbytes, d2h,
+                                                    self._stream)
+                    self._check(err, "copy from device")
+                    host[name] = out
+                (err,) = cudart.cudaStreamSynchronize(self._stream)
+                self._check(err, "stream synchronize")
+                for k, name in enumerate(OUTPUT_NAMES):
+                    parts[k].append(host[name][:n].astype(np.float32))
+        return tuple(np.concatenate(p) for p in parts)  # type: ignore[return-value]
+
+    def close(self) -> None:
+        cudart = getattr(self, "_cudart", None)
+        if cudart is None:
+            return
+        for ptr in self._buffers.values():
+            cudart.cudaFree(ptr)
+        self._buffers = {}
+        if self._stream is not None:
+            cudart.cudaStreamDestroy(self._stream)
+            self._stream = None
+
+    def __del__(self) -> None:  # buffers of a model replaced by SIGHUP
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+# --------------------------------------------------------------------------- model handle
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """One model ready to serve: verified file, backend, and the threshold in force."""
+
+    info: ModelInfo
+    backend: Any  # Backend
+    threshold: float
+    threshold_source: str  # "model file" or "config"
+    size_bytes: int
+    loaded_at: float
+
+    @property
+    def sha256(self) -> str:
+        return self.info.seal
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    def describe(self) -> str:
+        return (f"{self.name} (sha256 {self.sha256[:12]}, arch {self.info.arch}, object {self.info.object_name}, "
+                f"input {self.info.image_size}x{self.info.image_size}, threshold {self.threshold:g} from "
+                f"{self.threshold_source}, backend {self.backend.name} {','.join(self.backend.providers)}, "
+                f"batch <= {self.backend.max_batch})")
+
+
+def backend_kind(cfg: ModelConfig) -> str:
+    if cfg.backend != "auto":
+        return cfg.backend
+    return "tensorrt" if Path(cfg.path).suffix.lower() in ENGINE_SUFFIXES else "onnxruntime"
+
+
+def load_model(cfg: ModelConfig) -> LoadedModel:
+    """Read and verify the model file, check it against the config, build its backend."""
+    kind = backend_kind(cfg)
+    if kind == "tensorrt":
+        data, info, _sidecar = load_engine_file(cfg.path)
+    else:
+        data, info = load_model_file(cfg.path)
+    if cfg.image_size is not None and info.image_size != cfg.image_size:
+        raise FsacError(f"{info.source}: model input size is {info.image_size} but model.image_size is "
+                        f"{cfg.image_size}; this model was built for a different input size")
+    if cfg.threshold is not None:
+        threshold, origin = cfg.threshold, "config"
+    elif info.threshold is not None:
+        threshold, origin = info.threshold, "model file"
+    else:
+        raise FsacError(f"{info.source}: the model has no decision threshold (fsac.threshold is empty); "
+                        "run `fsac calibrate` on it, or set model.threshold in the config")
+    if not math.isfinite(threshold):
+        raise FsacError(f"{info.source}: threshold {threshold} is not a finite number")
+    if kind == "tensorrt":
+        backend: Any = TensorRTBackend(data, info, batch_size=cfg.batch_size)
+    else:
+        backend = OnnxBackend(data, info, providers=cfg.providers, batch_size=cfg.batch_size, threads=cfg.threads)
+    return LoadedModel(info=info, backend=backend, threshold=float(threshold), threshold_source=origin,
+                       size_bytes=len(data), loaded_at=time.time())
+
+
+class ModelHandle:
+    """The model being served. Readers take `current` once per batch; `reload` swaps it."""
+
+    def __init__(self, cfg: ModelConfig, model: LoadedModel | None = None) -> None:
+        self.cfg = cfg
+        self._lock = threading.Lock()
+        self._current = model or load_model(cfg)
+
+    @property
+    def current(self) -> LoadedModel:
+        with self._lock:
+            return self._current
+
+    def reload(self) -> bool:
+        """Load the model file again; swap only if every check passes. Returns whether it swapped."""
+        old = self.current
+        try:
+            new = load_model(self.cfg)
+        except FsacError as e:
+            log.error("model reload refused, still serving %s: %s", old.name, e)
+            return False
+        except Exception as e:  # a backend failing in an unforeseen way must not stop the line
+            log.exception("model reload failed, still serving %s: %s", old.name, e)
+            return False
+        with self._lock:
+            self._current = new
+        if new.sha256 == old.sha256:
+            log.info("model reloaded (unchanged file): %s", new.describe())
+        else:
+            log.info("model reloaded: %s -> %s", old.sha256[:12], new.describe())
+        return True

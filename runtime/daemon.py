@@ -1,0 +1,557 @@
+"""The fsac-run pipeline: read -> decode/resize -> batch inference -> sinks, for weeks.
+
+Threads and why:
+
+  reader      pulls frames from the source and hands each to the decode pool at once, then
+              puts (frame, future) on the bounded queue. every-frame mode: the put blocks
+              when the queue is full (back-pressure, nothing skipped). latest-frame mode:
+              the oldest waiting frame is dropped and counted instead.
+  decode pool decodes and resizes frames (`fsac.preprocess`, the one implementation) while
+              the model works on earlier frames; PIL, OpenCV and onnxruntime release the GIL,
+              so this overlaps for real even on two cores.
+  scorer      takes the oldest frame, waits for its preprocessing, adds whatever further
+              frames are already prepared (up to model.batch_size; it never waits for more),
+              runs one inference call, then writes the records to every sink in frame order
+              and flushes them. Only this thread touches the sinks.
+  main        handles signals (SIGTERM/SIGINT: stop, drain, flush, exit 0; SIGHUP: reload the
+              model), pings the systemd watchdog while the scorer makes progress, and serves
+              nothing else; the HTTP endpoints run on their own thread.
+
+Records are written in frame order with no gaps: a frame that cannot be scored (corrupt
+file, wrong size or channel count, an inference error) gets an error record, so
+"frame_id k has a record" holds for every frame read (latest-frame mode drops are counted,
+not recorded).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import threading
+import time
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Sequence
+
+import numpy as np
+
+from fsac.errors import FsacError
+from fsac.preprocess import PreprocessSpec, decode_image_bytes, frame_to_rgb, resize_crop
+
+from .backends import LoadedModel, ModelHandle
+from .config import RuntimeConfig, SinksConfig, sink_section_enabled, sink_section_settings
+from .framequeue import CLOSED, FrameQueue
+from .http import StatusServer
+from .metrics import RuntimeMetrics
+from .notify import sd_notify, watchdog_interval
+from .sources import ENCODED, RGB, Frame, Source, make_source
+
+log = logging.getLogger("fsac.runtime")
+
+RECORD_SCHEMA = "fsac.result/1"
+
+
+# --------------------------------------------------------------------------- preprocessing
+
+
+@dataclass
+class Prepared:
+    x: np.ndarray | None  # (S, S, 3) uint8 model input
+    rgb: np.ndarray | None  # decoded frame, kept only when a sink wants pixels
+    spec: PreprocessSpec | None
+    error: str | None = None
+
+
+def prepare(frame: Frame, spec: PreprocessSpec, channel_order: str = "bgr",
+            frame_size: Sequence[int] | None = None, keep_rgb: bool = False) -> Prepared:
+    """Frame -> model input. Never raises: every problem becomes Prepared.error."""
+    if frame.error is not None:
+        return Prepared(None, None, None, frame.error)
+    where = frame.name or f"{frame.source} frame {frame.frame_id}"
+    try:
+        if frame.kind == ENCODED:
+            rgb = decode_image_bytes(frame.data, where, spec)
+        elif frame.kind == RGB:
+            rgb = frame.data
+        else:
+            rgb = frame_to_rgb(frame.data, channel_order, where)
+        if frame_size is not None:
+            h, w = rgb.shape[:2]
+            if (w, h) != (frame_size[0], frame_size[1]):
+                return Prepared(None, None, None, f"frame {where} is {w}x{h}, expected {frame_size[0]}x{frame_size[1]} "
+                                "(source.frame_size)")
+        x = resize_crop(rgb, spec)
+        return Prepared(x, rgb if keep_rgb else None, spec)
+    except FsacError as e:
+        return Prepared(None, None, None, str(e))
+    except MemoryError:
+        return Prepared(None, None, None, f"frame {where} is too large to decode (out of memory)")
+    except Exception as e:  # a decoder bug on one odd frame must not stop the line
+        return Prepared(None, None, None, f"cannot process frame {where}: {type(e).__name__}: {e}")
+
+
+@dataclass
+class Pending:
+    frame: Frame
+    future: Future
+
+
+# --------------------------------------------------------------------------- records
+
+
+def iso_utc(t: float) -> str:
+    return datetime.fromtimestamp(t, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def make_record(frame: Frame, model: LoadedModel, latency_s: float, score: float | None = None,
+                sim_pos: float | None = None, sim_neg: float | None = None, error: str | None = None) -> dict[str, Any]:
+    """The result record; `runtime/schema/result.schema.json` describes every field."""
+    if error is None and score is not None:
+        verdict = "defective" if score >= model.threshold else "good"
+    else:
+        verdict, score, sim_pos, sim_neg = "error", None, None, None
+        error = error or "no score"
+    return {
+        "schema": RECORD_SCHEMA,
+        "time": iso_utc(frame.t_captured),
+        "source": frame.source,
+        "frame_id": frame.frame_id,
+        "name": frame.name,
+        "score": score,
+        "sim_pos": sim_pos,
+        "sim_neg": sim_neg,
+        "threshold": model.threshold,
+        "verdict": verdict,
+        "latency_ms": round(max(0.0, latency_s) * 1000.0, 3),
+        "model": model.name,
+        "model_sha256": model.sha256,
+        "error": error,
+    }
+
+
+# --------------------------------------------------------------------------- sinks
+
+
+def build_sinks(cfg: SinksConfig) -> list[Any]:
+    """The configured sinks, in the order records reach them: jsonl, mqtt, frames."""
+    sinks: list[Any] = []
+    try:
+        if cfg.jsonl.path:
+            from .sinks.jsonl import JsonlSink
+
+            sinks.append(JsonlSink(cfg.jsonl.path, cfg.jsonl.max_bytes, cfg.jsonl.backups, cfg.jsonl.fsync))
+        for section, module, cls in (("mqtt", "mqtt", "MqttSink"), ("frames", "frames", "FramesSink")):
+            settings = getattr(cfg, section)
+            if not sink_section_enabled(settings):
+                continue
+            sink_cls = load_sink_class(section, module, cls)
+            sinks.append(sink_cls(sink_section_settings(settings)))
+    except BaseException:
+        for sink in sinks:
+            try:
+                sink.close(timeout=1.0)
+            except Exception:
+                pass
+        raise
+    return sinks
+
+
+def load_sink_class(section: str, module: str, cls: str) -> Any:
+    import importlib
+
+    try:
+        mod = importlib.import_module(f"fsac.runtime.sinks.{module}")
+    except ImportError as e:
+        raise FsacError(f"sinks.{section}: the {section} sink cannot be loaded ({e}); install fsac[runtime] "
+                        f"or remove the sinks.{section} section") from None
+    try:
+        return getattr(mod, cls)
+    except AttributeError:
+        raise FsacError(f"sinks.{section}: fsac.runtime.sinks.{module} has no {cls}") from None
+
+
+class _Throttle:
+    """At most one log line per interval for a repeating problem (a camera sending garbage at
+    30 fps must not fill the disk with logs); the count of the suppressed ones is reported."""
+
+    def __init__(self, interval: float = 2.0) -> None:
+        self.interval = interval
+        self.last = -math.inf
+        self.suppressed = 0
+
+    def __call__(self, level: int, msg: str, *args: Any) -> None:
+        now = time.monotonic()
+        if now - self.last < self.interval:
+            self.suppressed += 1
+            return
+        if self.suppressed:
+            msg += f" (+{self.suppressed} similar messages suppressed)"
+        log.log(level, msg, *args)
+        self.last, self.suppressed = now, 0
+
+
+# --------------------------------------------------------------------------- daemon
+
+
+class Daemon:
+    """One run of fsac-run. `run()` blocks until the source ends or a stop is requested and
+    returns the exit code (0: every frame read has its record and every sink was closed)."""
+
+    def __init__(self, cfg: RuntimeConfig, *, handle: ModelHandle | None = None, source: Source | None = None,
+                 sinks: list[Any] | None = None, install_signals: bool = True) -> None:
+        self.cfg = cfg
+        self.metrics = RuntimeMetrics()
+        self.handle = handle if handle is not None else ModelHandle(cfg.model)
+        self.sinks: list[Any] = []
+        try:
+            self.source = source if source is not None else make_source(cfg.source)
+            self.sinks = list(sinks) if sinks is not None else build_sinks(cfg.sinks)
+        except BaseException:
+            self._close_backend()
+            raise
+        # Keep decoded pixels only if some sink saves them (memory: queue_size frames).
+        self.keep_rgb = any(getattr(s, "needs_images", getattr(s, "name", "") == "frames") for s in self.sinks)
+        self.queue = FrameQueue(cfg.source.queue_size, drop_oldest=cfg.source.mode == "latest-frame")
+        self.install_signals = install_signals
+        self.http: StatusServer | None = None
+        self._pool = ThreadPoolExecutor(max_workers=cfg.source.decode_workers, thread_name_prefix="fsac-prep")
+        self._stop = threading.Event()  # tells the reader (and the source) to stop reading
+        self._sig_stop = False  # set from signal handlers: plain flags only, no locks there
+        self._sig_reload = False
+        self._failure: str | None = None
+        self._timed_out = False
+        self._heartbeat = time.monotonic()
+        self._reader: threading.Thread | None = None
+        self._scorer: threading.Thread | None = None
+        self._started = False
+        self._stopping = False
+        self._frame_errors = _Throttle()
+        self._sink_errors = _Throttle()
+        self._infer_errors = _Throttle()
+        self.first_read: float | None = None
+        self.last_written: float | None = None
+
+    # ---------------------------------------------------------------- control
+
+    def request_stop(self) -> None:
+        """Stop reading, drain, flush, return from run() (what SIGTERM does)."""
+        self._sig_stop = True
+
+    def request_reload(self) -> None:
+        """Reload the model file (what SIGHUP does)."""
+        self._sig_reload = True
+
+    def ready(self) -> tuple[bool, str]:
+        if self._stopping:
+            return False, "stopping"
+        if not self._started:
+            return False, "starting"
+        if not self.source.connected:
+            return False, f"source {self.source.label} is not open"
+        return True, ""
+
+    def render_metrics(self) -> str:
+        model = self.handle.current
+        info = {"name": model.name, "sha256": model.sha256, "arch": model.info.arch,
+                "object": model.info.object_name, "threshold": f"{model.threshold:g}",
+                "backend": model.backend.name, "image_size": model.info.image_size}
+        sink_stats = {}
+        for sink in self.sinks:
+            try:
+                sink_stats[getattr(sink, "name", type(sink).__name__)] = dict(sink.stats())
+            except Exception:
+                continue
+        ok, _ = self.ready()
+        return self.metrics.render(queue_depth=len(self.queue), reconnects=self.source.reconnects, ready=ok,
+                                   source_connected=bool(self.source.connected), model_info=info,
+                                   sink_stats=sink_stats)
+
+    # ---------------------------------------------------------------- run
+
+    def run(self) -> int:
+        previous = self._install_signal_handlers()
+        try:
+            try:
+                self._start()
+            except BaseException:
+                self._close_all(deadline=time.monotonic() + 5.0)
+                raise
+            deadline = self._main_loop()
+            return self._finish(deadline)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _start(self) -> None:
+        self.source.open()
+        if self.cfg.http.enabled:
+            self.http = StatusServer(self.cfg.http.host, self.cfg.http.port, metrics=self.render_metrics,
+                                     ready=self.ready)
+            self.http.start()
+            host, port = self.http.address
+            if self.cfg.http.host not in ("127.0.0.1", "localhost", "::1"):
+                log.warning("http endpoints listen on %s, not only on this machine", self.cfg.http.host)
+            log.info("http: /healthz /readyz /metrics on http://%s:%d", host, port)
+        self._reader = threading.Thread(target=self._read_loop, name="fsac-reader", daemon=True)
+        self._scorer = threading.Thread(target=self._score_loop, name="fsac-scorer", daemon=True)
+        self._scorer.start()
+        self._reader.start()
+        self._started = True
+        model = self.handle.current
+        names = ", ".join(getattr(s, "name", type(s).__name__) for s in self.sinks) or "none"
+        log.info("model: %s", model.describe())
+        log.info("source: %s %s, %s, queue %d; sinks: %s", self.source.kind, self.source.label, self.cfg.source.mode,
+                 self.cfg.source.queue_size, names)
+        sd_notify(f"READY=1\nSTATUS=scoring {self.source.kind} {self.source.label}")
+
+    def _install_signal_handlers(self) -> dict[int, Any]:
+        if not self.install_signals or threading.current_thread() is not threading.main_thread():
+            return {}
+        previous = {}
+
+        def on_stop(signum: int, _frame: Any) -> None:
+            if self._sig_stop:
+                # Second signal: the operator insists. Records still queued are lost.
+                os.write(2, b"fsac-run: second stop signal, exiting without draining\n")
+                os._exit(128 + signum)
+            self._sig_stop = True
+
+        def on_hup(_signum: int, _frame: Any) -> None:
+            self._sig_reload = True
+
+        for sig, handler in ((signal.SIGTERM, on_stop), (signal.SIGINT, on_stop), (signal.SIGHUP, on_hup)):
+            previous[sig] = signal.signal(sig, handler)
+        return previous
+
+    def _main_loop(self) -> float:
+        """Returns the monotonic deadline by which sinks must be closed."""
+        timeout = self.cfg.daemon.shutdown_timeout_s
+        wd = watchdog_interval()
+        next_ping = 0.0
+        drain_deadline = reader_deadline = None
+        while self._scorer is not None and self._scorer.is_alive():
+            now = time.monotonic()
+            if self._sig_reload:
+                self._sig_reload = False
+                self._reload()
+            if self._sig_stop and drain_deadline is None:
+                self._begin_stop(now)
+                drain_deadline = now + timeout * 0.75  # the rest is for closing the sinks
+                reader_deadline = now + min(timeout * 0.3, 3.0)
+            if drain_deadline is not None:
+                if self._reader is not None and self._reader.is_alive() and now > reader_deadline \
+                        and not self.queue.closed:
+                    # The source is stuck in a read (a dead network camera): stop waiting for it.
+                    log.warning("source did not stop within %.1fs; draining without it", min(timeout * 0.3, 3.0))
+                    self.queue.close()
+                if now > drain_deadline:
+                    self._timed_out = True
+                    log.error("shutdown: %d frames still queued after %.1fs; giving up on them", len(self.queue),
+                              timeout * 0.75)
+                    break
+            if wd is not None and now >= next_ping:
+                # Ping only while the scorer makes progress: a hung inference gets us restarted.
+                if now - self._heartbeat < max(2 * wd, 5.0):
+                    sd_notify("WATCHDOG=1")
+                next_ping = now + wd
+            time.sleep(0.05)
+        if drain_deadline is None:  # the source ended (or something failed): still bounded
+            self._begin_stop(time.monotonic())
+            return time.monotonic() + timeout * 0.25 + 1.0
+        return drain_deadline + timeout * 0.25
+
+    def _begin_stop(self, now: float) -> None:
+        if not self._stopping:
+            self._stopping = True
+            if self._sig_stop:
+                log.info("stop requested: finishing queued frames (%d) and flushing sinks", len(self.queue))
+            sd_notify("STOPPING=1")
+        self._stop.set()
+
+    def _reload(self) -> None:
+        log.info("reloading model %s", self.cfg.model.path)
+        if self.handle.reload():
+            self.metrics.reloads.inc()
+        else:
+            self.metrics.reload_failures.inc()
+
+    def _finish(self, deadline: float) -> int:
+        self._stop.set()
+        self.queue.close()
+        lost = len(self.queue.clear()) if self._timed_out else 0
+        self._close_all(deadline)
+        read = self.metrics.frames_read.value
+        written = self.metrics.frames.value
+        dropped = self.metrics.dropped.value
+        elapsed = (self.last_written - self.first_read) if self.first_read and self.last_written else 0.0
+        rate = f", {written / elapsed:.1f} frames/s" if elapsed > 0 else ""
+        log.info("stopped: %d frames read, %d results written (%d defective, %d errors), %d dropped, "
+                 "%d reconnects%s", read, written, self.metrics.anomalies.value, self.metrics.errors.value,
+                 dropped, self.source.reconnects, rate)
+        unscored = read - dropped - written
+        if unscored > 0:
+            log.error("%d frames were read but have no result (%d abandoned at shutdown)", unscored, lost)
+        if self._failure:
+            log.error("exiting after a failure: %s", self._failure)
+            return 1
+        return 1 if (self._timed_out or unscored > 0) else 0
+
+    def _close_all(self, deadline: float) -> None:
+        self._stop.set()
+        self.queue.close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._reader is not None:
+            self._reader.join(timeout=max(0.0, min(1.0, deadline - time.monotonic())))
+        for sink in self.sinks:
+            try:
+                sink.close(timeout=max(0.5, deadline - time.monotonic()))
+            except Exception as e:
+                log.error("closing sink %s failed: %s", getattr(sink, "name", sink), e)
+        if self.http is not None:
+            self.http.stop()
+        try:
+            self.source.close()
+        except Exception:
+            pass
+        self._close_backend()
+
+    def _close_backend(self) -> None:
+        try:
+            self.handle.current.backend.close()
+        except Exception:
+            pass
+
+    # ---------------------------------------------------------------- threads
+
+    def _read_loop(self) -> None:
+        order = self.cfg.source.channel_order
+        size = self.cfg.source.frame_size
+        try:
+            for frame in self.source.frames(self._stop):
+                spec = self.handle.current.info.preprocess
+                try:
+                    future = self._pool.submit(prepare, frame, spec, order, size, self.keep_rgb)
+                except RuntimeError:  # pool shut down: we are past the shutdown deadline
+                    break
+                accepted, dropped = self.queue.put(Pending(frame, future))
+                if dropped is not None:
+                    dropped.future.cancel()
+                    self.metrics.dropped.inc()
+                if not accepted:
+                    future.cancel()
+                    break
+                self.metrics.frames_read.inc()
+                if self.first_read is None:
+                    self.first_read = time.monotonic()
+                if self._stop.is_set():
+                    break
+        except Exception as e:
+            log.exception("source %s failed", self.source.label)
+            self._failure = f"source failed: {type(e).__name__}: {e}"
+        finally:
+            self.queue.close()  # the scorer drains what is queued, then ends
+
+    def _score_loop(self) -> None:
+        try:
+            while True:
+                self._heartbeat = time.monotonic()
+                item = self.queue.get(timeout=0.5)
+                if item is CLOSED:
+                    return
+                if item is None:
+                    continue
+                model = self.handle.current  # one model per batch: a reload swaps between batches
+                self._prepared(item)  # the oldest frame first: waiting for it is unavoidable
+                more = self.queue.take_ready(model.backend.max_batch - 1, lambda p: p.future.done())
+                self._score_batch([item, *more], model)
+        except Exception as e:
+            log.exception("scoring failed")
+            self._failure = f"scoring failed: {type(e).__name__}: {e}"
+            self._stop.set()
+            self.queue.close()
+
+    @staticmethod
+    def _prepared(item: Pending) -> Prepared:
+        try:
+            return item.future.result()
+        except CancelledError:
+            return Prepared(None, None, None, "frame abandoned at shutdown")
+
+    def _score_batch(self, batch: list[Pending], model: LoadedModel) -> None:
+        spec = model.info.preprocess
+        preps = [self._prepared(it) for it in batch]
+        errors: list[str | None] = [p.error for p in preps]
+        inputs, rows = [], []
+        for i, (item, prep) in enumerate(zip(batch, preps)):
+            if prep.error is not None:
+                continue
+            if prep.spec != spec:
+                # Prepared for the model before a reload that changed the preprocessing.
+                prep = preps[i] = prepare(item.frame, spec, self.cfg.source.channel_order, self.cfg.source.frame_size,
+                                          self.keep_rgb)
+                if prep.error is not None:
+                    errors[i] = prep.error
+                    continue
+            inputs.append(prep.x)
+            rows.append(i)
+        results: dict[int, tuple[float, float, float]] = {}
+        if inputs:
+            t0 = time.monotonic()
+            try:
+                scores, pos, neg = model.backend.infer(np.stack(inputs))
+                for k, i in enumerate(rows):
+                    results[i] = (float(scores[k]), float(pos[k]), float(neg[k]))
+            except Exception as e:
+                msg = f"inference failed: {type(e).__name__}: {e}"
+                self._infer_errors(logging.ERROR, "%s", msg)
+                for i in rows:
+                    errors[i] = msg
+            self.metrics.inference_seconds.observe(time.monotonic() - t0)
+            self.metrics.batches.inc()
+        t_done = time.monotonic()
+        records = []
+        for i, item in enumerate(batch):
+            frame = item.frame
+            latency = t_done - frame.t_mono
+            if i in results and all(math.isfinite(v) for v in results[i]):
+                s, p, n = results[i]
+                record = make_record(frame, model, latency, s, p, n)
+            else:
+                error = errors[i] or "model returned a non-finite score"
+                self._frame_errors(logging.WARNING, "frame %d (%s): %s", frame.frame_id, frame.name or frame.source,
+                                   error)
+                record = make_record(frame, model, latency, error=error)
+            image = preps[i].rgb if record["verdict"] != "error" else None
+            self._emit(record, image)
+            records.append(record)
+            self.metrics.frames.inc()
+            if record["verdict"] == "defective":
+                self.metrics.anomalies.inc()
+            elif record["verdict"] == "error":
+                self.metrics.errors.inc()
+            self.metrics.latency.observe(latency)
+        for sink in self.sinks:
+            try:
+                sink.flush()
+            except Exception as e:
+                self.metrics.sink_error(getattr(sink, "name", "?"))
+                self._sink_errors(logging.ERROR, "sink %s flush failed: %s", getattr(sink, "name", sink), e)
+        self.last_written = time.monotonic()
+        for item, record in zip(batch, records):
+            try:
+                self.source.on_result(item.frame, record)
+            except Exception as e:
+                log.warning("source hook failed for frame %d: %s", item.frame.frame_id, e)
+
+    def _emit(self, record: dict[str, Any], image: np.ndarray | None) -> None:
+        for sink in self.sinks:
+            try:
+                # A copy per sink: one sink decorating its record must not change the next one's.
+                sink.write(dict(record), image)
+            except Exception as e:
+                self.metrics.sink_error(getattr(sink, "name", "?"))
+                self._sink_errors(logging.ERROR, "sink %s failed to take frame %d: %s", getattr(sink, "name", sink),
+                                  record["frame_id"], e)

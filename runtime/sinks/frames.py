@@ -1,0 +1,364 @@
+"""Saved-frames sink: keeps the pictures behind the verdicts, for people to look at later.
+
+What is saved (each as an image plus a JSON file beside it holding the record):
+- frames with verdict "defective" (`save_defective`, default on);
+- a seeded random sample of the other frames (`sample_normal`, a probability, e.g. 0.01;
+  `seed`): one draw per non-defective, non-error record, so the same stream of records
+  with the same seed picks the same frames;
+- frames of error records (`save_errors`, default off): pass the frame's raw bytes (or the
+  decoded array, if there is one) as `image`; raw bytes are stored as they came, with an
+  extension guessed from their magic number (.png/.jpg/.bmp/.tif, else .bin).
+
+Files: `<dir>/<UTC time>_<frame id>_<verdict>.<png|jpg>` and `... .json`, e.g.
+`20240501T120304.123456Z_cam0-000123_defective.png`; the time is the sink's clock when the
+record was written (so names sort oldest first), the frame id is reduced to
+`[A-Za-z0-9._-]`, at most 64 characters. Every file is written atomically (`fsac.io`):
+image first, then the JSON.
+
+Retention: `max_files` (image+JSON pairs) and/or `max_bytes` (both files counted); the
+oldest pairs are deleted first. The sink scans the folder at start, so the bounds hold
+across restarts. The newest pair is never deleted, even if it alone exceeds `max_bytes`.
+
+Overload: encoding and writing happen on the sink's own thread behind a bounded queue
+(`queue_size` frames). If the disk cannot keep up, new frames are SKIPPED (this is a sample
+store, not an archive) and counted in `stats()["dropped"]`; the result records themselves
+travel through the other sinks and are never affected.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import queue
+import random
+import re
+import threading
+import time
+from collections import OrderedDict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fsac.errors import FsacError
+from fsac.io import atomic_write_bytes
+
+log = logging.getLogger("fsac.runtime.sinks.frames")
+
+SECTION = "sinks.frames"
+
+FRAMES_DEFAULTS: dict[str, Any] = {
+    "dir": "/var/lib/fsac/frames",
+    "format": "png",  # "png" (lossless) or "jpeg"
+    "jpeg_quality": 90,  # 1..100
+    "png_compression": 3,  # 0..9 (cv2 IMWRITE_PNG_COMPRESSION)
+    "save_defective": True,
+    "sample_normal": 0.0,  # probability of keeping a non-defective frame, 0..1
+    "seed": 0,
+    "save_errors": False,
+    "max_files": 10_000,  # image+JSON pairs; None = no count bound
+    "max_bytes": 2 * 1024**3,  # None = no size bound (one of the two must be set)
+    "queue_size": 16,
+}
+
+_STEM_RE = re.compile(r"^(\d{8}T\d{6}\.\d{6}Z_[A-Za-z0-9._-]+)\.(png|jpg|json|bmp|tif|bin)$")
+_TMP_RE = re.compile(r"^\.\d{8}T\d{6}\.\d{6}Z_.*\.tmp$")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def _err(key: str, msg: str) -> FsacError:
+    return FsacError(f"{SECTION}.{key}: {msg}")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def validate_frames_config(cfg: dict[str, Any] | None) -> dict[str, Any]:
+    """Check the `sinks.frames` section and return it with defaults filled in (pure)."""
+    if cfg is None:
+        cfg = {}
+    if not isinstance(cfg, dict):
+        raise FsacError(f"{SECTION}: must be a mapping of settings, got {type(cfg).__name__}")
+    unknown = sorted(set(cfg) - set(FRAMES_DEFAULTS))
+    if unknown:
+        raise _err(unknown[0], f"unknown setting (known: {', '.join(FRAMES_DEFAULTS)})")
+    out = {**FRAMES_DEFAULTS, **cfg}
+    if not isinstance(out["dir"], str) or not out["dir"]:
+        raise _err("dir", f"must be a folder path, got {out['dir']!r}")
+    fmt = out["format"]
+    if not isinstance(fmt, str) or fmt.lower() not in ("png", "jpeg", "jpg"):
+        raise _err("format", f"must be 'png' or 'jpeg', got {fmt!r}")
+    out["format"] = "png" if fmt.lower() == "png" else "jpeg"
+    if not _is_int(out["jpeg_quality"]) or not 1 <= out["jpeg_quality"] <= 100:
+        raise _err("jpeg_quality", f"must be an integer 1..100, got {out['jpeg_quality']!r}")
+    if not _is_int(out["png_compression"]) or not 0 <= out["png_compression"] <= 9:
+        raise _err("png_compression", f"must be an integer 0..9, got {out['png_compression']!r}")
+    for key in ("save_defective", "save_errors"):
+        if not isinstance(out[key], bool):
+            raise _err(key, f"must be true or false, got {out[key]!r}")
+    p = out["sample_normal"]
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not math.isfinite(p) or not 0 <= p <= 1:
+        raise _err("sample_normal", f"must be a probability 0..1 (e.g. 0.01), got {p!r}")
+    out["sample_normal"] = float(p)
+    if not _is_int(out["seed"]):
+        raise _err("seed", f"must be an integer, got {out['seed']!r}")
+    for key in ("max_files", "max_bytes"):
+        v = out[key]
+        if v is not None and (not _is_int(v) or v < 1):
+            raise _err(key, f"must be a positive integer or null, got {v!r}")
+    if out["max_files"] is None and out["max_bytes"] is None:
+        raise _err("max_files", "set max_files and/or max_bytes: the saved frames must not fill the disk")
+    if not _is_int(out["queue_size"]) or not 1 <= out["queue_size"] <= 1024:
+        raise _err("queue_size", f"must be an integer 1..1024, got {out['queue_size']!r}")
+    return out
+
+
+def _safe_id(frame_id: Any) -> str:
+    s = _UNSAFE.sub("-", str(frame_id if frame_id is not None else "")).strip("._-")
+    return s[:64].rstrip("._-") or "frame"
+
+
+def _safe_verdict(verdict: Any) -> str:
+    s = _UNSAFE.sub("-", str(verdict or "unknown")).strip("._-")
+    return s[:16] or "unknown"
+
+
+def _raw_ext(data: bytes) -> str:
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "jpg"
+    if data.startswith(b"BM"):
+        return "bmp"
+    if data.startswith((b"II*\x00", b"MM\x00*")):
+        return "tif"
+    return "bin"
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+class FramesSink:
+    name = "frames"
+
+    def __init__(self, cfg: dict[str, Any] | None):
+        import cv2  # runtime extra; imported here so the config loader works without it
+
+        self._cv2 = cv2
+        self.cfg = c = validate_frames_config(cfg)
+        self.dir = Path(c["dir"])
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise _err("dir", f"cannot create {self.dir}: {e}") from e
+        self._rng = random.Random(c["seed"])
+        self._lock = threading.Lock()
+        self._written = 0
+        self._dropped = 0
+        self._deleted = 0
+        self._errors = 0
+        self._last_drop_log = 0.0
+        self._closed = False
+        self._abort = threading.Event()
+        # stem -> (bytes, [files]); oldest first. Touched by the worker thread only.
+        self._index: OrderedDict[str, tuple[int, list[Path]]] = OrderedDict()
+        self._total_bytes = 0
+        self._scan()
+        self._enforce_retention(keep=None)
+        self._queue: queue.Queue = queue.Queue(maxsize=c["queue_size"])
+        self._worker = threading.Thread(target=self._worker_main, name="fsac-frames", daemon=True)
+        self._worker.start()
+
+    # ----------------------------------------------------------------- index
+
+    def _scan(self) -> None:
+        groups: dict[str, tuple[int, list[Path]]] = {}
+        for entry in self.dir.iterdir():
+            if _TMP_RE.match(entry.name):  # left by a crash in the middle of a write
+                entry.unlink(missing_ok=True)
+                continue
+            m = _STEM_RE.match(entry.name)
+            if not m or not entry.is_file():
+                continue
+            size = entry.stat().st_size
+            nbytes, files = groups.get(m.group(1), (0, []))
+            groups[m.group(1)] = (nbytes + size, files + [entry])
+        for stem in sorted(groups):
+            self._index[stem] = groups[stem]
+            self._total_bytes += groups[stem][0]
+        if self._index:
+            log.info("frames sink: %d saved frames (%d bytes) already in %s",
+                     len(self._index), self._total_bytes, self.dir)
+
+    def _enforce_retention(self, keep: str | None) -> None:
+        max_files, max_bytes = self.cfg["max_files"], self.cfg["max_bytes"]
+        while self._index:
+            over = ((max_files is not None and len(self._index) > max_files)
+                    or (max_bytes is not None and self._total_bytes > max_bytes))
+            if not over:
+                return
+            stem = next(iter(self._index))
+            if stem == keep:
+                return
+            nbytes, files = self._index.pop(stem)
+            for f in files:
+                try:
+                    f.unlink()
+                except FileNotFoundError:
+                    pass
+                except OSError as e:
+                    log.warning("frames sink: cannot delete %s: %s", f, e)
+            self._total_bytes -= nbytes
+            with self._lock:
+                self._deleted += 1
+
+    # ----------------------------------------------------------------- worker
+
+    def _worker_main(self) -> None:
+        while True:
+            try:
+                item = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                if self._closed:
+                    return
+                continue
+            try:
+                if not self._abort.is_set():
+                    self._save(*item)
+            except Exception as e:  # one bad frame must not stop the sink
+                with self._lock:
+                    self._errors += 1
+                log.warning("frames sink: cannot save frame %r: %s", item[0].get("frame_id"), e)
+            finally:
+                self._queue.task_done()
+
+    def _stem(self, record: dict[str, Any], when: float) -> str:
+        t = datetime.fromtimestamp(when, tz=timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+        stem = f"{t}_{_safe_id(record.get('frame_id'))}_{_safe_verdict(record.get('verdict'))}"
+        base, n = stem, 1
+        while stem in self._index:  # same microsecond, same frame id
+            n += 1
+            stem = f"{base}-{n}"
+        return stem
+
+    def _save(self, record: dict[str, Any], image: Any, when: float) -> None:
+        cv2 = self._cv2
+        if isinstance(image, np.ndarray):
+            img = image
+            if img.dtype != np.uint8:
+                raise ValueError(f"image dtype {img.dtype}, expected uint8")
+            if img.ndim == 3 and img.shape[2] == 3:
+                img = cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
+            elif img.ndim == 3 and img.shape[2] == 1:
+                img = img[:, :, 0]
+            elif img.ndim != 2:
+                raise ValueError(f"image shape {img.shape}, expected (H, W, 3) RGB")
+            if self.cfg["format"] == "png":
+                ext = "png"
+                params = [cv2.IMWRITE_PNG_COMPRESSION, self.cfg["png_compression"]]
+            else:
+                ext = "jpg"
+                params = [cv2.IMWRITE_JPEG_QUALITY, self.cfg["jpeg_quality"]]
+            ok, buf = cv2.imencode("." + ext, np.ascontiguousarray(img), params)
+            if not ok:
+                raise ValueError("cv2.imencode failed")
+            data = buf.tobytes()
+        else:
+            data = bytes(image)
+            ext = _raw_ext(data)
+        stem = self._stem(record, when)
+        meta = json.dumps(record, indent=2, default=_json_default).encode("utf-8") + b"\n"
+        img_path = atomic_write_bytes(self.dir / f"{stem}.{ext}", data)
+        json_path = atomic_write_bytes(self.dir / f"{stem}.json", meta)
+        nbytes = len(data) + len(meta)
+        self._index[stem] = (nbytes, [img_path, json_path])
+        self._total_bytes += nbytes
+        with self._lock:
+            self._written += 1
+        self._enforce_retention(keep=stem)
+
+    # ----------------------------------------------------------------- Sink API
+
+    def _wanted(self, record: dict[str, Any], image: Any) -> bool:
+        verdict = record.get("verdict")
+        if record.get("error") or verdict == "error":
+            return self.cfg["save_errors"] and image is not None
+        if verdict == "defective":
+            return self.cfg["save_defective"] and image is not None
+        p = self.cfg["sample_normal"]
+        if p <= 0.0:
+            return False
+        picked = self._rng.random() < p  # one draw per normal record: deterministic per seed
+        return picked and image is not None
+
+    def write(self, record: dict[str, Any], image: np.ndarray | bytes | None = None) -> None:
+        """Queue the frame for saving if it is wanted; never blocks on disk I/O."""
+        if self._closed:
+            raise RuntimeError("FramesSink is closed")
+        if not self._wanted(record, image):
+            return
+        if isinstance(image, np.ndarray):
+            image = image.copy()  # the caller may reuse its frame buffer
+        elif isinstance(image, (bytes, bytearray, memoryview)):
+            image = bytes(image)
+        else:
+            raise TypeError(f"image must be a numpy array or bytes, got {type(image).__name__}")
+        try:
+            self._queue.put_nowait((dict(record), image, time.time()))
+        except queue.Full:
+            now = time.monotonic()
+            with self._lock:
+                self._dropped += 1
+                dropped = self._dropped
+                loud = now - self._last_drop_log >= 60.0
+                if loud:
+                    self._last_drop_log = now
+            if loud:
+                log.warning("frames sink: disk too slow, skipped frame %r (%d skipped so far; "
+                            "queue_size=%d)", record.get("frame_id"), dropped, self.cfg["queue_size"])
+
+    def flush(self, timeout: float = 10.0) -> None:
+        """Wait (up to `timeout` s) until every queued frame is on disk."""
+        deadline = time.monotonic() + timeout
+        while self._queue.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.005)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Save what is queued within `timeout` s; frames still queued then are skipped."""
+        if self._closed:
+            return
+        self.flush(timeout)
+        self._closed = True
+        left = self._queue.unfinished_tasks
+        if left:
+            self._abort.set()
+            with self._lock:
+                self._dropped += left
+            log.warning("frames sink: closed with %d frames not saved (timeout %.1f s)", left, timeout)
+        self._worker.join(max(0.5, timeout))
+
+    def stats(self) -> dict[str, float]:
+        with self._lock:
+            return {
+                "written": self._written,
+                "dropped": self._dropped,
+                "deleted": self._deleted,
+                "errors": self._errors,
+                "queued": self._queue.unfinished_tasks,
+                "files": len(self._index),
+                "bytes": self._total_bytes,
+            }
+
+    def __enter__(self) -> "FramesSink":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

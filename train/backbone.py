@@ -1,0 +1,289 @@
+"""The frozen OpenCLIP backbone: build by name, load weights, encode images and prompts.
+
+    load_backbone("ViT-B-16-plus-240", "laion400m_e31")   # open_clip downloads (needs internet)
+    load_backbone("ViT-B-16-plus-240", "/path/model.safetensors")  # local checkpoint file
+    load_backbone("ViT-B-16-plus-240", "random")          # offline pipeline runs: scores meaningless
+    load_backbone("ViT-B-16-plus-240-tiny", "random")     # tiny config of the same family, for tests
+
+A pretrained tag and a local file take the same path: the tag is resolved to a file in
+open_clip's download cache, then `load_weights_file` loads it (safetensors, or torch's
+restricted `weights_only` loader for open_clip's .bin/.pt files) and records its sha256.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from fsac.errors import FsacError
+from fsac.io import sha256_file
+from fsac.preprocess import PreprocessSpec
+from fsac.train.model import PixelNormalize
+
+log = logging.getLogger("fsac")
+
+DEFAULT_ARCH = "ViT-B-16-plus-240"
+DEFAULT_WEIGHTS = "laion400m_e31"
+RANDOM_WEIGHTS = "random"
+MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
+
+RANDOM_WEIGHTS_WARNING = (
+    "!" * 78 + "\n"
+    "!! fsac: RANDOM BACKBONE WEIGHTS. No pretrained CLIP weights are loaded, so every\n"
+    "!! score, metric and threshold of this run is MEANINGLESS. Use it to test the pipeline\n"
+    "!! only. For real use: --weights laion400m_e31 (downloads) or --weights PATH.\n" + "!" * 78
+)
+
+_configs_registered = False
+
+
+def _register_configs() -> None:
+    global _configs_registered
+    if not _configs_registered:
+        import open_clip
+
+        open_clip.add_model_config(MODEL_CONFIG_DIR)
+        _configs_registered = True
+
+
+def available_archs() -> list[str]:
+    _register_configs()
+    import open_clip
+
+    return open_clip.list_models()
+
+
+@dataclass(frozen=True)
+class BackboneInfo:
+    """Identifies the frozen encoders; recorded in every checkpoint, report and model file."""
+
+    arch: str
+    weights_id: str  # pretrained tag, "file:<name>", or "random"
+    weights_sha256: str | None
+    embed_dim: int
+    image_size: int
+    random_init_seed: int = 0  # only meaningful when weights_id == "random"
+
+    @property
+    def is_random(self) -> bool:
+        return self.weights_id == RANDOM_WEIGHTS
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def cached_pretrained(arch: str, tag: str, cache_dir: str | None = None) -> Path | None:
+    """The file of a pretrained tag if an earlier download left it in the local cache, else
+    None. Never touches the network."""
+    import open_clip
+
+    cfg = open_clip.get_pretrained_cfg(arch, tag)
+    if not cfg:
+        return None
+    if cfg.get("hf_hub"):
+        from huggingface_hub import try_to_load_from_cache
+
+        repo = cfg["hf_hub"].rstrip("/")
+        for name in ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors",
+                     "open_clip_pytorch_model.bin"):
+            hit = try_to_load_from_cache(repo, name, cache_dir=cache_dir)
+            if isinstance(hit, str) and Path(hit).is_file():
+                return Path(hit)
+    if cfg.get("url"):
+        root = Path(cache_dir or Path.home() / ".cache" / "clip").expanduser()
+        hit = root / Path(cfg["url"]).name
+        if hit.is_file():
+            return hit
+    return None
+
+
+def resolve_weights(arch: str, weights: str, cache_dir: str | None = None,
+                    offline: bool = False) -> tuple[Path | None, str]:
+    """-> (local weights file or None for random, weights id). Downloads pretrained tags
+    unless `offline`, which only looks in the local download cache."""
+    import open_clip
+
+    if weights in (RANDOM_WEIGHTS, "none"):
+        return None, RANDOM_WEIGHTS
+    path = Path(weights).expanduser()
+    if path.is_file():
+        return path, f"file:{path.name}"
+    tags = open_clip.list_pretrained_tags_by_model(arch)
+    if weights in tags:
+        cached = cached_pretrained(arch, weights, cache_dir)
+        if cached is not None:
+            return cached, weights
+        if offline:
+            raise FsacError(f"the {arch} '{weights}' weights are not in the local download cache")
+        cfg = open_clip.get_pretrained_cfg(arch, weights)
+        try:
+            file = open_clip.download_pretrained(cfg, cache_dir=cache_dir)
+        except Exception as e:  # network errors come in many types (requests, hf_hub, urllib)
+            raise FsacError(
+                f"could not download the {arch} '{weights}' weights ({type(e).__name__}: {str(e).splitlines()[0][:160]}). "
+                "Without internet, pass --weights PATH to a local checkpoint file, or --weights random for a "
+                "pipeline test"
+            ) from None
+        if not file:
+            raise FsacError(f"open_clip returned no file for {arch} '{weights}'")
+        return Path(file), weights
+    if path.suffix or "/" in weights or "\\" in weights:
+        raise FsacError(f"weights file not found: {weights}")
+    hint = f"pretrained tags for {arch}: {', '.join(tags)}" if tags else f"{arch} has no pretrained tags"
+    raise FsacError(f"unknown weights '{weights}' ({hint}; or a checkpoint file path, or 'random')")
+
+
+def load_weights_file(model: torch.nn.Module, path: Path) -> None:
+    """Load a CLIP checkpoint into `model` without unrestricted pickle."""
+    import open_clip
+
+    try:
+        open_clip.load_checkpoint(model, str(path), strict=True, weights_only=True)
+    except RuntimeError as e:
+        first = str(e).splitlines()[0][:200]
+        raise FsacError(f"{path}: checkpoint does not fit the model architecture ({first})") from None
+    except Exception as e:
+        raise FsacError(f"{path}: cannot load checkpoint ({type(e).__name__}: {str(e)[:200]})") from None
+
+
+def build_model(arch: str, random_init_seed: int = 0) -> torch.nn.Module:
+    """An open_clip CLIP model of architecture `arch` with random initial weights.
+
+    The initialisation is seeded (without touching the global RNG), so a run with random
+    weights can be rebuilt bit-identically for export: the seed is recorded in BackboneInfo.
+    """
+    _register_configs()
+    import open_clip
+
+    if open_clip.get_model_config(arch) is None:
+        raise FsacError(f"unknown model '{arch}' (e.g. {DEFAULT_ARCH}, {DEFAULT_ARCH}-tiny; `fsac models` lists all)")
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # open_clip warns "no pretrained weights" on the root logger; we warn ourselves
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(random_init_seed)
+            return open_clip.create_model(arch, pretrained=None, device="cpu")
+    finally:
+        root.setLevel(level)
+
+
+class Backbone:
+    """Frozen CLIP image and text encoders with the fsac preprocessing spec attached."""
+
+    def __init__(self, model: torch.nn.Module, info: BackboneInfo, spec: PreprocessSpec, device: str = "cpu"):
+        import open_clip
+
+        self.model = model.eval().requires_grad_(False).to(device)
+        self.info = info
+        self.spec = spec
+        self.device = device
+        self.normalize = PixelNormalize(spec.mean, spec.std).to(device)
+        self.tokenizer = open_clip.get_tokenizer(info.arch)
+
+    # Image side ---------------------------------------------------------------------
+
+    @property
+    def visual(self) -> torch.nn.Module:
+        return self.model.visual
+
+    @torch.no_grad()
+    def encode_images(self, images: np.ndarray, batch_size: int = 8,
+                      progress: Callable[[int], None] | None = None) -> torch.Tensor:
+        """(N, S, S, 3) uint8 RGB -> (N, C) projected [CLS] features F (not normalised)."""
+        if images.ndim != 4 or images.shape[1:] != (self.spec.image_size, self.spec.image_size, 3):
+            raise FsacError(
+                f"expected images of shape (N, {self.spec.image_size}, {self.spec.image_size}, 3), got {images.shape}"
+            )
+        out = []
+        for i in range(0, len(images), batch_size):
+            x = torch.from_numpy(np.ascontiguousarray(images[i : i + batch_size])).to(self.device)
+            out.append(self.visual(self.normalize(x)).float().cpu())
+            if progress:
+                progress(len(x))
+        return torch.cat(out) if out else torch.zeros(0, self.info.embed_dim)
+
+    # Text side ----------------------------------------------------------------------
+
+    @torch.no_grad()
+    def encode_texts(self, prompts: list[str], batch_size: int = 64) -> torch.Tensor:
+        """Prompts -> (P, C) projected [EOS] text features g (not normalised)."""
+        out = []
+        for i in range(0, len(prompts), batch_size):
+            tokens = self.tokenizer(prompts[i : i + batch_size]).to(self.device)
+            out.append(encode_text_truncated(self.model, tokens).float().cpu())
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def class_text_features(self, prompts: list[str]) -> torch.Tensor:
+        """METHOD.md: T = mean of the L2-normalised prompt features, re-normalised. -> (C,)"""
+        feats = torch.nn.functional.normalize(self.encode_texts(prompts), dim=-1)
+        return torch.nn.functional.normalize(feats.mean(dim=0), dim=-1)
+
+
+def encode_text_truncated(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """open_clip's CLIP.encode_text, run only up to the longest prompt's [EOS] token.
+
+    The text transformer is causal, so the [EOS] output depends only on the tokens before
+    it: cutting the padded 77-token context to the longest prompt gives the same features
+    (tested against `encode_text`) about 4x faster for the CPE's short prompts.
+    """
+    needed = ("token_embedding", "positional_embedding", "transformer", "ln_final", "attn_mask", "text_projection")
+    if not all(hasattr(model, n) for n in needed) or getattr(model, "text_pool_type", "argmax") != "argmax":
+        return model.encode_text(tokens)
+    eos = tokens.argmax(dim=-1)
+    length = int(eos.max().item()) + 1
+    tokens = tokens[:, :length]
+    cast_dtype = model.transformer.get_cast_dtype()
+    x = model.token_embedding(tokens).to(cast_dtype)
+    x = x + model.positional_embedding[:length].to(cast_dtype)
+    attn_mask = model.attn_mask[:length, :length] if model.attn_mask is not None else None
+    x = model.transformer(x, attn_mask=attn_mask)
+    x = model.ln_final(x)
+    x = x[torch.arange(x.shape[0]), eos]
+    proj = model.text_projection
+    if proj is not None:
+        x = proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
+    return x
+
+
+def preprocess_spec_for(model: torch.nn.Module, arch: str, weights: str, resize_mode: str = "shortest") -> PreprocessSpec:
+    """The preprocessing the backbone's weights expect (mean/std/interpolation from open_clip)."""
+    import open_clip
+
+    size = model.visual.image_size
+    size = int(size[0] if isinstance(size, (tuple, list)) else size)
+    cfg = open_clip.get_pretrained_cfg(arch, weights) if weights not in (RANDOM_WEIGHTS,) else {}
+    mean = tuple(cfg.get("mean") or open_clip.OPENAI_DATASET_MEAN)
+    std = tuple(cfg.get("std") or open_clip.OPENAI_DATASET_STD)
+    interpolation = cfg.get("interpolation") or "bicubic"
+    return PreprocessSpec(image_size=size, resize_mode=resize_mode, interpolation=interpolation, mean=mean, std=std)
+
+
+def load_backbone(arch: str = DEFAULT_ARCH, weights: str = DEFAULT_WEIGHTS, device: str | None = None,
+                  cache_dir: str | None = None, resize_mode: str = "shortest", random_init_seed: int = 0,
+                  quiet: bool = False) -> Backbone:
+    """Build the frozen backbone. See the module docstring for `weights`."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = build_model(arch, random_init_seed)
+    path, weights_id = resolve_weights(arch, weights, cache_dir)
+    sha = None
+    if path is not None:
+        load_weights_file(model, path)
+        sha = sha256_file(path)
+    elif not quiet:
+        print(RANDOM_WEIGHTS_WARNING, file=sys.stderr)
+    embed_dim = int(model.text_projection.shape[1]) if hasattr(model, "text_projection") and not isinstance(
+        model.text_projection, torch.nn.Linear) else int(model.visual.output_dim)
+    tag_for_spec = weights if weights_id == weights else RANDOM_WEIGHTS
+    spec = preprocess_spec_for(model, arch, tag_for_spec, resize_mode)
+    info = BackboneInfo(arch=arch, weights_id=weights_id, weights_sha256=sha, embed_dim=embed_dim,
+                        image_size=spec.image_size, random_init_seed=random_init_seed)
+    return Backbone(model, info, spec, device)

@@ -1,0 +1,84 @@
+"""`fsac bench train`: how long `fsac train` takes, stage by stage, and its peak memory.
+
+Target (issue 2): the whole k = 4 training of the full ViT-B-16-plus-240, synthetic anomalies
+included, under 60 s wall on a 2-core CPU. Timings do not depend on the backbone's weights,
+so random weights are the default here (nothing about accuracy is measured).
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from fsac.io import atomic_write_json
+from fsac.train.backbone import load_backbone
+from fsac.train.data import embedded_dataset, sample_shots, training_images
+from fsac.train.run import save_trained
+from fsac.train.trainer import TrainConfig, train
+from fsac.train.synth import SynthConfig
+
+TARGET_S = 60.0
+
+
+def peak_rss_mb() -> float:
+    # ru_maxrss is in KiB on Linux (bytes on macOS).
+    scale = 1 / 1024 if sys.platform != "darwin" else 1 / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def bench_train(arch: str, shots: int, weights: str, images, synth_per_image: int, out: Path | None,
+                threads: int | None) -> dict:
+    if threads:
+        torch.set_num_threads(threads)
+    pool = training_images(list(images)) if images else embedded_dataset().train_pool
+    chosen = sample_shots(pool, shots, 0)
+    rss0 = peak_rss_mb()
+    t0 = time.perf_counter()
+    backbone = load_backbone(arch, weights, quiet=True)
+    t_load = time.perf_counter() - t0
+    cfg = TrainConfig(synth=SynthConfig(per_image=synth_per_image))
+    result = train(backbone, chosen, "object", cfg, quiet=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        t1 = time.perf_counter()
+        save_trained(Path(tmp) / "ckpt", result, cfg)
+        t_save = time.perf_counter() - t1
+    wall = time.perf_counter() - t0
+    t = result.timings
+    k, m = shots, synth_per_image
+    figures = {
+        "arch": arch, "weights": backbone.info.weights_id, "shots": k, "synth_per_image": m,
+        "torch_threads": torch.get_num_threads(), "device": backbone.device,
+        "backbone_build_s": t_load, "load_images_s": t["load_s"], "synth_s": t["synth_s"], "text_s": t["text_s"],
+        "features_s": t["features_s"], "images_encoded": k + k * m,
+        "per_image_s": t["features_s"] / (k + k * m), "stage1_s": t.get("stage1_s", 0.0),
+        "stage2_s": t.get("stage2_s", 0.0), "train_total_s": t["total_s"], "save_s": t_save,
+        "whole_train_s": wall, "target_s": TARGET_S, "peak_rss_mb": peak_rss_mb(), "rss_before_mb": rss0,
+    }
+    rows = [
+        ("backbone build + weights", figures["backbone_build_s"]),
+        ("load + preprocess shots", figures["load_images_s"]),
+        ("synthetic anomalies", figures["synth_s"]),
+        ("text features (242 prompts)", figures["text_s"]),
+        (f"image features ({k + k * m} images)", figures["features_s"]),
+        ("stage 1 (100 epochs)", figures["stage1_s"]),
+        ("stage 2 (100 epochs)", figures["stage2_s"]),
+        ("save checkpoint", figures["save_s"]),
+        ("whole fsac train", figures["whole_train_s"]),
+    ]
+    print(f"fsac bench train: {arch}, k={k}, {m} synthetic per image, {figures['torch_threads']} torch threads, "
+          f"{backbone.device}")
+    for name, secs in rows:
+        print(f"  {name:<32} {secs:8.2f} s")
+    print(f"  {'per encoded image':<32} {figures['per_image_s']:8.3f} s")
+    print(f"  {'peak RSS':<32} {figures['peak_rss_mb']:8.0f} MB")
+    verdict = "met" if wall <= TARGET_S else "NOT met"
+    print(f"  target: whole training <= {TARGET_S:.0f} s: {verdict} ({wall:.1f} s)")
+    if out:
+        atomic_write_json(out, figures)
+        print(f"  figures written to {out}")
+    return figures

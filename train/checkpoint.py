@@ -1,0 +1,185 @@
+"""fsac training checkpoints: adapters in safetensors + one JSON file. No pickle anywhere.
+
+A checkpoint is a folder:
+
+    adapters.safetensors   head tensors: image_adapter.*, text_adapter.*, cross_attention.*,
+                           t_pos, t_neg (T+-), at_pos, at_neg (AT+-, the folded text vectors)
+    model.json             everything needed to rebuild the model and deploy it: backbone
+                           (arch, weights id, weights sha256, random-init seed), head config
+                           (alpha, beta, tau, ...), object name, prompts, preprocessing spec,
+                           training images' names and sha256, seed, settings, loss history,
+                           versions, and the sha256 of adapters.safetensors
+
+Both files are written atomically, the JSON last: a folder whose model.json exists holds a
+complete checkpoint, and the recorded sha256 catches a later change of the tensors file.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import fsac
+from fsac.errors import FsacError
+from fsac.io import atomic_write_bytes, atomic_write_json, sha256_bytes, sha256_file
+from fsac.preprocess import PreprocessSpec
+from fsac.train.backbone import Backbone, BackboneInfo, load_backbone
+from fsac.train.model import DeployModel, FSACHead, HeadConfig
+
+CHECKPOINT_FORMAT = "fsac-checkpoint"
+CHECKPOINT_VERSION = 1
+TENSORS_FILE = "adapters.safetensors"
+META_FILE = "model.json"
+
+
+def versions() -> dict[str, str]:
+    import open_clip
+
+    return {
+        "fsac": fsac.__version__,
+        "torch": torch.__version__,
+        "open_clip": getattr(open_clip, "__version__", "unknown"),
+        "python": platform.python_version(),
+    }
+
+
+@dataclass
+class TrainedModel:
+    """A trained CLIP-FSAC model: frozen backbone + head, and its recorded provenance."""
+
+    backbone: Backbone
+    head: FSACHead
+    use_text_adapter: bool
+    object_name: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def deploy_model(self) -> DeployModel:
+        """uint8 pixels -> (score, sim_pos, sim_neg): the module `fsac export` traces."""
+        return DeployModel(self.backbone.visual, self.backbone.normalize, self.head, self.use_text_adapter).eval()
+
+    @torch.no_grad()
+    def score_features(self, features: torch.Tensor):
+        """Cached image features F (N, C) -> (AS, s+, s-) numpy arrays, each (N,)."""
+        self.head.eval()
+        score, sp, sn = self.head(features.to(self.head.t_pos.device), self.use_text_adapter)
+        return score.cpu().numpy(), sp.cpu().numpy(), sn.cpu().numpy()
+
+
+def save_checkpoint(out_dir: str | Path, model: TrainedModel, extra: dict[str, Any]) -> Path:
+    """Write `adapters.safetensors` and `model.json` into out_dir. Returns the JSON path."""
+    from safetensors.torch import save
+
+    out_dir = Path(out_dir)
+    head = model.head
+    tensors = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
+    with torch.no_grad():
+        at_pos, at_neg = head.adapted_text(model.use_text_adapter)
+    tensors["at_pos"] = at_pos.detach().cpu().contiguous()
+    tensors["at_neg"] = at_neg.detach().cpu().contiguous()
+    blob = save(tensors, metadata={"format": CHECKPOINT_FORMAT, "version": str(CHECKPOINT_VERSION)})
+    atomic_write_bytes(out_dir / TENSORS_FILE, blob)
+    meta = {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": CHECKPOINT_VERSION,
+        "backbone": model.backbone.info.to_dict(),
+        "head": head.cfg.to_dict(),
+        "use_text_adapter": model.use_text_adapter,
+        "object_name": model.object_name,
+        "preprocess": model.backbone.spec.to_dict(),
+        "tensors_file": TENSORS_FILE,
+        "tensors_sha256": sha256_bytes(blob),
+        "versions": versions(),
+        **extra,
+    }
+    return atomic_write_json(out_dir / META_FILE, meta)
+
+
+def read_checkpoint_meta(path: str | Path) -> tuple[Path, dict[str, Any]]:
+    """-> (checkpoint folder, parsed model.json). Accepts the folder or the JSON file."""
+    path = Path(path)
+    folder = path.parent if path.suffix == ".json" else path
+    meta_path = folder / META_FILE
+    if not folder.exists():
+        raise FsacError(f"checkpoint not found: {folder}")
+    if not meta_path.is_file():
+        raise FsacError(f"{folder}: not an fsac checkpoint (no {META_FILE}; written by `fsac train`)")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as e:
+        raise FsacError(f"{meta_path}: not valid JSON ({e})") from None
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise FsacError(f"{meta_path}: not an fsac checkpoint (format {meta.get('format')!r})")
+    if meta.get("format_version") != CHECKPOINT_VERSION:
+        raise FsacError(f"{meta_path}: checkpoint format version {meta.get('format_version')} is not supported")
+    return folder, meta
+
+
+def checkpoint_sha256(path: str | Path) -> str:
+    """One id for a checkpoint: sha256 over its model.json and tensors file bytes."""
+    folder, meta = read_checkpoint_meta(path)
+    return sha256_bytes((folder / META_FILE).read_bytes() + (folder / meta["tensors_file"]).read_bytes())
+
+
+def load_checkpoint(path: str | Path, weights: str | None = None, device: str | None = None,
+                    quiet: bool = False) -> TrainedModel:
+    """Rebuild backbone + head from a checkpoint folder.
+
+    `weights` overrides where the backbone weights come from (a tag or a file); by default
+    the recorded tag is used, and a recorded local file must be passed again. A file's sha256
+    must match the one recorded at training time.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    folder, meta = read_checkpoint_meta(path)
+    tensors_path = folder / meta["tensors_file"]
+    if not tensors_path.is_file():
+        raise FsacError(f"{folder}: tensors file {meta['tensors_file']} is missing")
+    blob = tensors_path.read_bytes()
+    if sha256_bytes(blob) != meta["tensors_sha256"]:
+        raise FsacError(f"{tensors_path}: contents do not match the sha256 recorded in {META_FILE}; file damaged or modified")
+    try:
+        tensors = load(blob)
+    except (SafetensorError, Exception) as e:  # noqa: B014 - safetensors raises several types
+        raise FsacError(f"{tensors_path}: cannot read safetensors ({e})") from None
+
+    info = BackboneInfo(**meta["backbone"])
+    if weights is None:
+        weights = info.weights_id
+        if weights.startswith("file:"):
+            raise FsacError(
+                f"{folder} was trained with a local backbone file ({weights[5:]}); pass it again with --weights PATH"
+            )
+    backbone = load_backbone(info.arch, weights, device=device, resize_mode=meta["preprocess"]["resize_mode"],
+                             random_init_seed=info.random_init_seed, quiet=quiet)
+    if info.weights_sha256 and backbone.info.weights_sha256 != info.weights_sha256:
+        raise FsacError(
+            f"backbone weights {weights} (sha256 {str(backbone.info.weights_sha256)[:12]}...) differ from the ones "
+            f"{folder} was trained with (sha256 {info.weights_sha256[:12]}...)"
+        )
+    if backbone.info.weights_id != info.weights_id and not (
+            info.weights_id.startswith("file:") and backbone.info.weights_id.startswith("file:")):
+        raise FsacError(f"{folder} was trained with backbone weights {info.weights_id}, not {backbone.info.weights_id}")
+    spec = PreprocessSpec.from_dict(meta["preprocess"])
+    if spec != backbone.spec:
+        backbone.spec = spec  # the recorded spec is authoritative
+    head_cfg = HeadConfig.from_dict(meta["head"])
+    head = FSACHead(head_cfg, tensors["t_pos"], tensors["t_neg"])
+    state = {k: v for k, v in tensors.items() if k not in ("at_pos", "at_neg")}
+    missing, unexpected = head.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise FsacError(f"{tensors_path}: tensors do not fit the head (missing {missing}, unexpected {unexpected})")
+    head = head.to(backbone.device).eval()
+    model = TrainedModel(backbone, head, bool(meta["use_text_adapter"]), meta["object_name"], meta)
+    # The folded text vectors must come out the same as recorded: catches a head/config mismatch.
+    with torch.no_grad():
+        at_pos, at_neg = head.adapted_text(model.use_text_adapter)
+    if not (torch.allclose(at_pos.cpu(), tensors["at_pos"], atol=1e-6) and
+            torch.allclose(at_neg.cpu(), tensors["at_neg"], atol=1e-6)):
+        raise FsacError(f"{folder}: recorded AT+/AT- do not match the head rebuilt from the checkpoint")
+    return model

@@ -1,0 +1,143 @@
+"""`fsac eval`: few-shot protocol over categories x shots x seeds, in one invocation.
+
+For each category the test images are encoded once (the encoder is frozen) and reused by
+every (shots, seed) run. k = 0 is the zero-shot baseline (CLIP + prompt ensemble, WinCLIP
+image-level: METHOD.md eq. 10-12 on the raw image feature and T+-), which has no randomness
+and runs once. Unreadable images are skipped and listed in the report, never silently lost.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from fsac.errors import FsacError, ImageDecodeError
+from fsac.preprocess import preprocess_file, stack
+from fsac.train.backbone import Backbone
+from fsac.train.checkpoint import versions
+from fsac.train.data import Category, TestItem
+from fsac.train.metrics import image_metrics
+from fsac.train.model import zero_shot_score
+from fsac.train.prompts import object_name_from_category
+from fsac.train.report import EvalReport, RunResult
+from fsac.train.trainer import FeatureCache, TrainConfig, TrainResult, text_features, tqdm_progress, train
+
+DEFAULT_SHOTS = (0, 1, 2, 4)
+DEFAULT_SEEDS = (0, 1, 2)
+
+
+@dataclass
+class EvalConfig:
+    shots: tuple[int, ...] = DEFAULT_SHOTS
+    seeds: tuple[int, ...] = DEFAULT_SEEDS
+    train: TrainConfig = field(default_factory=TrainConfig)
+    object_name: str | None = None  # None: from the category name
+    batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        if not self.shots:
+            raise FsacError("--shots needs at least one value")
+        if any(k < 0 for k in self.shots):
+            raise FsacError(f"--shots values must be >= 0, got {list(self.shots)}")
+        if not self.seeds:
+            raise FsacError("--seeds must be >= 1")
+
+
+def _encode_valid(paths: list[Path], backbone: Backbone, cache: FeatureCache, skipped: list[dict],
+                  batch_size: int, desc: str, quiet: bool) -> list[Path]:
+    """Encode every decodable image once; list the rest in `skipped`. -> decodable paths."""
+    todo = [p for p in paths if p not in cache]
+    update = tqdm_progress(quiet)(desc, len(todo))
+    bad = {d["file"] for d in skipped}
+    for i in range(0, len(todo), batch_size):
+        good, pixels = [], []
+        for p in todo[i : i + batch_size]:
+            try:
+                pixels.append(preprocess_file(p, backbone.spec))
+                good.append(p)
+            except ImageDecodeError as e:
+                if str(p) not in bad:
+                    skipped.append({"file": str(p), "reason": e.reason})
+                    bad.add(str(p))
+                update(1)
+        if good:
+            cache.add(good, stack(pixels), update)
+    return [p for p in paths if str(p) not in bad]
+
+
+def evaluate(backbone: Backbone, categories: list[Category], cfg: EvalConfig, quiet: bool = False,
+             log=print, on_model: Callable[[RunResult, TrainResult], None] | None = None) -> EvalReport:
+    """Run the protocol and return the report (written to disk by `report.write_report`).
+
+    `on_model(run, train_result)` is called after each few-shot run, e.g. to keep a model."""
+    results: list[RunResult] = []
+    skipped: list[dict] = []
+    timings: dict[str, float] = {}
+    cache = FeatureCache(backbone)
+    for cat in categories:
+        t_cat = time.perf_counter()
+        obj = cfg.object_name or object_name_from_category(cat.name)
+        text = text_features(backbone, obj)
+        t_pos, t_neg, _ = text
+        # Encode everything that can end up in a test set once; drop unreadable files everywhere.
+        valid = set(map(str, _encode_valid(cat.all_test_paths(), backbone, cache, skipped, cfg.batch_size,
+                                           f"{cat.name}: encoding test images", quiet)))
+        # Two-folder: the pool is also test material, already checked. MVTec train/good images
+        # are decoded only when drawn; a bad shot stops training with an error naming it.
+        pool = [p for p in cat.train_pool if cat.layout == "mvtec" or str(p) in valid]
+        clean = Category(cat.name, cat.root, cat.layout, pool, [t for t in cat.test if str(t.path) in valid])
+        if not [t for t in clean.test if t.label == 1]:
+            raise FsacError(f"{cat.root}: no readable anomalous test images")
+        for k in cfg.shots:
+            if k > len(pool):
+                raise FsacError(f"asked for {k} shots but {cat.root} has only {len(pool)} normal images")
+            for seed in (cfg.seeds[:1] if k == 0 else cfg.seeds):
+                shots, test = clean.split(k, seed)
+                if not any(t.label == 0 for t in test):
+                    raise FsacError(f"{cat.root}: no normal test images left after drawing {k} shots")
+                feats = cache.get([t.path for t in test])
+                if k == 0:
+                    with torch.no_grad():
+                        scores = zero_shot_score(feats, t_pos, t_neg, cfg.train.head.tau)[0].numpy()
+                    train_names: list[str] = []
+                else:
+                    tcfg = replace(cfg.train, seed=seed, synth=replace(cfg.train.synth, seed=seed))
+                    result = train(backbone, shots, obj, tcfg, quiet=quiet, cache=cache, text=text)
+                    scores = result.model.score_features(feats)[0]
+                    train_names = [str(p) for p in shots]
+                labels = np.array([t.label for t in test])
+                run = RunResult(category=cat.name, shots=k, seed=seed, metrics=image_metrics(labels, scores),
+                                scores=[float(s) for s in scores], labels=[int(x) for x in labels],
+                                image_names=[_rel(t, cat.root) for t in test], train_images=train_names)
+                results.append(run)
+                if k > 0 and on_model is not None:
+                    on_model(run, result)
+                if not quiet:
+                    m = run.metrics
+                    log(f"{cat.name:>16} k={k} seed={seed}: I-AUROC {100 * m.auroc:5.1f}  "
+                        f"I-AUPR {100 * m.aupr:5.1f}  F1-max {100 * m.f1_max:5.1f}")
+        timings[f"{cat.name}_s"] = round(time.perf_counter() - t_cat, 2)
+    meta = {
+        "backbone": backbone.info.to_dict(),
+        "preprocess": backbone.spec.to_dict(),
+        "shots": list(cfg.shots),
+        "seeds": list(cfg.seeds),
+        "train": cfg.train.to_dict(),
+        "object_name": cfg.object_name,
+        "categories": [{"name": c.name, "root": str(c.root), "layout": c.layout} for c in categories],
+        "timings": timings,
+        "versions": versions(),
+    }
+    return EvalReport(results=results, skipped=skipped, meta=meta, random_weights=backbone.info.is_random)
+
+
+def _rel(item: TestItem, root: Path) -> str:
+    try:
+        return str(item.path.relative_to(root))
+    except ValueError:
+        return str(item.path)

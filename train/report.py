@@ -1,0 +1,551 @@
+"""Evaluation results -> what the user sees: terminal table, report.json, report.md, ROC
+curves and score histograms.
+
+Units: metrics are stored as fractions in [0, 1] (`ImageMetrics`, `SummaryRow`, JSON) and
+shown in percent with one decimal in the table and Markdown ("95.5 ± 0.4", paper style).
+Scores are in the model's own units (higher = more anomalous).
+
+Honesty rule: a run with a randomly initialised backbone (`EvalReport.random_weights`)
+only shows that the pipeline runs end to end. Every output (table, Markdown, JSON, figures)
+then carries `RANDOM_WEIGHTS_WARNING` at the top, so the numbers cannot be mistaken for
+detection quality.
+
+matplotlib is imported inside the plotting functions only, and only through its
+object-oriented API with the Agg canvas (no pyplot, so no global figure state and no GUI
+backend is ever touched).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import textwrap
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fsac.errors import FsacError
+from fsac.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from fsac.train.metrics import ImageMetrics, roc_curve
+
+__all__ = [
+    "RANDOM_WEIGHTS_WARNING",
+    "EvalReport",
+    "RunResult",
+    "SummaryRow",
+    "format_table",
+    "from_json",
+    "plot_roc",
+    "plot_score_histogram",
+    "summarize",
+    "to_json",
+    "to_markdown",
+    "write_report",
+]
+
+RANDOM_WEIGHTS_WARNING = (
+    "RANDOM BACKBONE WEIGHTS: these numbers measure nothing about detection quality. "
+    "The backbone was randomly initialised; the figures only check that the pipeline runs "
+    "end to end. Do not quote them as results."
+)
+REPORT_SCHEMA = "fsac.eval_report/1"
+AVERAGE = "average"  # category label of the per-shots average rows
+STD_DDOF = 0  # population std over the seeds actually run: one seed -> std 0, not NaN
+
+
+@dataclass
+class RunResult:
+    """One evaluation run: one category, one shots setting, one seed.
+
+    shots: reference images per category (0 = zero-shot baseline, no reference images).
+    scores, labels, image_names: one entry per test image, same order (labels 1 =
+    anomalous). image_names may be left empty. train_images: the few-shot reference images
+    of this run (empty for shots = 0).
+    """
+
+    category: str
+    shots: int
+    seed: int
+    metrics: ImageMetrics
+    scores: list[float]
+    labels: list[int]
+    image_names: list[str] = field(default_factory=list)
+    train_images: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        # Accept numpy arrays / Paths from the caller, but store plain JSON-able lists.
+        self.shots = int(self.shots)
+        self.seed = int(self.seed)
+        self.scores = [float(v) for v in np.asarray(self.scores, dtype=np.float64).ravel()]
+        self.labels = [int(v) for v in np.asarray(self.labels).ravel()]
+        self.image_names = [str(v) for v in self.image_names]
+        self.train_images = [str(v) for v in self.train_images]
+        where = f"run {self.category}/{self.shots}-shot/seed {self.seed}"
+        if len(self.scores) != len(self.labels):
+            raise FsacError(f"{where}: {len(self.scores)} scores but {len(self.labels)} labels")
+        if self.image_names and len(self.image_names) != len(self.scores):
+            raise FsacError(
+                f"{where}: {len(self.image_names)} image names but {len(self.scores)} scores"
+            )
+
+    @property
+    def key(self) -> tuple[str, int, int]:
+        return (self.category, self.shots, self.seed)
+
+
+@dataclass
+class EvalReport:
+    """Everything one evaluation produced.
+
+    skipped: [{"file": path, "reason": why}] for test images that could not be read; they
+    are listed in every report, never silently dropped. meta: backbone arch, weights id and
+    sha256, fsac version, settings... (any JSON-able values). random_weights: the backbone
+    was randomly initialised (pipeline check; see RANDOM_WEIGHTS_WARNING).
+    """
+
+    results: list[RunResult] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)
+    meta: dict = field(default_factory=dict)
+    random_weights: bool = False
+
+
+@dataclass(frozen=True)
+class SummaryRow:
+    """Mean and std over seeds for one (category, shots); fractions in [0, 1].
+
+    std uses ddof=0 (population std of the seeds run), so one seed gives 0. For the
+    average row (is_average, category "average"): mean = mean over categories of the
+    per-category means; std = std over seeds of the category-averaged metric, which needs
+    every category to have run the same seeds, else it is None (shown "n/a").
+    """
+
+    category: str
+    shots: int
+    n_seeds: int
+    auroc: float
+    auroc_std: float | None
+    aupr: float
+    aupr_std: float | None
+    f1_max: float
+    f1_max_std: float | None
+    is_average: bool = False
+
+
+_METRICS = (("auroc", "I-AUROC"), ("aupr", "I-AUPR"), ("f1_max", "F1-max"))
+
+
+def _groups(report: EvalReport) -> tuple[list[str], list[int], dict[tuple[str, int], list[RunResult]]]:
+    """-> (categories in first-seen order, shots ascending, {(category, shots): runs by seed})."""
+    categories: list[str] = []
+    groups: dict[tuple[str, int], list[RunResult]] = {}
+    seen: set[tuple[str, int, int]] = set()
+    for r in report.results:
+        if r.key in seen:
+            # Averaging a run twice would silently bias the mean.
+            raise FsacError(f"duplicate run in report: {r.category}, {r.shots}-shot, seed {r.seed}")
+        seen.add(r.key)
+        if r.category not in categories:
+            categories.append(r.category)
+        groups.setdefault((r.category, r.shots), []).append(r)
+    for runs in groups.values():
+        runs.sort(key=lambda r: r.seed)
+    shots = sorted({s for _, s in groups})
+    return categories, shots, groups
+
+
+def summarize(report: EvalReport) -> list[SummaryRow]:
+    """Per (category, shots): mean ± std over seeds of I-AUROC, I-AUPR, F1-max.
+
+    Rows are ordered by shots (ascending); within a shots setting, categories in the order
+    they first appear in `report.results`, then one average row (see `SummaryRow`).
+    Fractions in [0, 1]; std with ddof=0.
+    """
+    categories, all_shots, groups = _groups(report)
+    rows: list[SummaryRow] = []
+    for shots in all_shots:
+        cats = [c for c in categories if (c, shots) in groups]
+        means: dict[str, list[float]] = {m: [] for m, _ in _METRICS}
+        for c in cats:
+            runs = groups[(c, shots)]
+            vals = {m: np.array([getattr(r.metrics, m) for r in runs]) for m, _ in _METRICS}
+            for m, _ in _METRICS:
+                means[m].append(float(vals[m].mean()))
+            rows.append(
+                SummaryRow(
+                    category=c,
+                    shots=shots,
+                    n_seeds=len(runs),
+                    **{m: float(vals[m].mean()) for m, _ in _METRICS},
+                    **{f"{m}_std": float(vals[m].std(ddof=STD_DDOF)) for m, _ in _METRICS},
+                )
+            )
+        seed_sets = [tuple(r.seed for r in groups[(c, shots)]) for c in cats]
+        same_seeds = all(s == seed_sets[0] for s in seed_sets)
+        stds: dict[str, float | None] = {}
+        for m, _ in _METRICS:
+            if same_seeds:
+                # (n_categories, n_seeds) -> category average per seed -> spread over seeds
+                table = np.array([[getattr(r.metrics, m) for r in groups[(c, shots)]] for c in cats])
+                stds[f"{m}_std"] = float(table.mean(axis=0).std(ddof=STD_DDOF))
+            else:
+                stds[f"{m}_std"] = None
+        rows.append(
+            SummaryRow(
+                category=AVERAGE,
+                shots=shots,
+                n_seeds=len(seed_sets[0]) if same_seeds else max(len(s) for s in seed_sets),
+                **{m: float(np.mean(means[m])) for m, _ in _METRICS},
+                **stds,
+                is_average=True,
+            )
+        )
+    return rows
+
+
+def _pct(mean: float, std: float | None) -> str:
+    """0.955, 0.004 -> "95.5 ± 0.4" (percent, one decimal)."""
+    sd = "n/a" if std is None else f"{100 * std:.1f}"
+    return f"{100 * mean:.1f} ± {sd}"
+
+
+def _shots_label(shots: int) -> str:
+    return "0 (zero-shot)" if shots == 0 else str(shots)
+
+
+def _table_cells(rows: list[SummaryRow]) -> tuple[list[str], list[list[str]]]:
+    header = ["category", "shots", "seeds"] + [name for _, name in _METRICS]
+    body = [
+        [r.category, _shots_label(r.shots), str(r.n_seeds)]
+        + [_pct(getattr(r, m), getattr(r, f"{m}_std")) for m, _ in _METRICS]
+        for r in rows
+    ]
+    return header, body
+
+
+def _skipped_line(report: EvalReport) -> str | None:
+    n = len(report.skipped)
+    if not n:
+        return None
+    return f"{n} test image{'s' if n != 1 else ''} could not be read and {'were' if n != 1 else 'was'} skipped (listed in report.md / report.json)"
+
+
+def format_table(report: EvalReport) -> str:
+    """Fixed-width terminal table: one line per (shots, category) plus averages, metrics in
+    percent with one decimal, "mean ± std" over seeds."""
+    lines: list[str] = []
+    if report.random_weights:
+        bar = "!" * 88
+        # wrapped so the warning stays inside the bar on an 88+ column terminal
+        lines += [bar, *(f"!! {ln}" for ln in textwrap.wrap(RANDOM_WEIGHTS_WARNING, len(bar) - 3)), bar]
+        lines.append("Image-level anomaly classification: PIPELINE CHECK ONLY (random backbone weights)")
+    else:
+        lines.append("Image-level anomaly classification")
+    lines.append("percent, mean ± std over seeds (std ddof=0)")
+    rows = summarize(report)
+    if not rows:
+        lines.append("(no evaluation runs)")
+    else:
+        header, body = _table_cells(rows)
+        widths = [max(len(x) for x in col) for col in zip(header, *body)]
+
+        def fmt(cells: list[str]) -> str:
+            # text columns left-aligned, numbers right-aligned
+            return "  ".join(
+                c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
+            ).rstrip()
+
+        rule = "-" * len(fmt(header))
+        lines += [rule, fmt(header), rule]
+        prev = None
+        for r, cells in zip(rows, body):
+            if prev is not None and r.shots != prev:
+                lines.append(rule)
+            lines.append(fmt(cells))
+            prev = r.shots
+        lines.append(rule)
+    skipped = _skipped_line(report)
+    if skipped:
+        lines.append(f"NOTE: {skipped}")
+    if report.random_weights:
+        lines.append(f"!! {RANDOM_WEIGHTS_WARNING.split(':')[0]}: not a measure of detection quality")
+    return "\n".join(lines)
+
+
+def _jsonable(obj: Any) -> Any:
+    """Plain JSON types from numpy scalars/arrays, Paths, tuples, sets and dataclasses."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if hasattr(obj, "__dataclass_fields__"):
+        return _jsonable(asdict(obj))
+    return obj
+
+
+def to_json(report: EvalReport) -> dict:
+    """Everything, as plain JSON types: warning (None unless random weights), meta, summary
+    rows (fractions), skipped files and every run with its per-image scores, labels and
+    names (so figures can be redrawn with `from_json`)."""
+    return {
+        "schema": REPORT_SCHEMA,
+        "random_weights": bool(report.random_weights),
+        "warning": RANDOM_WEIGHTS_WARNING if report.random_weights else None,
+        "units": "metrics are fractions in [0, 1]; std over seeds with ddof=0; shots 0 = zero-shot",
+        "meta": _jsonable(report.meta),
+        "summary": [asdict(r) for r in summarize(report)],
+        "skipped": _jsonable(report.skipped),
+        "results": [
+            {
+                "category": r.category,
+                "shots": r.shots,
+                "seed": r.seed,
+                "metrics": r.metrics.to_dict(),
+                "train_images": list(r.train_images),
+                "image_names": list(r.image_names),
+                "labels": list(r.labels),
+                "scores": list(r.scores),
+            }
+            for r in report.results
+        ],
+    }
+
+
+def from_json(d: dict) -> EvalReport:
+    """Inverse of `to_json` (summary and warning are derived, so they are not read back)."""
+    if d.get("schema") != REPORT_SCHEMA:
+        raise FsacError(f"not an fsac evaluation report (schema {d.get('schema')!r}, expected {REPORT_SCHEMA!r})")
+    return EvalReport(
+        results=[
+            RunResult(
+                category=r["category"],
+                shots=r["shots"],
+                seed=r["seed"],
+                metrics=ImageMetrics.from_dict(r["metrics"]),
+                scores=r["scores"],
+                labels=r["labels"],
+                image_names=r.get("image_names", []),
+                train_images=r.get("train_images", []),
+            )
+            for r in d.get("results", [])
+        ],
+        skipped=list(d.get("skipped", [])),
+        meta=dict(d.get("meta", {})),
+        random_weights=bool(d.get("random_weights", False)),
+    )
+
+
+def _md_cell(text: Any) -> str:
+    # A "|" or newline inside a cell would break the Markdown table.
+    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
+def _flatten(d: dict, prefix: str = "") -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = []
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out += _flatten(v, key + ".")
+        else:
+            out.append((key, v))
+    return out
+
+
+def to_markdown(report: EvalReport) -> str:
+    """report.md: warning (random weights), summary table, per-run table, meta, skipped files."""
+    md: list[str] = ["# fsac evaluation report", ""]
+    if report.random_weights:
+        md += [f"> **⚠ {RANDOM_WEIGHTS_WARNING}**", ""]
+    md += [
+        "## Image-level anomaly classification" + (" (pipeline check only)" if report.random_weights else ""),
+        "",
+        "Percent, mean ± std over seeds (std with ddof=0). Shots 0 is the zero-shot baseline.",
+        "",
+    ]
+    rows = summarize(report)
+    if rows:
+        header, body = _table_cells(rows)
+        md.append("| " + " | ".join(header) + " |")
+        md.append("|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|")
+        for r, cells in zip(rows, body):
+            if r.is_average:
+                cells = [f"**{c}**" for c in cells]
+            md.append("| " + " | ".join(_md_cell(c) for c in cells) + " |")
+    else:
+        md.append("No evaluation runs.")
+    md.append("")
+
+    if report.results:
+        md += [
+            "## Runs",
+            "",
+            "| category | shots | seed | I-AUROC | I-AUPR | F1-max | F1 threshold | normal | anomalous |",
+            "|:---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in sorted(report.results, key=lambda r: (r.shots, r.category, r.seed)):
+            m = r.metrics
+            md.append(
+                f"| {_md_cell(r.category)} | {r.shots} | {r.seed} | {100 * m.auroc:.1f} | {100 * m.aupr:.1f} "
+                f"| {100 * m.f1_max:.1f} | {m.f1_threshold:.4g} | {m.n_normal} | {m.n_anomalous} |"
+            )
+        md += ["", "Per-image scores and the reference images of each run are in report.json.", ""]
+
+    md += ["## Setup", ""]
+    meta = _flatten(_jsonable(report.meta))
+    md += [f"- **{_md_cell(k)}**: `{_md_cell(json.dumps(v) if not isinstance(v, str) else v)}`" for k, v in meta]
+    md.append(f"- **random_weights**: `{str(bool(report.random_weights)).lower()}`")
+    md.append("")
+
+    md += [f"## Skipped images ({len(report.skipped)})", ""]
+    if report.skipped:
+        md += ["These test images could not be read and are not part of any metric above.", ""]
+        md += ["| file | reason |", "|:---|:---|"]
+        md += [
+            f"| {_md_cell(s.get('file', '?'))} | {_md_cell(s.get('reason', '?'))} |" for s in report.skipped
+        ]
+    else:
+        md.append("None: every test image was read.")
+    md.append("")
+    return "\n".join(md)
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def _new_figure(n_panels: int, panel_w: float = 3.6, panel_h: float = 3.2):
+    """-> (figure, axes list) on an Agg canvas, up to 4 panels per row."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    cols = max(1, min(n_panels, 4))
+    rows = max(1, math.ceil(n_panels / cols))
+    # constrained layout keeps the suptitle, axis labels and equal-aspect panels apart
+    fig = Figure(figsize=(panel_w * cols, panel_h * rows + 0.6), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = [fig.add_subplot(rows, cols, i + 1) for i in range(max(n_panels, 1))]
+    return fig, axes
+
+
+def _finish(fig, report: EvalReport, title: str, path) -> Path:
+    if report.random_weights:
+        # The figure may be shared alone, so it carries the warning itself.
+        fig.suptitle(f"{title}\nRANDOM BACKBONE WEIGHTS: pipeline check, measures nothing", color="#b00000",
+                     fontsize=11, fontweight="bold")
+    else:
+        fig.suptitle(title, fontsize=11)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight", pad_inches=0.1)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def _empty_panel(ax, text: str = "no evaluation runs") -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes)
+    ax.set_axis_off()
+
+
+def plot_roc(report: EvalReport, path: str | os.PathLike, all_seeds: bool = True) -> Path:
+    """ROC curves -> PNG at `path` (written atomically).
+
+    One panel per category; in it one curve per shots setting, the lowest seed drawn solid
+    and (all_seeds) the other seeds faint in the same colour. The legend gives the AUROC
+    in percent, mean ± std over seeds.
+    """
+    categories, all_shots, groups = _groups(report)
+    fig, axes = _new_figure(len(categories))
+    if not categories:
+        _empty_panel(axes[0])
+    colors = {s: f"C{i % 10}" for i, s in enumerate(all_shots)}
+    for ax, cat in zip(axes, categories):
+        ax.plot([0, 1], [0, 1], ls="--", lw=0.8, color="0.6")
+        for shots in all_shots:
+            runs = groups.get((cat, shots))
+            if not runs:
+                continue
+            aucs = np.array([r.metrics.auroc for r in runs])
+            label = f"{'zero-shot' if shots == 0 else f'{shots}-shot'}: AUROC {_pct(aucs.mean(), aucs.std(ddof=STD_DDOF))}"
+            for i, r in enumerate(runs if all_seeds else runs[:1]):
+                fpr, tpr, _ = roc_curve(r.labels, r.scores)
+                ax.plot(fpr, tpr, color=colors[shots], lw=1.6 if i == 0 else 0.8,
+                        alpha=1.0 if i == 0 else 0.3, label=label if i == 0 else None)
+        ax.set_xlim(-0.01, 1.01)
+        ax.set_ylim(-0.01, 1.01)
+        ax.set_aspect("equal")
+        ax.set_title(cat, fontsize=10)
+        ax.set_xlabel("false positive rate", fontsize=8)
+        ax.set_ylabel("true positive rate", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.legend(loc="lower right", fontsize=7)
+    for ax in axes[len(categories):]:
+        ax.set_axis_off()
+    return _finish(fig, report, "Image-level ROC (faint: other seeds)", path)
+
+
+def plot_score_histogram(
+    report: EvalReport, path: str | os.PathLike, shots: int | None = None, seed: int | None = None
+) -> Path:
+    """Histogram of anomaly scores, normal vs anomalous test images -> PNG at `path`.
+
+    One panel per category (paper Fig. 7 style), for one shots setting (default: the
+    largest) and one seed (default: the lowest run for that category); counts, shared
+    bins per panel. Written atomically.
+    """
+    categories, all_shots, groups = _groups(report)
+    if shots is None and all_shots:
+        shots = all_shots[-1]
+    elif shots is not None and shots not in all_shots:
+        raise FsacError(f"no runs with shots={shots} in the report (have {all_shots})")
+    cats = [c for c in categories if (c, shots) in groups]
+    fig, axes = _new_figure(len(cats), panel_h=2.8)
+    if not cats:
+        _empty_panel(axes[0])
+    for ax, cat in zip(axes, cats):
+        runs = groups[(cat, shots)]
+        run = runs[0] if seed is None else next((r for r in runs if r.seed == seed), None)
+        if run is None:
+            _empty_panel(ax, f"{cat}: no run with seed {seed}")
+            continue
+        s = np.asarray(run.scores)
+        y = np.asarray(run.labels)
+        finite = s[np.isfinite(s)]
+        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        if hi <= lo:
+            lo, hi = lo - 0.5, hi + 0.5
+        bins = np.linspace(lo, hi, 21)
+        ax.hist(np.clip(s[y == 0], lo, hi), bins=bins, color="tab:blue", alpha=0.6,
+                label=f"normal (n={int((y == 0).sum())})")
+        ax.hist(np.clip(s[y == 1], lo, hi), bins=bins, color="tab:red", alpha=0.6,
+                label=f"anomalous (n={int((y == 1).sum())})")
+        if math.isfinite(run.metrics.f1_threshold):
+            ax.axvline(run.metrics.f1_threshold, color="k", ls=":", lw=1, label="F1-max threshold")
+        ax.set_title(f"{cat} (AUROC {100 * run.metrics.auroc:.1f}, seed {run.seed})", fontsize=9)
+        ax.set_xlabel("anomaly score", fontsize=8)
+        ax.set_ylabel("images", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=7)
+    for ax in axes[len(cats):]:
+        ax.set_axis_off()
+    label = "" if shots is None else (" (zero-shot)" if shots == 0 else f" ({shots}-shot)")
+    return _finish(fig, report, f"Anomaly scores of test images{label}", path)
+
+
+def write_report(report: EvalReport, out_dir: str | os.PathLike) -> dict[str, Path]:
+    """Write report.json, report.md, roc.png, scores_hist.png into `out_dir` (atomically)
+    -> {"json", "markdown", "roc", "scores_hist"}: paths. The data files go first, so
+    a plotting failure cannot lose them."""
+    out = Path(out_dir)
+    paths = {
+        "json": atomic_write_json(out / "report.json", to_json(report)),
+        "markdown": atomic_write_text(out / "report.md", to_markdown(report)),
+        "roc": plot_roc(report, out / "roc.png"),
+        "scores_hist": plot_score_histogram(report, out / "scores_hist.png"),
+    }
+    return paths
