@@ -19,6 +19,8 @@ may produce: 1, L, LA, P, PA, RGB, RGBA, CMYK, YCbCr, LAB, HSV, I;16*, I and F.
 from __future__ import annotations
 
 import io
+import math
+import numbers
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -63,16 +65,25 @@ class PreprocessSpec:
     layout: str = field(default="NHWC-uint8-RGB", init=False)
 
     def __post_init__(self) -> None:
-        if self.resize_mode not in RESIZE_MODES:
+        if not isinstance(self.resize_mode, str) or self.resize_mode not in RESIZE_MODES:
             raise FsacError(f"preprocess.resize_mode must be one of {RESIZE_MODES}, got {self.resize_mode!r}")
-        if self.interpolation not in INTERPOLATIONS:
+        if not isinstance(self.interpolation, str) or self.interpolation not in INTERPOLATIONS:
             raise FsacError(
                 f"preprocess.interpolation must be one of {tuple(INTERPOLATIONS)}, got {self.interpolation!r}"
             )
-        if not (isinstance(self.image_size, int) and 16 <= self.image_size <= 4096):
+        if not (isinstance(self.image_size, int) and not isinstance(self.image_size, bool)
+                and 16 <= self.image_size <= 4096):
             raise FsacError(f"preprocess.image_size must be an integer in [16, 4096], got {self.image_size!r}")
-        if len(self.mean) != 3 or len(self.std) != 3 or any(s <= 0 for s in self.std):
-            raise FsacError("preprocess.mean and preprocess.std must have 3 entries, std > 0")
+        for name in ("mean", "std"):
+            v = getattr(self, name)
+            if not (_is_triple(v) and all(_is_real(x) and math.isfinite(x) for x in v)):
+                raise FsacError(f"preprocess.{name} must be 3 finite numbers, got {v!r}")
+        if any(x <= 0 for x in self.std):
+            raise FsacError(f"preprocess.std must be > 0, got {self.std!r}")
+        for name in ("alpha_background", "pad_value"):
+            v = getattr(self, name)
+            if not (_is_triple(v) and all(_is_int(x) and 0 <= x <= 255 for x in v)):
+                raise FsacError(f"preprocess.{name} must be 3 integers in [0, 255] (an RGB colour), got {v!r}")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -82,6 +93,8 @@ class PreprocessSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "PreprocessSpec":
+        if not isinstance(d, dict):
+            raise FsacError(f"preprocessing settings must be a mapping, got {type(d).__name__}")
         known = {"image_size", "resize_mode", "interpolation", "mean", "std", "alpha_background", "pad_value"}
         unknown = set(d) - known - {"layout"}
         if unknown:
@@ -91,13 +104,43 @@ class PreprocessSpec:
         kw = {k: d[k] for k in known if k in d}
         for k in ("mean", "std"):
             if k in kw:
-                kw[k] = tuple(float(x) for x in kw[k])
+                kw[k] = _convert(k, kw[k], lambda v: tuple(float(x) for x in v))
         for k in ("alpha_background", "pad_value"):
             if k in kw:
-                kw[k] = tuple(int(x) for x in kw[k])
+                kw[k] = _convert(k, kw[k], lambda v: tuple(_as_int(x) for x in v))
         if "image_size" in kw:
-            kw["image_size"] = int(kw["image_size"])
+            kw["image_size"] = _convert("image_size", kw["image_size"], _as_int)
         return cls(**kw)
+
+
+def _is_real(x: Any) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def _is_triple(v: Any) -> bool:
+    return isinstance(v, (tuple, list)) and len(v) == 3
+
+
+def _as_int(x: Any) -> int:
+    """int(x) for ints, integral floats and digit strings; refuses 240.5, True and "abc"."""
+    if isinstance(x, bool):
+        raise ValueError(f"{x!r} is not an integer")
+    if isinstance(x, float) and not x.is_integer():
+        raise ValueError(f"{x!r} is not an integer")
+    return int(x)
+
+
+def _convert(name: str, value: Any, fn) -> Any:
+    if isinstance(value, (str, bytes)) and name != "image_size":
+        raise FsacError(f"preprocess.{name} must be a list of 3 numbers, got {value!r}")
+    try:
+        return fn(value)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise FsacError(f"preprocess.{name}: bad value {value!r} ({e})") from None
 
 
 # --------------------------------------------------------------------------- decoding
@@ -107,17 +150,20 @@ def to_rgb(image: Image.Image, alpha_background: Sequence[int] = (0, 0, 0)) -> n
     """Any Pillow image -> (H, W, 3) uint8 RGB.
 
     16-bit and 32-bit integer images are scaled by a fixed factor (65535 -> 255), never by
-    their own min/max, so the same scene always gives the same pixels.
+    their own min/max, so the same scene always gives the same pixels. The factor is "keep
+    the high byte" (v >> 8), because that is what Pillow does when it decodes 16-bit RGB(A)
+    PNGs (it has no 16-bit colour mode), so a 16-bit grey PNG, a 16-bit colour PNG and a
+    uint16 camera frame (`frame_to_rgb`) of the same scene give the same 8-bit pixels.
     """
     mode = image.mode
     if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-        arr = np.asarray(image, dtype=np.float64)
+        arr = np.asarray(image).astype(np.int64)
         if mode == "I" and arr.max(initial=0) <= 255:
             # 8-bit data stored as 32-bit ints (some TIFF writers do this).
-            gray = arr
+            gray = np.clip(arr, 0, 255)
         else:
-            gray = arr / 257.0
-        gray = np.clip(np.rint(gray), 0, 255).astype(np.uint8)
+            gray = np.clip(arr, 0, 65535) >> 8
+        gray = gray.astype(np.uint8)
         return np.repeat(gray[..., None], 3, axis=2)
     if mode == "F":
         arr = np.asarray(image, dtype=np.float64)
@@ -148,12 +194,22 @@ def _open(fp, source: str) -> Image.Image:
     Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
     try:
         image = Image.open(fp)
+        # Pillow itself only raises above 2 * MAX_IMAGE_PIXELS (it merely warns above
+        # MAX_IMAGE_PIXELS): check the header's size ourselves, before decoding anything.
+        pixels = image.width * image.height
+        if pixels > MAX_IMAGE_PIXELS:
+            image.close()
+            raise ImageDecodeError(
+                source, f"image too large ({image.width}x{image.height} = {pixels} pixels, "
+                f"limit {MAX_IMAGE_PIXELS}; possible decompression bomb)")
         image.load()  # Pillow decodes lazily: force it so truncation is caught here.
         image = ImageOps.exif_transpose(image)
     except FileNotFoundError:
         raise ImageDecodeError(source, "no such file") from None
     except IsADirectoryError:
         raise ImageDecodeError(source, "is a folder, not an image file") from None
+    except PermissionError:
+        raise ImageDecodeError(source, "permission denied (check the file's owner and mode)") from None
     except UnidentifiedImageError:
         raise ImageDecodeError(source, "not a recognised image format (corrupt or not an image)") from None
     except Image.DecompressionBombError as e:
@@ -168,11 +224,20 @@ def _open(fp, source: str) -> Image.Image:
 def load_image(path: str | os.PathLike, spec: PreprocessSpec | None = None) -> np.ndarray:
     """Decode an image file -> (H, W, 3) uint8 RGB. Raises ImageDecodeError naming the file."""
     spec = spec or PreprocessSpec()
-    image = _open(path, str(path))
+    try:
+        empty = os.path.isfile(path) and os.path.getsize(path) == 0
+    except OSError:
+        empty = False
+    if empty:
+        raise ImageDecodeError(str(path), "empty file")
+    return _to_rgb_checked(_open(path, str(path)), str(path), spec)
+
+
+def _to_rgb_checked(image: Image.Image, source: str, spec: PreprocessSpec) -> np.ndarray:
     try:
         return to_rgb(image, spec.alpha_background)
     except (OSError, ValueError) as e:
-        raise ImageDecodeError(str(path), f"cannot convert mode {image.mode} to RGB ({e})") from None
+        raise ImageDecodeError(source, f"cannot convert mode {image.mode} to RGB ({e})") from None
 
 
 def decode_image_bytes(data: bytes, source: str = "<bytes>", spec: PreprocessSpec | None = None) -> np.ndarray:
@@ -181,19 +246,22 @@ def decode_image_bytes(data: bytes, source: str = "<bytes>", spec: PreprocessSpe
     if not data:
         raise ImageDecodeError(source, "empty file")
     image = _open(io.BytesIO(data), source)
-    return to_rgb(image, spec.alpha_background)
+    return _to_rgb_checked(image, source, spec)
 
 
 def frame_to_rgb(frame: np.ndarray, channel_order: str = "bgr", source: str = "<frame>") -> np.ndarray:
     """A decoded camera frame (OpenCV gives BGR) -> (H, W, 3) uint8 RGB.
 
-    Accepts (H, W), (H, W, 1), (H, W, 3) and (H, W, 4) arrays of uint8 or uint16.
+    Accepts (H, W), (H, W, 1), (H, W, 3) and (H, W, 4) arrays of uint8 or uint16 (uint16 is
+    scaled like 16-bit image files: high byte). With 4 channels the 4th is ignored.
     """
+    if channel_order not in ("bgr", "rgb"):
+        raise FsacError(f"channel_order must be 'bgr' or 'rgb', got {channel_order!r}")
     if not isinstance(frame, np.ndarray) or frame.ndim not in (2, 3) or frame.size == 0:
         shape = getattr(frame, "shape", None)
         raise ImageDecodeError(source, f"frame has shape {shape}; expected (H, W) or (H, W, C)")
     if frame.dtype == np.uint16:
-        frame = np.clip(np.rint(frame.astype(np.float64) / 257.0), 0, 255).astype(np.uint8)
+        frame = (frame >> 8).astype(np.uint8)
     elif frame.dtype != np.uint8:
         raise ImageDecodeError(source, f"frame dtype {frame.dtype} not supported (uint8 or uint16)")
     if frame.ndim == 2:
@@ -203,8 +271,6 @@ def frame_to_rgb(frame: np.ndarray, channel_order: str = "bgr", source: str = "<
         return np.ascontiguousarray(np.repeat(frame, 3, axis=2))
     if channels not in (3, 4):
         raise ImageDecodeError(source, f"frame has {channels} channels; expected 1, 3 or 4")
-    if channel_order not in ("bgr", "rgb"):
-        raise FsacError(f"channel_order must be 'bgr' or 'rgb', got {channel_order!r}")
     rgb = frame[..., 2::-1] if channel_order == "bgr" else frame[..., :3]
     return np.ascontiguousarray(rgb)
 

@@ -338,8 +338,14 @@ def _resolve_relative(data: dict[str, Any], base: Path) -> None:
     if isinstance(source, dict):
         fix(source, "uri", _looks_like_path)
         fix(source, "done_dir")
-    if isinstance(sinks, dict) and isinstance(sinks.get("jsonl"), dict):
-        fix(sinks["jsonl"], "path")
+    if isinstance(sinks, dict):
+        if isinstance(sinks.get("jsonl"), dict):
+            fix(sinks["jsonl"], "path")
+        if isinstance(sinks.get("mqtt"), dict):
+            for key in ("buffer_dir", "ca_certs", "certfile", "keyfile"):
+                fix(sinks["mqtt"], key)
+        if isinstance(sinks.get("frames"), dict):
+            fix(sinks["frames"], "dir")
 
 
 def apply_override(data: dict[str, Any], assignment: str) -> None:
@@ -388,6 +394,21 @@ def sink_section_settings(section: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in section.items() if k != "enabled"}
 
 
+def check_sink_section(name: str, settings: dict[str, Any]) -> None:
+    """Validate an opaque sink section with its own module's pure validator, so a typo in
+    sinks.mqtt fails at start like any other setting. A module that cannot be imported is
+    reported when the sink is built (and by --check)."""
+    import importlib
+
+    try:
+        module = importlib.import_module(f"fsac.runtime.sinks.{name}")
+    except ImportError:
+        return
+    validator = getattr(module, f"validate_{name}_config", None)
+    if callable(validator):
+        validator(settings)
+
+
 def validate(cfg: RuntimeConfig) -> None:
     """Checks that involve more than one setting."""
     if not cfg.model.path:
@@ -404,6 +425,8 @@ def validate(cfg: RuntimeConfig) -> None:
         section = getattr(cfg.sinks, name)
         if section is not None and "enabled" in section and not isinstance(section["enabled"], bool):
             raise FsacError(f"sinks.{name}.enabled: expected true or false, got {_describe(section['enabled'])}")
+        if sink_section_enabled(section):
+            check_sink_section(name, sink_section_settings(section))
     if not (cfg.sinks.jsonl.path or sink_section_enabled(cfg.sinks.mqtt) or sink_section_enabled(cfg.sinks.frames)):
         raise FsacError("sinks: no result sink configured; set sinks.jsonl.path (or --jsonl FILE), "
                         "sinks.mqtt or sinks.frames")

@@ -173,6 +173,30 @@ def load_sink_class(section: str, module: str, cls: str) -> Any:
         raise FsacError(f"sinks.{section}: fsac.runtime.sinks.{module} has no {cls}") from None
 
 
+def _batch_flusher(sink: Any):
+    """The per-batch flush of a sink, without waiting.
+
+    Sinks that deliver from their own thread (MQTT, saved frames) take `flush(timeout)` and
+    would otherwise wait for their destination after every batch; the scoring loop only
+    asks them to push on, with timeout 0. Their write() already made the record durable.
+    """
+    import inspect
+
+    try:
+        params = inspect.signature(sink.flush).parameters
+    except (TypeError, ValueError):
+        params = {}
+    if "timeout" in params:
+        return lambda: sink.flush(timeout=0.0)
+    return sink.flush
+
+
+def _accepts_raw_bytes(sink: Any) -> bool:
+    """Whether an error record may carry the undecodable file's bytes as `image` (the saved-
+    frames sink keeps them for inspection); other sinks get None, as base.Sink says."""
+    return bool(getattr(sink, "accepts_raw_bytes", getattr(sink, "name", "") == "frames"))
+
+
 class _Throttle:
     """At most one log line per interval for a repeating problem (a camera sending garbage at
     30 fps must not fill the disk with logs); the count of the suppressed ones is reported."""
@@ -214,6 +238,8 @@ class Daemon:
             raise
         # Keep decoded pixels only if some sink saves them (memory: queue_size frames).
         self.keep_rgb = any(getattr(s, "needs_images", getattr(s, "name", "") == "frames") for s in self.sinks)
+        self._flushers = [_batch_flusher(s) for s in self.sinks]
+        self._takes_raw = [_accepts_raw_bytes(s) for s in self.sinks]
         self.queue = FrameQueue(cfg.source.queue_size, drop_oldest=cfg.source.mode == "latest-frame")
         self.install_signals = install_signals
         self.http: StatusServer | None = None
@@ -524,8 +550,11 @@ class Daemon:
                 self._frame_errors(logging.WARNING, "frame %d (%s): %s", frame.frame_id, frame.name or frame.source,
                                    error)
                 record = make_record(frame, model, latency, error=error)
-            image = preps[i].rgb if record["verdict"] != "error" else None
-            self._emit(record, image)
+            if record["verdict"] != "error":
+                self._emit(record, preps[i].rgb)
+            else:
+                raw = frame.data if isinstance(frame.data, (bytes, bytearray)) else None
+                self._emit(record, None, raw)
             records.append(record)
             self.metrics.frames.inc()
             if record["verdict"] == "defective":
@@ -533,9 +562,9 @@ class Daemon:
             elif record["verdict"] == "error":
                 self.metrics.errors.inc()
             self.metrics.latency.observe(latency)
-        for sink in self.sinks:
+        for sink, flush in zip(self.sinks, self._flushers):
             try:
-                sink.flush()
+                flush()
             except Exception as e:
                 self.metrics.sink_error(getattr(sink, "name", "?"))
                 self._sink_errors(logging.ERROR, "sink %s flush failed: %s", getattr(sink, "name", sink), e)
@@ -546,11 +575,11 @@ class Daemon:
             except Exception as e:
                 log.warning("source hook failed for frame %d: %s", item.frame.frame_id, e)
 
-    def _emit(self, record: dict[str, Any], image: np.ndarray | None) -> None:
-        for sink in self.sinks:
+    def _emit(self, record: dict[str, Any], image: np.ndarray | None, raw: bytes | None = None) -> None:
+        for sink, takes_raw in zip(self.sinks, self._takes_raw):
             try:
                 # A copy per sink: one sink decorating its record must not change the next one's.
-                sink.write(dict(record), image)
+                sink.write(dict(record), raw if image is None and takes_raw else image)
             except Exception as e:
                 self.metrics.sink_error(getattr(sink, "name", "?"))
                 self._sink_errors(logging.ERROR, "sink %s failed to take frame %d: %s", getattr(sink, "name", sink),

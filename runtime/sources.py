@@ -286,20 +286,20 @@ class WatchSource(Source):
             return None  # removed; the next scan forgets it
         except OSError as e:
             error = f"cannot read image {path}: {e.strerror or e}"
-            return self._give_up_or_wait(name, cand, now, give_up, error, path)
+            return self._give_up_or_wait(name, cand, now, give_up, error, path, None)
         if (st.st_size, st.st_mtime_ns) != (cand.size, cand.mtime_ns) or len(data) != st.st_size:
             cand.size, cand.mtime_ns, cand.stable_since = st.st_size, st.st_mtime_ns, now
             return None  # still being written
         try:
             rgb = decode_image_bytes(data, str(path))
         except ImageDecodeError as e:
-            return self._give_up_or_wait(name, cand, now, give_up, str(e), path)
+            return self._give_up_or_wait(name, cand, now, give_up, str(e), path, data)
         return self._frame(rgb, name, RGB, path=path)
 
     def _give_up_or_wait(self, name: str, cand: _Candidate, now: float, give_up: float, error: str,
-                         path: Path) -> Frame | None:
+                         path: Path, data: bytes | None) -> Frame | None:
         if now - cand.first_seen >= give_up:
-            return self._frame(None, name, ENCODED, error=error, path=path)
+            return self._frame(data, name, ENCODED, error=error, path=path)
         # Maybe still being written with pauses: look again after another settle period.
         cand.stable_since = now
         return None

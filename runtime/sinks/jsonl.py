@@ -95,7 +95,8 @@ class JsonlSink:
             self._bytes += len(line)
             self._written += 1
 
-    def flush(self) -> None:
+    def flush(self, timeout: float = 0.0) -> None:
+        """Hand buffered lines to the OS (and fsync with `fsync: batch`); never waits on a network."""
         with self._lock:
             if self._closed:
                 return

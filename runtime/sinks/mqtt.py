@@ -33,6 +33,11 @@ most once a minute with the running total). A newest-wins policy: for a line-sid
 recent results matter more than week-old ones. The database file is roughly the payload
 bound plus SQLite overhead; freed pages are reused and released once the queue drains.
 
+`max_inflight` bounds the MQTT messages handed to paho and not yet acknowledged (a
+defective record is two messages). Keep it at or below the broker's limit for incoming
+in-flight messages (Mosquitto `max_inflight_messages`, default 20): with QoS 2, Mosquitto
+2.0 silently fails to forward messages beyond it.
+
 Only one process may use a `buffer_dir` at a time (an advisory `flock` on
 `<buffer_dir>/mqtt-queue.lock`).
 
@@ -93,7 +98,7 @@ MQTT_DEFAULTS: dict[str, Any] = {
     "connect_timeout": 5.0,  # seconds
     "reconnect_min_delay": 1.0,  # seconds; doubles per failed attempt ...
     "reconnect_max_delay": 30.0,  # ... up to this
-    "max_inflight": 32,  # records handed to the client and not yet acknowledged
+    "max_inflight": 20,  # messages handed to the client and not yet acknowledged (see below)
     "tls": False,
     "ca_certs": None,  # None with tls: the system CA store
     "certfile": None,
@@ -428,7 +433,7 @@ class MqttSink:
         self._connections = 0  # successful CONNACKs
         self._ever_connected = False
         self._outage_logged = False
-        self._last_drop_log = 0.0
+        self._last_drop_log: float | None = None  # None: the next drop is logged at once
         self._drops_since_log = 0
         self._last_refusal: str | None = None
         self.last_error: str | None = None  # last connection problem, human readable
@@ -508,6 +513,7 @@ class MqttSink:
             self._ever_connected = True
             self._outage_logged = False
             self._last_refusal = None
+            self._last_drop_log = None  # a new outage's first drop is reported at once
             self.last_error = None
             pending = self._queue.count
         client.publish(self.status_topic, _STATUS_ONLINE, qos=self.qos, retain=True)
@@ -605,11 +611,14 @@ class MqttSink:
                         "re-sending from the oldest", len(self._row_left), self._hold_limit)
             self._hold = False
             self._forget_inflight()
-        room = self.cfg["max_inflight"] - len(self._row_left)
+        room = self.cfg["max_inflight"] - len(self._mid_row)
         if room <= 0:
             return
         mqtt = self._mqtt
         for rid, topics, payload in self._queue.after(self._cursor, room):
+            if len(topics) > room and self._mid_row:
+                return  # wait for acknowledgements (a record's messages go out together)
+            room -= len(topics)
             mids = []
             ok = True
             for topic in topics:
@@ -672,7 +681,7 @@ class MqttSink:
             self._dropped += n
             self._drops_since_log += n
             total = self._dropped
-            loud = self._drops_since_log == n or now - self._last_drop_log >= 60.0
+            loud = self._last_drop_log is None or now - self._last_drop_log >= 60.0
             if loud:
                 since, self._drops_since_log = self._drops_since_log, 0
                 self._last_drop_log = now

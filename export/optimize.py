@@ -1,0 +1,141 @@
+"""Offline graph simplification, measured, and kept only where it pays.
+
+Methods:
+  "slim" (default): onnxslim - constant folding, dead-node removal, shape-op elimination,
+         standard-op fusions. The result uses standard ONNX ops only, so TensorRT and the
+         INT8 quantizer take it as well as ONNX Runtime.
+  "ort":  onnxruntime.transformers optimizer (model_type "clip": LayerNorm / Gelu /
+         attention fusion). Its fused ops live in the com.microsoft domain, which only ONNX
+         Runtime runs: TensorRT engines cannot be built from such a graph.
+  "none": keep the exported graph.
+
+ONNX Runtime already applies its own fusions when it loads a graph (ORT_ENABLE_ALL), so on
+CPU the offline pass mostly saves load time and gives TensorRT / the quantizer a smaller
+graph; speed is measured anyway. The candidate replaces the exported graph only if (a)
+parity with PyTorch still holds and (b) its batch-1 latency, measured interleaved with the
+original in the same process, is not worse than `SLOWER_MARGIN` (noise on a shared CPU).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from fsac.errors import FsacError
+
+METHODS = ("slim", "ort", "none")
+SLOWER_MARGIN = 1.03  # candidate may be at most 3 % slower (measurement noise) and still be kept
+
+
+@dataclass
+class OptimizeReport:
+    method: str
+    kept: bool
+    reason: str
+    nodes_before: int
+    nodes_after: int
+    latency_before_s: float | None  # median, batch 1, ONNX Runtime CPU
+    latency_after_s: float | None
+    load_before_s: float | None  # InferenceSession creation
+    load_after_s: float | None
+    optimize_s: float
+    parity_max_abs_diff: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def optimize_graph(model, method: str, num_heads: int | None = None, hidden_size: int | None = None):
+    """onnx.ModelProto -> optimized onnx.ModelProto (metadata is re-applied by the caller)."""
+    if method == "slim":
+        try:
+            import onnxslim
+        except ImportError:
+            raise FsacError("--optimize slim needs onnxslim (pip install onnxslim), or pass --optimize none") from None
+        return onnxslim.slim(model)
+    if method == "ort":
+        import logging
+        from onnxruntime.transformers.optimizer import optimize_model
+
+        # The optimizer logs every failed symbolic shape inference at WARNING; not ours to fix.
+        logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)
+        opt = optimize_model(model, model_type="clip", num_heads=num_heads or 0, hidden_size=hidden_size or 0,
+                             opt_level=0, use_gpu=False)
+        return opt.model
+    raise FsacError(f"--optimize must be one of {', '.join(METHODS)}, got {method!r}")
+
+
+def time_interleaved(sessions: dict[str, Any], pixels: np.ndarray, runs: int = 5, warmup: int = 1
+                     ) -> dict[str, float]:
+    """Median latency (s) of each session on `pixels`, runs interleaved (A, B, A, B, ...)
+    so that load from other processes on a shared CPU hits all of them alike."""
+    feeds = {"image": np.ascontiguousarray(pixels)}
+    for s in sessions.values():
+        for _ in range(warmup):
+            s.run(None, feeds)
+    times: dict[str, list[float]] = {k: [] for k in sessions}
+    for _ in range(runs):
+        for k, s in sessions.items():
+            t = time.perf_counter()
+            s.run(None, feeds)
+            times[k].append(time.perf_counter() - t)
+    return {k: float(np.median(v)) for k, v in times.items()}
+
+
+def _timed_session(model_bytes: bytes):
+    from fsac.calibration.scoring import make_session
+
+    t = time.perf_counter()
+    s = make_session(model_bytes)
+    return s, time.perf_counter() - t
+
+
+def optimize_and_measure(model, method: str, pixels: np.ndarray,
+                         parity: Callable[[bytes], float], runs: int = 5,
+                         num_heads: int | None = None, hidden_size: int | None = None):
+    """Try `method` on `model` (onnx.ModelProto, already parity-checked).
+
+    parity(bytes) -> max |Δ score| vs PyTorch; raises FsacError when over the tolerance.
+    pixels: (1, S, S, 3) uint8, one real image for the timing.
+    -> (ModelProto to keep, OptimizeReport).
+    """
+    from fsac.export.onnx_export import serialize
+
+    n_before = len(model.graph.node)
+    if method == "none":
+        return model, OptimizeReport("none", False, "not requested", n_before, n_before, None, None, None, None, 0.0)
+    import onnx
+
+    before = serialize(model)
+    work = onnx.ModelProto()
+    work.CopyFrom(model)  # optimizers may change their input in place
+    t0 = time.perf_counter()
+    try:
+        candidate = optimize_graph(work, method, num_heads, hidden_size)
+    except FsacError:
+        raise
+    except Exception as e:  # a failing optimizer must not fail the export: keep the plain graph
+        return model, OptimizeReport(method, False, f"optimizer failed: {type(e).__name__}: {str(e)[:160]}",
+                                     n_before, n_before, None, None, None, None, time.perf_counter() - t0)
+    opt_s = time.perf_counter() - t0
+    after = serialize(candidate)
+    s_before, load_before = _timed_session(before)
+    s_after, load_after = _timed_session(after)
+    report = OptimizeReport(method, False, "", n_before, len(candidate.graph.node), None, None,
+                            load_before, load_after, opt_s)
+    try:
+        report.parity_max_abs_diff = parity(after)
+    except FsacError as e:
+        report.reason = f"parity lost after optimisation: {e}"
+        return model, report
+    lat = time_interleaved({"before": s_before, "after": s_after}, pixels[:1], runs=runs)
+    report.latency_before_s, report.latency_after_s = lat["before"], lat["after"]
+    if lat["after"] > lat["before"] * SLOWER_MARGIN:
+        report.reason = f"slower ({lat['after']:.4f} s vs {lat['before']:.4f} s at batch 1)"
+        return model, report
+    report.kept = True
+    report.reason = "parity holds and not slower"
+    return candidate, report

@@ -1,0 +1,132 @@
+"""`fsac-run`: the line-side daemon's command line.
+
+    fsac-run --config /etc/fsac/fsac-run.yaml
+    fsac-run --model bottle.fsac.onnx --source /srv/drop --set source.kind=watch --jsonl results.jsonl
+    fsac-run --config fsac-run.yaml --check      # validate config, model and source, then exit
+
+Exit codes: 0 clean stop (end of a file source, or SIGTERM/SIGINT after draining),
+1 a failure while running (records may be missing; see the log), 2 a problem found at start
+(bad setting, refused model, missing source), printed as one line without a traceback.
+
+Deliberately argparse, not typer: this is the edge box's entry point and every import
+counts (and the runtime must never import torch, not even through `fsac.cli`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from fsac import __version__
+from fsac.errors import FsacError
+
+from .config import load_config, sink_section_enabled
+
+log = logging.getLogger("fsac.runtime")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="fsac-run",
+        description="Score every frame from the line camera with an exported fsac model and report each result.",
+        epilog="Settings: see the example config runtime/systemd/fsac-run.example.yaml. Signals: SIGTERM/SIGINT "
+        "stop after draining the queue; SIGHUP reloads the model file.")
+    p.add_argument("-c", "--config", metavar="FILE", help="YAML (.yaml/.yml) or TOML (.toml) config file")
+    p.add_argument("--model", metavar="PATH", help="model file (sets model.path)")
+    p.add_argument("--source", metavar="URI", help="folder, video file, camera index, URL or GStreamer pipeline "
+                   "(sets source.uri)")
+    p.add_argument("--jsonl", metavar="FILE", help="JSON-lines result file (sets sinks.jsonl.path)")
+    p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="append", default=[],
+                   help="override any setting, e.g. --set source.mode=latest-frame (repeatable)")
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="sets logging.level")
+    p.add_argument("--check", action="store_true", help="validate config, model, source and sinks, then exit")
+    p.add_argument("--version", action="version", version=f"fsac-run {__version__}")
+    return p
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    # Under systemd the journal adds its own timestamps.
+    fmt = "fsac-run %(levelname)s: %(message)s" if os.environ.get("JOURNAL_STREAM") else \
+        "%(asctime)s fsac-run %(levelname)s: %(message)s"
+    handler.setFormatter(logging.Formatter(fmt))
+    logger = logging.getLogger("fsac.runtime")
+    logger.handlers[:] = [handler]
+    logger.setLevel(level.upper())
+    logger.propagate = False
+
+
+def _abs(path: str | None) -> str | None:
+    """Command-line paths are relative to the current folder; keep URLs and indices as given."""
+    if path is None:
+        return None
+    from .config import _looks_like_path
+
+    return str(Path(path).expanduser().absolute()) if _looks_like_path(path) and path else path
+
+
+def check(cfg) -> list[str]:
+    """What `--check` verifies: everything the daemon would refuse at start, without scoring."""
+    from .backends import load_model
+    from .daemon import load_sink_class
+    from .sources import make_source
+
+    lines = []
+    model = load_model(cfg.model)
+    lines.append(f"model: {model.describe()}")
+    model.backend.close()
+    source = make_source(cfg.source)
+    try:
+        lines.append(f"source: {source.check()}, mode {cfg.source.mode}")
+    finally:
+        source.close()
+    if cfg.sinks.jsonl.path:
+        path = Path(cfg.sinks.jsonl.path)
+        parent = path.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if (path.exists() and not os.access(path, os.W_OK)) or (not path.exists() and not os.access(parent, os.W_OK)):
+            raise FsacError(f"sinks.jsonl.path: cannot write {path} (permissions)")
+        lines.append(f"sink jsonl: {path} (rotate at {cfg.sinks.jsonl.max_bytes} bytes, keep {cfg.sinks.jsonl.backups})")
+    for section, module, cls in (("mqtt", "mqtt", "MqttSink"), ("frames", "frames", "FramesSink")):
+        settings = getattr(cfg.sinks, section)
+        if not sink_section_enabled(settings):
+            continue
+        load_sink_class(section, module, cls)  # importable; its settings were validated with the config
+        lines.append(f"sink {section}: settings valid (the destination itself is contacted only when running)")
+    if cfg.http.enabled:
+        lines.append(f"http: http://{cfg.http.host}:{cfg.http.port}/metrics")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        overrides = list(args.overrides)
+        if args.log_level:
+            overrides.append(f"logging.level={args.log_level}")
+        cfg = load_config(args.config, overrides, model=_abs(args.model), source=_abs(args.source),
+                          jsonl=_abs(args.jsonl))
+        setup_logging(cfg.logging.level)
+        if args.check:
+            for line in check(cfg):
+                print(line)
+            print("fsac-run --check: OK")
+            return 0
+        from .daemon import Daemon
+
+        daemon = Daemon(cfg)
+        return daemon.run()
+    except FsacError as e:
+        print(f"fsac-run: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # Ctrl-C while loading, before the handlers are installed
+        print("fsac-run: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

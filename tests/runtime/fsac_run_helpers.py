@@ -1,0 +1,110 @@
+"""Helpers for the fsac-run tests (importable from test modules; conftest uses them too).
+
+A tiny but valid sealed fsac model, built with onnx.helper, that follows the model-file
+contract exactly (input "image" uint8 [N, S, S, 3], outputs score/sim_pos/sim_neg, every
+required metadata key, sealed by `fsac.modelfile.write_model_file`); what it computes is
+simple enough to check by hand: score = mean pixel / 255, sim_pos = 1 - score, sim_neg =
+score. The division is a weight tensor (initializer "w"), so a test can tamper with "the
+weights".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fsac.preprocess import PreprocessSpec, load_image, resize_crop
+
+S = 64
+W_VALUE = 1.0 / (3 * 255.0)
+
+
+def build_model_bytes(image_size: int = S, graph_size: int | None = None, threshold: str | None = "0.5",
+                      format_version: str = "1", batch: int | str = "N", scale: float = 1.0,
+                      drop_keys: tuple[str, ...] = ()) -> bytes:
+    import onnx
+    from onnx import TensorProto, helper
+
+    g = graph_size or image_size
+    image = helper.make_tensor_value_info("image", TensorProto.UINT8, [batch, g, g, 3])
+    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [batch]) for n in ("score", "sim_pos", "sim_neg")]
+    w = np.full((3, 1), W_VALUE * scale, dtype=np.float32)
+    inits = [
+        helper.make_tensor("w", TensorProto.FLOAT, [3, 1], w.tobytes(), raw=True),
+        helper.make_tensor("one", TensorProto.FLOAT, [], [1.0]),
+        helper.make_tensor("shape1", TensorProto.INT64, [1], [-1]),
+    ]
+    nodes = [
+        helper.make_node("Cast", ["image"], ["xf"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceMean", ["xf"], ["m"], axes=[1, 2], keepdims=0),  # [N, 3]
+        helper.make_node("MatMul", ["m", "w"], ["s2"]),  # [N, 1]
+        helper.make_node("Reshape", ["s2", "shape1"], ["score"]),
+        helper.make_node("Sub", ["one", "score"], ["sim_pos"]),
+        helper.make_node("Identity", ["score"], ["sim_neg"]),
+    ]
+    graph = helper.make_graph(nodes, "fsac_test_mean_pixel", [image], outs, initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="fsac-tests")
+    model.ir_version = 8
+    spec = PreprocessSpec(image_size=image_size)
+    meta = {
+        "fsac.format_version": format_version,
+        "fsac.version": "0.1.0",
+        "fsac.arch": "test-mean-pixel",
+        "fsac.weights_id": "none",
+        "fsac.object": "bottle",
+        "fsac.preprocess": json.dumps(spec.to_dict()),
+        "fsac.inputs": json.dumps({"image": {"dtype": "uint8", "shape": ["N", image_size, image_size, 3]}}),
+        "fsac.outputs": json.dumps({n: {"dtype": "float32", "shape": ["N"]} for n in ("score", "sim_pos", "sim_neg")}),
+        "fsac.checkpoint_sha256": "0" * 64,
+        "fsac.precision": "fp32",
+    }
+    if threshold is not None:
+        meta["fsac.threshold"] = threshold
+    for k in drop_keys:
+        meta.pop(k, None)
+    meta["fsac.seal"] = "0" * 64
+    helper.set_model_props(model, meta)
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+def expected_score(rgb: np.ndarray, size: int = S) -> float:
+    """What the fixture model computes for a decoded (H, W, 3) RGB image."""
+    x = resize_crop(rgb, PreprocessSpec(image_size=size))
+    return float(x.astype(np.float64).mean() / 255.0)
+
+def read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+def fsac_run(*args: str, env: dict | None = None, **kw) -> subprocess.Popen:
+    """Start the real fsac-run entry point in a subprocess (same interpreter)."""
+    code = "import sys; from fsac.runtime.cli import main; sys.exit(main())"
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    for key in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):  # only where a test asks for them
+        full_env.pop(key, None)
+    full_env.update(env or {})
+    return subprocess.Popen([sys.executable, "-c", code, *args], env=full_env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kw)
+
+def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

@@ -1,0 +1,170 @@
+"""Model backends: what is served, what is refused at start, and atomic reload."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import W_VALUE, build_model_bytes, expected_score  # noqa: E402  (tests/runtime on sys.path)
+from fsac.errors import FsacError
+from fsac.modelfile import write_engine_sidecar
+from fsac.preprocess import PreprocessSpec, load_image, resize_crop
+from fsac.runtime.backends import ModelHandle, OnnxBackend, choose_providers, load_model
+from fsac.runtime.config import ModelConfig
+
+
+def test_onnx_backend_scores_real_images_in_dynamic_batches(model_file, bottle_images):
+    model = load_model(ModelConfig(path=str(model_file), batch_size=3))
+    assert model.threshold == 0.5 and model.threshold_source == "model file"
+    assert model.backend.max_batch == 3 and model.backend.fixed_batch is None
+    spec = model.info.preprocess
+    rgbs = [load_image(p, spec) for p in bottle_images[:7]]
+    batch = np.stack([resize_crop(r, spec) for r in rgbs])
+    score, pos, neg = model.backend.infer(batch)  # 7 frames: split into 3 + 3 + 1
+    want = np.array([expected_score(r) for r in rgbs])
+    assert score.dtype == np.float32 and score.shape == (7,)
+    np.testing.assert_allclose(score, want, rtol=1e-5)
+    np.testing.assert_allclose(pos, 1 - want, rtol=1e-5)
+    np.testing.assert_allclose(neg, want, rtol=1e-5)
+    with pytest.raises(FsacError, match=r"model input must be uint8 \(N, 64, 64, 3\)"):
+        model.backend.infer(batch[:, :32])
+
+
+def test_fixed_batch_graph_is_padded(make_model, bottle_images):
+    path = make_model("fixed4.onnx", batch=4)
+    model = load_model(ModelConfig(path=str(path), batch_size=8))
+    assert model.backend.fixed_batch == 4 and model.backend.max_batch == 4
+    spec = model.info.preprocess
+    xs = np.stack([resize_crop(load_image(p, spec), spec) for p in bottle_images[:5]])
+    score, _, _ = model.backend.infer(xs)  # 4 + 1 padded to 4
+    np.testing.assert_allclose(score, xs.reshape(5, -1).mean(axis=1) / 255.0, rtol=1e-5)
+
+
+def test_threshold_override_and_missing_threshold(make_model):
+    path = make_model("nothr.onnx", threshold=None)
+    with pytest.raises(FsacError, match=r"no decision threshold .* run `fsac calibrate` .* set model\.threshold"):
+        load_model(ModelConfig(path=str(path)))
+    model = load_model(ModelConfig(path=str(path), threshold=0.3))
+    assert model.threshold == 0.3 and model.threshold_source == "config"
+
+
+def test_tampered_weights_are_refused(make_model, tmp_path):
+    path = make_model("tamper.onnx")
+    data = bytearray(path.read_bytes())
+    weights = np.full((3, 1), W_VALUE, dtype=np.float32).tobytes()
+    at = bytes(data).find(weights)
+    assert at > 0
+    data[at + 5] ^= 0x01  # one bit of one weight
+    bad = tmp_path / "tampered.onnx"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(FsacError, match=r"damaged or was modified after export"):
+        load_model(ModelConfig(path=str(bad)))
+
+
+def test_unknown_format_version_and_size_mismatch_are_refused(make_model):
+    with pytest.raises(FsacError, match=r"format version 9 is not supported"):
+        load_model(ModelConfig(path=str(make_model("v9.onnx", format_version="9"))))
+    # Graph built for 32x32 images, metadata says 64: refused at start, not on the first frame.
+    with pytest.raises(FsacError, match=r"takes 32x32 images .* image_size=64.* different input size"):
+        load_model(ModelConfig(path=str(make_model("g32.onnx", graph_size=32))))
+    # The deployment pins the size it expects.
+    with pytest.raises(FsacError, match=r"model input size is 64 but model\.image_size is 240"):
+        load_model(ModelConfig(path=str(make_model("ok.onnx")), image_size=240))
+    with pytest.raises(FsacError, match="not an fsac model file"):
+        load_model(ModelConfig(path=str(make_model("nometa.onnx", drop_keys=("fsac.arch",)))))
+    with pytest.raises(FsacError, match="model file not found"):
+        load_model(ModelConfig(path="/nonexistent/model.onnx"))
+
+
+def test_provider_choice():
+    available = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert choose_providers([], available) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert choose_providers([], ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])[0] \
+        == "TensorrtExecutionProvider"
+    assert choose_providers(["cpu"], available) == ["CPUExecutionProvider"]
+    assert choose_providers(["CUDAExecutionProvider", "cpu"], available) == available
+    with pytest.raises(FsacError, match=r"model\.providers: tensorrt \(TensorrtExecutionProvider\) is not available"):
+        choose_providers(["tensorrt"], available)
+
+
+def test_named_unavailable_provider_is_a_clear_error(model_file):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA")
+    with pytest.raises(FsacError, match=r"model\.providers: cuda \(CUDAExecutionProvider\) is not available"):
+        load_model(ModelConfig(path=str(model_file), providers=["cuda"]))
+
+
+def test_reload_swaps_atomically_and_keeps_old_model_on_failure(tmp_path, make_model):
+    from fsac.modelfile import write_model_file
+
+    path = tmp_path / "live.onnx"
+    write_model_file(path, build_model_bytes(threshold="0.5"))
+    handle = ModelHandle(ModelConfig(path=str(path)))
+    first = handle.current
+    # A broken file in place: refused, the old model keeps serving.
+    path.write_bytes(path.read_bytes()[:-10])
+    assert handle.reload() is False
+    assert handle.current is first
+    # A valid new file: swapped.
+    write_model_file(path, build_model_bytes(threshold="0.7", scale=0.5), force=True)
+    assert handle.reload() is True
+    assert handle.current.threshold == 0.7 and handle.current.sha256 != first.sha256
+    x = np.full((1, 64, 64, 3), 200, np.uint8)
+    np.testing.assert_allclose(handle.current.backend.infer(x)[0], [200 / 255 * 0.5], rtol=1e-5)
+    np.testing.assert_allclose(first.backend.infer(x)[0], [200 / 255], rtol=1e-5)  # the old one still works
+
+
+def test_tensorrt_backend_checks_the_engine_before_needing_tensorrt(tmp_path):
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"not really an engine, but hashed like one")
+    meta = {"fsac.format_version": "1", "fsac.version": "0.1.0", "fsac.arch": "x", "fsac.weights_id": "w",
+            "fsac.object": "bottle", "fsac.preprocess": json.dumps(PreprocessSpec(image_size=64).to_dict()),
+            "fsac.inputs": "{}", "fsac.outputs": "{}", "fsac.checkpoint_sha256": "0" * 64, "fsac.precision": "fp16",
+            "fsac.threshold": "0.5"}
+    write_engine_sidecar(engine, meta, {"tensorrt_version": "10.0"})
+    cfg = ModelConfig(path=str(engine))  # backend auto -> tensorrt by suffix
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        with pytest.raises(FsacError, match=r"tensorrt Python package is not installed"):
+            load_model(cfg)
+    else:  # a real TensorRT refuses these bytes as an engine
+        with pytest.raises(FsacError):
+            load_model(cfg)
+    engine.write_bytes(b"not really an engine, but hashed like one!")  # changed after the sidecar
+    with pytest.raises(FsacError, match=r"engine bytes do not match the sha256"):
+        load_model(cfg)
+
+
+@pytest.mark.skipif("not __import__('importlib').util.find_spec('tensorrt')",
+                    reason="TensorRT not installed (no GPU on this machine); TensorRTBackend runs on the Jetson")
+def test_tensorrt_backend_runs_a_real_engine(tmp_path):  # pragma: no cover - needs a GPU
+    pytest.skip("needs an engine built on this device by `fsac export --engine`; covered by the lead's e2e test")
+
+
+def test_onnx_backend_rejects_a_non_fsac_graph(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    from fsac.modelfile import load_model_file, write_model_file
+
+    inp = helper.make_tensor_value_info("pixels", TensorProto.UINT8, ["N", 64, 64, 3])
+    out = helper.make_tensor_value_info("score", TensorProto.UINT8, ["N", 64, 64, 3])
+    graph = helper.make_graph([helper.make_node("Identity", ["pixels"], ["score"])], "g", [inp], [out])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    meta = json.loads(json.dumps({k: "x" for k in ("fsac.version", "fsac.arch", "fsac.weights_id", "fsac.object",
+                                                   "fsac.inputs", "fsac.outputs", "fsac.checkpoint_sha256",
+                                                   "fsac.precision")}))
+    meta.update({"fsac.format_version": "1", "fsac.preprocess": json.dumps(PreprocessSpec(image_size=64).to_dict()),
+                 "fsac.seal": "0" * 64})
+    helper.set_model_props(model, meta)
+    path = write_model_file(tmp_path / "other.onnx", model.SerializeToString())
+    data, info = load_model_file(path)
+    with pytest.raises(FsacError, match=r"has no input 'image'"):
+        OnnxBackend(data, info)
+    assert onnx  # imported for the graph above

@@ -1,0 +1,132 @@
+"""fsac-run configuration: files, overrides, and errors that name the setting."""
+
+from __future__ import annotations
+
+import pytest
+
+from fsac.errors import FsacError
+from fsac.runtime.config import RuntimeConfig, apply_override, load_config, to_dict
+
+
+def write(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_yaml_file_with_relative_paths(tmp_path):
+    cfg_file = write(tmp_path / "conf" / "run.yaml", """
+model: {path: models/m.onnx, threshold: 0.7, providers: [cpu]}
+source: {kind: watch, uri: drop, settle_s: 1, processed: move}
+sinks:
+  jsonl: {path: out/results.jsonl, max_bytes: 10MB, backups: 2}
+http: {port: 0}
+""")
+    cfg = load_config(cfg_file)
+    base = tmp_path / "conf"
+    assert cfg.model.path == str(base / "models/m.onnx")
+    assert cfg.model.threshold == 0.7 and cfg.model.providers == ["cpu"]
+    assert cfg.source.uri == str(base / "drop") and cfg.source.kind == "watch"
+    assert cfg.source.settle_s == 1.0 and isinstance(cfg.source.settle_s, float)
+    assert cfg.sinks.jsonl.path == str(base / "out/results.jsonl")
+    assert cfg.sinks.jsonl.max_bytes == 10_000_000
+    assert cfg.http.port == 0 and cfg.http.host == "127.0.0.1"
+    assert to_dict(cfg)["source"]["processed"] == "move"
+
+
+def test_toml_file(tmp_path):
+    cfg_file = write(tmp_path / "run.toml", """
+[model]
+path = "/abs/m.onnx"
+batch_size = 8
+[source]
+uri = "rtsp://user:pw@cam/stream"
+mode = "latest-frame"
+[sinks.jsonl]
+path = "r.jsonl"
+max_bytes = "1MiB"
+""")
+    cfg = load_config(cfg_file)
+    assert cfg.model.path == "/abs/m.onnx" and cfg.model.batch_size == 8
+    assert cfg.source.uri == "rtsp://user:pw@cam/stream"  # URLs are not made into paths
+    assert cfg.source.mode == "latest-frame"
+    assert cfg.sinks.jsonl.max_bytes == 1024 * 1024
+
+
+def test_unknown_key_names_the_path_and_suggests(tmp_path):
+    cfg_file = write(tmp_path / "run.yaml", "model: {path: m.onnx}\nsource: {uri: x}\nsinks: {jsonl: {path: r, max_byte: 5}}\n")
+    with pytest.raises(FsacError, match=r"sinks\.jsonl\.max_byte: unknown setting \(did you mean max_bytes\?\)"):
+        load_config(cfg_file)
+    with pytest.raises(FsacError, match=r"^modle: unknown setting \(did you mean model\?\)"):
+        load_config(None, ["modle.path=x"])
+
+
+def test_type_and_choice_errors_name_the_setting():
+    base = ["model.path=m.onnx", "source.uri=f", "sinks.jsonl.path=r.jsonl"]
+    with pytest.raises(FsacError, match=r"source\.queue_size: expected an integer, got 'many'"):
+        load_config(None, base + ["source.queue_size=many"])
+    with pytest.raises(FsacError, match=r"source\.mode: must be one of every-frame, latest-frame; got 'latest' "
+                                        r"\(did you mean latest-frame\?\)"):
+        load_config(None, base + ["source.mode=latest"])
+    with pytest.raises(FsacError, match=r"model\.batch_size: must be >= 1, got 0"):
+        load_config(None, base + ["model.batch_size=0"])
+    with pytest.raises(FsacError, match=r"http\.enabled: expected true or false"):
+        load_config(None, base + ["http.enabled=maybe"])
+    with pytest.raises(FsacError, match=r"source\.reconnect_min_s .* must not exceed"):
+        load_config(None, base + ["source.reconnect_min_s=10", "source.reconnect_max_s=1"])
+    with pytest.raises(FsacError, match=r"--set 'nonsense'"):
+        load_config(None, base + ["nonsense"])
+
+
+def test_overrides_and_direct_flags():
+    cfg = load_config(None, ["source.mode=latest-frame", "model.threshold=0.25", "model.providers=cuda,cpu",
+                             "source.frame_size=[640, 480]"],
+                      model="/m.onnx", source="0", jsonl="/tmp/r.jsonl")
+    assert cfg.source.mode == "latest-frame" and cfg.model.threshold == 0.25
+    assert cfg.model.providers == ["cuda", "cpu"]
+    assert cfg.source.frame_size == [640, 480]
+    assert cfg.source.uri == "0" and cfg.model.path == "/m.onnx" and cfg.sinks.jsonl.path == "/tmp/r.jsonl"
+    # Text settings keep what was typed, even where YAML would read a boolean or a number.
+    cfg = load_config(None, ["source.uri=no", "model.path=1.5", "sinks.jsonl.path=r"])
+    assert cfg.source.uri == "no" and cfg.model.path == "1.5"
+
+
+def test_required_settings_and_sinks():
+    with pytest.raises(FsacError, match=r"model\.path: not set; pass --model"):
+        load_config(None, ["source.uri=x", "sinks.jsonl.path=r"])
+    with pytest.raises(FsacError, match=r"source\.uri: not set"):
+        load_config(None, ["model.path=m", "sinks.jsonl.path=r"])
+    with pytest.raises(FsacError, match=r"no result sink configured"):
+        load_config(None, ["model.path=m", "source.uri=x"])
+
+
+def test_sink_sections_are_validated_by_their_modules():
+    pytest.importorskip("fsac.runtime.sinks.mqtt")
+    base = ["model.path=m", "source.uri=x"]
+    cfg = load_config(None, base + ["sinks.mqtt.host=broker", "sinks.mqtt.qos=1"])
+    assert cfg.sinks.mqtt == {"host": "broker", "qos": 1}
+    with pytest.raises(FsacError, match=r"sinks\.mqtt\.qos"):
+        load_config(None, base + ["sinks.mqtt.host=broker", "sinks.mqtt.qos=7"])
+    # enabled: false switches a section off without deleting it
+    with pytest.raises(FsacError, match="no result sink"):
+        load_config(None, base + ["sinks.mqtt.enabled=false", "sinks.mqtt.qos=7"])
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(FsacError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(FsacError, match=r"must end in \.yaml, \.yml or \.toml"):
+        load_config(write(tmp_path / "run.json", "{}"))
+    with pytest.raises(FsacError, match="not valid YAML"):
+        load_config(write(tmp_path / "bad.yaml", "model: [unclosed"))
+    with pytest.raises(FsacError, match="not valid TOML"):
+        load_config(write(tmp_path / "bad.toml", "model = = 1"))
+    with pytest.raises(FsacError, match=r"^model: expected a table of settings"):
+        load_config(write(tmp_path / "list.yaml", "model: [1, 2]\n"))
+
+
+def test_apply_override_builds_nested_sections():
+    data = {}
+    apply_override(data, "sinks.frames.dir=/tmp/f")
+    assert data == {"sinks": {"frames": {"dir": "/tmp/f"}}}
+    assert isinstance(RuntimeConfig().sinks.jsonl.max_bytes, int)

@@ -1,0 +1,83 @@
+"""JSON-lines sink: rotation by size, torn-line recovery, closed-sink behaviour, the schema."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from fsac.errors import FsacError
+from fsac.runtime.sinks.jsonl import JsonlSink
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "runtime" / "schema" / "result.schema.json"
+
+
+def record(i: int, verdict: str = "good") -> dict:
+    return {"schema": "fsac.result/1", "time": "2024-05-01T12:00:00.000Z", "source": "/srv/drop", "frame_id": i,
+            "name": f"{i:04d}.png", "score": None if verdict == "error" else 0.25, "sim_pos": None, "sim_neg": None,
+            "threshold": 0.5, "verdict": verdict, "latency_ms": 3.5, "model": "m.onnx", "model_sha256": "a" * 64,
+            "error": "cannot read image" if verdict == "error" else None}
+
+
+def test_rotation_keeps_n_backups_and_every_record(tmp_path):
+    path = tmp_path / "r.jsonl"
+    line_len = len(json.dumps(record(0), separators=(",", ":"))) + 1
+    sink = JsonlSink(path, max_bytes=line_len * 10 + 5, backups=2)
+    for i in range(45):
+        sink.write(record(i))
+        if i % 4 == 3:
+            sink.flush()
+    sink.close()
+    files = [path, Path(f"{path}.1"), Path(f"{path}.2")]
+    assert all(f.exists() for f in files) and not Path(f"{path}.3").exists()
+    ids = []
+    for f in reversed(files):  # .2 oldest, then .1, then the live file
+        lines = f.read_text().splitlines()
+        assert len(lines) <= 10
+        ids += [json.loads(line)["frame_id"] for line in lines]
+    assert ids == list(range(45 - len(ids), 45))  # the newest records, contiguous, in order
+    assert sink.stats()["rotations"] == 4 and sink.stats()["written"] == 45
+    with pytest.raises(FsacError, match="closed"):
+        sink.write(record(99))
+
+
+def test_zero_backups_starts_afresh(tmp_path):
+    path = tmp_path / "r.jsonl"
+    sink = JsonlSink(path, max_bytes=1024, backups=0)
+    for i in range(30):
+        sink.write(record(i))
+    sink.close()
+    ids = [json.loads(line)["frame_id"] for line in path.read_text().splitlines()]
+    assert ids[-1] == 29 and not Path(f"{path}.1").exists()
+
+
+def test_torn_last_line_is_isolated(tmp_path):
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps(record(0)) + "\n" + '{"schema": "fsac.res')  # a crash mid-line
+    sink = JsonlSink(path)
+    sink.write(record(1))
+    sink.close()
+    lines = path.read_text().splitlines()
+    assert lines[1] == '{"schema": "fsac.res'
+    assert json.loads(lines[2])["frame_id"] == 1
+
+
+def test_unwritable_path_names_the_setting(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(FsacError, match=r"sinks\.jsonl\.path: cannot open"):
+        JsonlSink(blocker / "r.jsonl")
+
+
+def test_schema_is_valid_and_rejects_inconsistent_records():
+    schema = json.loads(SCHEMA_PATH.read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    v = jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker())
+    v.validate(record(0))
+    v.validate(record(1, "error"))
+    bad = record(2) | {"score": None}  # good verdict without a score
+    assert not v.is_valid(bad)
+    assert not v.is_valid(record(3) | {"extra": 1})
+    assert not v.is_valid({k: val for k, val in record(4).items() if k != "model_sha256"})

@@ -1,0 +1,133 @@
+"""Backbone: architecture by name, weights from a tag (download path) or a local file, random."""
+
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from fsac.errors import FsacError
+from fsac.io import sha256_file
+from fsac.train import backbone as bb
+from tests.conftest import FULL_ARCH, TINY_ARCH
+
+
+@pytest.fixture(scope="module")
+def saved_checkpoint(tmp_path_factory) -> Path:
+    """A checkpoint file saved from a randomly initialised tiny model (seed 123)."""
+    model = bb.build_model(TINY_ARCH, random_init_seed=123)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny_clip.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
+
+
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_local_checkpoint_file_loads(saved_checkpoint):
+    loaded = bb.load_backbone(TINY_ARCH, str(saved_checkpoint), device="cpu", quiet=True)
+    assert _same_weights(loaded.model, bb.build_model(TINY_ARCH, random_init_seed=123))
+    assert not _same_weights(loaded.model, bb.build_model(TINY_ARCH, random_init_seed=0))
+    assert loaded.info.weights_id == "file:tiny_clip.safetensors"
+    assert loaded.info.weights_sha256 == sha256_file(saved_checkpoint)
+    assert not loaded.info.is_random
+
+
+def test_pretrained_tag_takes_the_same_loading_path(saved_checkpoint, monkeypatch):
+    """A tag resolves to open_clip's download, then the file goes through load_weights_file,
+    exactly like a local path. The download is replaced by the saved file (no hub here)."""
+    calls = []
+    monkeypatch.setattr(open_clip, "list_pretrained_tags_by_model", lambda arch: ["test_tag"])
+    monkeypatch.setattr(open_clip, "get_pretrained_cfg", lambda arch, tag: {"hf_hub": "fake/repo/"})
+    monkeypatch.setattr(bb, "cached_pretrained", lambda arch, tag, cache_dir=None: None)
+
+    def fake_download(cfg, cache_dir=None):
+        calls.append(cfg)
+        return str(saved_checkpoint)
+
+    monkeypatch.setattr(open_clip, "download_pretrained", fake_download)
+    loaded_by_tag = bb.load_backbone(TINY_ARCH, "test_tag", device="cpu", quiet=True)
+    loaded_by_path = bb.load_backbone(TINY_ARCH, str(saved_checkpoint), device="cpu", quiet=True)
+    assert calls, "the tag was not resolved through open_clip's download"
+    assert loaded_by_tag.info.weights_id == "test_tag"
+    assert loaded_by_tag.info.weights_sha256 == loaded_by_path.info.weights_sha256
+    assert _same_weights(loaded_by_tag.model, loaded_by_path.model)
+
+
+def test_failed_download_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(bb, "cached_pretrained", lambda arch, tag, cache_dir=None: None)
+
+    def no_network(cfg, cache_dir=None):
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(open_clip, "download_pretrained", no_network)
+    with pytest.raises(FsacError, match="could not download.*--weights PATH.*--weights random"):
+        bb.resolve_weights(FULL_ARCH, "laion400m_e31")
+
+
+def test_offline_resolution_never_downloads(monkeypatch):
+    monkeypatch.setattr(bb, "cached_pretrained", lambda arch, tag, cache_dir=None: None)
+    monkeypatch.setattr(open_clip, "download_pretrained", lambda *a, **k: pytest.fail("network used"))
+    with pytest.raises(FsacError, match="not in the local download cache"):
+        bb.resolve_weights(FULL_ARCH, "laion400m_e31", offline=True)
+
+
+def test_wrong_architecture_checkpoint_is_refused(saved_checkpoint, tmp_path):
+    other = bb.build_model(TINY_ARCH)
+    state = {k: v for k, v in other.state_dict().items() if not k.startswith("visual.")}
+    path = tmp_path / "partial.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    with pytest.raises(FsacError, match="does not fit the model architecture"):
+        bb.load_backbone(TINY_ARCH, str(path), quiet=True)
+
+
+def test_errors_for_unknown_names():
+    with pytest.raises(FsacError, match="unknown model 'ViT-Nope'"):
+        bb.load_backbone("ViT-Nope", "random", quiet=True)
+    with pytest.raises(FsacError, match="weights file not found: /no/such/file.safetensors"):
+        bb.resolve_weights(FULL_ARCH, "/no/such/file.safetensors")
+    with pytest.raises(FsacError, match="unknown weights 'laion9000'.*laion400m_e31"):
+        bb.resolve_weights(FULL_ARCH, "laion9000")
+
+
+def test_random_weights_are_seeded_and_warn(capsys):
+    a = bb.load_backbone(TINY_ARCH, "random", random_init_seed=5)
+    assert "RANDOM BACKBONE WEIGHTS" in capsys.readouterr().err
+    b = bb.load_backbone(TINY_ARCH, "random", random_init_seed=5, quiet=True)
+    assert _same_weights(a.model, b.model)
+    assert a.info.is_random and a.info.weights_sha256 is None
+    # The global RNG is left alone.
+    torch.manual_seed(0)
+    x = torch.rand(1)
+    torch.manual_seed(0)
+    bb.build_model(TINY_ARCH, random_init_seed=9)
+    assert torch.equal(torch.rand(1), x)
+
+
+def test_encoders_are_frozen_and_shapes(tiny_backbone):
+    assert not any(p.requires_grad for p in tiny_backbone.model.parameters())
+    x = np.random.default_rng(0).integers(0, 256, (3, 240, 240, 3), dtype=np.uint8)
+    f = tiny_backbone.encode_images(x, batch_size=2)
+    assert f.shape == (3, 64)
+    f1 = tiny_backbone.encode_images(x[:1])
+    assert torch.allclose(f[:1], f1, atol=1e-5)  # batching does not change features
+    with pytest.raises(FsacError, match="expected images of shape"):
+        tiny_backbone.encode_images(x[:, :100])
+
+
+def test_truncated_text_encoding_equals_open_clip(tiny_backbone):
+    tokens = tiny_backbone.tokenizer(["a photo of a flawless bottle for visual inspection.", "damaged bottle"])
+    with torch.no_grad():
+        full = tiny_backbone.model.encode_text(tokens)
+        short = bb.encode_text_truncated(tiny_backbone.model, tokens)
+    assert torch.allclose(full, short, atol=1e-5)
+
+
+def test_preprocess_spec_follows_open_clip_config(tiny_backbone):
+    spec = tiny_backbone.spec
+    assert spec.image_size == 240 and spec.interpolation == "bicubic" and spec.resize_mode == "shortest"
+    assert spec.mean == tuple(open_clip.OPENAI_DATASET_MEAN) and spec.std == tuple(open_clip.OPENAI_DATASET_STD)

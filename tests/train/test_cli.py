@@ -1,0 +1,60 @@
+"""The `fsac` command line as a user runs it (subprocesses for exit codes and tracebacks)."""
+
+import json
+import subprocess
+import sys
+
+from fsac.cli import main
+from tests.conftest import TINY_ARCH
+
+FAST = ["--arch", TINY_ARCH, "--weights", "random", "--epochs1", "4", "--epochs2", "4", "-q"]
+
+
+def _fsac(*args):
+    return subprocess.run([sys.executable, "-m", "fsac.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_unknown_model_is_a_one_line_error_without_traceback():
+    r = _fsac("train", "--arch", "ViT-Nope", "--weights", "random")
+    assert r.returncode == 2
+    assert "unknown model 'ViT-Nope'" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_train_explain_and_overwrite_protection(bottle, tmp_path, capsys):
+    out = tmp_path / "ckpt"
+    shots = sorted((bottle / "train" / "good").glob("*.png"))[:2]
+    assert main(["train", *map(str, shots), "--out", str(out), "--write-synth", "--synth", "mixed"] + FAST) == 0
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["shots"] == 2 and meta["object_name"] == "bottle" and meta["train"]["synth"]["kind"] == "mixed"
+    assert (out / "synth" / "contact_sheet.png").exists()
+    # A second run into the same folder needs --force: a trained model is not lost by accident.
+    assert main(["train", *map(str, shots), "--out", str(out)] + FAST) == 2
+    assert "pass --force" in capsys.readouterr().err
+    assert main(["train", *map(str, shots), "--out", str(out), "--force", "--seed", "1"] + FAST) == 0
+    assert json.loads((out / "model.json").read_text())["seed"] == 1
+    # Explanation map of a defective test image.
+    img = next((bottle / "test" / "broken_large").glob("*.png"))
+    assert main(["explain", str(img), "--model", str(out), "--out", str(tmp_path / "ex")]) == 0
+    png = tmp_path / "ex" / f"{img.stem}_explain.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "AS = " in capsys.readouterr().out
+
+
+def test_shots_option_samples_from_a_folder(bottle, tmp_path):
+    out = tmp_path / "k1"
+    assert main(["train", str(bottle), "--shots", "1", "--out", str(out)] + FAST) == 0
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["shots"] == 1 and meta["object_name"] == "bottle"
+
+
+def test_synth_command_writes_pngs(bottle, tmp_path):
+    assert main(["synth", str(bottle), "--out", str(tmp_path / "s"), "--kind", "nsa", "--per-image", "2",
+                 "--max-images", "2"]) == 0
+    assert len(list((tmp_path / "s").glob("*_nsa.png"))) + len(list((tmp_path / "s").glob("*_gaussian.png"))) == 4
+
+
+def test_help_lists_commands():
+    r = _fsac("--help")
+    assert r.returncode == 0
+    for cmd in ("train", "eval", "synth", "explain", "demo", "bench"):
+        assert cmd in r.stdout

@@ -1,0 +1,86 @@
+"""End to end on real images with the tiny configuration: train + evaluate + report."""
+
+import json
+import shutil
+
+import pytest
+
+from fsac.cli import main
+from fsac.train.data import find_categories, subsample
+from fsac.train.evaluate import EvalConfig, evaluate
+from fsac.train.trainer import TrainConfig
+from tests.conftest import TINY_ARCH
+
+FAST = ["--arch", TINY_ARCH, "--weights", "random", "--epochs1", "5", "--epochs2", "5", "--synth-per-image", "2", "-q"]
+
+
+def test_eval_mvtec_end_to_end(bottle, tmp_path, capsys):
+    out = tmp_path / "report"
+    rc = main(["eval", str(bottle), "--shots", "0,1,2", "--seeds", "2", "--max-test", "6", "--out", str(out)] + FAST)
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "RANDOM" in text and "I-AUROC" in text and "bottle" in text
+    report = json.loads((out / "report.json").read_text())
+    runs = report["results"]
+    assert sorted({(r["shots"], r["seed"]) for r in runs}) == [(0, 0), (1, 0), (1, 1), (2, 0), (2, 1)]
+    for r in runs:
+        assert len(r["scores"]) == 12 and sum(r["labels"]) == 6
+        assert all(0.0 <= s <= 1.0 for s in r["scores"])
+        assert len(r["train_images"]) == r["shots"]
+        m = r["metrics"]
+        assert 0.0 <= m["auroc"] <= 1.0 and 0.0 <= m["aupr"] <= 1.0 and 0.0 < m["f1_max"] <= 1.0
+    # Zero-shot runs once (it has no randomness); each few-shot seed draws different shots.
+    one_shot = [r["train_images"] for r in runs if r["shots"] == 1]
+    assert one_shot[0] != one_shot[1]
+    for name in ("report.md", "roc.png", "scores_hist.png"):
+        assert (out / name).stat().st_size > 1000
+    assert report["meta"]["backbone"]["weights_id"] == "random"
+
+
+def test_two_folder_with_corrupt_image_skips_and_lists_it(shared_data, tmp_path, tiny_backbone):
+    root = tmp_path / "mri"
+    for sub, n in (("normal", 8), ("anomalous", 5)):
+        (root / sub).mkdir(parents=True)
+        for p in sorted((shared_data / "brain_mri" / sub).iterdir())[:n]:
+            shutil.copy(p, root / sub / p.name)
+    (root / "anomalous" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (root / "normal" / "truncated.png").write_bytes(
+        next((shared_data / "mvtec_ad" / "bottle" / "train" / "good").glob("*.png")).read_bytes()[:200])
+    cats = find_categories(root)
+    cfg = EvalConfig(shots=(0, 2), seeds=(0,), train=TrainConfig(stage1_epochs=3, stage2_epochs=3))
+    report = evaluate(tiny_backbone, cats, cfg, quiet=True)
+    skipped = {s["file"].split("/")[-1]: s["reason"] for s in report.skipped}
+    assert set(skipped) == {"corrupt.jpg", "truncated.png"}
+    two_shot = [r for r in report.results if r.shots == 2][0]
+    assert sum(two_shot.labels) == 5 and len(two_shot.labels) == 5 + 8 - 2
+    assert not any("corrupt" in n or "truncated" in n for n in two_shot.image_names)
+
+
+def test_k_larger_than_pool_is_one_line_error(bottle, tmp_path, capsys):
+    root = tmp_path / "tiny_ds"
+    (root / "normal").mkdir(parents=True)
+    (root / "anomalous").mkdir()
+    for i, p in enumerate(sorted((bottle / "train" / "good").glob("*.png"))[:3]):
+        shutil.copy(p, root / "normal" / p.name)
+    shutil.copy(next((bottle / "test" / "broken_large").glob("*.png")), root / "anomalous" / "a.png")
+    rc = main(["eval", str(root), "--shots", "4", "--seeds", "1", "--out", str(tmp_path / "o")] + FAST)
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "asked for 4 shots" in err and "has only 3 normal images" in err and "Traceback" not in err
+
+
+def test_subsample_keeps_both_classes(bottle):
+    (cat,) = find_categories(bottle)
+    small = subsample(cat, 5, 5)
+    assert sum(t.label == 0 for t in small.test) == 5 and sum(t.label == 1 for t in small.test) == 5
+
+
+@pytest.mark.parametrize("args, message", [
+    (["eval", "/no/such/folder"], "data folder not found: /no/such/folder"),
+    (["train", "/no/such/image.png"], "not found: /no/such/image.png"),
+    (["eval", "--shots", "1,x"], "--shots must be a comma-separated list"),
+])
+def test_bad_input_is_one_line_error(args, message, capsys):
+    rc = main(args + ["--arch", TINY_ARCH, "--weights", "random"])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and "Traceback" not in err and err.count("\n") == 1
