@@ -23,7 +23,7 @@ import numpy as np
 from fsac.errors import FsacError
 from fsac.io import sha256_file
 from fsac.modelfile import INPUT_NAME, OUTPUT_NAMES, ModelInfo, load_model_file
-from fsac.preprocess import PreprocessSpec, preprocess_file
+from fsac.preprocess import IMAGE_SUFFIXES, PreprocessSpec, list_images, preprocess_file
 
 
 def make_session(model: bytes | str | os.PathLike, threads: int | None = None, providers: Sequence[str] | None = None):
@@ -56,6 +56,23 @@ def run_session(session, pixels: np.ndarray, batch_size: int = 8) -> dict[str, n
     for i in range(0, len(pixels), batch_size):
         outs.append(session.run(list(OUTPUT_NAMES), {INPUT_NAME: np.ascontiguousarray(pixels[i : i + batch_size])}))
     return {name: np.concatenate([o[j] for o in outs]).astype(np.float32) for j, name in enumerate(OUTPUT_NAMES)}
+
+
+def expand_images(paths: Sequence[str | os.PathLike]) -> list[Path]:
+    """Files and folders (their images, sorted) -> image files. Errors name the path."""
+    out: list[Path] = []
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            found = list_images(p)
+            if not found:
+                raise FsacError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {p}")
+            out.extend(found)
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise FsacError(f"image or folder not found: {p}")
+    return out
 
 
 @dataclass

@@ -68,14 +68,19 @@ def optimize_graph(model, method: str, num_heads: int | None = None, hidden_size
     raise FsacError(f"--optimize must be one of {', '.join(METHODS)}, got {method!r}")
 
 
-def time_interleaved(sessions: dict[str, Any], pixels: np.ndarray, runs: int = 5, warmup: int = 1
-                     ) -> dict[str, float]:
+def time_interleaved(sessions: dict[str, Any], pixels: np.ndarray, runs: int = 5, warmup: int = 2,
+                     min_seconds: float = 0.5) -> dict[str, float]:
     """Median latency (s) of each session on `pixels`, runs interleaved (A, B, A, B, ...)
-    so that load from other processes on a shared CPU hits all of them alike."""
+    so that load from other processes on a shared CPU hits all of them alike. Fast models
+    get more runs (at least `min_seconds` of measurement each, at most 200 runs)."""
     feeds = {"image": np.ascontiguousarray(pixels)}
+    first = 0.0
     for s in sessions.values():
         for _ in range(warmup):
+            t = time.perf_counter()
             s.run(None, feeds)
+            first = max(first, time.perf_counter() - t)
+    runs = max(runs, min(200, int(min_seconds / max(first, 1e-6))))
     times: dict[str, list[float]] = {k: [] for k in sessions}
     for _ in range(runs):
         for k, s in sessions.items():

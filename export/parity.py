@@ -23,7 +23,8 @@ import numpy as np
 from fsac.errors import FsacError
 from fsac.io import sha256_file
 from fsac.modelfile import OUTPUT_NAMES
-from fsac.preprocess import IMAGE_SUFFIXES, PreprocessSpec, list_images, preprocess_file, stack
+from fsac.calibration.scoring import expand_images  # noqa: F401  (re-exported)
+from fsac.preprocess import PreprocessSpec, list_images
 
 FP32_TOLERANCE = 1e-4
 
@@ -48,23 +49,6 @@ class ParityReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "passed": self.passed}
-
-
-def expand_images(paths: Sequence[str | os.PathLike]) -> list[Path]:
-    """Files and folders (their images, sorted) -> image files. Errors name the path."""
-    out: list[Path] = []
-    for p in paths:
-        p = Path(p)
-        if p.is_dir():
-            found = list_images(p)
-            if not found:
-                raise FsacError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {p}")
-            out.extend(found)
-        elif p.is_file():
-            out.append(p)
-        else:
-            raise FsacError(f"image or folder not found: {p}")
-    return out
 
 
 def _resolve_shots(folder: Path, meta: dict[str, Any]) -> list[Path]:
@@ -121,7 +105,9 @@ def select_parity_images(checkpoint_folder: str | os.PathLike, meta: dict[str, A
 
 def load_pixels(paths: Sequence[Path], spec: PreprocessSpec) -> np.ndarray:
     """Image files -> (N, S, S, 3) uint8 through the one preprocessing implementation."""
-    return stack(preprocess_file(p, spec) for p in paths)
+    from fsac.calibration.scoring import load_pixels as _load
+
+    return _load(paths, spec)
 
 
 def run_torch(deploy_model, pixels: np.ndarray, batch_size: int = 8) -> dict[str, np.ndarray]:

@@ -17,12 +17,15 @@ the threshold) breaks the seal, and the runtime refuses the file. The check work
 bytes, so the edge box needs neither onnx nor torch to do it.
 
 TensorRT engines carry no metadata: they get a JSON sidecar `<engine>.json` with the same
-metadata plus the engine's sha256 (`write_engine_sidecar` / `load_engine_file`).
+metadata plus the engine's sha256 (`write_engine_sidecar` / `load_engine_file`). The sidecar
+is sealed too ("sidecar_seal": sha256 of its canonical JSON without that key), so editing
+its threshold by hand is refused like editing a model file.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +40,7 @@ SUPPORTED_FORMAT_VERSIONS = (1,)
 PREFIX = "fsac."
 SEAL_KEY = "fsac.seal"
 SEAL_PLACEHOLDER = b"0" * 64
+SIDECAR_SEAL_KEY = "sidecar_seal"
 INPUT_NAME = "image"
 OUTPUT_NAMES = ("score", "sim_pos", "sim_neg")
 
@@ -120,22 +124,25 @@ def _fields(data: bytes):
         num, wt = key >> 3, key & 7
         if wt == 0:
             val, pos = _varint(data, pos)
-        elif wt == 1:
-            val, pos = data[pos : pos + 8], pos + 8
-        elif wt == 2:
-            ln, pos = _varint(data, pos)
+        elif wt in (1, 2, 5):
+            if wt == 2:
+                ln, pos = _varint(data, pos)
+            else:
+                ln = 8 if wt == 1 else 4
             if pos + ln > n:
                 raise ValueError("truncated field")
             val, pos = data[pos : pos + ln], pos + ln
-        elif wt == 5:
-            val, pos = data[pos : pos + 4], pos + 4
         else:
             raise ValueError(f"unsupported wire type {wt}")
         yield num, wt, val
 
 
 def read_metadata_bytes(data: bytes, source: str = "<model>") -> dict[str, str]:
-    """metadata_props of a serialized ONNX ModelProto (field 14), without importing onnx."""
+    """metadata_props of a serialized ONNX ModelProto (field 14), without importing onnx.
+
+    A key that occurs twice is refused (onnx's checker refuses it too): which of the two
+    values a reader would take is not defined, and for "fsac.threshold" that matters.
+    """
     meta: dict[str, str] = {}
     try:
         for num, wt, val in _fields(data):
@@ -146,6 +153,8 @@ def read_metadata_bytes(data: bytes, source: str = "<model>") -> dict[str, str]:
                         key = v2.decode("utf-8")
                     elif n2 == 2 and w2 == 2:
                         value = v2.decode("utf-8")
+                if key in meta:
+                    raise FsacError(f"{source}: metadata key {key!r} occurs more than once; refusing the file")
                 meta[key] = value
     except (ValueError, UnicodeDecodeError) as e:
         raise FsacError(f"{source}: not a valid ONNX model file ({e})") from None
@@ -196,15 +205,17 @@ def parse_model_info(meta: dict[str, str], source: str, seal: str) -> ModelInfo:
         )
     try:
         spec = PreprocessSpec.from_dict(json.loads(meta["fsac.preprocess"]))
-    except (json.JSONDecodeError, TypeError) as e:
+    except (json.JSONDecodeError, TypeError, FsacError) as e:
         raise FsacError(f"{source}: bad fsac.preprocess metadata ({e})") from None
     thr_text = meta.get("fsac.threshold", "")
     threshold = None
     if thr_text:
         try:
             threshold = float(thr_text)
-        except ValueError:
+        except (TypeError, ValueError):
             raise FsacError(f"{source}: bad fsac.threshold {thr_text!r}") from None
+        if not math.isfinite(threshold):
+            raise FsacError(f"{source}: fsac.threshold {thr_text!r} is not a finite number; re-run `fsac calibrate`")
     return ModelInfo(
         source=source,
         format_version=version,
@@ -231,6 +242,9 @@ def load_model_file(path: str | os.PathLike) -> tuple[bytes, ModelInfo]:
     data = path.read_bytes()
     seal = verify_seal(data, str(path))
     meta = read_metadata_bytes(data, str(path))
+    if meta.get(SEAL_KEY) != seal:
+        # The seal bytes were found somewhere else than in the model's own metadata_props.
+        raise FsacError(f"{path}: the model's metadata has no valid {SEAL_KEY} entry; re-export it with `fsac export`")
     return data, parse_model_info(meta, str(path), seal)
 
 
@@ -249,10 +263,20 @@ def engine_sidecar_path(engine_path: str | os.PathLike) -> Path:
     return Path(str(engine_path) + ".json")
 
 
+def _sidecar_seal(sidecar: dict[str, Any]) -> str:
+    body = {k: v for k, v in sidecar.items() if k != SIDECAR_SEAL_KEY}
+    body = json.loads(json.dumps(body))  # what a reader will see (tuples -> lists, int keys -> str)
+    return sha256_bytes(json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii"))
+
+
 def write_engine_sidecar(engine_path: str | os.PathLike, metadata: dict[str, str], extra: dict[str, Any]) -> Path:
     engine_path = Path(engine_path)
+    reserved = {"metadata", "engine_sha256", SIDECAR_SEAL_KEY} & set(extra)
+    if reserved:
+        raise FsacError(f"engine sidecar: extra keys {sorted(reserved)} are reserved")
     data = engine_path.read_bytes()
     sidecar = {"metadata": metadata, "engine_sha256": sha256_bytes(data), **extra}
+    sidecar[SIDECAR_SEAL_KEY] = _sidecar_seal(sidecar)
     return atomic_write_json(engine_sidecar_path(engine_path), sidecar)
 
 
@@ -266,8 +290,13 @@ def load_engine_file(path: str | os.PathLike) -> tuple[bytes, ModelInfo, dict[st
         raise FsacError(f"engine sidecar not found: {side} (written by `fsac export --engine`)")
     try:
         sidecar = json.loads(side.read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise FsacError(f"{side}: not valid JSON ({e})") from None
+    if not isinstance(sidecar, dict):
+        raise FsacError(f"{side}: not an fsac engine sidecar (expected a JSON object)")
+    if sidecar.get(SIDECAR_SEAL_KEY) != _sidecar_seal(sidecar):
+        raise FsacError(f"{side}: sidecar is damaged or was edited after export (its {SIDECAR_SEAL_KEY} does not "
+                        "match its content); rebuild the engine with `fsac export --engine`")
     data = path.read_bytes()
     actual = sha256_bytes(data)
     if sidecar.get("engine_sha256") != actual:

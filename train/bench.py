@@ -31,8 +31,23 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
+def time_cli_train(arch: str, weights: str, shots: list[Path], synth_per_image: int) -> float:
+    """Wall time of a real `fsac train` process (interpreter start and imports included)."""
+    import subprocess
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "fsac.cli", "train", *map(str, shots), "--arch", arch, "--weights", weights,
+               "--synth-per-image", str(synth_per_image), "--out", str(Path(tmp) / "run"), "--quiet"]
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"fsac train failed: {proc.stderr.strip().splitlines()[-1:]}")
+    return wall
+
+
 def bench_train(arch: str, shots: int, weights: str, images, synth_per_image: int, out: Path | None,
-                threads: int | None) -> dict:
+                threads: int | None, cli: bool = True) -> dict:
     if threads:
         torch.set_num_threads(threads)
     pool = training_images(list(images)) if images else embedded_dataset().train_pool
@@ -59,6 +74,8 @@ def bench_train(arch: str, shots: int, weights: str, images, synth_per_image: in
         "stage2_s": t.get("stage2_s", 0.0), "train_total_s": t["total_s"], "save_s": t_save,
         "whole_train_s": wall, "target_s": TARGET_S, "peak_rss_mb": peak_rss_mb(), "rss_before_mb": rss0,
     }
+    if cli:
+        figures["cli_train_s"] = time_cli_train(arch, weights, chosen, synth_per_image)
     rows = [
         ("backbone build + weights", figures["backbone_build_s"]),
         ("load + preprocess shots", figures["load_images_s"]),
@@ -68,16 +85,19 @@ def bench_train(arch: str, shots: int, weights: str, images, synth_per_image: in
         ("stage 1 (100 epochs)", figures["stage1_s"]),
         ("stage 2 (100 epochs)", figures["stage2_s"]),
         ("save checkpoint", figures["save_s"]),
-        ("whole fsac train", figures["whole_train_s"]),
+        ("whole training (in process)", figures["whole_train_s"]),
     ]
+    if cli:
+        rows.append(("`fsac train` command (own process)", figures["cli_train_s"]))
     print(f"fsac bench train: {arch}, k={k}, {m} synthetic per image, {figures['torch_threads']} torch threads, "
           f"{backbone.device}")
     for name, secs in rows:
         print(f"  {name:<32} {secs:8.2f} s")
     print(f"  {'per encoded image':<32} {figures['per_image_s']:8.3f} s")
     print(f"  {'peak RSS':<32} {figures['peak_rss_mb']:8.0f} MB")
-    verdict = "met" if wall <= TARGET_S else "NOT met"
-    print(f"  target: whole training <= {TARGET_S:.0f} s: {verdict} ({wall:.1f} s)")
+    whole = figures.get("cli_train_s", wall)
+    verdict = "met" if whole <= TARGET_S else "NOT met"
+    print(f"  target: whole 4-shot `fsac train` <= {TARGET_S:.0f} s: {verdict} ({whole:.1f} s)")
     if out:
         atomic_write_json(out, figures)
         print(f"  figures written to {out}")

@@ -228,11 +228,12 @@ def bench_train_command(
     synth_per_image: int = TrainOptions.synth_per_image,
     out: Optional[Path] = typer.Option(None, "--out", help="Also write the figures as JSON here."),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch threads (default: torch's choice)."),
+    cli: bool = typer.Option(True, "--cli/--no-cli", help="Also time a real `fsac train` process."),
 ) -> None:
     """Time `fsac train` end to end: backbone load, prompts, synthetic anomalies, features, stages."""
     from fsac.train.bench import bench_train
 
-    bench_train(arch, shots, weights, images, synth_per_image, out, threads)
+    bench_train(arch, shots, weights, images, synth_per_image, out, threads, cli)
 
 
 def print_json(obj) -> None:

@@ -17,6 +17,7 @@ lr and epochs), "one-stage" (stage 1 only; scoring then uses AT = T). HeadConfig
 
 from __future__ import annotations
 
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
@@ -84,7 +85,7 @@ def tqdm_progress(quiet: bool) -> Progress:
             return lambda n: None
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=total, desc=desc, unit="img", leave=False)
+        bar = tqdm(total=total, desc=desc, unit="epoch" if "epoch" in desc else "img", leave=False, file=sys.stderr)
 
         def update(n: int) -> None:
             bar.update(n)
@@ -133,7 +134,7 @@ def text_features(backbone: Backbone, object_name: str) -> tuple[torch.Tensor, t
 
 def _run_stage(head: FSACHead, params: list[torch.nn.Parameter], lr: float, epochs: int,
                f_pos: torch.Tensor, f_neg: torch.Tensor, use_text_adapter: bool, temperature: float,
-               generator: torch.Generator) -> list[float]:
+               generator: torch.Generator, update: Callable[[int], None] | None = None) -> list[float]:
     """One training stage on cached features: f_pos (k, C), f_neg (k, m, C)."""
     if epochs == 0 or not params:
         return []
@@ -156,6 +157,8 @@ def _run_stage(head: FSACHead, params: list[torch.nn.Parameter], lr: float, epoc
             opt.step()
             total += float(loss.detach())
         losses.append(total / m)
+        if update:
+            update(1)
     for p in head.parameters():
         p.requires_grad_(False)
     head.eval()
@@ -176,19 +179,20 @@ def torch_threads(n: int):
 
 
 def train_head(f_pos: torch.Tensor, f_neg: torch.Tensor, t_pos: torch.Tensor, t_neg: torch.Tensor,
-               cfg: TrainConfig, on_stage_end: Callable[[str, FSACHead], None] | None = None):
+               cfg: TrainConfig, on_stage_end: Callable[[str, FSACHead], None] | None = None,
+               progress: Progress | None = None):
     """Train a fresh head on cached features. f_pos (k, C), f_neg (k, m, C).
 
     -> (head, use_text_adapter, history, timings). `on_stage_end(stage, head)` lets tests
-    inspect the head between stages.
+    inspect the head between stages; `progress` draws a bar per stage (epochs).
     """
     if f_pos.ndim != 2 or f_neg.ndim != 3 or f_neg.shape[0] != f_pos.shape[0]:
         raise ValueError(f"expected f_pos (k, C) and f_neg (k, m, C), got {tuple(f_pos.shape)}, {tuple(f_neg.shape)}")
     with torch_threads(1):
-        return _train_head(f_pos, f_neg, t_pos, t_neg, cfg, on_stage_end)
+        return _train_head(f_pos, f_neg, t_pos, t_neg, cfg, on_stage_end, progress or tqdm_progress(True))
 
 
-def _train_head(f_pos, f_neg, t_pos, t_neg, cfg: TrainConfig, on_stage_end):
+def _train_head(f_pos, f_neg, t_pos, t_neg, cfg: TrainConfig, on_stage_end, progress: Progress):
     torch.manual_seed(cfg.seed)  # adapter initialisation
     head = FSACHead(cfg.head, t_pos, t_neg)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -198,11 +202,12 @@ def _train_head(f_pos, f_neg, t_pos, t_neg, cfg: TrainConfig, on_stage_end):
     t0 = time.perf_counter()
     if cfg.mode == "joint":
         params = head.stage1_parameters() + head.stage2_parameters()
-        history["joint"] = _run_stage(head, params, cfg.stage1_lr, cfg.stage1_epochs, f_pos, f_neg, True, t, gen)
+        history["joint"] = _run_stage(head, params, cfg.stage1_lr, cfg.stage1_epochs, f_pos, f_neg, True, t, gen,
+                                      progress("joint training (epochs)", cfg.stage1_epochs))
         timings["joint_s"] = time.perf_counter() - t0
         return head, True, history, timings
     history["stage1"] = _run_stage(head, head.stage1_parameters(), cfg.stage1_lr, cfg.stage1_epochs,
-                                   f_pos, f_neg, False, t, gen)
+                                   f_pos, f_neg, False, t, gen, progress("stage 1 (epochs)", cfg.stage1_epochs))
     timings["stage1_s"] = time.perf_counter() - t0
     if on_stage_end:
         on_stage_end("stage1", head)
@@ -210,7 +215,7 @@ def _train_head(f_pos, f_neg, t_pos, t_neg, cfg: TrainConfig, on_stage_end):
         return head, False, history, timings
     t0 = time.perf_counter()
     history["stage2"] = _run_stage(head, head.stage2_parameters(), cfg.stage2_lr, cfg.stage2_epochs,
-                                   f_pos, f_neg, True, t, gen)
+                                   f_pos, f_neg, True, t, gen, progress("stage 2 (epochs)", cfg.stage2_epochs))
     timings["stage2_s"] = time.perf_counter() - t0
     if on_stage_end:
         on_stage_end("stage2", head)
@@ -258,7 +263,7 @@ def train(backbone: Backbone, image_paths: list[Path], object_name: str, cfg: Tr
     f_neg = backbone.encode_images(synth_pixels, progress=update).view(k, m, -1)
     timings["features_s"] = time.perf_counter() - t0
 
-    head, use_text_adapter, history, stage_times = train_head(f_pos, f_neg, t_pos, t_neg, cfg)
+    head, use_text_adapter, history, stage_times = train_head(f_pos, f_neg, t_pos, t_neg, cfg, progress=progress)
     timings.update(stage_times)
     timings["total_s"] = time.perf_counter() - t_start
     head = head.to(backbone.device)

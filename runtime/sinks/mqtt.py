@@ -13,8 +13,9 @@ the socket). So:
   in flight when the link dropped are re-sent by paho first, and no newer record is handed
   over until those are acknowledged, so the order of first arrivals is kept);
 - daemon crash or restart: the next `MqttSink` on the same `buffer_dir` resumes from the disk
-  queue. QoS 1 allows duplicates (a message acknowledged by the broker whose PUBACK was lost
-  is sent again), never loss.
+  queue. QoS 1 allows duplicates (a message the broker got but whose PUBACK was lost is sent
+  again); nothing is lost except records dropped by the disk bound (counted) and, with
+  `buffer_fsync: false`, the last records before a power cut.
 
 The disk queue is one SQLite database (`<buffer_dir>/mqtt-queue.sqlite3`, stdlib `sqlite3`,
 WAL journal, one row per record holding its payload and topics, AUTOINCREMENT ids so the
@@ -27,11 +28,13 @@ order survives restarts). `write()` commits the row before it returns:
   returns; survives power loss, costs one fsync per record on the scoring thread.
 
 The queue is bounded by `buffer_max_records` and `buffer_max_bytes` (payload bytes). When
-a new record would exceed either bound the OLDEST records are deleted to make room and
-counted in `stats()["dropped"]`, with a warning in the log (first drop of an outage, then at
-most once a minute with the running total). A newest-wins policy: for a line-side monitor the
-recent results matter more than week-old ones. The database file is roughly the payload
-bound plus SQLite overhead; freed pages are reused and released once the queue drains.
+a new record would exceed either bound, the OLDEST records are deleted to make room and
+counted in `stats()["dropped"]`, with a WARNING in the log (the first drop after start or
+after a connection, then at most once a minute with the running total). Newest wins: for a
+line-side monitor the recent results matter more than week-old ones. (A record dropped while
+already handed to the client may still arrive: `dropped` counts records that left the disk
+unacknowledged.) The database file is about the payload bound plus SQLite overhead; freed
+pages are reused, and given back once the queue drains.
 
 `max_inflight` bounds the MQTT messages handed to paho and not yet acknowledged (a
 defective record is two messages). Keep it at or below the broker's limit for incoming
@@ -271,6 +274,8 @@ class _DiskQueue:
     def append(self, topics: list[str], payload: bytes) -> int:
         """Store one record; returns how many old records were dropped to make room."""
         size = len(payload)
+        if size > self.max_bytes:
+            return 1  # cannot fit even in an empty queue: this record is the one dropped
         with self._lock:
             dropped = 0
             db = self._db
@@ -428,7 +433,6 @@ class MqttSink:
         self._state = threading.Lock()  # guards the counters and flags below
         self._published = 0
         self._dropped = 0
-        self._write_errors = 0
         self._connected = False
         self._connections = 0  # successful CONNACKs
         self._ever_connected = False
@@ -452,12 +456,11 @@ class MqttSink:
         self._hold_since = 0.0
         self._hold_limit = max(30.0, 2.0 * c["keepalive"])
 
-        mqtt_ = mqtt
-        client = mqtt_.Client(
-            mqtt_.CallbackAPIVersion.VERSION2,
+        client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
             clean_session=True,
-            protocol=mqtt_.MQTTv311,
+            protocol=mqtt.MQTTv311,
             reconnect_on_failure=True,
         )
         client.enable_logger(_paho_log)
@@ -499,6 +502,8 @@ class MqttSink:
             if self.cfg["username_env"]:
                 msg += (f" (check the credentials in the environment variables "
                         f"{self.cfg['username_env']}/{self.cfg['password_env'] or '-'})")
+            else:
+                msg += " (no credentials configured: set sinks.mqtt.username_env/password_env)"
             with self._state:
                 self.last_error = msg
                 repeat = self._last_refusal == str(reason_code)

@@ -1,4 +1,4 @@
-"""Fixtures for the fsac-run tests: a sealed test model, real images, helpers."""
+"""Fixtures for the fsac-run tests: a sealed test model (see fsac_run_helpers) and real images."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def make_model(tmp_path_factory):
 
     def make(name: str = "model.onnx", **kw) -> Path:
         path = folder / name
-        write_model_file(path, build_model_bytes(**kw), force=True)
+        write_model_file(path, h.build_model_bytes(**kw), force=True)
         return path
 
     return make
@@ -31,46 +31,20 @@ def model_file(make_model) -> Path:
     return make_model("bottle.fsac.onnx")
 
 
-
-
 @pytest.fixture(scope="session")
 def bottle_images(bottle) -> list[Path]:
-    """Real inspection images: good and defective bottles (512x512 PNG)."""
+    """Real inspection images (512x512 PNG): 6 good bottles, then 6 defective ones."""
     files = sorted((bottle / "test" / "good").glob("*.png"))[:6]
     for defect in ("broken_large", "contamination"):
         files += sorted((bottle / "test" / defect).glob("*.png"))[:3]
-    assert len(files) >= 10
+    assert len(files) == 12
     return files
 
 
 @pytest.fixture(scope="session")
 def image_folder(tmp_path_factory, bottle_images) -> Path:
-    """A folder of 12 real images named so that sorted order is known."""
+    """A folder of the 12 real images, named img_000.png ... so the sorted order is known."""
     folder = tmp_path_factory.mktemp("images")
     for i, src in enumerate(bottle_images):
         (folder / f"img_{i:03d}.png").write_bytes(src.read_bytes())
     return folder
-
-
-
-
-
-
-
-
-
-
-@pytest.fixture
-def helpers():
-    """Helpers as a fixture, so test modules need not import conftest."""
-
-    class H:
-        read_jsonl = staticmethod(read_jsonl)
-        free_port = staticmethod(free_port)
-        fsac_run = staticmethod(fsac_run)
-        wait_for = staticmethod(wait_for)
-        expected_score = staticmethod(expected_score)
-        build_model_bytes = staticmethod(build_model_bytes)
-        load_image = staticmethod(load_image)
-
-    return H

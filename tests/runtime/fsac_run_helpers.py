@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from fsac.preprocess import PreprocessSpec, load_image, resize_crop
 
@@ -108,3 +107,18 @@ def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05, what: str
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def write_video(path: Path, images: list[Path], size: int = 128, fps: int = 10) -> tuple[Path, list[np.ndarray]]:
+    """A real MJPG .avi of the given images (resized to size x size); returns the BGR frames written."""
+    import cv2
+
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (size, size))
+    assert writer.isOpened(), "OpenCV cannot write MJPG/AVI here"
+    frames = []
+    for p in images:
+        bgr = cv2.resize(cv2.imread(str(p), cv2.IMREAD_COLOR), (size, size), interpolation=cv2.INTER_AREA)
+        writer.write(bgr)
+        frames.append(bgr)
+    writer.release()
+    return path, frames

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import W_VALUE, build_model_bytes, expected_score  # noqa: E402  (tests/runtime on sys.path)
+from fsac_run_helpers import W_VALUE, build_model_bytes, expected_score
 from fsac.errors import FsacError
 from fsac.modelfile import write_engine_sidecar
 from fsac.preprocess import PreprocessSpec, load_image, resize_crop
@@ -67,7 +67,7 @@ def test_unknown_format_version_and_size_mismatch_are_refused(make_model):
     with pytest.raises(FsacError, match=r"format version 9 is not supported"):
         load_model(ModelConfig(path=str(make_model("v9.onnx", format_version="9"))))
     # Graph built for 32x32 images, metadata says 64: refused at start, not on the first frame.
-    with pytest.raises(FsacError, match=r"takes 32x32 images .* image_size=64.* different input size"):
+    with pytest.raises(FsacError, match=r"takes 32x32 images .*preprocess.image_size=64.* different input size"):
         load_model(ModelConfig(path=str(make_model("g32.onnx", graph_size=32))))
     # The deployment pins the size it expects.
     with pytest.raises(FsacError, match=r"model input size is 64 but model\.image_size is 240"):
@@ -140,10 +140,35 @@ def test_tensorrt_backend_checks_the_engine_before_needing_tensorrt(tmp_path):
         load_model(cfg)
 
 
-@pytest.mark.skipif("not __import__('importlib').util.find_spec('tensorrt')",
-                    reason="TensorRT not installed (no GPU on this machine); TensorRTBackend runs on the Jetson")
-def test_tensorrt_backend_runs_a_real_engine(tmp_path):  # pragma: no cover - needs a GPU
-    pytest.skip("needs an engine built on this device by `fsac export --engine`; covered by the lead's e2e test")
+def test_tensorrt_backend_runs_a_real_engine(tmp_path, model_file, bottle_images):  # pragma: no cover - GPU
+    trt = pytest.importorskip("tensorrt", reason="TensorRT not installed (no GPU here); runs on the Jetson")
+    from fsac.modelfile import SEAL_KEY, load_model_file
+
+    data, info = load_model_file(model_file)
+    logger = trt.Logger(trt.Logger.ERROR)
+    builder = trt.Builder(logger)
+    flags = 0 if int(trt.__version__.split(".")[0]) >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    assert parser.parse(data), [str(parser.get_error(i)) for i in range(parser.num_errors)]
+    config = builder.create_builder_config()
+    profile = builder.create_optimization_profile()
+    profile.set_shape("image", (1, 64, 64, 3), (4, 64, 64, 3), (8, 64, 64, 3))
+    config.add_optimization_profile(profile)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        pytest.skip("TensorRT cannot build this graph on this GPU")
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(bytes(serialized))
+    write_engine_sidecar(engine, {k: v for k, v in info.metadata.items() if k != SEAL_KEY}, {})
+    trt_model = load_model(ModelConfig(path=str(engine), batch_size=4))
+    onnx_model = load_model(ModelConfig(path=str(model_file), batch_size=4))
+    assert trt_model.backend.name == "tensorrt" and trt_model.backend.max_batch == 4
+    spec = info.preprocess
+    xs = np.stack([resize_crop(load_image(p, spec), spec) for p in bottle_images[:6]])
+    for a, b in zip(trt_model.backend.infer(xs), onnx_model.backend.infer(xs)):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
+    trt_model.backend.close()
 
 
 def test_onnx_backend_rejects_a_non_fsac_graph(tmp_path):

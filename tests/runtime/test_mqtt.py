@@ -364,6 +364,18 @@ def test_disk_bound_by_bytes_keeps_newest(tmp_path, cleanup):
     assert kept == list(range(100 - st["buffered"], 100))
 
 
+def test_unreadable_disk_queue_is_set_aside(tmp_path, cleanup, caplog):
+    caplog.set_level(logging.ERROR, logger="fsac.runtime.sinks.mqtt")
+    buf = tmp_path / "buf-s1"
+    buf.mkdir()
+    (buf / "mqtt-queue.sqlite3").write_bytes(b"this is not a database" * 100)
+    sink = make_sink(cleanup, tmp_path, free_port())
+    sink.write(rec(0))
+    assert sink.stats()["buffered"] == 1
+    assert list(buf.glob("mqtt-queue.sqlite3.corrupt-*"))
+    assert any("unreadable" in r.getMessage() for r in caplog.records)
+
+
 # ------------------------------------------------------------------ credentials, TLS
 
 

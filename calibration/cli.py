@@ -1,0 +1,249 @@
+"""`fsac calibrate` and `fsac quantize` (plain functions with typer annotations).
+
+    fsac calibrate model.onnx --normal held_out_good/ [--alpha 0.01]
+    fsac calibrate model.onnx --normal good/ --anomalous defects/ --method f1|recall [--target-recall 0.99]
+    fsac quantize model.onnx --calib-images good/ [--eval-images held_out/] [--target cpu|tensorrt]
+
+Both run the model file itself through ONNX Runtime, without torch: they work on the
+workstation and on the edge box alike. Heavy imports happen inside the functions.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from fsac.errors import FsacError
+
+
+def _say(quiet: bool, msg: str) -> None:
+    if not quiet:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def _warn(msg: str) -> None:
+    print(f"warning: {msg}", file=sys.stderr, flush=True)
+
+
+def _images(paths: list[Path] | None) -> list[Path]:
+    from fsac.calibration.scoring import expand_images
+
+    if not paths:
+        return []
+    out = expand_images(paths)
+    return list(dict.fromkeys(out))  # a file named twice counts once
+
+
+def _with_suffix(model: Path, suffix: str) -> Path:
+    name = model.name[: -len(".onnx")] if model.name.endswith(".onnx") else model.name
+    return model.with_name(name + suffix)
+
+
+def calibrate_command(
+    model: Annotated[Path, typer.Argument(help="fsac model file (from `fsac export` or `fsac quantize`)")],
+    normal_images: Annotated[list[Path], typer.Option(
+        "--normal", "-n", help="held-out GOOD images (files or folders), not the training shots")],
+    anomalous_images: Annotated[Optional[list[Path]], typer.Option(
+        "--anomalous", "-a", help="labelled DEFECTIVE images (files or folders), for --method f1/recall")] = None,
+    alpha: Annotated[float, typer.Option(help="target false-alarm rate for --method conformal")] = 0.05,
+    method: Annotated[str, typer.Option(help="conformal (normal images only), f1 or recall")] = "conformal",
+    target_recall: Annotated[Optional[float], typer.Option(help="fraction of defects to catch, for --method recall")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="write the calibrated model here instead of in place")] = None,
+    plot: Annotated[Optional[Path], typer.Option(help="score distribution PNG [default: MODEL.scores.png]")] = None,
+    report: Annotated[Optional[Path], typer.Option(help="also write the calibration report as JSON here")] = None,
+    force: Annotated[bool, typer.Option("--force", help="replace an existing threshold / overwrite --out")] = False,
+    batch_size: Annotated[int, typer.Option(help="images per inference call")] = 8,
+    threads: Annotated[Optional[int], typer.Option(help="ONNX Runtime intra-op threads")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> dict:
+    """Set the model's decision threshold from held-out images; written into its metadata."""
+    from fsac.calibration.metadata import update_model_metadata
+    from fsac.calibration.plot import write_scores_png
+    from fsac.calibration.scoring import score_model_file
+    from fsac.calibration.threshold import METHODS, check_alpha, compute_threshold
+    from fsac.io import sha256_bytes
+    from fsac.modelfile import load_model_file
+
+    model = Path(model)
+    if method not in METHODS:
+        raise FsacError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
+    if method == "conformal":
+        check_alpha(alpha)
+    _, info = load_model_file(model)  # verify before the slow part
+    target = Path(out) if out is not None else model
+    if out is not None and target.exists() and not force:
+        raise FsacError(f"{target} exists; pass --force to overwrite it")
+    if info.threshold is not None and not force:
+        raise FsacError(f"{model} already has a threshold ({info.threshold:.6g}); pass --force to replace it")
+
+    normals = _images(normal_images)
+    anomalies = _images(anomalous_images)
+    notes: list[str] = []
+    # Training shots score lower than other good parts (the model was fit on them), so
+    # they would pull a conformal threshold down and break exchangeability: drop them.
+    train_hashes = {e.get("sha256") for e in json.loads(info.metadata.get("fsac.train_images", "[]") or "[]")
+                    if isinstance(e, dict)}
+    if train_hashes:
+        from fsac.io import sha256_file
+
+        kept = [p for p in normals if sha256_file(p) not in train_hashes]
+        if len(kept) < len(normals):
+            notes.append(f"left out {len(normals) - len(kept)} training shot(s) from the normal images")
+            normals = kept
+    if not normals:
+        raise FsacError("no held-out normal images to calibrate on (--normal)")
+    if method in ("f1", "recall") and not anomalies:
+        raise FsacError(f"--method {method} needs labelled defective images (--anomalous)")
+
+    _say(quiet, f"scoring {len(normals)} normal" + (f" and {len(anomalies)} anomalous" if anomalies else "")
+         + f" images with {model.name} ({info.precision})")
+    neg, _ = score_model_file(model, normals, batch_size, threads)
+    pos = score_model_file(model, anomalies, batch_size, threads)[0] if anomalies else None
+    res = compute_threshold(method, neg.score, pos.score if pos is not None else None, alpha, target_recall)
+    for w in res.warnings:
+        _warn(w)
+    if not res.attainable:
+        raise FsacError(res.warnings[0] if res.warnings else "no finite threshold")
+
+    threshold_info = {
+        **res.to_dict(),
+        "rule": "score >= threshold => defective",
+        "model_precision": info.precision,
+        "normal_images": [{"name": Path(n).name, "sha256": h} for n, h in zip(neg.names, neg.sha256)],
+        "anomalous_images": ([{"name": Path(n).name, "sha256": h} for n, h in zip(pos.names, pos.sha256)]
+                             if pos is not None else []),
+        "images_sha256": sha256_bytes("".join(sorted(neg.sha256 + (pos.sha256 if pos else []))).encode()),
+        "notes": notes,
+    }
+    if info.metadata.get("fsac.weights_random") == "true":
+        threshold_info["notes"].append("RANDOM backbone weights: this threshold is meaningless outside pipeline tests")
+    written, new_info = update_model_metadata(
+        model, {"fsac.threshold": repr(float(res.threshold)), "fsac.threshold_info": json.dumps(threshold_info)},
+        out=target, force=force)
+
+    plot = Path(plot) if plot is not None else _with_suffix(target, ".scores.png")
+    if method == "conformal":
+        desc = f"conformal, alpha={alpha:g}, n={res.n_normal}, k={res.k}"
+    elif method == "f1":
+        desc = f"F1-max = {res.f1:.3f}"
+    else:
+        desc = f"target recall {target_recall:g}"
+    sub = f"on these images: false alarms {res.fpr:.1%}" + (f", recall {res.recall:.1%}" if res.recall is not None else "")
+    write_scores_png(plot, neg.score, pos.score if pos is not None else None, res.threshold,
+                     f"{written.name}: threshold {res.threshold:.6g} ({desc})", sub)
+    result = {"model": str(written), "threshold": res.threshold, "plot": str(plot), "result": res.to_dict(),
+              "seal": new_info.seal, "notes": notes}
+    if report is not None:
+        from fsac.io import atomic_write_json
+
+        atomic_write_json(report, {**result, "threshold_info": threshold_info,
+                                   "normal_scores": neg.score.tolist(),
+                                   "anomalous_scores": pos.score.tolist() if pos is not None else []})
+    for n in notes + threshold_info["notes"][len(notes):]:
+        _say(quiet, f"note: {n}")
+    line = f"threshold {res.threshold:.6g} ({desc}); {sub}"
+    if method == "conformal":
+        line += f"; expected false-alarm rate on new good parts {res.expected_fpr:.3f} (<= {alpha:g})"
+    _say(quiet, line)
+    _say(quiet, f"wrote {written} (seal {new_info.seal[:12]}...), plot {plot}")
+    return result
+
+
+def quantize_command(
+    model: Annotated[Path, typer.Argument(help="fp32 fsac model file from `fsac export`")],
+    calib_images: Annotated[list[Path], typer.Option(
+        "--calib-images", "-c", help="normal images (files or folders) for the activation ranges")],
+    eval_images: Annotated[Optional[list[Path]], typer.Option(
+        "--eval-images", "-e", help="held-out images for the INT8/fp32 agreement report [default: the last "
+                                    "quarter of --calib-images, not used for calibration]")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="INT8 model file [default: MODEL.int8.onnx]")] = None,
+    calibration_method: Annotated[str, typer.Option(help="minmax, entropy or percentile")] = "minmax",
+    target: Annotated[str, typer.Option(help="cpu (uint8 activations, fastest on ONNX Runtime CPU) or tensorrt "
+                                             "(symmetric int8, for explicit-precision TensorRT engines)")] = "cpu",
+    num_calib: Annotated[int, typer.Option(help="at most this many calibration images")] = 32,
+    per_channel: Annotated[bool, typer.Option("--per-channel/--per-tensor", help="weight scales per output channel")] = True,
+    reduce_range: Annotated[bool, typer.Option("--reduce-range", help="7-bit weights (old CPUs without VNNI)")] = False,
+    percentile: Annotated[float, typer.Option(help="for --calibration-method percentile")] = 99.999,
+    threshold: Annotated[Optional[float], typer.Option(help="verdict threshold for the agreement report [default: the model's]")] = None,
+    alpha: Annotated[float, typer.Option(help="if the model has no threshold: conformal alpha on the fp32 calibration scores")] = 0.1,
+    min_spearman: Annotated[float, typer.Option(help="refuse below this Spearman correlation with fp32")] = 0.99,
+    min_verdict_agreement: Annotated[float, typer.Option(help="refuse below this fraction of equal verdicts")] = 0.99,
+    allow_disagreement: Annotated[bool, typer.Option("--allow-disagreement", help="keep the INT8 model below the bounds (with a loud warning)")] = False,
+    report: Annotated[Optional[Path], typer.Option(help="also write the quantization report as JSON here")] = None,
+    force: Annotated[bool, typer.Option("--force", help="overwrite --out")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> dict:
+    """Static INT8 quantization (QDQ) calibrated on normal images, with an agreement report."""
+    from fsac.calibration.quantize import QuantizeSettings, quantize_model_file
+    from fsac.calibration.scoring import load_pixels, make_session, run_session
+    from fsac.calibration.threshold import conformal_threshold, next_float32_up
+    from fsac.io import sha256_file
+    from fsac.modelfile import load_model_file
+
+    model = Path(model)
+    out = Path(out) if out is not None else _with_suffix(model, ".int8.onnx")
+    if out.exists() and not force:
+        raise FsacError(f"{out} exists; pass --force to overwrite it")
+    settings = QuantizeSettings(method=calibration_method, target=target, per_channel=per_channel,
+                                reduce_range=reduce_range, percentile=percentile)
+    if num_calib < 1:
+        raise FsacError(f"--num-calib must be >= 1, got {num_calib}")
+    data, info = load_model_file(model)
+    calib = _images(calib_images)
+    evals = _images(eval_images)
+    if not evals:
+        if len(calib) < 6:
+            raise FsacError(f"need at least 6 --calib-images to hold some out for the agreement report "
+                            f"(got {len(calib)}), or pass --eval-images")
+        n_eval = max(3, len(calib) // 4)
+        calib, evals = calib[:-n_eval], calib[-n_eval:]
+    else:
+        held = {p.resolve() for p in evals}
+        calib = [p for p in calib if p.resolve() not in held]
+    calib = calib[:num_calib]
+    if not calib:
+        raise FsacError("no calibration images left (--calib-images)")
+    if len(evals) < 3:
+        raise FsacError(f"need at least 3 held-out images for the agreement report, got {len(evals)}")
+    spec = info.preprocess
+    _say(quiet, f"quantizing {model.name} on {len(calib)} calibration images ({calibration_method}, target {target}); "
+                f"agreement on {len(evals)} held-out images")
+    calib_px = load_pixels(calib, spec)
+    eval_px = load_pixels(evals, spec)
+    source = "option --threshold" if threshold is not None else "model"
+    if threshold is None and info.threshold is None:
+        fp = run_session(make_session(data), calib_px)["score"]
+        res = conformal_threshold(fp, alpha)
+        if res.attainable:
+            threshold, source = res.threshold, f"conformal alpha={alpha:g} on the fp32 scores of the calibration images"
+        else:
+            threshold = next_float32_up(float(fp.max()))
+            source = "max fp32 score of the calibration images (model not calibrated)"
+    path, rep, warns = quantize_model_file(
+        model, out, calib_px, settings, [str(p) for p in calib], [sha256_file(p) for p in calib],
+        eval_px, [str(p) for p in evals], threshold, source, allow_disagreement,
+        min_spearman, min_verdict_agreement, force)
+    for w in warns:
+        _warn(w)
+    _, qinfo = load_model_file(path)
+    fp32_size, int8_size = model.stat().st_size, path.stat().st_size
+    result = {"model": str(path), "seal": qinfo.seal, "settings": settings.to_dict(),
+              "agreement": rep.to_dict() if rep else None, "warnings": warns,
+              "size_fp32_bytes": fp32_size, "size_int8_bytes": int8_size}
+    if rep is not None:
+        _say(quiet, rep.summary())
+        for n in rep.notes:
+            _say(quiet, f"note: {n}")
+    _say(quiet, f"wrote {path} ({int8_size / 1e6:.1f} MB, fp32 was {fp32_size / 1e6:.1f} MB)")
+    if report is not None:
+        from fsac.io import atomic_write_json
+
+        atomic_write_json(report, result)
+    if rep is not None and not math.isfinite(rep.spearman):
+        _warn("Spearman correlation undefined (constant scores)")
+    return result

@@ -1,0 +1,473 @@
+"""`fsac bench export`: PyTorch eager vs ONNX Runtime fp32 vs ONNX Runtime INT8 (vs TensorRT).
+
+One run, one process, the same real images for every backend:
+
+  1. model: a checkpoint, or the architecture with RANDOM weights (speed does not depend
+     on the weights; agreement figures do, see the note in the report)
+  2. export the fp32 graph (parity-checked, optimised as `fsac export` does) and quantize
+     it to INT8 QDQ on normal images (as `fsac quantize` does)
+  3. latency at batch 1: rounds over the backends (torch, fp32, int8, torch, ...) so that
+     load from other processes on a shared CPU hits all of them alike; p50 / p95 / p99
+  4. throughput at batch 8 (images/s, median over rounds, interleaved the same way)
+  5. peak memory: each backend in a fresh subprocess (VmHWM: load + one batch-8 run)
+  6. FLOPs of one image (torch's FlopCounterMode) -> achieved GFLOP/s, set against the
+     machine's measured SGEMM rate (numpy float32 matmul on the same threads)
+  7. INT8 vs fp32 on held-out images: Spearman, max |Δ score|, verdict agreement
+
+Writes bench.json and bench.md into --out-dir and prints the Markdown table.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional
+
+import numpy as np
+import typer
+
+from fsac.errors import FsacError
+
+# Targets of the issue, for this 2-core CPU.
+TARGET_ORT_VS_TORCH = 1.3
+TARGET_INT8_VS_FP32 = 1.8
+TARGET_SPEARMAN = 0.99
+TARGET_VERDICT = 0.99
+
+
+def _say(quiet: bool, msg: str) -> None:
+    if not quiet:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def percentiles(times: list[float]) -> dict[str, float]:
+    a = np.asarray(times, dtype=np.float64)
+    return {"p50_ms": float(np.percentile(a, 50) * 1e3), "p95_ms": float(np.percentile(a, 95) * 1e3),
+            "p99_ms": float(np.percentile(a, 99) * 1e3), "mean_ms": float(a.mean() * 1e3), "runs": int(a.size)}
+
+
+def sgemm_gflops(threads: int, n: int = 2048, repeats: int = 3) -> float:
+    """Measured float32 matmul rate of this machine (GFLOP/s), best of `repeats`."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    a @ b
+    best = math.inf
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
+def model_flops(deploy_model, image_size: int) -> int:
+    """FLOPs (multiply-add = 2) of one image through the deploy model, counted by torch."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from fsac.export.onnx_export import _mha_fastpath_disabled
+
+    x = torch.zeros(1, image_size, image_size, 3, dtype=torch.uint8)
+    with _mha_fastpath_disabled(), torch.no_grad(), FlopCounterMode(display=False) as fc:
+        deploy_model(x)
+    return int(fc.get_total_flops())
+
+
+def interleaved(backends: dict[str, Callable[[np.ndarray], Any]], batches: list[np.ndarray], rounds: int,
+                warmup: int = 1) -> dict[str, list[float]]:
+    """Seconds per call of each backend; round r runs every backend once on batches[r % len]."""
+    for fn in backends.values():
+        for i in range(warmup):
+            fn(batches[i % len(batches)])
+    times: dict[str, list[float]] = {k: [] for k in backends}
+    for r in range(rounds):
+        x = batches[r % len(batches)]
+        for k, fn in backends.items():
+            t = time.perf_counter()
+            fn(x)
+            times[k].append(time.perf_counter() - t)
+    return times
+
+
+# --------------------------------------------------------------------------- memory probes
+
+
+def _vm_hwm_mib() -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def _probe(kind: str, source: str, pixels_path: str, threads: int) -> None:
+    """Subprocess entry: load one backend, run one batch, print peak RSS (MiB) as JSON."""
+    pixels = np.load(pixels_path)
+    if kind == "torch":
+        import torch
+
+        from fsac.train.checkpoint import load_checkpoint
+
+        torch.set_num_threads(threads)
+        model = load_checkpoint(source, device="cpu", quiet=True).deploy_model()
+        with torch.no_grad():
+            model(torch.from_numpy(pixels))
+    else:
+        from fsac.calibration.scoring import make_session
+
+        data = Path(source).read_bytes()
+        s = make_session(data, threads)
+        del data
+        s.run(None, {"image": pixels})
+    print(json.dumps({"peak_rss_mib": _vm_hwm_mib()}))
+
+
+def peak_memory(kind: str, source: str, pixels: np.ndarray, threads: int, tmp: Path) -> float | None:
+    px = tmp / "probe_pixels.npy"
+    np.save(px, pixels)
+    code = f"from fsac.export.bench import _probe; _probe({kind!r}, {source!r}, {str(px)!r}, {threads})"
+    try:
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
+        return float(json.loads(r.stdout.strip().splitlines()[-1])["peak_rss_mib"])
+    except Exception:  # a failed probe leaves the figure empty; it must not sink the benchmark
+        return None
+
+
+# --------------------------------------------------------------------------- report
+
+
+def markdown_table(res: dict[str, Any]) -> str:
+    rows = [
+        "| backend | p50 ms (b=1) | p95 ms | p99 ms | img/s (b=8) | peak RSS MiB | GFLOP/s (b=1) | GFLOP/s (b=8) "
+        "| % of SGEMM | speed-up vs torch (b=1) | speed-up vs torch (b=8) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, b in res["backends"].items():
+        mem = "n/a" if b.get("peak_rss_mib") is None else f"{b['peak_rss_mib']:.0f}"
+        rows.append(
+            f"| {name} | {b['batch1']['p50_ms']:.1f} | {b['batch1']['p95_ms']:.1f} | {b['batch1']['p99_ms']:.1f} "
+            f"| {b['throughput_img_s']:.2f} | {mem} | {b['gflops_b1']:.1f} | {b['gflops_b8']:.1f} "
+            f"| {b['pct_of_sgemm_b8']:.0f} % | {b['speedup_vs_torch_b1']:.2f}x | {b['speedup_vs_torch_b8']:.2f}x |"
+        )
+    r, a = res["ratios"], res["int8_agreement"]
+    t = res["targets"]
+    lines = [
+        f"### fsac bench export - {res['arch']} ({res['weights']}), {res['threads']} threads, {res['cpu']}",
+        "",
+        *rows,
+        "",
+        f"- FLOPs per image: {res['gflop_per_image']:.2f} GFLOP; measured SGEMM (numpy fp32, {res['threads']} threads): "
+        f"{res['sgemm_gflops']:.0f} GFLOP/s",
+        f"- ONNX Runtime fp32 vs PyTorch eager, batch 1 p50: {r['ort_fp32_vs_torch_b1']:.2f}x "
+        f"(target >= {TARGET_ORT_VS_TORCH}x: {'met' if t['ort_fp32_vs_torch'] else 'NOT met'}); batch 8: "
+        f"{r['ort_fp32_vs_torch_b8']:.2f}x",
+        f"- ONNX Runtime INT8 vs fp32, batch 1 p50: {r['int8_vs_fp32_b1']:.2f}x "
+        f"(target >= {TARGET_INT8_VS_FP32}x: {'met' if t['int8_vs_fp32'] else 'NOT met'}); batch 8: "
+        f"{r['int8_vs_fp32_b8']:.2f}x",
+        f"- INT8 vs fp32 on {a['n_images']} held-out real images: Spearman {a['spearman']:.4f} "
+        f"(target >= {TARGET_SPEARMAN}: {'met' if t['spearman'] else 'NOT met'}), max |Δ score| {a['max_abs_diff']:.3g}, "
+        f"verdict agreement {_pct(a['verdict_agreement'])} at threshold {a['threshold']:.6g} "
+        f"(target >= {TARGET_VERDICT:.0%}: {'met' if t['verdict'] else 'NOT met'})",
+        f"- INT8 settings: {res['int8_settings']}",
+        f"- fp32 export: parity max |Δ score| {res['export']['parity_max_abs_diff']:.3g}; optimiser "
+        f"{res['export']['optimize']['method']}: {res['export']['optimize']['reason']}",
+    ]
+    lines += [f"- variant {k}: {v}" for k, v in res.get("variants", {}).items()]
+    lines += [f"- note: {n}" for n in res["notes"]]
+    return "\n".join(lines) + "\n"
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.1%}"
+
+
+# --------------------------------------------------------------------------- command
+
+
+VARIANTS = {
+    # name: QuantizeSettings overrides, for --int8-variants
+    "matmul-only": {"op_types": ["MatMul", "Gemm", "Conv"]},
+    "reduce-range": {"reduce_range": True},
+    "per-tensor": {"per_channel": False},
+    "tensorrt-symmetric": {"target": "tensorrt"},
+    "entropy": {"method": "entropy"},
+    "percentile": {"method": "percentile"},
+}
+
+
+def bench_export_command(
+    images: Annotated[list[Path], typer.Option("--images", "-i", help="normal images (files/folders): calibration + timing")],
+    anomalous_images: Annotated[Optional[list[Path]], typer.Option(
+        "--anomalous", "-a", help="defective images added to the held-out set for the verdict agreement")] = None,
+    checkpoint: Annotated[Optional[Path], typer.Option(help="checkpoint to benchmark [default: --arch with random weights]")] = None,
+    arch: Annotated[str, typer.Option(help="architecture when no checkpoint is given")] = "ViT-B-16-plus-240",
+    out_dir: Annotated[Path, typer.Option("--out-dir", "-o", help="where bench.json / bench.md (and, with --keep-models, the models) go")] = Path("benchmarks/export"),
+    runs: Annotated[int, typer.Option(help="batch-1 latency samples per backend")] = 30,
+    batch: Annotated[int, typer.Option(help="batch size for the throughput figure")] = 8,
+    batch_runs: Annotated[int, typer.Option(help="batch-8 samples per backend")] = 3,
+    num_calib: Annotated[int, typer.Option(help="normal images for INT8 calibration")] = 16,
+    num_eval: Annotated[int, typer.Option(help="held-out normal images for timing and agreement")] = 16,
+    calibration_method: Annotated[str, typer.Option(help="minmax, entropy or percentile")] = "minmax",
+    optimize: Annotated[str, typer.Option(help="fp32 graph optimisation before timing and quantizing")] = "slim",
+    int8_variants: Annotated[Optional[list[str]], typer.Option(
+        "--int8-variant", help=f"extra INT8 settings to time against the default: {', '.join(VARIANTS)}")] = None,
+    threads: Annotated[int, typer.Option(help="intra-op threads for every backend")] = 2,
+    memory: Annotated[bool, typer.Option("--memory/--no-memory", help="measure peak memory in subprocesses")] = True,
+    keep_models: Annotated[bool, typer.Option("--keep-models", help="keep the fp32/INT8 model files in --out-dir")] = False,
+    seed: Annotated[int, typer.Option(help="random-weights seed when no checkpoint is given")] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> dict:
+    """Time PyTorch eager, ONNX Runtime fp32 and INT8 (and TensorRT if present) on real images."""
+    import torch
+
+    from fsac.calibration.quantize import QuantizeSettings, agreement, quantize_bytes
+    from fsac.calibration.scoring import expand_images, load_pixels, make_session, run_session
+    from fsac.calibration.threshold import conformal_threshold, next_float32_up
+    from fsac.export.cli import export_trained
+    from fsac.io import atomic_write_json, atomic_write_text
+    from fsac.train.checkpoint import TrainedModel, checkpoint_sha256, load_checkpoint, save_checkpoint
+
+    variants = list(int8_variants or [])
+    bad = [v for v in variants if v not in VARIANTS]
+    if bad:
+        raise FsacError(f"unknown --int8-variant {bad}; choose from {', '.join(VARIANTS)}")
+    if batch < 1 or runs < 3 or batch_runs < 1:
+        raise FsacError("--batch >= 1, --runs >= 3 and --batch-runs >= 1 are required")
+    normals = expand_images(images)
+    need = num_calib + max(num_eval, batch)
+    if len(normals) < need:
+        raise FsacError(f"--images holds {len(normals)} images; need {need} (--num-calib {num_calib} + held-out)")
+    anomalies = expand_images(anomalous_images) if anomalous_images else []
+    torch.set_num_threads(threads)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    notes: list[str] = []
+
+    with tempfile.TemporaryDirectory(prefix="fsac-bench-") as tmp_s:
+        tmp = Path(tmp_s)
+        work = out_dir if keep_models else tmp
+        t0 = time.perf_counter()
+        if checkpoint is not None:
+            trained = load_checkpoint(checkpoint, device="cpu", quiet=True)
+            ck_path, ck_sha = Path(checkpoint), checkpoint_sha256(checkpoint)
+        else:
+            trained = _random_model(arch, seed)
+            ck_path = tmp / "checkpoint"
+            save_checkpoint(ck_path, trained, extra={"train_images": [], "note": "fsac bench: random weights"})
+            ck_sha = checkpoint_sha256(ck_path)
+        if trained.backbone.info.is_random:
+            notes.append("RANDOM backbone weights: timings are representative, but INT8/fp32 agreement measured "
+                         "with random weights says little about agreement with real CLIP weights")
+        spec = trained.backbone.spec
+        deploy = trained.deploy_model()
+        _say(quiet, f"model {trained.backbone.info.arch} ready in {time.perf_counter() - t0:.0f} s")
+
+        calib_paths = normals[:num_calib]
+        eval_paths = normals[num_calib : num_calib + max(num_eval, batch)]
+        calib_px = load_pixels(calib_paths, spec)
+        eval_px = load_pixels(eval_paths, spec)
+        agree_px = np.concatenate([eval_px, load_pixels(anomalies[:num_eval], spec)]) if anomalies else eval_px
+
+        # fp32 export exactly as `fsac export` does it (parity on 4 held-out real images).
+        fp32_path = work / "bench.fp32.onnx"
+        exp = export_trained(trained, ck_sha, fp32_path, eval_paths[:4], force=True, optimize=optimize, quiet=quiet)
+        fp32 = fp32_path.read_bytes()
+        exp.pop("parity", None)
+
+        settings = QuantizeSettings(method=calibration_method)
+        _say(quiet, f"quantizing to INT8 on {len(calib_paths)} normal images ({calibration_method}) ...")
+        int8, qinfo = quantize_bytes(fp32, calib_px, settings, work_dir=tmp)
+        if keep_models:
+            (work / "bench.int8.onnx").write_bytes(int8)
+        int8_path = tmp / "bench.int8.onnx"
+        int8_path.write_bytes(int8)
+
+        s_fp32 = make_session(fp32, threads)
+        s_int8 = make_session(int8, threads)
+
+        def run_torch(x: np.ndarray):
+            with torch.no_grad():
+                return deploy(torch.from_numpy(x))
+
+        backends: dict[str, Callable[[np.ndarray], Any]] = {
+            "pytorch eager fp32": run_torch,
+            "onnxruntime fp32": lambda x: s_fp32.run(None, {"image": x}),
+            "onnxruntime int8": lambda x: s_int8.run(None, {"image": x}),
+        }
+        variant_info: dict[str, dict[str, Any]] = {}
+        for v in variants:
+            st = QuantizeSettings(**{**settings.to_dict(), **VARIANTS[v]})
+            vb, _ = quantize_bytes(fp32, calib_px, st, work_dir=tmp)
+            sess = make_session(vb, threads)
+            backends[f"onnxruntime int8 [{v}]"] = (lambda s: lambda x: s.run(None, {"image": x}))(sess)
+            variant_info[v] = {"settings": st.to_dict(), "session": sess}
+        trt = _tensorrt_backend(fp32_path, spec.image_size, batch, tmp, notes)
+        if trt is not None:
+            backends["tensorrt fp16"] = trt
+
+        # INT8 agreement with fp32 on the held-out images; the verdict threshold is the one
+        # `fsac calibrate` would set (conformal, alpha = 0.1) from the fp32 calibration scores.
+        fp_cal = run_session(s_fp32, calib_px)["score"]
+        cres = conformal_threshold(fp_cal, 0.1)
+        thr = cres.threshold if cres.attainable else next_float32_up(float(fp_cal.max()))
+        fp_eval = run_session(s_fp32, agree_px)["score"]
+        rep = agreement(fp_eval, run_session(s_int8, agree_px)["score"], thr,
+                        f"conformal alpha=0.1 on {len(calib_paths)} fp32 calibration scores")
+        for v, vi in variant_info.items():
+            vr = agreement(fp_eval, run_session(vi["session"], agree_px)["score"], thr)
+            vi["agreement"] = {"spearman": vr.spearman, "max_abs_diff": vr.max_abs_diff,
+                               "verdict_agreement": vr.verdict_agreement}
+
+        _say(quiet, f"timing {len(backends)} backends: {runs} interleaved rounds at batch 1 ...")
+        singles = [eval_px[i : i + 1] for i in range(len(eval_px))]
+        lat = interleaved(backends, singles, runs, warmup=2)
+        _say(quiet, f"timing at batch {batch}: {batch_runs} interleaved rounds ...")
+        big = [eval_px[:batch]]
+        thr_times = interleaved(backends, big, batch_runs, warmup=1)
+
+        flops = model_flops(deploy, spec.image_size)
+        peak = sgemm_gflops(threads)
+        mem: dict[str, float | None] = {}
+        if memory:
+            _say(quiet, "peak memory: one subprocess per backend ...")
+            mem["pytorch eager fp32"] = peak_memory("torch", str(ck_path), eval_px[:batch], threads, tmp)
+            fp32_file = tmp / "probe.fp32.onnx"
+            fp32_file.write_bytes(fp32)
+            mem["onnxruntime fp32"] = peak_memory("onnx", str(fp32_file), eval_px[:batch], threads, tmp)
+            mem["onnxruntime int8"] = peak_memory("onnx", str(int8_path), eval_px[:batch], threads, tmp)
+        else:
+            notes.append("peak memory not measured (--no-memory)")
+
+    res_backends: dict[str, dict[str, Any]] = {}
+    torch_b1 = float(np.median(lat["pytorch eager fp32"]))
+    torch_b8 = float(np.median(thr_times["pytorch eager fp32"]))
+    for k in backends:
+        b1 = percentiles(lat[k])
+        t8 = float(np.median(thr_times[k]))
+        res_backends[k] = {
+            "batch1": b1,
+            "batch_s": t8,
+            "throughput_img_s": batch / t8,
+            "peak_rss_mib": mem.get(k),
+            "gflops_b1": flops / (b1["p50_ms"] / 1e3) / 1e9,
+            "gflops_b8": flops * batch / t8 / 1e9,
+            "pct_of_sgemm_b8": 100 * flops * batch / t8 / 1e9 / peak,
+            "speedup_vs_torch_b1": torch_b1 / (b1["p50_ms"] / 1e3),
+            "speedup_vs_torch_b8": torch_b8 / t8,
+        }
+    b = res_backends
+    ratios = {
+        "ort_fp32_vs_torch_b1": b["pytorch eager fp32"]["batch1"]["p50_ms"] / b["onnxruntime fp32"]["batch1"]["p50_ms"],
+        "ort_fp32_vs_torch_b8": b["onnxruntime fp32"]["throughput_img_s"] / b["pytorch eager fp32"]["throughput_img_s"],
+        "int8_vs_fp32_b1": b["onnxruntime fp32"]["batch1"]["p50_ms"] / b["onnxruntime int8"]["batch1"]["p50_ms"],
+        "int8_vs_fp32_b8": b["onnxruntime int8"]["throughput_img_s"] / b["onnxruntime fp32"]["throughput_img_s"],
+        "int8_vs_torch_b1": b["pytorch eager fp32"]["batch1"]["p50_ms"] / b["onnxruntime int8"]["batch1"]["p50_ms"],
+    }
+    agree = {k: v for k, v in rep.to_dict().items() if k != "images"}
+    targets = {
+        "ort_fp32_vs_torch": ratios["ort_fp32_vs_torch_b1"] >= TARGET_ORT_VS_TORCH,
+        "int8_vs_fp32": ratios["int8_vs_fp32_b1"] >= TARGET_INT8_VS_FP32,
+        "spearman": rep.spearman >= TARGET_SPEARMAN,
+        "verdict": rep.verdict_agreement is not None and rep.verdict_agreement >= TARGET_VERDICT,
+    }
+    variants_out = {}
+    for v, vi in variant_info.items():
+        name = f"onnxruntime int8 [{v}]"
+        variants_out[v] = (f"{b['onnxruntime fp32']['batch1']['p50_ms'] / b[name]['batch1']['p50_ms']:.2f}x fp32 at b=1, "
+                           f"Spearman {vi['agreement']['spearman']:.4f}, max |Δ| {vi['agreement']['max_abs_diff']:.3g}, "
+                           f"verdicts {_pct(vi['agreement']['verdict_agreement'])}")
+    result = {
+        "arch": trained.backbone.info.arch,
+        "weights": trained.backbone.info.weights_id,
+        "threads": threads,
+        "cpu": _cpu_name(),
+        "python": platform.python_version(),
+        "versions": _versions(),
+        "images": {"calibration": [p.name for p in calib_paths], "held_out": [p.name for p in eval_paths],
+                   "anomalous": [p.name for p in anomalies[:num_eval]]},
+        "runs_batch1": runs,
+        "batch": batch,
+        "runs_batch": batch_runs,
+        "gflop_per_image": flops / 1e9,
+        "sgemm_gflops": peak,
+        "backends": res_backends,
+        "ratios": ratios,
+        "targets": targets,
+        "int8_agreement": agree,
+        "int8_settings": {**settings.to_dict(), **{k: v for k, v in qinfo.items() if not k.endswith("_s")}},
+        "int8_quantize_s": qinfo.get("quantize_s"),
+        "variants": variants_out,
+        "export": exp,
+        "notes": notes + ["p99 over this many runs is close to the maximum; the CPU is shared, so absolute "
+                          "times drift between runs - ratios measured in the same run are what count"],
+    }
+    md = markdown_table(result)
+    atomic_write_json(out_dir / "bench.json", result)
+    atomic_write_text(out_dir / "bench.md", md)
+    print(md)
+    return result
+
+
+def _random_model(arch: str, seed: int):
+    """A TrainedModel with random backbone weights and a random head: for timing only."""
+    import torch
+
+    from fsac.train.backbone import load_backbone
+    from fsac.train.checkpoint import TrainedModel
+    from fsac.train.model import FSACHead, HeadConfig
+
+    bb = load_backbone(arch, "random", device="cpu", random_init_seed=seed, quiet=True)
+    c = bb.info.embed_dim
+    g = torch.Generator().manual_seed(seed)
+    t_pos = torch.nn.functional.normalize(torch.randn(c, generator=g), dim=0)
+    t_neg = torch.nn.functional.normalize(torch.randn(c, generator=g), dim=0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        head = FSACHead(HeadConfig(embed_dim=c), t_pos, t_neg)
+    return TrainedModel(bb, head.eval(), True, "object")
+
+
+def _tensorrt_backend(fp32_path: Path, image_size: int, batch: int, tmp: Path, notes: list[str]):
+    """A TensorRT FP16 runner when tensorrt and a CUDA GPU are present, else None (+ a note)."""
+    try:
+        from fsac.export.tensorrt_build import TensorRTRunner, build_engine
+    except ImportError:
+        return None
+    try:
+        rep = build_engine(fp32_path, tmp / "bench.fp16.engine", "fp16", max_batch=batch, force=True)
+        runner = TensorRTRunner(rep.engine)
+    except FsacError as e:
+        notes.append(f"TensorRT not timed: {e}")
+        return None
+    return runner
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip() + f" ({os.cpu_count()} logical CPUs)"
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for mod in ("torch", "onnx", "onnxruntime", "onnxslim", "numpy"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except Exception:
+            pass
+    return out

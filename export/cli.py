@@ -1,0 +1,191 @@
+"""`fsac export` commands (plain functions with typer annotations; fsac/cli.py registers them).
+
+    fsac export CHECKPOINT [-o model.onnx] [--check-images DIR] [--optimize slim|ort|none]
+                           [--engine --precision fp16|fp32|int8] [--force]
+    fsac export engine MODEL.onnx [--precision fp16|int8] [--max-batch 8]   (on the Jetson)
+
+Imports of torch, onnx and onnxruntime happen inside the functions, so `fsac --help` and
+the edge runtime never pay for them.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from fsac.errors import FsacError
+
+
+def _say(quiet: bool, msg: str) -> None:
+    if not quiet:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def default_model_path(checkpoint: Path) -> Path:
+    folder = checkpoint.parent if checkpoint.suffix == ".json" else checkpoint
+    return folder / "model.onnx"
+
+
+def export_command(
+    checkpoint: Annotated[Path, typer.Argument(help="checkpoint folder written by `fsac train`")],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="model file to write [default: CHECKPOINT/model.onnx]")] = None,
+    check_images: Annotated[Optional[list[Path]], typer.Option(
+        "--check-images", help="real images (files or folders) for the parity check [default: the training shots "
+                               "plus a few held-out images from their folder]")] = None,
+    force: Annotated[bool, typer.Option("--force", help="overwrite an existing model file / engine")] = False,
+    tolerance: Annotated[float, typer.Option(help="max |Δ score| allowed between ONNX Runtime and PyTorch")] = 1e-4,
+    optimize: Annotated[str, typer.Option(help="graph optimisation: slim (onnxslim, portable), ort (onnxruntime "
+                                               "transformer fusions, ONNX Runtime only) or none")] = "slim",
+    opset: Annotated[int, typer.Option(help="ONNX opset")] = 17,
+    weights: Annotated[Optional[str], typer.Option(help="backbone weights (tag or file) if not the recorded ones")] = None,
+    engine: Annotated[bool, typer.Option("--engine", help="also build a TensorRT engine (run this on the target device)")] = False,
+    precision: Annotated[str, typer.Option(help="engine precision: fp16, fp32 or int8 (int8 needs --int8-model)")] = "fp16",
+    int8_model: Annotated[Optional[Path], typer.Option(help="QDQ model from `fsac quantize --target tensorrt`, for --precision int8")] = None,
+    max_batch: Annotated[int, typer.Option(help="largest batch the engine accepts")] = 8,
+    report: Annotated[Optional[Path], typer.Option(help="also write the export report as JSON here")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress messages")] = False,
+) -> dict:
+    """Export a trained checkpoint to one sealed ONNX model file, checked against PyTorch."""
+    checkpoint = Path(checkpoint)
+    out = Path(out) if out is not None else default_model_path(checkpoint)
+    if out.exists() and not force:
+        raise FsacError(f"{out} exists; pass --force to overwrite it")
+    if optimize not in ("slim", "ort", "none"):
+        raise FsacError(f"--optimize must be slim, ort or none, got {optimize!r}")
+    if engine and precision == "int8" and int8_model is None:
+        raise FsacError("--engine --precision int8 needs --int8-model (the output of `fsac quantize --target tensorrt`)")
+    if not (0 < tolerance <= 1e-2):
+        raise FsacError(f"--tolerance must be in (0, 0.01], got {tolerance}")
+
+    from fsac.train.checkpoint import checkpoint_sha256, load_checkpoint, read_checkpoint_meta
+
+    folder, ck_meta = read_checkpoint_meta(checkpoint)
+    t_start = time.perf_counter()
+    images = _parity_image_paths(folder, ck_meta, check_images)
+    trained = load_checkpoint(checkpoint, weights=weights, device="cpu", quiet=quiet)
+    result = export_trained(trained, checkpoint_sha256(checkpoint), out, images, force=force, tolerance=tolerance,
+                            optimize=optimize, opset=opset, quiet=quiet,
+                            extra_meta={"fsac.train_images": json.dumps(ck_meta.get("train_images", []))})
+    result["total_s"] = time.perf_counter() - t_start
+    if engine:
+        from fsac.export.tensorrt_build import build_engine, default_engine_path
+
+        src = int8_model if precision == "int8" else out
+        eng = build_engine(src, default_engine_path(src, precision), precision, max_batch, force=force)
+        result["engine"] = eng.to_dict()
+        _say(quiet, f"engine: {eng.engine} ({eng.precision}, {eng.size_bytes / 1e6:.1f} MB, built in {eng.build_s:.0f} s)")
+    if report is not None:
+        from fsac.io import atomic_write_json
+
+        atomic_write_json(report, result)
+    return result
+
+
+def _parity_image_paths(folder: Path, ck_meta: dict, check_images) -> list[Path]:
+    from fsac.export.parity import select_parity_images
+
+    return select_parity_images(folder, ck_meta, check_images)
+
+
+def export_trained(trained, checkpoint_sha: str, out: Path, image_paths: list[Path], force: bool = False,
+                   tolerance: float = 1e-4, optimize: str = "slim", opset: int = 17, quiet: bool = False,
+                   extra_meta: dict[str, str] | None = None) -> dict:
+    """The export itself, for a TrainedModel already in memory (also used by the benchmark).
+
+    trace -> parity (ORT vs torch on the real images) -> optimise (measured, parity
+    re-checked) -> metadata -> seal -> atomic write -> read back and verify.
+    """
+    from fsac.calibration.metadata import replace_metadata_bytes
+    from fsac.export.onnx_export import build_metadata, export_onnx, serialize
+    from fsac.export.optimize import optimize_and_measure
+    from fsac.export.parity import check_parity, load_pixels, run_torch
+    from fsac.modelfile import load_model_file, write_model_file
+
+    deploy = trained.deploy_model()
+    spec = trained.backbone.spec
+    names = [str(p) for p in image_paths]
+    pixels = load_pixels(image_paths, spec)
+    _say(quiet, f"parity images: {len(names)} real images")
+
+    t0 = time.perf_counter()
+    torch_out = run_torch(deploy, pixels)
+    torch_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    model = export_onnx(deploy, spec.image_size, opset)
+    export_s = time.perf_counter() - t0
+    _say(quiet, f"traced to ONNX (opset {opset}, {len(model.graph.node)} nodes) in {export_s:.1f} s")
+    parity = check_parity(torch_out, serialize(model), pixels, names, tolerance, "fp32 ONNX graph")
+    _say(quiet, f"parity: max |Δ score| = {parity.max_abs_diff:.3g} over {parity.n_images} images (<= {tolerance:g})")
+
+    def reparity(data: bytes) -> float:
+        return check_parity(torch_out, data, pixels, names, tolerance, f"{optimize}-optimised graph").max_abs_diff
+
+    visual = trained.backbone.visual
+    width = getattr(getattr(visual, "transformer", None), "width", None)
+    heads = None
+    if width is not None:
+        blocks = getattr(visual.transformer, "resblocks", [])
+        if len(blocks) and hasattr(blocks[0], "attn"):
+            heads = getattr(blocks[0].attn, "num_heads", None)
+    model, opt = optimize_and_measure(model, optimize, pixels[:1], reparity, num_heads=heads, hidden_size=width)
+    if optimize != "none":
+        lat = ""
+        if opt.latency_before_s is not None:
+            lat = f", batch-1 latency {opt.latency_before_s * 1e3:.1f} -> {opt.latency_after_s * 1e3:.1f} ms"
+        _say(quiet, f"optimise ({optimize}): {'kept' if opt.kept else 'not kept'} - {opt.reason}; "
+                    f"nodes {opt.nodes_before} -> {opt.nodes_after}{lat}")
+    if opt.kept and opt.parity_max_abs_diff is not None:
+        final_diff = opt.parity_max_abs_diff
+    else:
+        final_diff = parity.max_abs_diff
+
+    extra = {
+        "fsac.parity_max_abs_diff": repr(float(final_diff)),
+        "fsac.parity": json.dumps({**parity.to_dict(), "max_abs_diff_final": float(final_diff),
+                                   "images": [Path(n).name for n in names]}),
+        "fsac.optimize": json.dumps(opt.to_dict()),
+        **(extra_meta or {}),
+    }
+    meta = build_metadata(trained, checkpoint_sha, opset, "fp32", extra)
+    data = replace_metadata_bytes(serialize(model), meta, str(out))
+    write_model_file(out, data, force=force)
+    _, info = load_model_file(out)  # read back: seal verifies, metadata parses
+    size = out.stat().st_size
+    _say(quiet, f"wrote {out} ({size / 1e6:.1f} MB, seal {info.seal[:12]}...)")
+    if trained.backbone.info.is_random:
+        _say(quiet, "note: RANDOM backbone weights - the file is fine for pipeline tests, its scores mean nothing")
+    return {
+        "model": str(out),
+        "size_bytes": size,
+        "seal": info.seal,
+        "parity": parity.to_dict(),
+        "optimize": opt.to_dict(),
+        "parity_max_abs_diff": float(final_diff),
+        "export_s": export_s,
+        "torch_reference_s": torch_s,
+    }
+
+
+def engine_command(
+    model: Annotated[Path, typer.Argument(help="fsac model file (fp32 from `fsac export`, or INT8 QDQ from `fsac quantize --target tensorrt`)")],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="engine file [default: MODEL.<precision>.engine]")] = None,
+    precision: Annotated[str, typer.Option(help="fp16, fp32 or int8")] = "fp16",
+    max_batch: Annotated[int, typer.Option(help="largest batch the engine accepts")] = 8,
+    workspace_mb: Annotated[int, typer.Option(help="TensorRT builder workspace (MiB)")] = 1024,
+    force: Annotated[bool, typer.Option("--force", help="overwrite an existing engine")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", help="TensorRT's full build log")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> dict:
+    """Build a TensorRT engine (+ JSON sidecar) from a model file. Run it on the target device."""
+    from fsac.export.tensorrt_build import build_engine, default_engine_path
+
+    out = Path(out) if out is not None else default_engine_path(model, precision)
+    rep = build_engine(model, out, precision, max_batch, workspace_mb, force, verbose)
+    _say(quiet, f"engine: {rep.engine} ({rep.precision}, {rep.size_bytes / 1e6:.1f} MB, {rep.device}, "
+                f"TensorRT {rep.tensorrt_version}, built in {rep.build_s:.0f} s); sidecar {rep.sidecar}")
+    return rep.to_dict()

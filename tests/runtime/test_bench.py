@@ -1,0 +1,27 @@
+"""`fsac bench runtime`: the typer command runs end to end on a few frames and reports every figure."""
+
+from __future__ import annotations
+
+import json
+
+
+def test_bench_runtime_command(tmp_path, model_file, image_folder):
+    import typer
+    from typer.testing import CliRunner
+
+    from fsac.runtime.bench import bench_runtime_command
+
+    app = typer.Typer()
+    app.command("runtime")(bench_runtime_command)
+    app.command("other")(lambda: None)  # so "runtime" is a subcommand, as under `fsac bench`
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(app, ["runtime", "--model", str(model_file), "--images", str(image_folder),
+                                      "--frames", "24", "--batch-size", "4", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    for text in ("bare backend", "serial loop", "daemon (every-frame)", "daemon / bare throughput", "peak RSS"):
+        assert text in result.output
+    r = json.loads(out.read_text())
+    for key in ("bare_fps", "serial_fps", "daemon_fps", "ratio", "bare_p50_ms", "bare_p99_ms", "daemon_p50_ms",
+                "daemon_p99_ms", "rss_peak_bytes", "rss_budget_bytes", "model_bytes"):
+        assert r[key] == r[key] and r[key] > 0, key  # present, not NaN
+    assert r["daemon_frames"] == 24 and r["daemon_errors"] == 0 and r["frames"] == 24

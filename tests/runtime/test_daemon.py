@@ -1,0 +1,268 @@
+"""The daemon pipeline in-process: records, error frames, back-pressure, dropping, batching,
+reload, failing sinks, and the wiring of the MQTT and saved-frames sinks."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import pytest
+
+from fsac.modelfile import write_model_file
+from fsac.runtime.backends import ModelHandle, load_model
+from fsac.runtime.config import load_config
+from fsac.runtime.daemon import Daemon, build_sinks
+from fsac.runtime.sources import RAW, Source
+from fsac_run_helpers import build_model_bytes, expected_score, read_jsonl
+
+SCHEMA = json.loads((Path(__file__).resolve().parents[2] / "runtime" / "schema" / "result.schema.json").read_text())
+VALIDATOR = jsonschema.Draft202012Validator(SCHEMA, format_checker=jsonschema.FormatChecker())
+
+
+def config(model: Path, source: str, out: Path, *extra: str):
+    return load_config(None, ["http.enabled=false", *extra], model=str(model), source=source, jsonl=str(out))
+
+
+class ListSource(Source):
+    """Yields prepared frames, optionally paced; stands in for a camera."""
+
+    kind = "camera"
+
+    def __init__(self, cfg, arrays, interval: float = 0.0):
+        super().__init__(cfg)
+        self.arrays = arrays
+        self.interval = interval
+
+    def open(self):
+        self.connected = True
+
+    def frames(self, stop):
+        for a in self.arrays:
+            if stop.is_set():
+                return
+            yield self._frame(a, None, RAW)
+            if self.interval:
+                time.sleep(self.interval)
+
+
+class SlowBackend:
+    """Wraps a real backend and adds a fixed cost per call, like a big model would."""
+
+    name = "slow"
+
+    def __init__(self, inner, delay: float, fail_calls=()):
+        self.inner, self.delay, self.fail_calls = inner, delay, set(fail_calls)
+        self.providers, self.max_batch = inner.providers, inner.max_batch
+        self.calls, self.sizes = 0, []
+
+    def infer(self, batch):
+        self.calls += 1
+        self.sizes.append(batch.shape[0])
+        time.sleep(self.delay)
+        if self.calls in self.fail_calls:
+            raise RuntimeError("simulated device error")
+        return self.inner.infer(batch)
+
+    def close(self):
+        pass
+
+
+def slow_handle(cfg, delay, **kw):
+    model = load_model(cfg.model)
+    return ModelHandle(cfg.model, replace(model, backend=SlowBackend(model.backend, delay, **kw)))
+
+
+def test_folder_run_scores_every_image_and_reports_bad_files(tmp_path, image_folder, model_file, bottle_images):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for p in image_folder.iterdir():
+        (folder / p.name).write_bytes(p.read_bytes())
+    (folder / "img_004b.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")  # corrupt
+    data = bottle_images[0].read_bytes()
+    (folder / "img_007b.png").write_bytes(data[: len(data) // 2])  # truncated
+    out = tmp_path / "r.jsonl"
+    daemon = Daemon(config(model_file, str(folder), out))
+    assert daemon.run() == 0
+    records = read_jsonl(out)
+    names = sorted(p.name for p in folder.iterdir())
+    assert [r["name"] for r in records] == names
+    assert [r["frame_id"] for r in records] == list(range(len(names)))
+    for r in records:
+        VALIDATOR.validate(r)
+    by_name = {r["name"]: r for r in records}
+    for i, src in enumerate(bottle_images):
+        r = by_name[f"img_{i:03d}.png"]
+        assert r["score"] == pytest.approx(expected_score(__import__("fsac.preprocess").preprocess.load_image(src)),
+                                           rel=1e-5)
+        assert r["verdict"] == ("defective" if r["score"] >= 0.5 else "good")
+        assert r["threshold"] == 0.5 and r["model"] == model_file.name and r["error"] is None
+    for bad in ("img_004b.png", "img_007b.png"):
+        assert by_name[bad]["verdict"] == "error" and by_name[bad]["score"] is None
+        assert bad in by_name[bad]["error"]
+    m = daemon.metrics
+    assert m.frames.value == len(names) and m.errors.value == 2 and m.frames_read.value == len(names)
+    text = daemon.render_metrics()
+    assert f"fsac_frames_total {len(names)}" in text and "fsac_errors_total 2" in text
+    assert f'sha256="{records[0]["model_sha256"]}"' in text
+    assert 'fsac_sink_written{sink="jsonl"} 14.0' in text
+
+
+def test_bad_camera_frames_become_error_records(tmp_path, model_file):
+    rng = np.random.default_rng(0)
+    good = rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    arrays = [good, good[..., :2], good.astype(np.float32), good[:60], np.zeros((0, 0, 3), np.uint8),
+              good[..., 0], np.dstack([good, good[..., :1]]), good]
+    out = tmp_path / "r.jsonl"
+    cfg = config(model_file, "0", out, "source.frame_size=[160, 120]")
+    daemon = Daemon(cfg, source=ListSource(cfg.source, arrays), install_signals=False)
+    assert daemon.run() == 0
+    records = read_jsonl(out)
+    verdicts = [r["verdict"] != "error" for r in records]
+    assert verdicts == [True, False, False, False, False, True, True, True]
+    assert "2 channels" in records[1]["error"]
+    assert "dtype float32" in records[2]["error"]
+    assert "160x60, expected 160x120" in records[3]["error"]
+    # BGR camera frame: the model sees it as RGB
+    rgb = good[..., ::-1]
+    assert records[0]["score"] == pytest.approx(expected_score(np.ascontiguousarray(rgb)), rel=1e-5)
+    for r in records:
+        VALIDATOR.validate(r)
+
+
+def test_every_frame_back_pressure_and_batching(tmp_path, model_file):
+    arrays = [np.full((80, 80, 3), i, np.uint8) for i in range(40)]
+    out = tmp_path / "r.jsonl"
+    cfg = config(model_file, "0", out, "source.queue_size=3", "model.batch_size=4")
+    handle = slow_handle(cfg, 0.03)
+    daemon = Daemon(cfg, handle=handle, source=ListSource(cfg.source, arrays), install_signals=False)
+    depths = []
+    sampler_stop = threading.Event()
+
+    def sample():
+        while not sampler_stop.is_set():
+            depths.append(len(daemon.queue))
+            time.sleep(0.005)
+
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+    assert daemon.run() == 0
+    sampler_stop.set()
+    records = read_jsonl(out)
+    assert [r["frame_id"] for r in records] == list(range(40))  # nothing skipped
+    assert daemon.metrics.dropped.value == 0
+    assert max(depths) <= 3  # bounded queue
+    backend = handle.current.backend
+    assert max(backend.sizes) <= 4 and backend.calls < 40  # frames that waited were batched
+    np.testing.assert_allclose([r["score"] for r in records], [i / 255 for i in range(40)], rtol=1e-5)
+
+
+def test_latest_frame_mode_drops_stale_frames_and_counts_them(tmp_path, model_file):
+    arrays = [np.full((80, 80, 3), i, np.uint8) for i in range(60)]
+    out = tmp_path / "r.jsonl"
+    cfg = config(model_file, "0", out, "source.mode=latest-frame", "source.queue_size=2", "model.batch_size=1")
+    daemon = Daemon(cfg, handle=slow_handle(cfg, 0.03), source=ListSource(cfg.source, arrays, 0.002),
+                    install_signals=False)
+    assert daemon.run() == 0
+    records = read_jsonl(out)
+    ids = [r["frame_id"] for r in records]
+    assert ids == sorted(ids) and ids[-1] == 59  # fresh frames win, order kept
+    dropped = daemon.metrics.dropped.value
+    assert dropped > 0 and dropped + len(records) == 60
+    assert f"fsac_dropped_frames_total {dropped}" in daemon.render_metrics()
+
+
+def test_inference_failure_becomes_error_records_and_the_daemon_goes_on(tmp_path, model_file):
+    arrays = [np.full((64, 64, 3), 100, np.uint8) for _ in range(6)]
+    out = tmp_path / "r.jsonl"
+    cfg = config(model_file, "0", out, "model.batch_size=1")
+    daemon = Daemon(cfg, handle=slow_handle(cfg, 0.0, fail_calls={2}), source=ListSource(cfg.source, arrays),
+                    install_signals=False)
+    assert daemon.run() == 0
+    verdicts = [r["verdict"] for r in read_jsonl(out)]
+    assert verdicts == ["good", "error", "good", "good", "good", "good"]
+    assert "simulated device error" in read_jsonl(out)[1]["error"]
+
+
+def test_failing_sink_does_not_stop_other_sinks(tmp_path, model_file, image_folder):
+    class Broken:
+        name = "broken"
+
+        def write(self, record, image=None):
+            raise OSError("disk full")
+
+        def flush(self):
+            pass
+
+        def close(self, timeout=10.0):
+            pass
+
+        def stats(self):
+            return {"written": 0}
+
+    from fsac.runtime.sinks.jsonl import JsonlSink
+
+    out = tmp_path / "r.jsonl"
+    cfg = config(model_file, str(image_folder), out)
+    daemon = Daemon(cfg, sinks=[Broken(), JsonlSink(out)], install_signals=False)
+    assert daemon.run() == 0
+    assert len(read_jsonl(out)) == 12
+    assert daemon.metrics.sink_errors() == {"broken": 12}
+    assert 'fsac_sink_errors_total{sink="broken"} 12' in daemon.render_metrics()
+
+
+def test_reload_mid_run_changes_model_between_batches_without_losing_frames(tmp_path):
+    model_path = tmp_path / "live.onnx"
+    write_model_file(model_path, build_model_bytes(threshold="0.5"))
+    arrays = [np.full((64, 64, 3), 120, np.uint8) for _ in range(50)]
+    out = tmp_path / "r.jsonl"
+    cfg = config(model_path, "0", out, "model.batch_size=2")
+    daemon = Daemon(cfg, source=ListSource(cfg.source, arrays, 0.01), install_signals=False)
+
+    def swap():
+        time.sleep(0.15)
+        # A new export with another input size and threshold: frames already preprocessed for the
+        # old model are redone for the new one.
+        write_model_file(model_path, build_model_bytes(image_size=32, threshold="0.9", scale=2.0), force=True)
+        daemon.request_reload()
+
+    threading.Thread(target=swap, daemon=True).start()
+    assert daemon.run() == 0
+    records = read_jsonl(out)
+    assert [r["frame_id"] for r in records] == list(range(50))
+    shas = [r["model_sha256"] for r in records]
+    first, last = shas[0], shas[-1]
+    assert first != last
+    switch = shas.index(last)
+    assert all(s == first for s in shas[:switch]) and all(s == last for s in shas[switch:])
+    assert records[0]["score"] == pytest.approx(120 / 255, rel=1e-5) and records[0]["threshold"] == 0.5
+    assert records[-1]["score"] == pytest.approx(2 * 120 / 255, rel=1e-5) and records[-1]["threshold"] == 0.9
+    assert daemon.metrics.reloads.value == 1
+
+
+def test_frames_and_mqtt_sinks_are_wired_in_by_config(tmp_path, model_file, image_folder):
+    pytest.importorskip("fsac.runtime.sinks.frames")
+    out = tmp_path / "r.jsonl"
+    cfg = config(model_file, str(image_folder), out, f"sinks.frames.dir={tmp_path / 'saved'}",
+                 "sinks.frames.format=png")
+    daemon = Daemon(cfg, install_signals=False)
+    assert [s.name for s in daemon.sinks] == ["jsonl", "frames"]
+    assert daemon.keep_rgb
+    assert daemon.run() == 0
+    defective = [r for r in read_jsonl(out) if r["verdict"] == "defective"]
+    saved = sorted((tmp_path / "saved").glob("*.png"))
+    assert len(saved) == len(defective) > 0
+    pytest.importorskip("fsac.runtime.sinks.mqtt")
+    pytest.importorskip("paho.mqtt.client")
+    cfg = config(model_file, str(image_folder), out, "sinks.mqtt.host=127.0.0.1", "sinks.mqtt.port=9",
+                 f"sinks.mqtt.buffer_dir={tmp_path / 'mq'}")
+    sinks = build_sinks(cfg.sinks)
+    try:
+        assert [s.name for s in sinks] == ["jsonl", "mqtt"]
+    finally:
+        for s in sinks:
+            s.close(timeout=1.0)

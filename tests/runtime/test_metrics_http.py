@@ -1,0 +1,106 @@
+"""Metrics text format, the status server's readiness answers, the frame queue, sd_notify."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from fsac.errors import FsacError
+from fsac.runtime.framequeue import CLOSED, FrameQueue
+from fsac.runtime.http import StatusServer
+from fsac.runtime.metrics import Histogram, RuntimeMetrics
+from fsac.runtime.notify import sd_notify, watchdog_interval
+
+
+def test_histogram_is_cumulative_and_rendered_in_prometheus_format():
+    h = Histogram((0.01, 0.1, 1.0))
+    for v in (0.005, 0.01, 0.05, 0.5, 3.0):
+        h.observe(v)
+    buckets, total, n = h.snapshot()
+    assert [c for _, c in buckets] == [2, 3, 4, 5] and n == 5 and total == pytest.approx(3.565)
+    m = RuntimeMetrics()
+    m.frames.inc(3)
+    m.latency.observe(0.02)
+    text = m.render(queue_depth=2, reconnects=1, ready=True, source_connected=True,
+                    model_info={"name": 'we"ird\\name', "sha256": "ab"}, sink_stats={"jsonl": {"written": 3}})
+    lines = text.splitlines()
+    assert "fsac_frames_total 3" in lines and "fsac_queue_depth 2" in lines and "fsac_reconnects_total 1" in lines
+    assert 'fsac_model_info{name="we\\"ird\\\\name",sha256="ab"} 1' in lines
+    assert 'fsac_latency_seconds_bucket{le="0.025"} 1' in lines
+    assert 'fsac_latency_seconds_bucket{le="+Inf"} 1' in lines
+    assert 'fsac_sink_written{sink="jsonl"} 3.0' in lines
+    # every sample line is "name{labels} value" and every family is declared once
+    types = [line.split()[2] for line in lines if line.startswith("# TYPE")]
+    assert len(types) == len(set(types))
+    for line in lines:
+        if not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            float(value.replace("+Inf", "inf"))
+
+
+def test_status_server_readiness_and_port_conflict():
+    state = {"ready": (False, "source /dev/video0 is not open")}
+    server = StatusServer("127.0.0.1", 0, metrics=lambda: "fsac_up 1\n", ready=lambda: state["ready"])
+    server.start()
+    host, port = server.address
+    base = f"http://{host}:{port}"
+    try:
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(base + "/readyz", timeout=5)
+        assert e.value.code == 503 and b"not open" in e.value.read()
+        state["ready"] = (True, "")
+        with urllib.request.urlopen(base + "/readyz", timeout=5) as r:
+            assert r.status == 200
+        with urllib.request.urlopen(base + "/metrics", timeout=5) as r:
+            assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+            assert r.read() == b"fsac_up 1\n"
+        with pytest.raises(FsacError, match=r"http\.port: cannot listen on 127\.0\.0\.1:%d" % port):
+            StatusServer("127.0.0.1", port, metrics=lambda: "", ready=lambda: (True, ""))
+    finally:
+        server.stop()
+
+
+def test_frame_queue_modes():
+    q = FrameQueue(2)
+    assert q.put(1) == (True, None) and q.put(2) == (True, None)
+    blocked = []
+    t = threading.Thread(target=lambda: blocked.append(q.put(3)))
+    t.start()
+    time.sleep(0.1)
+    assert not blocked  # every-frame: the reader waits (back-pressure)
+    assert q.get() == 1
+    t.join(2)
+    assert blocked == [(True, None)]
+    assert q.take_ready(5, lambda item: item == 2) == [2]  # stops at the first not-ready item
+    q.close()
+    assert q.put(4) == (False, None)
+    assert q.get() == 3 and q.get() is CLOSED
+    latest = FrameQueue(2, drop_oldest=True)
+    latest.put("a"), latest.put("b")
+    assert latest.put("c") == (True, "a") and len(latest) == 2
+    assert latest.get(timeout=0.01) == "b"
+    assert FrameQueue(1).get(timeout=0.01) is None
+
+
+def test_sd_notify_datagrams(tmp_path, monkeypatch):
+    path = str(tmp_path / "n.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(2)
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    assert sd_notify("READY=1") is False and watchdog_interval() is None
+    monkeypatch.setenv("NOTIFY_SOCKET", path)
+    monkeypatch.setenv("WATCHDOG_USEC", "30000000")
+    assert sd_notify("READY=1") is True
+    assert sock.recv(100) == b"READY=1"
+    assert watchdog_interval() == 15.0
+    monkeypatch.setenv("WATCHDOG_PID", "1")  # meant for another process
+    assert watchdog_interval() is None
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "missing.sock"))
+    assert sd_notify("WATCHDOG=1") is False  # never raises
+    sock.close()

@@ -1,0 +1,200 @@
+"""Frame sources against real files, a real video, a real HTTP stream and a watched folder."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fsac.errors import FsacError
+from fsac.preprocess import load_image
+from fsac.runtime.config import SourceConfig
+from fsac.runtime.sources import (ENCODED, RAW, RGB, FolderSource, StreamSource, VideoSource, WatchSource,
+                                  make_source, redact, resolve_kind)
+from fsac_run_helpers import wait_for, write_video
+
+cv2 = pytest.importorskip("cv2")
+
+
+class Collector:
+    """Runs a source's frames() on a thread, like the daemon's reader."""
+
+    def __init__(self, source):
+        self.source = source
+        self.frames = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        for frame in self.source.frames(self.stop):
+            self.frames.append(frame)
+
+    def close(self):
+        self.stop.set()
+        self.thread.join(5)
+        assert not self.thread.is_alive()
+
+
+def test_resolve_kind(tmp_path, image_folder):
+    video = tmp_path / "v.avi"
+    video.write_bytes(b"x")
+    assert resolve_kind(SourceConfig(uri=str(image_folder))) == "folder"
+    assert resolve_kind(SourceConfig(uri=str(video))) == "video"
+    assert resolve_kind(SourceConfig(uri="0")) == "camera"
+    assert resolve_kind(SourceConfig(uri="/dev/video2")) == "camera"
+    assert resolve_kind(SourceConfig(uri="rtsp://cam/stream")) == "rtsp"
+    assert resolve_kind(SourceConfig(uri="http://cam/mjpg")) == "http"
+    assert resolve_kind(SourceConfig(uri="nvarguscamerasrc ! appsink")) == "gstreamer"
+    assert resolve_kind(SourceConfig(kind="watch", uri=str(image_folder))) == "watch"
+    with pytest.raises(FsacError, match=r"source\.uri: .* does not exist"):
+        resolve_kind(SourceConfig(uri=str(tmp_path / "missing")))
+    with pytest.raises(FsacError, match="single image"):
+        resolve_kind(SourceConfig(uri=str(next(image_folder.iterdir()))))
+    assert redact("rtsp://admin:s3cret@10.0.0.5:554/live") == "rtsp://admin:***@10.0.0.5:554/live"
+
+
+def test_folder_source_sorted_once(image_folder):
+    src = FolderSource(SourceConfig(kind="folder", uri=str(image_folder)))
+    src.open()
+    frames = list(src.frames(threading.Event()))
+    assert [f.frame_id for f in frames] == list(range(12))
+    assert [f.name for f in frames] == sorted(p.name for p in image_folder.iterdir())
+    assert all(f.kind == ENCODED and isinstance(f.data, bytes) and f.error is None for f in frames)
+    with pytest.raises(FsacError, match="folder not found"):
+        FolderSource(SourceConfig(uri="/nonexistent/folder")).open()
+
+
+def test_video_source_reads_every_frame_then_ends(tmp_path, bottle_images):
+    video, frames_bgr = write_video(tmp_path / "line.avi", bottle_images[:7])
+    src = make_source(SourceConfig(uri=str(video)))
+    assert isinstance(src, VideoSource)
+    assert "7 frames of 128x128" in VideoSource(SourceConfig(uri=str(video))).check()
+    src.open()
+    frames = list(src.frames(threading.Event()))
+    assert len(frames) == 7 and all(f.kind == RAW and f.data.shape == (128, 128, 3) for f in frames)
+    assert frames[3].name == "line.avi#3"
+    # MJPG is lossy, but close to what was written
+    assert np.abs(frames[3].data.astype(int) - frames_bgr[3].astype(int)).mean() < 8
+    bad = tmp_path / "bad.avi"
+    bad.write_bytes(b"RIFF garbage")
+    with pytest.raises(FsacError, match="cannot open video file"):
+        VideoSource(SourceConfig(uri=str(bad))).open()
+
+
+@pytest.fixture
+def http_server(tmp_path):
+    handler = functools.partial(QuietHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+def test_http_stream_reconnects_with_backoff(tmp_path, bottle_images, http_server):
+    """A stream that ends (the served file runs out) is a lost stream: reopened and counted."""
+    write_video(tmp_path / "cam.avi", bottle_images[:4])
+    url = f"http://127.0.0.1:{http_server.server_address[1]}/cam.avi"
+    cfg = SourceConfig(uri=url, reconnect_min_s=0.05, reconnect_max_s=0.2, read_timeout_s=2)
+    src = make_source(cfg)
+    assert isinstance(src, StreamSource) and src.kind == "http"
+    src.open()
+    assert src.connected
+    col = Collector(src)
+    wait_for(lambda: len(col.frames) >= 12 and src.reconnects >= 2, 20, what="three passes over the stream")
+    col.close()
+    ids = [f.frame_id for f in col.frames]
+    assert ids == list(range(len(ids)))  # ids keep counting across reconnects
+    assert all(f.kind == RAW for f in col.frames)
+
+
+def test_unreachable_stream_keeps_retrying_without_frames():
+    cfg = SourceConfig(uri="http://127.0.0.1:9/none.avi", reconnect_min_s=0.05, reconnect_max_s=0.1)
+    src = make_source(cfg)
+    src.open()  # not fatal: the camera may come up later
+    assert not src.connected
+    col = Collector(src)
+    wait_for(lambda: src.reconnects >= 3, 10, what="reconnect attempts")
+    col.close()
+    assert col.frames == []
+    with pytest.raises(FsacError, match="cannot open http"):
+        make_source(cfg).check()
+
+
+def test_gstreamer_without_support_is_a_clear_error():
+    if "GStreamer:                   YES" in cv2.getBuildInformation().replace("\t", " "):
+        pytest.skip("this OpenCV has GStreamer")
+    with pytest.raises(FsacError, match="no GStreamer support"):
+        make_source(SourceConfig(uri="videotestsrc ! videoconvert ! appsink")).open()
+
+
+def test_watch_scores_each_file_once_and_only_when_complete(tmp_path, bottle_images):
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    cfg = SourceConfig(kind="watch", uri=str(drop), settle_s=0.3, poll_s=0.05, give_up_s=2.0)
+    src = WatchSource(cfg)
+    src.open()
+    col = Collector(src)
+    full = bottle_images[0].read_bytes()
+    # A: written in two parts with a pause longer than settle_s: the half file must not be read.
+    with open(drop / "a.png", "wb") as f:
+        f.write(full[: len(full) // 3])
+        f.flush()
+        time.sleep(0.8)
+        assert col.frames == []
+        f.write(full[len(full) // 3:])
+    # B: written under a hidden temporary name, then renamed (what careful writers do).
+    (drop / ".b.png.tmp").write_bytes(bottle_images[1].read_bytes())
+    (drop / ".b.png.tmp").rename(drop / "b.png")
+    # C: appears and is removed before it settles.
+    (drop / "c.png").write_bytes(full)
+    (drop / "c.png").unlink()
+    # D: never becomes an image.
+    (drop / "d.png").write_bytes(b"\x89PNG this is not an image")
+    (drop / "notes.txt").write_text("ignored: not an image suffix")
+    wait_for(lambda: len(col.frames) >= 3, 15, what="a, b and d")
+    time.sleep(0.5)  # nothing else may arrive
+    col.close()
+    by_name = {f.name: f for f in col.frames}
+    assert sorted(f.name for f in col.frames) == ["a.png", "b.png", "d.png"]
+    assert by_name["a.png"].kind == RGB
+    np.testing.assert_array_equal(by_name["a.png"].data, load_image(bottle_images[0]))
+    np.testing.assert_array_equal(by_name["b.png"].data, load_image(bottle_images[1]))
+    assert by_name["d.png"].error and "d.png" in by_name["d.png"].error
+    assert [f.frame_id for f in col.frames] == [0, 1, 2]
+
+
+def test_watch_skip_existing_and_missing_folder(tmp_path, bottle_images):
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    (drop / "old.png").write_bytes(bottle_images[0].read_bytes())
+    src = WatchSource(SourceConfig(kind="watch", uri=str(drop), settle_s=0.1, poll_s=0.05, existing="skip"))
+    src.open()
+    col = Collector(src)
+    time.sleep(0.3)
+    (drop / "new.png").write_bytes(bottle_images[1].read_bytes())
+    wait_for(lambda: col.frames, 10, what="new.png")
+    time.sleep(0.3)
+    col.close()
+    assert [f.name for f in col.frames] == ["new.png"]
+    with pytest.raises(FsacError, match="folder not found"):
+        WatchSource(SourceConfig(kind="watch", uri=str(tmp_path / "nope"))).open()
+
+
+def test_frames_path_keeps_file_for_move(tmp_path, image_folder):
+    src = FolderSource(SourceConfig(kind="folder", uri=str(image_folder)))
+    src.open()
+    frame = next(iter(src.frames(threading.Event())))
+    assert isinstance(frame.path, Path) and frame.path.name == "img_000.png"
