@@ -85,7 +85,8 @@ class SourceConfig:
     give_up_s: float = _opt(30.0, min=0.0, doc="watch: a file that still does not decode this long after it "
                             "appeared is reported as an error record")
     existing: str = _opt("process", choices=("process", "skip"),
-                         doc="watch: score files already in the folder at start, or only new ones")
+                         doc="watch: score files already in the folder at start, or only new ones (with "
+                         "processed: leave, a restart scores the files still there again)")
     processed: str = _opt("leave", choices=("leave", "move"),
                           doc="watch: leave scored files in place or move them to done_dir")
     done_dir: str = _opt("", doc="watch: where processed files go (default <folder>/done)")

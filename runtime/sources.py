@@ -207,21 +207,29 @@ class WatchSource(Source):
         self.folder = Path(cfg.uri)
         self.done_dir = Path(cfg.done_dir) if cfg.done_dir else self.folder / "done"
 
-    def open(self) -> None:
+    def open(self, create: bool = True) -> None:
         _require_folder(self.folder)
         if not os.access(self.folder, os.R_OK | os.X_OK):
             raise FsacError(f"source.uri: cannot read folder {self.folder} (permissions)")
         if self.cfg.processed == "move":
-            try:
-                self.done_dir.mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                raise FsacError(f"source.done_dir: cannot create {self.done_dir}: {e.strerror or e}") from None
-            if not os.access(self.done_dir, os.W_OK):
-                raise FsacError(f"source.done_dir: folder {self.done_dir} is not writable")
+            if self.done_dir.is_dir() or not create:
+                existing = self.done_dir
+                while not existing.exists() and existing != existing.parent:
+                    existing = existing.parent
+                if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+                    raise FsacError(f"source.done_dir: {self.done_dir} is not a writable folder")
+            else:
+                try:
+                    self.done_dir.mkdir(parents=True, exist_ok=True)
+                except OSError as e:
+                    raise FsacError(f"source.done_dir: cannot create {self.done_dir}: {e.strerror or e}") from None
+            # Moving away the files we watch needs write access to the watched folder too.
+            if not os.access(self.folder, os.W_OK):
+                raise FsacError(f"source.processed=move: cannot remove files from {self.folder} (permissions)")
         self.connected = True
 
     def check(self) -> str:
-        self.open()
+        self.open(create=False)  # --check changes nothing on disk
         extra = f", processed files move to {self.done_dir}" if self.cfg.processed == "move" else ""
         return f"watch {self.label} (settle {self.cfg.settle_s:g}s{extra})"
 

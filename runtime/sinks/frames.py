@@ -165,7 +165,8 @@ class FramesSink:
         self._dropped = 0
         self._deleted = 0
         self._errors = 0
-        self._last_drop_log = 0.0
+        self._last_drop_log: float | None = None
+        self._last_error_log: float | None = None
         self._closed = False
         self._abort = threading.Event()
         # stem -> (bytes, [files]); oldest first. Touched by the worker thread only.
@@ -233,10 +234,17 @@ class FramesSink:
             try:
                 if not self._abort.is_set():
                     self._save(*item)
-            except Exception as e:  # one bad frame must not stop the sink
+            except Exception as e:  # one bad frame (or a full disk) must not stop the sink
+                now = time.monotonic()
                 with self._lock:
                     self._errors += 1
-                log.warning("frames sink: cannot save frame %r: %s", item[0].get("frame_id"), e)
+                    errors = self._errors
+                    loud = self._last_error_log is None or now - self._last_error_log >= 60.0
+                    if loud:
+                        self._last_error_log = now
+                if loud:  # at most once a minute: a full disk must not flood the log too
+                    log.warning("frames sink: cannot save frame %r in %s: %s (%d failures so far)",
+                                item[0].get("frame_id"), self.dir, e, errors)
             finally:
                 self._queue.task_done()
 
@@ -318,7 +326,7 @@ class FramesSink:
             with self._lock:
                 self._dropped += 1
                 dropped = self._dropped
-                loud = now - self._last_drop_log >= 60.0
+                loud = self._last_drop_log is None or now - self._last_drop_log >= 60.0
                 if loud:
                     self._last_drop_log = now
             if loud:

@@ -37,9 +37,14 @@ unacknowledged.) The database file is about the payload bound plus SQLite overhe
 pages are reused, and given back once the queue drains.
 
 `max_inflight` bounds the MQTT messages handed to paho and not yet acknowledged (a
-defective record is two messages). Keep it at or below the broker's limit for incoming
-in-flight messages (Mosquitto `max_inflight_messages`, default 20): with QoS 2, Mosquitto
-2.0 silently fails to forward messages beyond it.
+defective record is two messages); it keeps paho's memory bounded and lets a reconnect
+re-send a short window only.
+
+QoS 2 caveat (a broker bug, seen with Mosquitto 2.0.11): Mosquitto acknowledges QoS 2
+messages (PUBCOMP) and then fails to forward some of them to a subscriber whose outgoing
+in-flight window (`max_inflight_messages`, default 20) is full. Past the broker's
+acknowledgement the sink cannot help. Use QoS 1 (the default), or with QoS 2 set
+`max_inflight: 1` here or `max_inflight_messages 0` on the broker.
 
 Only one process may use a `buffer_dir` at a time (an advisory `flock` on
 `<buffer_dir>/mqtt-queue.lock`).

@@ -3,36 +3,28 @@ no trainer run), real bottle images for parity, and its exported model file."""
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
 
-TINY_ARCH = "ViT-B-16-plus-240-tiny"
+
+def load_helpers():
+    """tests/export/_models.py as a module, by path (works with any pytest import mode)."""
+    name = "fsac_tests_export_models"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent / "_models.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules[name]
 
 
-def make_checkpoint(out_dir: Path, arch: str, shots: list[Path], seed: int = 0) -> Path:
-    """A checkpoint with a random-weight backbone and a random head (scores meaningless)."""
-    import torch
-
-    from fsac.io import sha256_file
-    from fsac.train.backbone import load_backbone
-    from fsac.train.checkpoint import TrainedModel, save_checkpoint
-    from fsac.train.model import FSACHead, HeadConfig
-
-    bb = load_backbone(arch, "random", device="cpu", random_init_seed=seed, quiet=True)
-    c = bb.info.embed_dim
-    g = torch.Generator().manual_seed(seed)
-    t_pos = torch.nn.functional.normalize(torch.randn(c, generator=g), dim=0)
-    t_neg = torch.nn.functional.normalize(torch.randn(c, generator=g), dim=0)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        head = FSACHead(HeadConfig(embed_dim=c), t_pos, t_neg)
-    extra = {
-        "train_images": [{"name": p.name, "sha256": sha256_file(p)} for p in shots],
-        "train_dir": str(shots[0].parent),
-    }
-    save_checkpoint(out_dir, TrainedModel(bb, head, True, "bottle"), extra=extra)
-    return out_dir
+@pytest.fixture(scope="session")
+def models():
+    """The helper module: models.make_checkpoint(out_dir, arch, shots, ...), models.TINY_ARCH."""
+    return load_helpers()
 
 
 @pytest.fixture(scope="session")
@@ -41,8 +33,8 @@ def bottle_shots(bottle) -> list[Path]:
 
 
 @pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory, bottle_shots) -> Path:
-    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", TINY_ARCH, bottle_shots)
+def tiny_checkpoint(tmp_path_factory, bottle_shots, models) -> Path:
+    return models.make_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", models.TINY_ARCH, bottle_shots)
 
 
 @pytest.fixture(scope="session")

@@ -122,7 +122,13 @@ def collector(cleanup, port, topics, **kw) -> Collector:
 
 
 @pytest.mark.parametrize("qos", [0, 1, 2])
-def test_results_in_order_anomalies_only_defective(broker, tmp_path, cleanup, qos):
+def test_results_in_order_anomalies_only_defective(tmp_path, cleanup, qos):
+    # Mosquitto 2.0.x loses QoS 2 messages it has acknowledged when the subscriber's outgoing
+    # window is full (see the mqtt module docstring); lift that window so that the test
+    # checks the sink, not that broker bug.
+    broker = Mosquitto(tmp_path / "broker",
+                       extra_config="max_inflight_messages 0" if qos == 2 else "").start()
+    cleanup.append(broker)
     col = collector(cleanup, broker.port, ["fsac/s1/#"])
     sink = make_sink(cleanup, tmp_path, broker.port, qos=qos, errors_topic="errors")
     records = [rec(i) for i in range(300)] + [rec(300, "error", error="decode failed")]

@@ -1,0 +1,95 @@
+"""`fsac calibrate` end to end on the tiny model and real bottle images (random weights:
+the thresholds themselves mean nothing; what is tested is where they go and how)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from fsac.errors import FsacError
+
+
+def test_conformal_calibration_writes_threshold_and_plot(model_copy, bottle, tmp_path):
+    from fsac.calibration.cli import calibrate_command
+    from fsac.calibration.scoring import score_model_file
+    from fsac.modelfile import load_model_file
+
+    good = bottle / "test" / "good"  # 20 held-out good images
+    res = calibrate_command(model_copy, [good], alpha=0.1, quiet=True, report=tmp_path / "cal.json")
+    _, info = load_model_file(model_copy)  # seal verifies after the in-place update
+    assert info.threshold == pytest.approx(res["threshold"])
+    ti = json.loads(info.metadata["fsac.threshold_info"])
+    assert ti["method"] == "conformal" and ti["alpha"] == 0.1 and ti["n_normal"] == 20 and ti["k"] == 19
+    assert len(ti["normal_images"]) == 20 and all(len(e["sha256"]) == 64 for e in ti["normal_images"])
+    # The stored threshold is the 19th smallest of the 20 scores (strictly above it).
+    scores, _ = score_model_file(model_copy, sorted(good.glob("*.png")))
+    s = np.sort(scores.score)
+    assert ti["order_statistic"] == pytest.approx(float(s[18]))
+    assert float(s[18]) < info.threshold <= float(s[19]) or s[18] == s[19]
+    assert ti["fpr"] == pytest.approx(np.mean(scores.score >= info.threshold))
+    png = (tmp_path / "model.scores.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    assert json.loads((tmp_path / "cal.json").read_text())["threshold"] == pytest.approx(info.threshold)
+
+    # A second calibration must be asked for explicitly.
+    with pytest.raises(FsacError, match="already has a threshold"):
+        calibrate_command(model_copy, [good], alpha=0.1, quiet=True)
+    calibrate_command(model_copy, [good], alpha=0.2, quiet=True, force=True)
+    _, info2 = load_model_file(model_copy)
+    assert json.loads(info2.metadata["fsac.threshold_info"])["k"] == math.ceil(21 * 0.8)
+
+
+def test_unattainable_alpha_is_refused_and_file_unchanged(model_copy, bottle):
+    from fsac.calibration.cli import calibrate_command
+
+    before = model_copy.read_bytes()
+    with pytest.raises(FsacError, match="unattainable"):
+        calibrate_command(model_copy, [bottle / "test" / "good"], alpha=0.01, quiet=True)
+    assert model_copy.read_bytes() == before
+
+
+def test_training_shots_are_left_out(model_copy, bottle):
+    from fsac.calibration.cli import calibrate_command
+    from fsac.modelfile import load_model_file
+
+    shots = [bottle / "train" / "good" / "000.png", bottle / "train" / "good" / "001.png"]
+    res = calibrate_command(model_copy, shots + [bottle / "test" / "good"], alpha=0.1, quiet=True)
+    assert any("2 training shot" in n for n in res["notes"])
+    _, info = load_model_file(model_copy)
+    assert json.loads(info.metadata["fsac.threshold_info"])["n_normal"] == 20
+
+
+def test_f1_and_recall_with_labelled_anomalies(model_copy, bottle, tmp_path):
+    from fsac.calibration.cli import calibrate_command
+    from fsac.modelfile import load_model_file
+
+    good, bad = bottle / "test" / "good", bottle / "test" / "broken_large"
+    out = tmp_path / "f1.onnx"
+    res = calibrate_command(model_copy, [good], [bad], method="f1", out=out, quiet=True)
+    _, info = load_model_file(out)
+    ti = json.loads(info.metadata["fsac.threshold_info"])
+    assert ti["method"] == "f1" and ti["n_anomalous"] == 20 and 0 < ti["f1"] <= 1
+    assert info.threshold == pytest.approx(res["threshold"])
+    _, orig = load_model_file(model_copy)
+    assert orig.threshold is None  # --out leaves the source model alone
+
+    res = calibrate_command(model_copy, [good], [bad], method="recall", target_recall=0.9, quiet=True)
+    ti = json.loads(load_model_file(model_copy)[1].metadata["fsac.threshold_info"])
+    assert ti["method"] == "recall" and ti["recall"] >= 0.9 and ti["target_recall"] == 0.9
+
+    with pytest.raises(FsacError, match="--anomalous"):
+        calibrate_command(model_copy, [good], method="f1", quiet=True, force=True)
+
+
+def test_user_errors(model_copy, tmp_path):
+    from fsac.calibration.cli import calibrate_command
+
+    with pytest.raises(FsacError, match="--alpha"):
+        calibrate_command(model_copy, [tmp_path], alpha=1.5, quiet=True)
+    with pytest.raises(FsacError, match="no images"):
+        calibrate_command(model_copy, [tmp_path], quiet=True)  # empty folder
+    with pytest.raises(FsacError, match="not found"):
+        calibrate_command(tmp_path / "missing.onnx", [tmp_path], quiet=True)

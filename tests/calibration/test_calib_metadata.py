@@ -1,0 +1,54 @@
+"""Metadata rewrite of a sealed model file without onnx: every other byte kept, re-sealed."""
+
+from __future__ import annotations
+
+import pytest
+
+from fsac.errors import FsacError
+
+
+def test_replace_metadata_keeps_the_graph(model_copy):
+    import onnx
+
+    from fsac.calibration.metadata import replace_metadata_bytes
+    from fsac.modelfile import load_model_file, seal_bytes, verify_seal
+
+    data, info = load_model_file(model_copy)
+    new = replace_metadata_bytes(data, {**info.metadata, "fsac.threshold": "0.5", "x.other": "ü"})
+    sealed = seal_bytes(new)
+    verify_seal(sealed)
+    a, b = onnx.load_from_string(data), onnx.load_from_string(sealed)
+    assert a.graph.SerializeToString() == b.graph.SerializeToString()
+    assert a.ir_version == b.ir_version and list(a.opset_import) == list(b.opset_import)
+    meta = {p.key: p.value for p in b.metadata_props}
+    assert meta["fsac.threshold"] == "0.5" and meta["x.other"] == "ü"
+    assert list(meta)[-1] == "fsac.seal"  # exactly one seal entry, last
+    assert sum(p.key == "fsac.seal" for p in b.metadata_props) == 1
+
+
+def test_update_in_place_and_to_another_file(model_copy, tmp_path):
+    from fsac.calibration.metadata import update_model_metadata
+    from fsac.modelfile import load_model_file
+
+    _, before = load_model_file(model_copy)
+    path, info = update_model_metadata(model_copy, {"fsac.threshold": "0.25", "fsac.object": None})
+    assert path == model_copy and info.threshold == 0.25 and info.seal != before.seal
+    _, reread = load_model_file(model_copy)
+    assert reread.threshold == 0.25
+    assert "fsac.object" not in reread.metadata or reread.metadata.get("fsac.object") is None
+
+    out = tmp_path / "b.onnx"
+    out.write_bytes(b"old")
+    with pytest.raises(FsacError, match="--force"):
+        update_model_metadata(model_copy, {"fsac.threshold": "0.3"}, out=out)
+    assert out.read_bytes() == b"old"
+
+
+def test_update_refuses_a_tampered_file(model_copy):
+    from fsac.calibration.metadata import update_model_metadata
+
+    data = bytearray(model_copy.read_bytes())
+    data[len(data) // 3] ^= 0xFF
+    model_copy.write_bytes(bytes(data))
+    with pytest.raises(FsacError, match="modified after export"):
+        update_model_metadata(model_copy, {"fsac.threshold": "0.3"})
