@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 
 from fsac.errors import FsacError
-from fsac.modelfile import SEAL_KEY, SEAL_PLACEHOLDER, ModelInfo, load_model_file, write_model_file
+from fsac.modelfile import SEAL_KEY, SEAL_PLACEHOLDER, ModelInfo, load_model_file, parse_model_info, write_model_file
 
 _METADATA_FIELD = 14
 
@@ -119,8 +119,9 @@ def update_model_metadata(path: str | os.PathLike, updates: dict[str, str | None
             meta.pop(k, None)
         else:
             meta[k] = v
-    new = replace_metadata_bytes(data, meta, str(path))
     target = Path(out) if out is not None else path
+    parse_model_info(meta, str(target), seal="")  # refuse metadata the loader would refuse, before writing
+    new = replace_metadata_bytes(data, meta, str(path))
     in_place = target.resolve() == path.resolve()
     write_model_file(target, new, force=force or in_place)
     _, new_info = load_model_file(target)

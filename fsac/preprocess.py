@@ -154,22 +154,17 @@ def to_rgb(image: Image.Image, alpha_background: Sequence[int] = (0, 0, 0)) -> n
     the high byte" (v >> 8), because that is what Pillow does when it decodes 16-bit RGB(A)
     PNGs (it has no 16-bit colour mode), so a 16-bit grey PNG, a 16-bit colour PNG and a
     uint16 camera frame (`frame_to_rgb`) of the same scene give the same 8-bit pixels.
+    32-bit integer images ("I") are taken as 16-bit data; float images ("F") as 0..255 data,
+    clipped. Neither rule looks at the image's own values: a guess from the content would
+    make a dark frame and a bright frame of the same part come out on different scales.
     """
     mode = image.mode
     if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
         arr = np.asarray(image).astype(np.int64)
-        if mode == "I" and arr.max(initial=0) <= 255:
-            # 8-bit data stored as 32-bit ints (some TIFF writers do this).
-            gray = np.clip(arr, 0, 255)
-        else:
-            gray = np.clip(arr, 0, 65535) >> 8
-        gray = gray.astype(np.uint8)
+        gray = (np.clip(arr, 0, 65535) >> 8).astype(np.uint8)
         return np.repeat(gray[..., None], 3, axis=2)
     if mode == "F":
-        arr = np.asarray(image, dtype=np.float64)
-        # Float images: [0, 1] data is scaled to [0, 255]; anything else is clipped.
-        if arr.size and arr.min() >= 0.0 and arr.max() <= 1.0:
-            arr = arr * 255.0
+        arr = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0)
         gray = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
         return np.repeat(gray[..., None], 3, axis=2)
     if mode == "P" or mode == "PA":

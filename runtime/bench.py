@@ -72,9 +72,10 @@ def _frames_folder(images: Path, n_frames: int, dest: Path) -> list[Path]:
     return out
 
 
-def _bare(model_path: Path, files: list[Path], batch_size: int, providers: list[str], threads: int) -> dict[str, Any]:
+def _bare(model_path: Path, files: list[Path], batch_size: int, providers: list[str], threads: int,
+          spin_wait: bool) -> dict[str, Any]:
     model = load_model(ModelConfig(path=str(model_path), batch_size=batch_size, providers=providers,
-                                   threads=threads, threshold=0.5))
+                                   threads=threads, threshold=0.5, spin_wait=spin_wait))
     spec = model.info.preprocess
     backend = model.backend
     # Serial loop first (it also warms the page cache for the files).
@@ -103,10 +104,10 @@ def _bare(model_path: Path, files: list[Path], batch_size: int, providers: list[
 
 
 def _daemon(model_path: Path, folder: Path, workdir: Path, batch_size: int, providers: list[str], threads: int,
-            workers: int, queue_size: int) -> dict[str, Any]:
+            workers: int, queue_size: int, spin_wait: bool) -> dict[str, Any]:
     cfg = RuntimeConfig()
     cfg.model = ModelConfig(path=str(model_path), batch_size=batch_size, providers=providers, threads=threads,
-                            threshold=0.5)
+                            threshold=0.5, spin_wait=spin_wait)
     cfg.source = SourceConfig(kind="folder", uri=str(folder), mode="every-frame", decode_workers=workers,
                               queue_size=queue_size)
     cfg.sinks.jsonl.path = str(workdir / "daemon.jsonl")
@@ -135,12 +136,12 @@ def _daemon(model_path: Path, folder: Path, workdir: Path, batch_size: int, prov
 
 
 def _rss_subprocess(model_path: Path, folder: Path, workdir: Path, batch_size: int, providers: list[str],
-                    threads: int, workers: int) -> dict[str, Any]:
+                    threads: int, workers: int, spin_wait: bool) -> dict[str, Any]:
     cmd = [sys.executable, "-c", "import sys; from fsac.runtime.cli import main; sys.exit(main())",
            "--model", str(model_path), "--source", str(folder), "--jsonl", str(workdir / "subprocess.jsonl"),
            "--set", "http.enabled=false", "--set", f"model.batch_size={batch_size}",
            "--set", f"model.threads={threads}", "--set", f"source.decode_workers={workers}",
-           "--set", "model.threshold=0.5"]
+           "--set", "model.threshold=0.5", "--set", f"model.spin_wait={'true' if spin_wait else 'false'}"]
     if providers:
         cmd += ["--set", f"model.providers={','.join(providers)}"]
     env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
@@ -159,7 +160,8 @@ def _rss_subprocess(model_path: Path, folder: Path, workdir: Path, batch_size: i
 
 def bench_runtime(model: str | os.PathLike, images: str | os.PathLike, n_frames: int = 200, batch_size: int = 4,
                   out_json: str | os.PathLike | None = None, *, providers: list[str] | None = None,
-                  threads: int = 0, workers: int = 2, queue_size: int = 8, measure_rss: bool = True) -> dict[str, Any]:
+                  threads: int = 0, workers: int = 2, queue_size: int = 8, measure_rss: bool = True,
+                  spin_wait: bool = False) -> dict[str, Any]:
     """Bare backend vs daemon on the same frames; returns (and optionally writes) the figures."""
     model, images = Path(model), Path(images)
     if n_frames < 1:
@@ -170,13 +172,16 @@ def bench_runtime(model: str | os.PathLike, images: str | os.PathLike, n_frames:
         files = _frames_folder(images, n_frames, work / "frames")
         result: dict[str, Any] = {"model": str(model), "images": str(images), "frames": n_frames,
                                   "cpu_count": os.cpu_count(), "workers": workers}
-        result.update(_bare(model, files, batch_size, providers, threads))
-        result.update(_daemon(model, work / "frames", work, batch_size, providers, threads, workers, queue_size))
+        result["spin_wait"] = spin_wait
+        result.update(_bare(model, files, batch_size, providers, threads, spin_wait))
+        result.update(_daemon(model, work / "frames", work, batch_size, providers, threads, workers, queue_size,
+                              spin_wait))
         result["ratio"] = result["daemon_fps"] / result["bare_fps"]
         result["meets_95pct_target"] = bool(result["ratio"] >= 0.95)
         result["rss_budget_bytes"] = result["model_bytes"] + RSS_ALLOWANCE
         if measure_rss:
-            result.update(_rss_subprocess(model, work / "frames", work, batch_size, providers, threads, workers))
+            result.update(_rss_subprocess(model, work / "frames", work, batch_size, providers, threads, workers,
+                                          spin_wait))
             result["rss_within_budget"] = bool(result["rss_peak_bytes"] <= result["rss_budget_bytes"])
     if out_json is not None:
         atomic_write_json(out_json, result)
@@ -186,7 +191,8 @@ def bench_runtime(model: str | os.PathLike, images: str | os.PathLike, n_frames:
 def format_table(r: dict[str, Any]) -> str:
     mb = 1024 * 1024
     rows = [
-        ("bare backend", f"{r['bare_fps']:.1f} frames/s", f"p50 {r['bare_p50_ms']:.2f} ms", f"p99 {r['bare_p99_ms']:.2f} ms"),
+        ("bare backend", f"{r['bare_fps']:.1f} frames/s", f"p50 {r['bare_p50_ms']:.2f} ms",
+         f"p99 {r['bare_p99_ms']:.2f} ms"),
         ("serial loop (decode+infer)", f"{r['serial_fps']:.1f} frames/s", "", ""),
         ("daemon (every-frame)", f"{r['daemon_fps']:.1f} frames/s", f"p50 {r['daemon_p50_ms']:.2f} ms",
          f"p99 {r['daemon_p99_ms']:.2f} ms"),
@@ -225,11 +231,13 @@ try:  # typer is a base dependency; the runtime itself does not need it
                                                          help="comma-separated, e.g. cuda,cpu (default: best)")] = None,
         out: Annotated[Optional[Path], typer.Option("--out", help="write the figures as JSON")] = None,
         rss: Annotated[bool, typer.Option("--rss/--no-rss", help="measure fsac-run's peak RSS in a subprocess")] = True,
+        spin_wait: Annotated[bool, typer.Option("--spin-wait/--no-spin-wait",
+                                                help="model.spin_wait for both measurements")] = False,
     ) -> None:
         """Daemon throughput and p50/p99 latency against the bare backend on the same frames."""
         result = bench_runtime(model, images, frames, batch_size, out,
                                providers=[p for p in (providers or "").split(",") if p], threads=threads,
-                               workers=workers, measure_rss=rss)
+                               workers=workers, measure_rss=rss, spin_wait=spin_wait)
         typer.echo(format_table(result))
         if out is not None:
             typer.echo(f"wrote {out}")

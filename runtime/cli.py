@@ -90,7 +90,8 @@ def check(cfg) -> list[str]:
             parent = parent.parent
         if (path.exists() and not os.access(path, os.W_OK)) or (not path.exists() and not os.access(parent, os.W_OK)):
             raise FsacError(f"sinks.jsonl.path: cannot write {path} (permissions)")
-        lines.append(f"sink jsonl: {path} (rotate at {cfg.sinks.jsonl.max_bytes} bytes, keep {cfg.sinks.jsonl.backups})")
+        jl = cfg.sinks.jsonl
+        lines.append(f"sink jsonl: {path} (rotate at {jl.max_bytes} bytes, keep {jl.backups})")
     for section, module, cls in (("mqtt", "mqtt", "MqttSink"), ("frames", "frames", "FramesSink")):
         settings = getattr(cfg.sinks, section)
         if not sink_section_enabled(settings):

@@ -61,6 +61,8 @@ class ModelConfig:
     threshold: Optional[float] = _opt(None, doc="override the calibrated threshold in the model file")
     batch_size: int = _opt(4, min=1, max=256, doc="most frames scored in one call when frames queue up")
     threads: int = _opt(0, min=0, max=256, doc="onnxruntime intra-op threads (0: onnxruntime decides)")
+    spin_wait: bool = _opt(False, doc="let onnxruntime's CPU threads busy-wait between operators: a little "
+                           "faster on cores nothing else uses, much slower when decoding shares the CPU")
     image_size: Optional[int] = _opt(None, min=16, max=4096,
                                      doc="if set, refuse a model whose input size differs (guards against "
                                      "deploying the wrong export)")
@@ -357,7 +359,7 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
         raise FsacError(f"--set {assignment!r}: expected SECTION.SETTING=VALUE, e.g. source.mode=latest-frame")
     parts = key.split(".")
     node = data
-    for i, part in enumerate(parts[:-1]):
+    for part in parts[:-1]:
         child = node.get(part)
         if not isinstance(child, dict):
             child = {}

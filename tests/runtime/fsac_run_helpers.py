@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fsac.preprocess import PreprocessSpec, load_image, resize_crop
+from fsac.preprocess import PreprocessSpec, resize_crop
 
 S = 64
 W_VALUE = 1.0 / (3 * 255.0)
@@ -74,20 +74,24 @@ def build_model_bytes(image_size: int = S, graph_size: int | None = None, thresh
     onnx.checker.check_model(model)
     return model.SerializeToString()
 
+
 def expected_score(rgb: np.ndarray, size: int = S) -> float:
     """What the fixture model computes for a decoded (H, W, 3) RGB image."""
     x = resize_crop(rgb, PreprocessSpec(image_size=size))
     return float(x.astype(np.float64).mean() / 255.0)
+
 
 def read_jsonl(path: Path) -> list[dict]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
 
 def fsac_run(*args: str, env: dict | None = None, **kw) -> subprocess.Popen:
     """Start the real fsac-run entry point in a subprocess (same interpreter)."""
@@ -98,6 +102,7 @@ def fsac_run(*args: str, env: dict | None = None, **kw) -> subprocess.Popen:
     full_env.update(env or {})
     return subprocess.Popen([sys.executable, "-c", code, *args], env=full_env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, **kw)
+
 
 def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05, what: str = "condition"):
     deadline = time.monotonic() + timeout

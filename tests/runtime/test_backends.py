@@ -147,7 +147,9 @@ def test_tensorrt_backend_runs_a_real_engine(tmp_path, model_file, bottle_images
     data, info = load_model_file(model_file)
     logger = trt.Logger(trt.Logger.ERROR)
     builder = trt.Builder(logger)
-    flags = 0 if int(trt.__version__.split(".")[0]) >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    flags = 0  # TensorRT 10: explicit batch is the only mode
+    if int(trt.__version__.split(".")[0]) < 10:
+        flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     assert parser.parse(data), [str(parser.get_error(i)) for i in range(parser.num_errors)]

@@ -14,15 +14,14 @@ import textwrap
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fsac.modelfile import write_model_file
 from fsac_run_helpers import (W_VALUE, build_model_bytes, expected_score, free_port, fsac_run, read_jsonl,
                               wait_for, write_video)
 
-import numpy as np  # noqa: E402
 
 
 def run_check(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:

@@ -61,7 +61,8 @@ max_bytes = "1MiB"
 
 
 def test_unknown_key_names_the_path_and_suggests(tmp_path):
-    cfg_file = write(tmp_path / "run.yaml", "model: {path: m.onnx}\nsource: {uri: x}\nsinks: {jsonl: {path: r, max_byte: 5}}\n")
+    cfg_file = write(tmp_path / "run.yaml",
+                     "model: {path: m.onnx}\nsource: {uri: x}\nsinks: {jsonl: {path: r, max_byte: 5}}\n")
     with pytest.raises(FsacError, match=r"sinks\.jsonl\.max_byte: unknown setting \(did you mean max_bytes\?\)"):
         load_config(cfg_file)
     with pytest.raises(FsacError, match=r"^modle: unknown setting \(did you mean model\?\)"):

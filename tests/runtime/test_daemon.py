@@ -221,7 +221,7 @@ def test_reload_mid_run_changes_model_between_batches_without_losing_frames(tmp_
     arrays = [np.full((64, 64, 3), 120, np.uint8) for _ in range(50)]
     out = tmp_path / "r.jsonl"
     cfg = config(model_path, "0", out, "model.batch_size=2")
-    daemon = Daemon(cfg, source=ListSource(cfg.source, arrays, 0.01), install_signals=False)
+    daemon = Daemon(cfg, source=ListSource(cfg.source, arrays, 0.02), install_signals=False)
 
     def swap():
         time.sleep(0.15)
@@ -266,3 +266,35 @@ def test_frames_and_mqtt_sinks_are_wired_in_by_config(tmp_path, model_file, imag
     finally:
         for s in sinks:
             s.close(timeout=1.0)
+
+
+class StuckSource(ListSource):
+    """Delivers its frames, then hangs in a read that ignores the stop request (a dead
+    network camera inside a blocking driver call)."""
+
+    def frames(self, stop):
+        yield from super().frames(stop)
+        threading.Event().wait(60)
+
+
+def test_stop_is_bounded_when_the_source_hangs(tmp_path, model_file):
+    arrays = [np.full((64, 64, 3), 50, np.uint8) for _ in range(5)]
+    out = tmp_path / "r.jsonl"
+    cfg = config(model_file, "0", out, "daemon.shutdown_timeout_s=2")
+    daemon = Daemon(cfg, source=StuckSource(cfg.source, arrays), install_signals=False)
+    threading.Timer(0.5, daemon.request_stop).start()
+    t0 = time.monotonic()
+    assert daemon.run() == 0  # every frame read has its record
+    assert time.monotonic() - t0 < 0.5 + 2 + 1
+    assert [r["frame_id"] for r in read_jsonl(out)] == list(range(5))
+
+
+def test_stop_gives_up_on_a_hung_model_within_the_timeout(tmp_path, model_file):
+    arrays = [np.full((64, 64, 3), 50, np.uint8) for _ in range(6)]
+    out = tmp_path / "r.jsonl"
+    cfg = config(model_file, "0", out, "daemon.shutdown_timeout_s=1", "model.batch_size=1")
+    daemon = Daemon(cfg, handle=slow_handle(cfg, 3.0), source=ListSource(cfg.source, arrays), install_signals=False)
+    threading.Timer(0.3, daemon.request_stop).start()
+    t0 = time.monotonic()
+    assert daemon.run() == 1  # frames were read that have no record: not a clean stop
+    assert time.monotonic() - t0 < 0.3 + 1 + 1.5

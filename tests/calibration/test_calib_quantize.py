@@ -1,0 +1,127 @@
+"""INT8 static quantization end to end on CPU (tiny model, real bottle images) and the
+agreement report. Random weights: the agreement numbers are computed, not judged."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from fsac.errors import FsacError
+
+
+@pytest.fixture(scope="module")
+def int8_model(exported_model, bottle, tmp_path_factory):
+    from fsac.calibration.cli import quantize_command
+
+    out = tmp_path_factory.mktemp("int8") / "model.int8.onnx"
+    res = quantize_command(exported_model, [bottle / "train" / "good"], [bottle / "test" / "good",
+                           bottle / "test" / "contamination"], out=out, num_calib=6, allow_disagreement=True,
+                           quiet=True, report=out.with_suffix(".json"))
+    return out, res
+
+
+def test_int8_model_end_to_end(int8_model, exported_model, bottle):
+    import onnx
+
+    from fsac.calibration.scoring import score_model_file
+    from fsac.modelfile import load_model_file
+
+    path, res = int8_model
+    _, info = load_model_file(path)  # sealed, metadata valid
+    _, fp = load_model_file(exported_model)
+    assert info.precision == "int8" and fp.precision == "fp32"
+    assert info.checkpoint_sha256 == fp.checkpoint_sha256 and info.preprocess == fp.preprocess
+    assert info.metadata["fsac.source_model_seal"] == fp.seal
+    q = json.loads(info.metadata["fsac.quantization"])
+    assert q["format"] == "QDQ" and q["method"] == "minmax" and q["per_channel"] and q["target"] == "cpu"
+    assert q["n_calibration_images"] == 6 and len(q["calibration_images"]) == 6
+    m = onnx.load(str(path))
+    ops = {n.op_type for n in m.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert m.graph.input[0].name == "image" and m.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert path.stat().st_size < exported_model.stat().st_size  # int8 weights
+
+    # It runs on ONNX Runtime CPU and gives scores close to fp32 on real images.
+    imgs = sorted((bottle / "test" / "broken_small").glob("*.png"))[:4]
+    s8, _ = score_model_file(path, imgs)
+    s32, _ = score_model_file(exported_model, imgs)
+    assert s8.score.shape == (4,) and np.all(np.isfinite(s8.score)) and np.all((s8.score >= 0) & (s8.score <= 1))
+    assert np.max(np.abs(s8.score - s32.score)) < 0.2
+
+    a = res["agreement"]
+    assert a["n_images"] == 41  # 20 good + 21 contamination, none used for calibration
+    assert -1 <= a["spearman"] <= 1 and math.isfinite(a["max_abs_diff"])
+    assert 0 <= a["verdict_agreement"] <= 1 and a["threshold"] is not None
+    assert "calibration images" in a["threshold_source"]  # the model had no threshold yet
+    assert any("RANDOM" in n for n in a["notes"])
+    assert json.loads(info.metadata["fsac.int8_agreement"])["n_images"] == 41
+    assert json.loads(path.with_suffix(".json").read_text())["agreement"]["spearman"] == a["spearman"]
+
+
+def test_refused_below_bounds_unless_allowed(exported_model, bottle, tmp_path):
+    from fsac.calibration.cli import quantize_command
+    from fsac.modelfile import load_model_file
+
+    out = tmp_path / "q.onnx"
+    # Impossible bound: Spearman can never exceed 1.
+    with pytest.raises(FsacError, match="disagrees with fp32.*--allow-disagreement"):
+        quantize_command(exported_model, [bottle / "train" / "good"], [bottle / "test" / "good"], out=out,
+                         num_calib=4, min_spearman=1.01, quiet=True)
+    assert not out.exists()
+    res = quantize_command(exported_model, [bottle / "train" / "good"], [bottle / "test" / "good"], out=out,
+                           num_calib=4, min_spearman=1.01, allow_disagreement=True, quiet=True,
+                           calibration_method="percentile")
+    assert any("disagrees" in w for w in res["warnings"])
+    _, info = load_model_file(out)
+    assert json.loads(info.metadata["fsac.quantization"])["method"] == "percentile"
+    with pytest.raises(FsacError, match="--force"):
+        quantize_command(exported_model, [bottle / "train" / "good"], out=out, quiet=True)
+
+
+def test_user_errors(exported_model, int8_model, bottle, tmp_path):
+    from fsac.calibration.cli import quantize_command
+
+    with pytest.raises(FsacError, match="fp32 model"):
+        quantize_command(int8_model[0], [bottle / "train" / "good"], out=tmp_path / "x.onnx", quiet=True)
+    with pytest.raises(FsacError, match="at least 6"):
+        quantize_command(exported_model, [bottle / "train" / "good" / "000.png"], out=tmp_path / "y.onnx", quiet=True)
+    with pytest.raises(FsacError, match="--calibration-method"):
+        quantize_command(exported_model, [bottle / "train" / "good"], out=tmp_path / "z.onnx",
+                         calibration_method="kl", quiet=True)
+
+
+def test_spearman_matches_scipy_with_ties():
+    stats = pytest.importorskip("scipy.stats")
+    from fsac.calibration.quantize import rankdata, spearman
+
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 10, 50).astype(float)  # many ties
+    b = a + rng.normal(0, 2, 50)
+    np.testing.assert_allclose(rankdata(a), stats.rankdata(a))
+    assert spearman(a, b) == pytest.approx(stats.spearmanr(a, b).statistic, abs=1e-12)
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert math.isnan(spearman([1, 1, 1], [1, 2, 3]))
+
+
+def test_agreement_report_on_known_scores():
+    from fsac.calibration.quantize import agreement, enforce_agreement
+
+    fp = np.array([0.1, 0.2, 0.3, 0.6, 0.7, 0.9])
+    q = np.array([0.1, 0.25, 0.35, 0.45, 0.7, 0.95])  # same order; one verdict flips at 0.5
+    r = agreement(fp, q, 0.5)
+    assert r.spearman == pytest.approx(1.0) and r.max_abs_diff == pytest.approx(0.15)
+    assert r.verdict_agreement == pytest.approx(5 / 6) and (r.flagged_fp32, r.flagged_int8) == (3, 2)
+    assert r.failures == ["verdict agreement 83.3% < 99%"]
+    with pytest.raises(FsacError, match="verdict agreement 83.3%"):
+        enforce_agreement(r, allow=False)
+    assert "WARNING" in enforce_agreement(r, allow=True)
+    ok = agreement(fp, fp + 0.01, 0.5)
+    assert ok.passed and enforce_agreement(ok, allow=False) is None
+    none = agreement(fp, q, None)
+    assert none.verdict_agreement is None and none.passed  # verdicts need a threshold
+    with pytest.raises(FsacError, match=">= 3 held-out"):
+        agreement([0.1, 0.2], [0.1, 0.2], 0.5)
