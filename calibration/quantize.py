@@ -37,6 +37,9 @@ from fsac.modelfile import INPUT_NAME, ModelInfo, load_model_file, write_model_f
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 TARGETS = ("cpu", "tensorrt")
+SCOPES = ("encoder", "all")
+# Node-name prefix of the image encoder in the traced graph (module path "visual").
+ENCODER_PREFIX = "/visual/"
 # Bounds below which an INT8 model is refused (the issue's targets for the benchmark).
 MIN_SPEARMAN = 0.99
 MIN_VERDICT_AGREEMENT = 0.99
@@ -54,6 +57,11 @@ class QuantizeSettings:
     reduce_range: bool = False  # 7-bit weights: only for CPUs without VNNI that saturate u8 x s8
     percentile: float = 99.999  # for method "percentile"
     op_types: list[str] | None = None  # None = every op type the quantizer supports
+    # "encoder": quantize the CLIP image encoder only; the FSAC head (adapter, cross-
+    # attention) and the score tail (cosines, softmax, AS) stay float. They cost nothing,
+    # and quantizing the outputs would leave the score 256 levels: rankings and verdicts
+    # near the threshold would be noise. "all": every node.
+    scope: str = "encoder"
     preprocess: bool = True  # quant_pre_process (ORT-optimise + shape inference) first
 
     def __post_init__(self) -> None:
@@ -61,6 +69,8 @@ class QuantizeSettings:
             raise FsacError(f"--calibration-method must be one of {', '.join(CALIBRATION_METHODS)}, got {self.method!r}")
         if self.target not in TARGETS:
             raise FsacError(f"--target must be one of {', '.join(TARGETS)}, got {self.target!r}")
+        if self.scope not in SCOPES:
+            raise FsacError(f"--scope must be one of {', '.join(SCOPES)}, got {self.scope!r}")
         if not (50.0 < self.percentile <= 100.0):
             raise FsacError(f"--percentile must be in (50, 100], got {self.percentile}")
 
@@ -129,6 +139,8 @@ def quantize_bytes(fp32: bytes, calib_pixels: np.ndarray, settings: QuantizeSett
             info["preprocess"] = "off"
         info["preprocess_s"] = time.perf_counter() - t0
         out = Path(tmp) / "int8.onnx"
+        exclude: list[str] = []
+        cache = None
         t0 = time.perf_counter()
         import logging
 
@@ -136,8 +148,15 @@ def quantize_bytes(fp32: bytes, calib_pixels: np.ndarray, settings: QuantizeSett
         level = qlog.level
         qlog.setLevel(logging.ERROR)
         try:
+            if settings.scope == "encoder":
+                exclude, boundary = encoder_partition(pre)
+                cache = _calibrate_encoder(pre, boundary, calib_pixels, settings, methods, extra, Path(tmp))
+            info["nodes_excluded"] = len(exclude)
+            info["calibrated_on"] = "image encoder subgraph" if cache else "whole graph"
+            info["calibrate_s"] = time.perf_counter() - t0
+            kwargs = {"calibration_cache_path": str(cache)} if cache else {}
             quantize_static(
-                str(pre), str(out), PixelReader(calib_pixels),
+                str(pre), str(out), None if cache else PixelReader(calib_pixels),
                 quant_format=QuantFormat.QDQ,
                 op_types_to_quantize=settings.op_types,
                 per_channel=settings.per_channel,
@@ -145,7 +164,9 @@ def quantize_bytes(fp32: bytes, calib_pixels: np.ndarray, settings: QuantizeSett
                 activation_type=act_type,
                 weight_type=QuantType.QInt8,
                 calibrate_method=methods[settings.method],
+                nodes_to_exclude=exclude,
                 extra_options=extra,
+                **kwargs,
             )
         except FsacError:
             raise
@@ -158,6 +179,77 @@ def quantize_bytes(fp32: bytes, calib_pixels: np.ndarray, settings: QuantizeSett
     info["activation_type"] = "int8 symmetric" if settings.target == "tensorrt" else "uint8 asymmetric"
     info["weight_type"] = "int8 symmetric" + (" per-channel" if settings.per_channel else " per-tensor")
     return data, info
+
+
+def encoder_partition(model_path: str | os.PathLike) -> tuple[list[str], list[str]]:
+    """-> (names of the nodes outside the image encoder, the encoder's output tensors).
+
+    The TorchScript exporter names nodes by module path ("/visual/transformer/...",
+    "/image_adapter/...", "/Softmax"); onnxslim and quant_pre_process keep the names.
+    Pre-encoder nodes (the uint8 -> normalised float input) count as encoder here.
+    """
+    import onnx
+
+    m = onnx.load(str(model_path), load_external_data=False)
+    g = m.graph
+    names = [n.name for n in g.node]
+    if not any(n.startswith(ENCODER_PREFIX) for n in names) or len(set(names)) != len(names):
+        raise FsacError(f"cannot tell the image encoder's nodes apart in this graph (no unique "
+                        f"{ENCODER_PREFIX!r} node names); quantize with --scope all")
+    producer = {o: n for n in g.node for o in n.output}
+    # Quantized: the encoder and everything it depends on (the uint8 -> normalised float
+    # input). Excluded: the rest, i.e. the head and the score tail.
+    keep = {n.name for n in g.node if n.name.startswith(ENCODER_PREFIX)}
+    stack = [i for n in g.node if n.name in keep for i in n.input]
+    while stack:
+        t = stack.pop()
+        p = producer.get(t)
+        if p is not None and p.name not in keep:
+            keep.add(p.name)
+            stack.extend(p.input)
+    exclude = [n.name for n in g.node if n.name not in keep]
+    excluded = set(exclude)
+    consumed_outside = {i for n in g.node if n.name in excluded for i in n.input} | {o.name for o in g.output}
+    boundary = [o for n in g.node if n.name in keep for o in n.output if o in consumed_outside]
+    if not boundary:
+        raise FsacError("cannot find the image encoder's output in this graph; quantize with --scope all")
+    return exclude, boundary
+
+
+def _calibrate_encoder(pre: Path, boundary: list[str], pixels: np.ndarray, settings: QuantizeSettings,
+                       methods: dict, extra: dict[str, Any], tmp: Path) -> Path | None:
+    """Activation ranges from the encoder subgraph only, saved as a calibration cache.
+
+    Why not calibrate the whole graph: the score tail holds tensors with (almost) no range,
+    e.g. S+ + S- == 1 for every image, and the histogram calibrators (entropy, percentile)
+    cannot bin those ("Too many bins for data range"). ONNX Runtime's calibrator ignores
+    `nodes_to_exclude`, so the head is cut off before calibrating instead.
+    -> cache path, or None when this onnxruntime cannot take a cache (< 1.20-ish).
+    """
+    import inspect
+
+    import onnx
+    from onnxruntime.quantization import quantize_static
+    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+
+    if "calibration_cache_path" not in inspect.signature(quantize_static).parameters:
+        return None
+    enc_path = tmp / "encoder.onnx"
+    onnx.utils.extract_model(str(pre), str(enc_path), [INPUT_NAME], boundary, check_model=False)
+    calib_extra = {"percentile": extra["CalibPercentile"]} if "CalibPercentile" in extra else {}
+    calibrator = create_calibrator(enc_path, settings.op_types or [], augmented_model_path=str(tmp / "augmented.onnx"),
+                                   calibrate_method=methods[settings.method], extra_options=calib_extra)
+    import contextlib
+    import sys
+
+    with contextlib.redirect_stdout(sys.stderr):  # the histogram calibrators print progress
+        calibrator.collect_data(PixelReader(pixels))
+        ranges = calibrator.compute_data()
+    del calibrator
+    cache = tmp / "calibration.json"
+    save_tensors_data(ranges, cache)
+    enc_path.unlink()
+    return cache
 
 
 # --------------------------------------------------------------------------- agreement

@@ -62,6 +62,12 @@ def export_command(
     if not (0 < tolerance <= 1e-2):
         raise FsacError(f"--tolerance must be in (0, 0.01], got {tolerance}")
 
+    if engine:  # fail before the slow part: engines are built on the target device only
+        from fsac.export.tensorrt_build import cuda_device_name, import_tensorrt
+
+        import_tensorrt()
+        cuda_device_name()
+
     from fsac.train.checkpoint import checkpoint_sha256, load_checkpoint, read_checkpoint_meta
 
     folder, ck_meta = read_checkpoint_meta(checkpoint)

@@ -8,11 +8,16 @@ Three measurements in one run, same model, same images, same batch size:
                 naive script does. Context for the daemon's number.
   daemon        the real pipeline (folder source, decode pool, batching scorer, JSON-lines
                 sink) run in this process in every-frame mode; timed from the first frame
-                read to the last record flushed. Latency per frame from the records.
+                read to the last record flushed. Latency per frame from the records (it
+                includes the time a frame waits in the queue behind the backlog).
+
+Bare and daemon passes alternate for `rounds` rounds, so that load from other processes on
+a shared machine falls on both alike.
 
 Then `fsac-run` itself runs on the same frames in a subprocess to measure its peak resident
-memory (the kernel's high-water mark for that process, via wait4), compared with the
-model's size + 300 MB.
+memory (VmHWM, reported by the process at exit), compared with the model's size + 300 MB
+and with a bare backend loop measured the same way (the difference is the daemon's own
+cost; what the model needs for weights and activations is in both).
 
 Target (issue): daemon >= 95 % of the bare backend's throughput in every-frame mode. The
 daemon decodes and resizes every frame and the bare backend does not, so the target is only
@@ -72,50 +77,52 @@ def _frames_folder(images: Path, n_frames: int, dest: Path) -> list[Path]:
     return out
 
 
-def _bare(model_path: Path, files: list[Path], batch_size: int, providers: list[str], threads: int,
-          spin_wait: bool) -> dict[str, Any]:
-    model = load_model(ModelConfig(path=str(model_path), batch_size=batch_size, providers=providers,
-                                   threads=threads, threshold=0.5, spin_wait=spin_wait))
-    spec = model.info.preprocess
-    backend = model.backend
-    # Serial loop first (it also warms the page cache for the files).
-    t0 = time.perf_counter()
-    prepared = []
-    for f in files:
-        x = resize_crop(load_image(f, spec), spec)
-        backend.infer(x[None])
-        prepared.append(x)
-    serial_s = time.perf_counter() - t0
-    bs = backend.max_batch
-    backend.infer(np.stack(prepared[:bs]))  # warm-up: first call allocates
-    latencies = []
-    t0 = time.perf_counter()
-    for start in range(0, len(prepared), bs):
-        t = time.perf_counter()
-        chunk = np.stack(prepared[start:start + bs])
-        backend.infer(chunk)
-        latencies += [(time.perf_counter() - t) * 1000.0] * chunk.shape[0]
-    bare_s = time.perf_counter() - t0
-    backend.close()
-    p50, p99 = _percentiles(latencies)
-    return {"bare_fps": len(files) / bare_s, "bare_p50_ms": p50, "bare_p99_ms": p99,
-            "serial_fps": len(files) / serial_s, "batch_size": bs, "providers": list(backend.providers),
-            "model_bytes": model.size_bytes}
+class _Bare:
+    """The bare backend on frames decoded and resized beforehand."""
+
+    def __init__(self, model_path: Path, files: list[Path], batch_size: int, providers: list[str], threads: int,
+                 spin_wait: bool) -> None:
+        self.model = load_model(ModelConfig(path=str(model_path), batch_size=batch_size, providers=providers,
+                                            threads=threads, threshold=0.5, spin_wait=spin_wait))
+        spec = self.model.info.preprocess
+        backend = self.model.backend
+        # Serial loop first (it also warms the page cache for the files and the session).
+        t0 = time.perf_counter()
+        self.prepared = []
+        for f in files:
+            x = resize_crop(load_image(f, spec), spec)
+            backend.infer(x[None])
+            self.prepared.append(x)
+        self.serial_s = time.perf_counter() - t0
+        backend.infer(np.stack(self.prepared[:backend.max_batch]))  # warm-up at full batch size
+
+    def run(self) -> tuple[float, list[float]]:
+        backend = self.model.backend
+        bs = backend.max_batch
+        latencies = []
+        t0 = time.perf_counter()
+        for start in range(0, len(self.prepared), bs):
+            t = time.perf_counter()
+            chunk = np.stack(self.prepared[start:start + bs])
+            backend.infer(chunk)
+            latencies += [(time.perf_counter() - t) * 1000.0] * chunk.shape[0]
+        return time.perf_counter() - t0, latencies
 
 
-def _daemon(model_path: Path, folder: Path, workdir: Path, batch_size: int, providers: list[str], threads: int,
-            workers: int, queue_size: int, spin_wait: bool) -> dict[str, Any]:
+def _daemon_pass(model_path: Path, folder: Path, out: Path, batch_size: int, providers: list[str], threads: int,
+                 workers: int, queue_size: int, spin_wait: bool) -> dict[str, Any]:
+    """One run of the real pipeline over the folder, in this process; model load not timed."""
+    import logging
+
     cfg = RuntimeConfig()
     cfg.model = ModelConfig(path=str(model_path), batch_size=batch_size, providers=providers, threads=threads,
                             threshold=0.5, spin_wait=spin_wait)
     cfg.source = SourceConfig(kind="folder", uri=str(folder), mode="every-frame", decode_workers=workers,
                               queue_size=queue_size)
-    cfg.sinks.jsonl.path = str(workdir / "daemon.jsonl")
+    cfg.sinks.jsonl.path = str(out)
     cfg.http.enabled = False
     validate(cfg)
     daemon = Daemon(cfg, install_signals=False)
-    import logging
-
     logger = logging.getLogger("fsac.runtime")
     level = logger.level
     logger.setLevel(logging.WARNING)  # the bench prints its own table
@@ -125,47 +132,83 @@ def _daemon(model_path: Path, folder: Path, workdir: Path, batch_size: int, prov
         logger.setLevel(level)
     if code != 0:
         raise FsacError(f"the daemon run exited with {code}")
-    records = [json.loads(line) for line in (workdir / "daemon.jsonl").read_text().splitlines()]
-    n = len(records)
-    elapsed = (daemon.last_written or 0) - (daemon.first_read or 0)
-    p50, p99 = _percentiles([r["latency_ms"] for r in records])
-    batches = daemon.metrics.batches.value
-    return {"daemon_fps": n / elapsed if elapsed > 0 else float("nan"), "daemon_p50_ms": p50,
-            "daemon_p99_ms": p99, "daemon_frames": n, "daemon_errors": daemon.metrics.errors.value,
-            "daemon_mean_batch": n / batches if batches else 0.0}
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    return {"seconds": (daemon.last_written or 0) - (daemon.first_read or 0), "frames": len(records),
+            "latencies": [r["latency_ms"] for r in records], "errors": daemon.metrics.errors.value,
+            "batches": daemon.metrics.batches.value}
 
 
 def _rss_subprocess(model_path: Path, folder: Path, workdir: Path, batch_size: int, providers: list[str],
                     threads: int, workers: int, spin_wait: bool) -> dict[str, Any]:
-    cmd = [sys.executable, "-c", "import sys; from fsac.runtime.cli import main; sys.exit(main())",
-           "--model", str(model_path), "--source", str(folder), "--jsonl", str(workdir / "subprocess.jsonl"),
+    """Peak RSS of `fsac-run` on the frames, and of a bare backend loop on the same frames."""
+    args = ["--model", str(model_path), "--source", str(folder), "--jsonl", str(workdir / "subprocess.jsonl"),
            "--set", "http.enabled=false", "--set", f"model.batch_size={batch_size}",
            "--set", f"model.threads={threads}", "--set", f"source.decode_workers={workers}",
            "--set", "model.threshold=0.5", "--set", f"model.spin_wait={'true' if spin_wait else 'false'}"]
     if providers:
-        cmd += ["--set", f"model.providers={','.join(providers)}"]
-    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
-    with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env)
-        _, status, usage = os.wait4(proc.pid, 0)  # rusage of exactly this child
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        err.seek(0)
-        log_text = err.read().decode(errors="replace")
-    if proc.returncode != 0:
-        raise FsacError(f"fsac-run subprocess failed ({proc.returncode}): {log_text.strip()[-500:]}")
+        args += ["--set", f"model.providers={','.join(providers)}"]
+    rss, log_text = _peak_rss("from fsac.runtime.cli import main; sys.exit(main())", args)
     m = re.search(r"([\d.]+) frames/s", log_text)
-    # ru_maxrss is in KiB on Linux.
-    return {"rss_peak_bytes": int(usage.ru_maxrss) * 1024, "subprocess_fps": float(m.group(1)) if m else None}
+    bare_rss, _ = _peak_rss(_BARE_RSS_SCRIPT, [str(model_path), str(folder), str(batch_size), str(threads),
+                                               ",".join(providers), "1" if spin_wait else "0"])
+    if rss is None or bare_rss is None:
+        raise FsacError("peak memory needs /proc/self/status (Linux); run with --no-rss elsewhere")
+    return {"rss_peak_bytes": rss, "bare_rss_peak_bytes": bare_rss,
+            "subprocess_fps": float(m.group(1)) if m else None}
+
+
+_BARE_RSS_SCRIPT = """
+import sys
+import numpy as np
+from fsac.preprocess import list_images, load_image, resize_crop
+from fsac.runtime.backends import load_model
+from fsac.runtime.config import ModelConfig
+model = load_model(ModelConfig(path=sys.argv[1], batch_size=int(sys.argv[3]), threads=int(sys.argv[4]),
+                               providers=[p for p in sys.argv[5].split(",") if p], threshold=0.5,
+                               spin_wait=sys.argv[6] == "1"))
+spec, backend = model.info.preprocess, model.backend
+files = list_images(sys.argv[2])
+for start in range(0, len(files), backend.max_batch):
+    backend.infer(np.stack([resize_crop(load_image(f, spec), spec) for f in files[start:start + backend.max_batch]]))
+"""
+
+
+# Printed at exit by the measured process itself: VmHWM is the peak resident memory of its own
+# address space. (getrusage/wait4's ru_maxrss is no good here: Linux carries the forking
+# parent's peak over into the child across exec, so the child would report the bench's RSS.)
+_HWM_PREFIX = """
+import atexit, sys
+def _fsac_bench_hwm():
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    sys.stderr.write("FSAC_BENCH_VMHWM_KB " + line.split()[1] + "\\n")
+    except OSError:
+        pass
+atexit.register(_fsac_bench_hwm)
+"""
+
+
+def _peak_rss(code: str, args: list[str]) -> tuple[int | None, str]:
+    """Run `python -c code args`; return its peak resident memory in bytes and its stderr."""
+    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
+    proc = subprocess.run([sys.executable, "-c", _HWM_PREFIX + code, *args], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, env=env, text=True, errors="replace")
+    if proc.returncode != 0:
+        raise FsacError(f"benchmark subprocess failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
+    m = re.search(r"FSAC_BENCH_VMHWM_KB (\d+)", proc.stderr)
+    return (int(m.group(1)) * 1024 if m else None), proc.stderr
 
 
 def bench_runtime(model: str | os.PathLike, images: str | os.PathLike, n_frames: int = 200, batch_size: int = 4,
                   out_json: str | os.PathLike | None = None, *, providers: list[str] | None = None,
                   threads: int = 0, workers: int = 2, queue_size: int = 8, measure_rss: bool = True,
-                  spin_wait: bool = False) -> dict[str, Any]:
+                  spin_wait: bool = False, rounds: int = 2) -> dict[str, Any]:
     """Bare backend vs daemon on the same frames; returns (and optionally writes) the figures."""
     model, images = Path(model), Path(images)
-    if n_frames < 1:
-        raise FsacError("--frames must be >= 1")
+    if n_frames < 1 or rounds < 1:
+        raise FsacError("--frames and --rounds must be >= 1")
     providers = list(providers or [])
     with tempfile.TemporaryDirectory(prefix="fsac-bench-") as tmp:
         work = Path(tmp)
@@ -173,9 +216,30 @@ def bench_runtime(model: str | os.PathLike, images: str | os.PathLike, n_frames:
         result: dict[str, Any] = {"model": str(model), "images": str(images), "frames": n_frames,
                                   "cpu_count": os.cpu_count(), "workers": workers}
         result["spin_wait"] = spin_wait
-        result.update(_bare(model, files, batch_size, providers, threads, spin_wait))
-        result.update(_daemon(model, work / "frames", work, batch_size, providers, threads, workers, queue_size,
-                              spin_wait))
+        result["rounds"] = rounds
+        bare = _Bare(model, files, batch_size, providers, threads, spin_wait)
+        result.update({"serial_fps": n_frames / bare.serial_s, "batch_size": bare.model.backend.max_batch,
+                       "providers": list(bare.model.backend.providers), "model_bytes": bare.model.size_bytes})
+        # Alternate the two measurements so that load from other processes (a shared CPU)
+        # falls on both alike.
+        bare_s, bare_lat, runs = 0.0, [], []
+        for i in range(rounds):
+            seconds, lat = bare.run()
+            bare_s += seconds
+            bare_lat += lat
+            runs.append(_daemon_pass(model, work / "frames", work / f"daemon{i}.jsonl", batch_size, providers,
+                                     threads, workers, queue_size, spin_wait))
+        bare.model.backend.close()
+        daemon_s = sum(r["seconds"] for r in runs)
+        n_scored = sum(r["frames"] for r in runs)
+        batches = sum(r["batches"] for r in runs)
+        p50, p99 = _percentiles(bare_lat)
+        dp50, dp99 = _percentiles([x for r in runs for x in r["latencies"]])
+        result.update({"bare_fps": rounds * n_frames / bare_s, "bare_p50_ms": p50, "bare_p99_ms": p99,
+                       "daemon_fps": n_scored / daemon_s if daemon_s > 0 else float("nan"),
+                       "daemon_p50_ms": dp50, "daemon_p99_ms": dp99, "daemon_frames": n_scored,
+                       "daemon_errors": sum(r["errors"] for r in runs),
+                       "daemon_mean_batch": n_scored / batches if batches else 0.0})
         result["ratio"] = result["daemon_fps"] / result["bare_fps"]
         result["meets_95pct_target"] = bool(result["ratio"] >= 0.95)
         result["rss_budget_bytes"] = result["model_bytes"] + RSS_ALLOWANCE
@@ -198,14 +262,17 @@ def format_table(r: dict[str, Any]) -> str:
          f"p99 {r['daemon_p99_ms']:.2f} ms"),
     ]
     w = max(len(row[0]) for row in rows)
-    lines = [f"model {r['model']} ({r['model_bytes'] / mb:.1f} MB), {r['frames']} frames, batch <= {r['batch_size']}, "
-             f"{r['workers']} decode workers, {r['cpu_count']} CPUs, providers {','.join(r['providers'])}"]
+    lines = [f"model {r['model']} ({r['model_bytes'] / mb:.1f} MB), {r['frames']} frames x {r['rounds']} rounds, "
+             f"batch <= {r['batch_size']}, {r['workers']} decode workers, {r['cpu_count']} CPUs, "
+             f"providers {','.join(r['providers'])}"]
     lines += [f"  {a:<{w}}  {b:>16}  {c:>14}  {d:>14}" for a, b, c, d in rows]
     lines.append(f"  daemon / bare throughput: {r['ratio'] * 100:.1f} % (target >= 95 %: "
                  f"{'met' if r['meets_95pct_target'] else 'NOT met'}); mean batch {r['daemon_mean_batch']:.2f}")
     if "rss_peak_bytes" in r:
         lines.append(f"  fsac-run peak RSS: {r['rss_peak_bytes'] / mb:.1f} MB (budget model + 300 MB = "
-                     f"{r['rss_budget_bytes'] / mb:.1f} MB: {'within' if r['rss_within_budget'] else 'OVER'})")
+                     f"{r['rss_budget_bytes'] / mb:.1f} MB: {'within' if r['rss_within_budget'] else 'OVER'}); "
+                     f"bare backend loop: {r['bare_rss_peak_bytes'] / mb:.1f} MB, so the daemon adds "
+                     f"{(r['rss_peak_bytes'] - r['bare_rss_peak_bytes']) / mb:.1f} MB")
     if r["bare_fps"] > 2 * r["serial_fps"]:
         lines.append("  note: inference is much faster than decoding+resizing here, so the daemon is bound by the "
                      "decoder and the ratio says little about daemon overhead; it is meaningful with a model whose "
@@ -233,11 +300,13 @@ try:  # typer is a base dependency; the runtime itself does not need it
         rss: Annotated[bool, typer.Option("--rss/--no-rss", help="measure fsac-run's peak RSS in a subprocess")] = True,
         spin_wait: Annotated[bool, typer.Option("--spin-wait/--no-spin-wait",
                                                 help="model.spin_wait for both measurements")] = False,
+        rounds: Annotated[int, typer.Option("--rounds", min=1,
+                                            help="alternate bare and daemon passes this many times")] = 2,
     ) -> None:
         """Daemon throughput and p50/p99 latency against the bare backend on the same frames."""
         result = bench_runtime(model, images, frames, batch_size, out,
                                providers=[p for p in (providers or "").split(",") if p], threads=threads,
-                               workers=workers, measure_rss=rss, spin_wait=spin_wait)
+                               workers=workers, measure_rss=rss, spin_wait=spin_wait, rounds=rounds)
         typer.echo(format_table(result))
         if out is not None:
             typer.echo(f"wrote {out}")

@@ -32,6 +32,15 @@ def test_clear_error_without_tensorrt(tiny_export, tmp_path):
     assert not (tmp_path / "m.engine").exists()
 
 
+@pytest.mark.skipif(HAS_TRT, reason="tensorrt is installed: the missing-TensorRT error cannot happen here")
+def test_export_engine_fails_fast_without_tensorrt(tiny_checkpoint, tmp_path):
+    from fsac.export.cli import export_command
+
+    with pytest.raises(FsacError, match="TensorRT is not installed"):
+        export_command(tiny_checkpoint, out=tmp_path / "m.onnx", engine=True, quiet=True)
+    assert not (tmp_path / "m.onnx").exists()  # refused before the slow export
+
+
 def test_precision_checks_come_before_building(tiny_export, tmp_path):
     from fsac.calibration.metadata import update_model_metadata
     from fsac.export.tensorrt_build import build_engine

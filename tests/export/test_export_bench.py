@@ -1,0 +1,47 @@
+"""`fsac bench export` on the tiny configuration: every backend timed, ratios, report files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fsac.errors import FsacError
+
+
+def test_bench_tiny_end_to_end(bottle, tmp_path, models):
+    from fsac.export.bench import bench_export_command
+
+    res = bench_export_command(
+        images=[bottle / "train" / "good"], anomalous_images=[bottle / "test" / "broken_small"],
+        arch=models.TINY_ARCH, out_dir=tmp_path, runs=4, batch=2, batch_runs=2, num_calib=4, num_eval=4,
+        threads=1, quiet=True, int8_variants=["matmul-only"])
+    names = set(res["backends"])
+    assert {"pytorch eager fp32", "onnxruntime fp32", "onnxruntime int8", "onnxruntime int8 [matmul-only]"} == names
+    for b in res["backends"].values():
+        assert b["batch1"]["runs"] == 4 and 0 < b["batch1"]["p50_ms"] <= b["batch1"]["p99_ms"]
+        assert b["throughput_img_s"] > 0 and b["gflops_b1"] > 0
+    mem = [res["backends"][k]["peak_rss_mib"] for k in ("pytorch eager fp32", "onnxruntime fp32", "onnxruntime int8")]
+    assert all(m is not None and m > 20 for m in mem)
+    assert 0.05 < res["gflop_per_image"] < 0.2  # tiny config: ~0.09 GFLOP per image
+    assert res["sgemm_gflops"] > 0
+    r = res["ratios"]
+    assert r["int8_vs_fp32_b1"] == pytest.approx(
+        res["backends"]["onnxruntime fp32"]["batch1"]["p50_ms"] / res["backends"]["onnxruntime int8"]["batch1"]["p50_ms"])
+    assert res["int8_agreement"]["n_images"] == 8  # 4 held-out good + 4 defective
+    assert isinstance(res["targets"]["int8_vs_fp32"], bool)
+    assert any("RANDOM" in n for n in res["notes"])
+    saved = json.loads((tmp_path / "bench.json").read_text())
+    assert saved["ratios"] == res["ratios"]
+    md = (tmp_path / "bench.md").read_text()
+    assert "| onnxruntime int8 |" in md and "Spearman" in md and "GFLOP" in md
+    assert not list(tmp_path.glob("*.onnx"))  # models only with --keep-models
+
+
+def test_bench_needs_enough_images(bottle, tmp_path):
+    from fsac.export.bench import bench_export_command
+
+    with pytest.raises(FsacError, match="need"):
+        bench_export_command(images=[bottle / "test" / "good"], out_dir=tmp_path, num_calib=16, num_eval=16, quiet=True)
+    with pytest.raises(FsacError, match="--int8-variant"):
+        bench_export_command(images=[bottle / "test" / "good"], out_dir=tmp_path, int8_variants=["fastest"], quiet=True)

@@ -1,0 +1,51 @@
+"""The command functions work as typer commands (fsac/cli.py registers them this way)."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def app():
+    typer = pytest.importorskip("typer")
+    from fsac.calibration.cli import calibrate_command, quantize_command
+    from fsac.export.bench import bench_export_command
+    from fsac.export.cli import engine_command, export_command
+
+    a = typer.Typer()
+    a.command("export")(export_command)
+    a.command("engine")(engine_command)
+    a.command("calibrate")(calibrate_command)
+    a.command("quantize")(quantize_command)
+    a.command("bench-export")(bench_export_command)
+    return a
+
+
+@pytest.mark.parametrize("cmd,flag", [("export", "--check-images"), ("engine", "--precision"),
+                                      ("calibrate", "--alpha"), ("quantize", "--allow-disagreement"),
+                                      ("bench-export", "--int8-variant")])
+def test_help(app, cmd, flag):
+    from typer.testing import CliRunner
+
+    r = CliRunner().invoke(app, [cmd, "--help"], env={"COLUMNS": "250", "TERMINAL_WIDTH": "250", "NO_COLOR": "1"})
+    assert r.exit_code == 0, r.output
+    assert flag in r.output
+
+
+def test_export_then_calibrate_through_typer(app, tiny_checkpoint, bottle, tmp_path):
+    from typer.testing import CliRunner
+
+    from fsac.modelfile import load_model_file
+
+    out = tmp_path / "m.onnx"
+    runner = CliRunner()
+    r = runner.invoke(app, ["export", str(tiny_checkpoint), "-o", str(out), "--optimize", "none", "-q",
+                            "--check-images", str(bottle / "test" / "good" / "000.png"),
+                            "--check-images", str(bottle / "test" / "good" / "001.png")])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["calibrate", str(out), "-n", str(bottle / "test" / "good"), "--alpha", "0.1", "-q"])
+    assert r.exit_code == 0, r.output
+    _, info = load_model_file(out)
+    assert info.threshold is not None and (tmp_path / "m.scores.png").is_file()
+    r = runner.invoke(app, ["calibrate", str(out), "-n", str(bottle / "test" / "good"), "-q"])
+    assert r.exit_code != 0 and "already has a threshold" in str(r.exception)
