@@ -169,6 +169,8 @@ def quantize_command(
     per_channel: Annotated[bool, typer.Option("--per-channel/--per-tensor", help="weight scales per output channel")] = True,
     reduce_range: Annotated[bool, typer.Option("--reduce-range", help="7-bit weights (old CPUs without VNNI)")] = False,
     percentile: Annotated[float, typer.Option(help="for --calibration-method percentile")] = 99.999,
+    ops: Annotated[str, typer.Option(help="op types to quantize: matmul (MatMul/Gemm/Conv) or all")] = "matmul",
+    scope: Annotated[str, typer.Option(help="encoder (head and score stay float) or all")] = "encoder",
     threshold: Annotated[Optional[float], typer.Option(help="verdict threshold for the agreement report [default: the model's]")] = None,
     alpha: Annotated[float, typer.Option(help="if the model has no threshold: conformal alpha on the fp32 calibration scores")] = 0.1,
     min_spearman: Annotated[float, typer.Option(help="refuse below this Spearman correlation with fp32")] = 0.99,
@@ -179,7 +181,7 @@ def quantize_command(
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> dict:
     """Static INT8 quantization (QDQ) calibrated on normal images, with an agreement report."""
-    from fsac.calibration.quantize import QuantizeSettings, quantize_model_file
+    from fsac.calibration.quantize import MATMUL_OPS, QuantizeSettings, quantize_model_file
     from fsac.calibration.scoring import load_pixels, make_session, run_session
     from fsac.calibration.threshold import conformal_threshold, next_float32_up
     from fsac.io import sha256_file
@@ -189,8 +191,11 @@ def quantize_command(
     out = Path(out) if out is not None else _with_suffix(model, ".int8.onnx")
     if out.exists() and not force:
         raise FsacError(f"{out} exists; pass --force to overwrite it")
+    if ops not in ("matmul", "all"):
+        raise FsacError(f"--ops must be matmul or all, got {ops!r}")
     settings = QuantizeSettings(method=calibration_method, target=target, per_channel=per_channel,
-                                reduce_range=reduce_range, percentile=percentile)
+                                reduce_range=reduce_range, percentile=percentile, scope=scope,
+                                op_types=None if ops == "all" else list(MATMUL_OPS))
     if num_calib < 1:
         raise FsacError(f"--num-calib must be >= 1, got {num_calib}")
     data, info = load_model_file(model)

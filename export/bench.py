@@ -197,7 +197,8 @@ def _pct(x: float | None) -> str:
 
 VARIANTS = {
     # name: QuantizeSettings overrides, for --int8-variants
-    "matmul-only": {"op_types": ["MatMul", "Gemm", "Conv"]},
+    "all-ops": {"op_types": None},
+    "whole-graph": {"op_types": None, "scope": "all"},
     "reduce-range": {"reduce_range": True},
     "per-tensor": {"per_channel": False},
     "tensorrt-symmetric": {"target": "tensorrt"},

@@ -13,6 +13,7 @@ import typer
 
 from fsac import __version__
 from fsac.errors import FsacError
+from fsac.runtime import bench as runtime_bench
 from fsac.train import cli as train_cli
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -27,6 +28,7 @@ app.command("explain")(train_cli.explain_command)
 app.command("demo")(train_cli.demo_command)
 app.command("models")(train_cli.models_command)
 bench_app.command("train")(train_cli.bench_train_command)
+bench_app.command("runtime")(runtime_bench.bench_runtime_command)
 
 
 @app.command("version")

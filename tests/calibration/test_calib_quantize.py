@@ -38,9 +38,16 @@ def test_int8_model_end_to_end(int8_model, exported_model, bottle):
     q = json.loads(info.metadata["fsac.quantization"])
     assert q["format"] == "QDQ" and q["method"] == "minmax" and q["per_channel"] and q["target"] == "cpu"
     assert q["n_calibration_images"] == 6 and len(q["calibration_images"]) == 6
+    assert q["op_types"] == ["MatMul", "Gemm", "Conv"] and q["scope"] == "encoder" and q["nodes_excluded"] > 0
     m = onnx.load(str(path))
     ops = {n.op_type for n in m.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    # Only the encoder is quantized: the head and the score tail stay float.
+    producer = {o: n for n in m.graph.node for o in n.output}
+    assert producer["score"].op_type not in ("DequantizeLinear", "QuantizeLinear")
+    for n in m.graph.node:
+        if n.op_type == "QuantizeLinear" and n.input[0] in producer:
+            assert producer[n.input[0]].name.startswith(("/visual/", "/normalize/")), producer[n.input[0]].name
     assert m.graph.input[0].name == "image" and m.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
     assert path.stat().st_size < exported_model.stat().st_size  # int8 weights
 

@@ -15,9 +15,9 @@ def test_bench_tiny_end_to_end(bottle, tmp_path, models):
     res = bench_export_command(
         images=[bottle / "train" / "good"], anomalous_images=[bottle / "test" / "broken_small"],
         arch=models.TINY_ARCH, out_dir=tmp_path, runs=4, batch=2, batch_runs=2, num_calib=4, num_eval=4,
-        threads=1, quiet=True, int8_variants=["matmul-only"])
+        threads=1, quiet=True, int8_variants=["all-ops"])
     names = set(res["backends"])
-    assert {"pytorch eager fp32", "onnxruntime fp32", "onnxruntime int8", "onnxruntime int8 [matmul-only]"} == names
+    assert {"pytorch eager fp32", "onnxruntime fp32", "onnxruntime int8", "onnxruntime int8 [all-ops]"} == names
     for b in res["backends"].values():
         assert b["batch1"]["runs"] == 4 and 0 < b["batch1"]["p50_ms"] <= b["batch1"]["p99_ms"]
         assert b["throughput_img_s"] > 0 and b["gflops_b1"] > 0
