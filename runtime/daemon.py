@@ -194,7 +194,7 @@ def _batch_flusher(sink: Any):
 def _accepts_raw_bytes(sink: Any) -> bool:
     """Whether an error record may carry the undecodable file's bytes as `image` (the saved-
     frames sink keeps them for inspection); other sinks get None, as base.Sink says."""
-    return bool(getattr(sink, "accepts_raw_bytes", getattr(sink, "name", "") == "frames"))
+    return bool(getattr(sink, "accepts_raw_bytes", False))
 
 
 class _Throttle:
@@ -237,7 +237,7 @@ class Daemon:
             self._close_backend()
             raise
         # Keep decoded pixels only if some sink saves them (memory: queue_size frames).
-        self.keep_rgb = any(getattr(s, "needs_images", getattr(s, "name", "") == "frames") for s in self.sinks)
+        self.keep_rgb = any(getattr(s, "needs_images", False) for s in self.sinks)
         self._flushers = [_batch_flusher(s) for s in self.sinks]
         self._takes_raw = [_accepts_raw_bytes(s) for s in self.sinks]
         self.queue = FrameQueue(cfg.source.queue_size, drop_oldest=cfg.source.mode == "latest-frame")

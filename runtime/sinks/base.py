@@ -20,10 +20,13 @@ import numpy as np
 
 class Sink(Protocol):
     name: str
+    needs_images: bool  # the daemon keeps decoded frames only if some sink needs them
+    accepts_raw_bytes: bool  # error records may carry the undecodable frame's bytes as `image`
 
     def write(self, record: dict[str, Any], image: np.ndarray | None = None) -> None:
-        """Accept one result. `image` is the frame as decoded, (H, W, 3) uint8 RGB, or None
-        (error records, or sinks that do not need pixels)."""
+        """Accept one result. `image` is the frame as decoded, (H, W, 3) uint8 RGB, when the sink
+        `needs_images`; for an error record, the raw bytes of the undecodable frame when the
+        sink `accepts_raw_bytes`; else None."""
 
     def flush(self) -> None:
         """Push buffered records toward the destination (best effort, bounded time)."""

@@ -148,6 +148,8 @@ def _json_default(o: Any) -> Any:
 
 class FramesSink:
     name = "frames"
+    needs_images = True  # it saves the decoded frame
+    accepts_raw_bytes = True  # and, for undecodable frames, the raw file bytes
 
     def __init__(self, cfg: dict[str, Any] | None):
         import cv2  # runtime extra; imported here so the config loader works without it

@@ -30,6 +30,7 @@ log = logging.getLogger("fsac.runtime")
 class JsonlSink:
     name = "jsonl"
     needs_images = False
+    accepts_raw_bytes = False
 
     def __init__(self, path: str | os.PathLike, max_bytes: int = 100 * 1024 * 1024, backups: int = 5,
                  fsync: str = "close") -> None:

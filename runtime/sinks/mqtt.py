@@ -378,6 +378,8 @@ class MqttSink:
     """Publishes result records to an MQTT broker; see the module docstring."""
 
     name = "mqtt"
+    needs_images = False
+    accepts_raw_bytes = False
 
     def __init__(self, cfg: dict[str, Any] | None):
         import paho.mqtt.client as mqtt  # runtime extra; imported here so the config loader works without it
