@@ -2,7 +2,7 @@
 
     fsac export CHECKPOINT [-o model.onnx] [--check-images DIR] [--optimize slim|ort|none]
                            [--engine --precision fp16|fp32|int8] [--force]
-    fsac export engine MODEL.onnx [--precision fp16|int8] [--max-batch 8]   (on the Jetson)
+    fsac engine MODEL.onnx [--precision fp16|int8] [--max-batch 8]   (on the Jetson)
 
 Imports of torch, onnx and onnxruntime happen inside the functions, so `fsac --help` and
 the edge runtime never pay for them.

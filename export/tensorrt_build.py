@@ -5,8 +5,8 @@ that will run it (or an identical one), never on the workstation. The engine car
 metadata, so a JSON sidecar `<engine>.json` holds the model's metadata plus the engine's
 sha256 (`fsac.modelfile.write_engine_sidecar`); the runtime checks both.
 
-    fsac export engine model.onnx --precision fp16            # FP16 (default)
-    fsac export engine model.int8.onnx --precision int8       # explicit INT8 from the QDQ graph
+    fsac engine model.onnx --precision fp16            # FP16 (default)
+    fsac engine model.int8.onnx --precision int8       # explicit INT8 from the QDQ graph
 
 What this does, as the equivalent `trtexec` line (S = image size, B = max batch):
 

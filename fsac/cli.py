@@ -13,6 +13,9 @@ import typer
 
 from fsac import __version__
 from fsac.errors import FsacError
+from fsac.calibration import cli as calibration_cli
+from fsac.export import bench as export_bench
+from fsac.export import cli as export_cli
 from fsac.runtime import bench as runtime_bench
 from fsac.train import cli as train_cli
 
@@ -27,7 +30,12 @@ app.command("synth")(train_cli.synth_command)
 app.command("explain")(train_cli.explain_command)
 app.command("demo")(train_cli.demo_command)
 app.command("models")(train_cli.models_command)
+app.command("export")(export_cli.export_command)
+app.command("engine")(export_cli.engine_command)
+app.command("calibrate")(calibration_cli.calibrate_command)
+app.command("quantize")(calibration_cli.quantize_command)
 bench_app.command("train")(train_cli.bench_train_command)
+bench_app.command("export")(export_bench.bench_export_command)
 bench_app.command("runtime")(runtime_bench.bench_runtime_command)
 
 

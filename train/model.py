@@ -190,7 +190,9 @@ class PixelNormalize(nn.Module):
         self.register_buffer("shift", (torch.tensor(mean, dtype=torch.float32) / torch.tensor(std)).view(1, 3, 1, 1))
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        x = pixels.permute(0, 3, 1, 2).float()
+        # Cast first, then transpose: the same numbers, and TensorRT accepts a uint8 network
+        # input only when it feeds a Cast.
+        x = pixels.float().permute(0, 3, 1, 2)
         return x * self.scale - self.shift
 
 

@@ -267,7 +267,9 @@ def train(backbone: Backbone, image_paths: list[Path], object_name: str, cfg: Tr
     timings.update(stage_times)
     timings["total_s"] = time.perf_counter() - t_start
     head = head.to(backbone.device)
-    train_images = [{"name": Path(p).name, "sha256": sha256_file(p)} for p in image_paths]
+    # The absolute path lets `fsac export` find the shots again for its parity check.
+    train_images = [{"name": Path(p).name, "path": str(Path(p).resolve()), "sha256": sha256_file(p)}
+                    for p in image_paths]
     model = TrainedModel(backbone, head, use_text_adapter, object_name,
                          meta={"prompts": prompts})
     return TrainResult(model, history, timings, train_images, pixels, synth)
