@@ -248,6 +248,136 @@ def load_model_file(path: str | os.PathLike) -> tuple[bytes, ModelInfo]:
     return data, parse_model_info(meta, str(path), seal)
 
 
+def _read_varint(f) -> int | None:
+    """A protobuf varint from a binary file; None at a clean end of file."""
+    result = shift = 0
+    while True:
+        b = f.read(1)
+        if not b:
+            if shift == 0:
+                return None
+            raise ValueError("truncated varint")
+        result |= (b[0] & 0x7F) << shift
+        if not b[0] & 0x80:
+            return result
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint too long")
+
+
+def _scan_metadata(f, size: int, source: str) -> dict[str, str]:
+    """metadata_props of an ONNX file, reading only the top-level fields and seeking past the
+    graph, so a 500 MB model is never held in memory."""
+    meta: dict[str, str] = {}
+    f.seek(0)
+    while True:
+        key = _read_varint(f)
+        if key is None:
+            return meta
+        num, wt = key >> 3, key & 7
+        if wt == 0:
+            _read_varint(f)
+            continue
+        if wt == 2:
+            length = _read_varint(f)
+            if length is None:
+                raise ValueError("truncated field")
+        elif wt in (1, 5):
+            length = 8 if wt == 1 else 4
+        else:
+            raise ValueError(f"unsupported wire type {wt}")
+        start = f.tell()
+        if start + length > size:
+            raise ValueError("truncated field")
+        if num == 14 and wt == 2:
+            entry = read_metadata_bytes(b"\x72" + _encode_varint(length) + f.read(length))
+            for k, v in entry.items():
+                if k in meta:
+                    raise FsacError(f"{source}: metadata key {k!r} occurs more than once; refusing the file")
+                meta[k] = v
+        f.seek(start + length)
+
+
+def _encode_varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _stream_seal(f, source: str, chunk: int = 1 << 20) -> str:
+    """verify_seal without reading the whole file into memory: hash it in chunks with the
+    seal's 64 bytes replaced by the placeholder, refusing a missing or repeated seal entry."""
+    import hashlib
+
+    h = hashlib.sha256()
+    f.seek(0)
+    carry = b""  # the tail of the previous chunk, so a seal entry split across chunks is found
+    pos = 0  # file offset of carry[0]
+    found: list[int] = []
+    keep = len(_SEAL_PREFIX) + 64
+    while True:
+        block = f.read(chunk)
+        buf = carry + block
+        i = buf.find(_SEAL_PREFIX)
+        while i >= 0:
+            off = pos + i + len(_SEAL_PREFIX)
+            if off not in found:
+                found.append(off)
+            i = buf.find(_SEAL_PREFIX, i + 1)
+        if len(found) > 1:
+            raise FsacError(f"{source}: model file has more than one {SEAL_KEY} entry; refusing it")
+        done = not block
+        # Hash everything except the last `keep` bytes, which may still hold a split seal value.
+        cut = len(buf) if done else max(0, len(buf) - keep)
+        part = bytearray(buf[:cut])
+        if found and found[0] < pos + cut and found[0] + 64 > pos:
+            recorded_lo = max(found[0] - pos, 0)
+            recorded_hi = min(found[0] + 64 - pos, cut)
+            part[recorded_lo:recorded_hi] = SEAL_PLACEHOLDER[: recorded_hi - recorded_lo]
+        h.update(part)
+        carry, pos = buf[cut:], pos + cut
+        if done:
+            break
+    if not found:
+        raise FsacError(f"{source}: not a sealed fsac model file (no {SEAL_KEY} entry); re-export it with `fsac export`")
+    f.seek(found[0])
+    recorded = f.read(64)
+    actual = h.hexdigest().encode("ascii")
+    if recorded != actual:
+        raise FsacError(
+            f"{source}: model file is damaged or was modified after export (content hash "
+            f"{actual[:12].decode()}... does not match the recorded {recorded[:12].decode(errors='replace')}...); "
+            "re-export or re-calibrate it with fsac"
+        )
+    return actual.decode("ascii")
+
+
+def inspect_model_file(path: str | os.PathLike, source: str | None = None) -> ModelInfo:
+    """Like `load_model_file`, but streams the file instead of reading it whole: peak memory
+    stays at a chunk, which matters for a 470 MB model on a small edge box. `source` names
+    the file in messages (e.g. when `path` is /proc/self/fd/N)."""
+    source = source or str(path)
+    path = Path(path)
+    if not path.exists():
+        raise FsacError(f"model file not found: {source}")
+    if not path.is_file():
+        raise FsacError(f"model path is not a file: {source}")
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        seal = _stream_seal(f, source)
+        try:
+            meta = _scan_metadata(f, size, source)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise FsacError(f"{source}: not a valid ONNX model file ({e})") from None
+    if meta.get(SEAL_KEY) != seal:
+        raise FsacError(f"{source}: the model's metadata has no valid {SEAL_KEY} entry; re-export it with `fsac export`")
+    return parse_model_info(meta, source, seal)
+
+
 def write_model_file(path: str | os.PathLike, data: bytes, force: bool = False) -> Path:
     """Seal and atomically write serialized model bytes. Refuses to overwrite without force."""
     path = Path(path)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from fsac.errors import FsacError
-from fsac.modelfile import INPUT_NAME, OUTPUT_NAMES, ModelInfo, load_engine_file, load_model_file
+from fsac.modelfile import INPUT_NAME, OUTPUT_NAMES, ModelInfo, inspect_model_file, load_engine_file, load_model_file
 
 from .config import ModelConfig
 
@@ -119,16 +120,18 @@ def choose_providers(requested: list[str], available: list[str]) -> list[str]:
 
 
 class OnnxBackend:
-    """onnxruntime InferenceSession built from the already verified model bytes.
+    """onnxruntime InferenceSession built from exactly the model that passed the seal check.
 
-    The session is created from the bytes that passed the seal check, never by reopening
-    the path, so a file swapped between check and load cannot slip through.
+    `model` is either the verified bytes, or the path of an already open, verified file
+    descriptor (/proc/self/fd/N, see `load_model`): a file swapped at its path between check
+    and load cannot slip through either way, and the descriptor path spares holding a 470 MB
+    copy of the file in Python while onnxruntime builds its own.
     """
 
     name = "onnxruntime"
 
-    def __init__(self, data: bytes, info: ModelInfo, *, providers: list[str] | None = None,
-                 batch_size: int = 4, threads: int = 0, spin_wait: bool = False) -> None:
+    def __init__(self, model: bytes | str, info: ModelInfo, *, providers: list[str] | None = None,
+                 batch_size: int = 4, threads: int = 0, spin_wait: bool = False, cpu_prepack: bool = False) -> None:
         try:
             import onnxruntime as ort
         except ImportError:
@@ -144,8 +147,11 @@ class OnnxBackend:
         # Spinning worker threads burn the cores the decode threads need; measured on a 2-core
         # CPU the daemon reached ~70-78 % of the bare backend with spinning and ~85-96 % without.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin_wait else "0")
+        if not cpu_prepack:
+            # Pre-packed weights are a second copy of every MatMul weight (model.cpu_prepack).
+            opts.add_session_config_entry("session.disable_prepacking", "1")
         try:
-            self.session = ort.InferenceSession(data, sess_options=opts, providers=chosen)
+            self.session = ort.InferenceSession(model, sess_options=opts, providers=chosen)
         except Exception as e:  # onnxruntime raises its own exception types
             raise FsacError(f"{info.source}: onnxruntime cannot load the model ({type(e).__name__}: {e})") from None
         self.providers = list(self.session.get_providers())
@@ -368,10 +374,36 @@ def backend_kind(cfg: ModelConfig) -> str:
 def load_model(cfg: ModelConfig) -> LoadedModel:
     """Read and verify the model file, check it against the config, build its backend."""
     kind = backend_kind(cfg)
+    fd = None
     if kind == "tensorrt":
         data, info, _sidecar = load_engine_file(cfg.path)
+        size = len(data)
+    elif os.path.isdir("/proc/self/fd"):
+        # Verify and load through one open descriptor: the same inode is checked and loaded
+        # even if the path is replaced in between, and the file is streamed, never held whole.
+        try:
+            fd = os.open(cfg.path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise FsacError(f"model file not found: {cfg.path}") from None
+        except IsADirectoryError:
+            raise FsacError(f"model path is not a file: {cfg.path}") from None
+        except OSError as e:
+            raise FsacError(f"cannot open model file {cfg.path}: {e.strerror}") from None
+        data = f"/proc/self/fd/{fd}"
+        size = os.fstat(fd).st_size
     else:
         data, info = load_model_file(cfg.path)
+        size = len(data)
+    try:
+        if fd is not None:
+            info = inspect_model_file(data, source=str(cfg.path))
+        return _build_loaded(cfg, kind, data, info, size)
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def _build_loaded(cfg: ModelConfig, kind: str, data: bytes | str, info: ModelInfo, size: int) -> LoadedModel:
     if cfg.image_size is not None and info.image_size != cfg.image_size:
         raise FsacError(f"{info.source}: model input size is {info.image_size} but model.image_size is "
                         f"{cfg.image_size}; this model was built for a different input size")
@@ -388,9 +420,9 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
         backend: Any = TensorRTBackend(data, info, batch_size=cfg.batch_size)
     else:
         backend = OnnxBackend(data, info, providers=cfg.providers, batch_size=cfg.batch_size, threads=cfg.threads,
-                              spin_wait=cfg.spin_wait)
+                              spin_wait=cfg.spin_wait, cpu_prepack=cfg.cpu_prepack)
     return LoadedModel(info=info, backend=backend, threshold=float(threshold), threshold_source=origin,
-                       size_bytes=len(data), loaded_at=time.time())
+                       size_bytes=size, loaded_at=time.time())
 
 
 class ModelHandle:
