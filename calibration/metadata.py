@@ -21,36 +21,10 @@ import os
 from pathlib import Path
 
 from fsac.errors import FsacError
-from fsac.modelfile import SEAL_KEY, SEAL_PLACEHOLDER, ModelInfo, load_model_file, parse_model_info, write_model_file
+from fsac.modelfile import (SEAL_KEY, SEAL_PLACEHOLDER, ModelInfo, _encode_varint, _varint, load_model_file,
+                            parse_model_info, write_model_file)
 
 _METADATA_FIELD = 14
-
-
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= len(data):
-            raise ValueError("truncated varint")
-        b = data[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return result, pos
-        shift += 7
-        if shift > 63:
-            raise ValueError("varint too long")
-
-
-def _encode_varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
 
 
 def _field_spans(data: bytes):

@@ -446,18 +446,20 @@ def _random_model(arch: str, seed: int):
 
 
 def _tensorrt_backend(fp32_path: Path, image_size: int, batch: int, tmp: Path, notes: list[str]):
-    """A TensorRT FP16 runner when tensorrt and a CUDA GPU are present, else None (+ a note)."""
-    try:
-        from fsac.export.tensorrt_build import TensorRTRunner, build_engine
-    except ImportError:
-        return None
+    """A TensorRT FP16 runner when tensorrt and a CUDA GPU are present, else None (+ a note).
+    It is the edge runtime's own TensorRT backend, so the benchmark times what fsac-run runs."""
+    from fsac.export.tensorrt_build import build_engine
+    from fsac.modelfile import load_engine_file
+    from fsac.runtime.backends import TensorRTBackend
+
     try:
         rep = build_engine(fp32_path, tmp / "bench.fp16.engine", "fp16", max_batch=batch, force=True)
-        runner = TensorRTRunner(rep.engine)
+        data, info, _ = load_engine_file(rep.engine)
+        backend = TensorRTBackend(data, info, batch_size=batch)
     except FsacError as e:
         notes.append(f"TensorRT not timed: {e}")
         return None
-    return runner
+    return backend.infer
 
 
 def _cpu_name() -> str:

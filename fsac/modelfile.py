@@ -82,6 +82,14 @@ def seal_bytes(data: bytes, source: str = "<model>") -> bytes:
     return unsealed[:off] + digest + unsealed[off + 64 :]
 
 
+def _seal_mismatch(source: str, recorded: bytes, actual: bytes) -> FsacError:
+    return FsacError(
+        f"{source}: model file is damaged or was modified after export (content hash "
+        f"{actual[:12].decode()}... does not match the recorded {recorded[:12].decode(errors='replace')}...); "
+        "re-export or re-calibrate it with fsac"
+    )
+
+
 def verify_seal(data: bytes, source: str = "<model>") -> str:
     """Return the file's seal (its content hash) or raise FsacError if any byte changed."""
     off = _seal_offset(data, source)
@@ -89,11 +97,7 @@ def verify_seal(data: bytes, source: str = "<model>") -> str:
     unsealed = data[:off] + SEAL_PLACEHOLDER + data[off + 64 :]
     actual = sha256_bytes(unsealed).encode("ascii")
     if recorded != actual:
-        raise FsacError(
-            f"{source}: model file is damaged or was modified after export (content hash "
-            f"{actual[:12].decode()}... does not match the recorded {recorded[:12].decode(errors='replace')}...); "
-            "re-export or re-calibrate it with fsac"
-        )
+        raise _seal_mismatch(source, recorded, actual)
     return actual.decode("ascii")
 
 
@@ -348,11 +352,7 @@ def _stream_seal(f, source: str, chunk: int = 1 << 20) -> str:
     recorded = f.read(64)
     actual = h.hexdigest().encode("ascii")
     if recorded != actual:
-        raise FsacError(
-            f"{source}: model file is damaged or was modified after export (content hash "
-            f"{actual[:12].decode()}... does not match the recorded {recorded[:12].decode(errors='replace')}...); "
-            "re-export or re-calibrate it with fsac"
-        )
+        raise _seal_mismatch(source, recorded, actual)
     return actual.decode("ascii")
 
 

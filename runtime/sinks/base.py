@@ -18,6 +18,15 @@ from typing import Any, Protocol
 import numpy as np
 
 
+def json_default(o: Any) -> Any:
+    """`json.dumps(default=...)` for records: numpy scalars and arrays become plain values."""
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
 class Sink(Protocol):
     name: str
     needs_images: bool  # the daemon keeps decoded frames only if some sink needs them

@@ -44,6 +44,7 @@ import numpy as np
 
 from fsac.errors import FsacError
 from fsac.io import atomic_write_bytes
+from fsac.runtime.sinks.base import json_default
 
 log = logging.getLogger("fsac.runtime.sinks.frames")
 
@@ -138,12 +139,6 @@ def _raw_ext(data: bytes) -> str:
     return "bin"
 
 
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
 
 
 class FramesSink:
@@ -285,7 +280,7 @@ class FramesSink:
             data = bytes(image)
             ext = _raw_ext(data)
         stem = self._stem(record, when)
-        meta = json.dumps(record, indent=2, default=_json_default).encode("utf-8") + b"\n"
+        meta = json.dumps(record, indent=2, default=json_default).encode("utf-8") + b"\n"
         img_path = atomic_write_bytes(self.dir / f"{stem}.{ext}", data)
         json_path = atomic_write_bytes(self.dir / f"{stem}.json", meta)
         nbytes = len(data) + len(meta)

@@ -70,6 +70,7 @@ from typing import Any
 import numpy as np
 
 from fsac.errors import FsacError
+from fsac.runtime.sinks.base import json_default
 
 try:  # POSIX only; edge boxes are Linux.
     import fcntl
@@ -366,12 +367,6 @@ class _DiskQueue:
 # --------------------------------------------------------------------------- sink
 
 
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
 
 
 class MqttSink:
@@ -675,7 +670,7 @@ class MqttSink:
         """
         if self._closed:
             raise RuntimeError("MqttSink is closed")
-        payload = json.dumps(record, separators=(",", ":"), default=_json_default).encode("utf-8")
+        payload = json.dumps(record, separators=(",", ":"), default=json_default).encode("utf-8")
         try:
             dropped = self._queue.append(self._topics_for(record), payload)
         except sqlite3.Error as e:
