@@ -135,7 +135,7 @@ def calibrate_command(
         desc = f"target recall {target_recall:g}"
     sub = f"on these images: false alarms {res.fpr:.1%}" + (f", recall {res.recall:.1%}" if res.recall is not None else "")
     write_scores_png(plot, neg.score, pos.score if pos is not None else None, res.threshold,
-                     f"{written.name}: threshold {res.threshold:.6g} ({desc})", sub)
+                     f"{written.name}: threshold {res.threshold:.9g} ({desc})", sub)
     result = {"model": str(written), "threshold": res.threshold, "plot": str(plot), "result": res.to_dict(),
               "seal": new_info.seal, "notes": notes}
     if report is not None:
@@ -146,7 +146,7 @@ def calibrate_command(
                                    "anomalous_scores": pos.score.tolist() if pos is not None else []})
     for n in notes + threshold_info["notes"][len(notes):]:
         _say(quiet, f"note: {n}")
-    line = f"threshold {res.threshold:.6g} ({desc}); {sub}"
+    line = f"threshold {res.threshold:.9g} ({desc}); {sub}"
     if method == "conformal":
         line += f"; expected false-alarm rate on new good parts {res.expected_fpr:.3f} (<= {alpha:g})"
     _say(quiet, line)

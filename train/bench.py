@@ -92,9 +92,9 @@ def bench_train(arch: str, shots: int, weights: str, images, synth_per_image: in
     print(f"fsac bench train: {arch}, k={k}, {m} synthetic per image, {figures['torch_threads']} torch threads, "
           f"{backbone.device}")
     for name, secs in rows:
-        print(f"  {name:<32} {secs:8.2f} s")
-    print(f"  {'per encoded image':<32} {figures['per_image_s']:8.3f} s")
-    print(f"  {'peak RSS':<32} {figures['peak_rss_mb']:8.0f} MB")
+        print(f"  {name:<36} {secs:8.2f} s")
+    print(f"  {'per encoded image':<36} {figures['per_image_s']:8.3f} s")
+    print(f"  {'peak RSS':<36} {figures['peak_rss_mb']:8.0f} MB")
     whole = figures.get("cli_train_s", wall)
     verdict = "met" if whole <= TARGET_S else "NOT met"
     print(f"  target: whole 4-shot `fsac train` <= {TARGET_S:.0f} s: {verdict} ({whole:.1f} s)")
