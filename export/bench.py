@@ -243,7 +243,8 @@ def bench_export_command(
     from fsac.calibration.threshold import conformal_threshold, next_float32_up
     from fsac.export.cli import export_trained
     from fsac.io import atomic_write_json, atomic_write_text
-    from fsac.train.checkpoint import TrainedModel, checkpoint_sha256, load_checkpoint, save_checkpoint
+    from fsac.train.checkpoint import (checkpoint_sha256, load_checkpoint, random_trained_model,
+                                       save_checkpoint)
 
     variants = list(int8_variants or [])
     bad = [v for v in variants if v not in VARIANTS]
@@ -269,7 +270,7 @@ def bench_export_command(
             trained = load_checkpoint(checkpoint, device="cpu", quiet=True)
             ck_path, ck_sha = Path(checkpoint), checkpoint_sha256(checkpoint)
         else:
-            trained = _random_model(arch, seed)
+            trained = random_trained_model(arch, seed)
             ck_path = tmp / "checkpoint"
             save_checkpoint(ck_path, trained, extra={"train_images": [], "note": "fsac bench: random weights"})
             ck_sha = checkpoint_sha256(ck_path)
@@ -424,25 +425,6 @@ def bench_export_command(
     atomic_write_text(out_dir / "bench.md", md)
     print(md)
     return result
-
-
-def _random_model(arch: str, seed: int):
-    """A TrainedModel with random backbone weights and a random head: for timing only."""
-    import torch
-
-    from fsac.train.backbone import load_backbone
-    from fsac.train.checkpoint import TrainedModel
-    from fsac.train.model import FSACHead, HeadConfig
-
-    bb = load_backbone(arch, "random", device="cpu", random_init_seed=seed, quiet=True)
-    c = bb.info.embed_dim
-    g = torch.Generator().manual_seed(seed)
-    t_pos = torch.nn.functional.normalize(torch.randn(c, generator=g), dim=0)
-    t_neg = torch.nn.functional.normalize(torch.randn(c, generator=g), dim=0)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        head = FSACHead(HeadConfig(embed_dim=c), t_pos, t_neg)
-    return TrainedModel(bb, head.eval(), True, "object")
 
 
 def _tensorrt_backend(fp32_path: Path, image_size: int, batch: int, tmp: Path, notes: list[str]):

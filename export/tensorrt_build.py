@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from fsac.errors import FsacError
-from fsac.modelfile import INPUT_NAME, engine_sidecar_path, load_model_file, write_engine_sidecar
+from fsac.modelfile import INPUT_NAME, load_model_file, write_engine_sidecar
 
 PRECISIONS = ("fp16", "fp32", "int8")
 

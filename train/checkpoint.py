@@ -26,7 +26,7 @@ import torch
 
 import fsac
 from fsac.errors import FsacError
-from fsac.io import atomic_write_bytes, atomic_write_json, sha256_bytes, sha256_file
+from fsac.io import atomic_write_bytes, atomic_write_json, sha256_bytes
 from fsac.preprocess import PreprocessSpec
 from fsac.train.backbone import Backbone, BackboneInfo, load_backbone
 from fsac.train.model import DeployModel, FSACHead, HeadConfig
@@ -68,6 +68,20 @@ class TrainedModel:
         self.head.eval()
         score, sp, sn = self.head(features.to(self.head.t_pos.device), self.use_text_adapter)
         return score.cpu().numpy(), sp.cpu().numpy(), sn.cpu().numpy()
+
+
+def random_trained_model(arch: str, seed: int = 0, tau: float = 0.01, object_name: str = "object") -> TrainedModel:
+    """Random backbone weights, random T+- and a freshly initialised head, all seeded: a model
+    for timing and pipeline tests only (its scores mean nothing)."""
+    g = torch.Generator().manual_seed(seed)
+    backbone = load_backbone(arch, "random", device="cpu", random_init_seed=seed, quiet=True)
+    c = backbone.info.embed_dim
+    t_pos = torch.nn.functional.normalize(torch.randn(c, generator=g), dim=0)
+    t_neg = torch.nn.functional.normalize(torch.randn(c, generator=g), dim=0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        head = FSACHead(HeadConfig(embed_dim=c, tau=tau), t_pos, t_neg)
+    return TrainedModel(backbone, head.eval(), True, object_name)
 
 
 def save_checkpoint(out_dir: str | Path, model: TrainedModel, extra: dict[str, Any]) -> Path:

@@ -12,13 +12,12 @@ import pytest
 def test_full_architecture_parity(bottle, tmp_path, models):
     import torch
 
-    from fsac.export.bench import _random_model
     from fsac.export.cli import export_trained
     from fsac.modelfile import load_model_file
-    from fsac.train.checkpoint import checkpoint_sha256, save_checkpoint
+    from fsac.train.checkpoint import checkpoint_sha256, random_trained_model, save_checkpoint
 
     torch.set_num_threads(2)
-    trained = _random_model(models.FULL_ARCH, seed=0)
+    trained = random_trained_model(models.FULL_ARCH, seed=0)
     assert trained.backbone.info.embed_dim == 640 and trained.backbone.spec.image_size == 240
     save_checkpoint(tmp_path / "ck", trained, extra={"train_images": []})
     images = [bottle / "test" / "good" / "000.png", bottle / "test" / "broken_large" / "000.png"]
