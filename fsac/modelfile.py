@@ -24,6 +24,7 @@ its threshold by hand is refused like editing a model file.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -92,13 +93,7 @@ def _seal_mismatch(source: str, recorded: bytes, actual: bytes) -> FsacError:
 
 def verify_seal(data: bytes, source: str = "<model>") -> str:
     """Return the file's seal (its content hash) or raise FsacError if any byte changed."""
-    off = _seal_offset(data, source)
-    recorded = data[off : off + 64]
-    unsealed = data[:off] + SEAL_PLACEHOLDER + data[off + 64 :]
-    actual = sha256_bytes(unsealed).encode("ascii")
-    if recorded != actual:
-        raise _seal_mismatch(source, recorded, actual)
-    return actual.decode("ascii")
+    return _stream_seal(io.BytesIO(data), source)
 
 
 # --------------------------------------------------------------------------- metadata parsing
@@ -238,18 +233,9 @@ def parse_model_info(meta: dict[str, str], source: str, seal: str) -> ModelInfo:
 
 def load_model_file(path: str | os.PathLike) -> tuple[bytes, ModelInfo]:
     """Read, verify and describe a sealed ONNX model file. Raises FsacError naming the file."""
-    path = Path(path)
-    if not path.exists():
-        raise FsacError(f"model file not found: {path}")
-    if not path.is_file():
-        raise FsacError(f"model path is not a file: {path}")
+    path = _existing_file(path, str(path))
     data = path.read_bytes()
-    seal = verify_seal(data, str(path))
-    meta = read_metadata_bytes(data, str(path))
-    if meta.get(SEAL_KEY) != seal:
-        # The seal bytes were found somewhere else than in the model's own metadata_props.
-        raise FsacError(f"{path}: the model's metadata has no valid {SEAL_KEY} entry; re-export it with `fsac export`")
-    return data, parse_model_info(meta, str(path), seal)
+    return data, _inspect(io.BytesIO(data), len(data), str(path))
 
 
 def _read_varint(f) -> int | None:
@@ -356,26 +342,35 @@ def _stream_seal(f, source: str, chunk: int = 1 << 20) -> str:
     return actual.decode("ascii")
 
 
-def inspect_model_file(path: str | os.PathLike, source: str | None = None) -> ModelInfo:
-    """Like `load_model_file`, but streams the file instead of reading it whole: peak memory
-    stays at a chunk, which matters for a 470 MB model on a small edge box. `source` names
-    the file in messages (e.g. when `path` is /proc/self/fd/N)."""
-    source = source or str(path)
+def _existing_file(path: str | os.PathLike, source: str) -> Path:
     path = Path(path)
     if not path.exists():
         raise FsacError(f"model file not found: {source}")
     if not path.is_file():
         raise FsacError(f"model path is not a file: {source}")
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        seal = _stream_seal(f, source)
-        try:
-            meta = _scan_metadata(f, size, source)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise FsacError(f"{source}: not a valid ONNX model file ({e})") from None
+    return path
+
+
+def _inspect(f, size: int, source: str) -> ModelInfo:
+    """Verify the seal and parse the metadata of a model file open as the binary file `f`."""
+    seal = _stream_seal(f, source)
+    try:
+        meta = _scan_metadata(f, size, source)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise FsacError(f"{source}: not a valid ONNX model file ({e})") from None
     if meta.get(SEAL_KEY) != seal:
+        # The seal bytes were found somewhere else than in the model's own metadata_props.
         raise FsacError(f"{source}: the model's metadata has no valid {SEAL_KEY} entry; re-export it with `fsac export`")
     return parse_model_info(meta, source, seal)
+
+
+def inspect_model_file(path: str | os.PathLike, source: str | None = None) -> ModelInfo:
+    """Like `load_model_file`, but streams the file instead of reading it whole: peak memory
+    stays at a chunk, which matters for a 470 MB model on a small edge box. `source` names
+    the file in messages (e.g. when `path` is /proc/self/fd/N)."""
+    source = source or str(path)
+    with open(_existing_file(path, source), "rb") as f:
+        return _inspect(f, os.fstat(f.fileno()).st_size, source)
 
 
 def write_model_file(path: str | os.PathLike, data: bytes, force: bool = False) -> Path:
