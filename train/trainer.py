@@ -252,9 +252,10 @@ def train(backbone: Backbone, image_paths: list[Path], object_name: str, cfg: Tr
     timings["text_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    update = progress("encoding images", k + k * m)
+    # The bar counts only images actually encoded: shots already in the cache are not.
+    todo = [i for i, p in enumerate(image_paths) if cache is None or p not in cache]
+    update = progress("encoding images", len(todo) + k * m)
     if cache is not None:
-        todo = [i for i, p in enumerate(image_paths) if p not in cache]
         if todo:
             cache.add([image_paths[i] for i in todo], pixels[todo], update)
         f_pos = cache.get(image_paths)
