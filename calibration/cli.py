@@ -31,7 +31,7 @@ def _warn(msg: str) -> None:
 
 
 def _images(paths: list[Path] | None) -> list[Path]:
-    from fsac.calibration.scoring import expand_images
+    from fsac.runner import expand_images
 
     if not paths:
         return []
@@ -62,10 +62,11 @@ def calibrate_command(
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> dict:
     """Set the model's decision threshold from held-out images; written into its metadata."""
-    from fsac.calibration.metadata import update_model_metadata
+    from fsac.metadata import update_model_metadata
     from fsac.calibration.plot import write_scores_png
-    from fsac.calibration.scoring import score_model_file
-    from fsac.calibration.threshold import METHODS, check_alpha, compute_threshold
+    from fsac.runner import score_model_file
+    from fsac.calibration.threshold import METHODS, check_alpha, check_not_degenerate, compute_threshold
+    from fsac.score import VERDICT_RULE
     from fsac.io import sha256_bytes
     from fsac.modelfile import load_model_file
 
@@ -78,8 +79,9 @@ def calibrate_command(
     target = Path(out) if out is not None else model
     if out is not None and target.exists() and not force:
         raise FsacError(f"{target} exists; pass --force to overwrite it")
-    if info.threshold is not None and not force:
-        raise FsacError(f"{model} already has a threshold ({info.threshold:.6g}); pass --force to replace it")
+    if info.logit_threshold is not None and not force:
+        raise FsacError(f"{model} already has a threshold (logit {info.logit_threshold:.6g}); "
+                        "pass --force to replace it")
 
     normals = _images(normal_images)
     anomalies = _images(anomalous_images)
@@ -104,15 +106,15 @@ def calibrate_command(
          + f" images with {model.name} ({info.precision})")
     neg, _ = score_model_file(model, normals, batch_size, threads)
     pos = score_model_file(model, anomalies, batch_size, threads)[0] if anomalies else None
-    res = compute_threshold(method, neg.score, pos.score if pos is not None else None, alpha, target_recall)
+    # Thresholds are taken on the logit, never on the saturating score (fsac.score).
+    res = compute_threshold(method, neg.logit, pos.logit if pos is not None else None, alpha, target_recall)
     for w in res.warnings:
         _warn(w)
-    if not res.attainable:
-        raise FsacError(res.warnings[0] if res.warnings else "no finite threshold")
+    check_not_degenerate(res, neg.logit, pos.logit if pos is not None else None)
 
     threshold_info = {
         **res.to_dict(),
-        "rule": "score >= threshold => defective",
+        "rule": VERDICT_RULE,
         "model_precision": info.precision,
         "normal_images": [{"name": Path(n).name, "sha256": h} for n, h in zip(neg.names, neg.sha256)],
         "anomalous_images": ([{"name": Path(n).name, "sha256": h} for n, h in zip(pos.names, pos.sha256)]
@@ -123,7 +125,8 @@ def calibrate_command(
     if info.metadata.get("fsac.weights_random") == "true":
         threshold_info["notes"].append("RANDOM backbone weights: this threshold is meaningless outside pipeline tests")
     written, new_info = update_model_metadata(
-        model, {"fsac.threshold": repr(float(res.threshold)), "fsac.threshold_info": json.dumps(threshold_info)},
+        model, {"fsac.logit_threshold": repr(float(res.threshold)), "fsac.threshold": repr(res.score_threshold),
+                "fsac.threshold_info": json.dumps(threshold_info)},
         out=target, force=force)
 
     plot = Path(plot) if plot is not None else _with_suffix(target, ".scores.png")
@@ -134,19 +137,21 @@ def calibrate_command(
     else:
         desc = f"target recall {target_recall:g}"
     sub = f"on these images: false alarms {res.fpr:.1%}" + (f", recall {res.recall:.1%}" if res.recall is not None else "")
-    write_scores_png(plot, neg.score, pos.score if pos is not None else None, res.threshold,
-                     f"{written.name}: threshold {res.threshold:.9g} ({desc})", sub)
-    result = {"model": str(written), "threshold": res.threshold, "plot": str(plot), "result": res.to_dict(),
-              "seal": new_info.seal, "notes": notes}
+    write_scores_png(plot, neg.logit, pos.logit if pos is not None else None, res.threshold,
+                     f"{written.name}: logit threshold {res.threshold:.6g} ({desc})", sub)
+    result = {"model": str(written), "logit_threshold": res.threshold, "threshold": res.score_threshold,
+              "plot": str(plot), "result": res.to_dict(), "seal": new_info.seal, "notes": notes}
     if report is not None:
         from fsac.io import atomic_write_json
 
         atomic_write_json(report, {**result, "threshold_info": threshold_info,
+                                   "normal_logits": neg.logit.tolist(),
+                                   "anomalous_logits": pos.logit.tolist() if pos is not None else [],
                                    "normal_scores": neg.score.tolist(),
                                    "anomalous_scores": pos.score.tolist() if pos is not None else []})
     for n in notes + threshold_info["notes"][len(notes):]:
         _say(quiet, f"note: {n}")
-    line = f"threshold {res.threshold:.9g} ({desc}); {sub}"
+    line = f"logit threshold {res.threshold:.6g} (score {res.score_threshold:.9g}; {desc}); {sub}"
     if method == "conformal":
         line += f"; expected false-alarm rate on new good parts {res.expected_fpr:.3f} (<= {alpha:g})"
     _say(quiet, line)
@@ -171,8 +176,8 @@ def quantize_command(
     percentile: Annotated[float, typer.Option(help="for --calibration-method percentile")] = 99.999,
     ops: Annotated[str, typer.Option(help="op types to quantize: matmul (MatMul/Gemm/Conv) or all")] = "matmul",
     scope: Annotated[str, typer.Option(help="encoder (head and score stay float) or all")] = "encoder",
-    threshold: Annotated[Optional[float], typer.Option(help="verdict threshold for the agreement report [default: the model's]")] = None,
-    alpha: Annotated[float, typer.Option(help="if the model has no threshold: conformal alpha on the fp32 calibration scores")] = 0.1,
+    threshold: Annotated[Optional[float], typer.Option(help="verdict threshold in logit units for the agreement report [default: the model's]")] = None,
+    alpha: Annotated[float, typer.Option(help="if the model has no threshold: conformal alpha on the fp32 calibration logits")] = 0.1,
     min_spearman: Annotated[float, typer.Option(help="refuse below this Spearman correlation with fp32")] = 0.99,
     min_verdict_agreement: Annotated[float, typer.Option(help="refuse below this fraction of equal verdicts")] = 0.99,
     allow_disagreement: Annotated[bool, typer.Option("--allow-disagreement", help="keep the INT8 model below the bounds (with a loud warning)")] = False,
@@ -182,7 +187,7 @@ def quantize_command(
 ) -> dict:
     """Static INT8 quantization (QDQ) calibrated on normal images, with an agreement report."""
     from fsac.calibration.quantize import MATMUL_OPS, QuantizeSettings, quantize_model_file
-    from fsac.calibration.scoring import load_pixels, make_session, run_session
+    from fsac.runner import load_pixels, make_session, run_session
     from fsac.calibration.threshold import conformal_threshold, next_float32_up
     from fsac.io import sha256_file
     from fsac.modelfile import load_model_file
@@ -221,14 +226,14 @@ def quantize_command(
     calib_px = load_pixels(calib, spec)
     eval_px = load_pixels(evals, spec)
     source = "option --threshold" if threshold is not None else "model"
-    if threshold is None and info.threshold is None:
-        fp = run_session(make_session(data), calib_px)["score"]
+    if threshold is None and info.logit_threshold is None:
+        fp = run_session(make_session(data), calib_px)["logit"]
         res = conformal_threshold(fp, alpha)
         if res.attainable:
-            threshold, source = res.threshold, f"conformal alpha={alpha:g} on the fp32 scores of the calibration images"
+            threshold, source = res.threshold, f"conformal alpha={alpha:g} on the fp32 logits of the calibration images"
         else:
             threshold = next_float32_up(float(fp.max()))
-            source = "max fp32 score of the calibration images (model not calibrated)"
+            source = "max fp32 logit of the calibration images (model not calibrated)"
     path, rep, warns = quantize_model_file(
         model, out, calib_px, settings, [str(p) for p in calib], [sha256_file(p) for p in calib],
         eval_px, [str(p) for p in evals], threshold, source, allow_disagreement,

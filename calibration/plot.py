@@ -45,7 +45,7 @@ def render_scores_png(normal_scores, anomalous_scores=None, threshold: float | N
             else:
                 ax.text(0.98, 0.95, "threshold = +inf (unattainable)", transform=ax.transAxes,
                         ha="right", va="top", color="k")
-        ax.set_xlabel("anomaly score (score >= threshold => defective)")
+        ax.set_xlabel("anomaly logit z (logit >= threshold => defective)")
         ax.set_ylabel("images")
         ax.set_title(title + (("\n" + subtitle) if subtitle else ""), fontsize=9)
         ax.legend(fontsize=8, loc="upper left")

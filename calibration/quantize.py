@@ -33,6 +33,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from fsac.errors import FsacError
+from fsac.score import is_defective
 from fsac.modelfile import INPUT_NAME, ModelInfo, load_model_file, write_model_file
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
@@ -284,13 +285,13 @@ def spearman(a, b) -> float:
 
 @dataclass
 class AgreementReport:
-    """INT8 vs fp32 scores on the same held-out real images."""
+    """INT8 vs fp32 logits on the same held-out real images (logit units throughout)."""
 
     n_images: int
     spearman: float
     max_abs_diff: float
     mean_abs_diff: float
-    threshold: float | None
+    threshold: float | None  # logit threshold
     threshold_source: str
     verdict_agreement: float | None  # fraction of images with the same verdict
     flagged_fp32: int | None
@@ -323,21 +324,23 @@ class AgreementReport:
         va = "n/a" if self.verdict_agreement is None else f"{self.verdict_agreement:.1%}"
         thr = "none" if self.threshold is None else f"{self.threshold:.6g} ({self.threshold_source})"
         return (f"INT8 vs fp32 on {self.n_images} held-out images: Spearman {self.spearman:.4f}, "
-                f"max |Δ score| {self.max_abs_diff:.3g}, verdict agreement {va} at threshold {thr}")
+                f"max |Δ logit| {self.max_abs_diff:.3g}, verdict agreement {va} at logit threshold {thr}")
 
 
-def agreement(fp32_scores, int8_scores, threshold: float | None, threshold_source: str = "model",
+def agreement(fp32_logits, int8_logits, threshold: float | None, threshold_source: str = "model",
               names: Sequence[str] = (), min_spearman: float = MIN_SPEARMAN,
               min_verdict_agreement: float = MIN_VERDICT_AGREEMENT) -> AgreementReport:
-    a = np.asarray(fp32_scores, dtype=np.float64)
-    b = np.asarray(int8_scores, dtype=np.float64)
+    """Compare two models' logits (never their saturating scores); `threshold` is a logit
+    threshold and verdicts go through the core's rule (`fsac.score.is_defective`)."""
+    a = np.asarray(fp32_logits, dtype=np.float64)
+    b = np.asarray(int8_logits, dtype=np.float64)
     if a.shape != b.shape or a.ndim != 1 or a.size < 3:
         raise FsacError(f"agreement needs >= 3 held-out images scored by both models (got {a.size})")
     d = np.abs(a - b)
     va = fa = fb = None
     if threshold is not None and math.isfinite(threshold):
-        va_arr = (a >= threshold) == (b >= threshold)
-        va, fa, fb = float(va_arr.mean()), int((a >= threshold).sum()), int((b >= threshold).sum())
+        da, db = is_defective(a, threshold), is_defective(b, threshold)
+        va, fa, fb = float((da == db).mean()), int(da.sum()), int(db.sum())
     return AgreementReport(n_images=int(a.size), spearman=spearman(a, b), max_abs_diff=float(d.max()),
                            mean_abs_diff=float(d.mean()), threshold=threshold, threshold_source=threshold_source,
                            verdict_agreement=va, flagged_fp32=fa, flagged_int8=fb,
@@ -386,12 +389,12 @@ def quantize_model_file(fp32_path: str | os.PathLike, out_path: str | os.PathLik
 
     calib_pixels: (Nc, S, S, 3) uint8 normal images for the activation ranges.
     eval_pixels:  (Ne, S, S, 3) uint8 held-out images for the agreement report (optional).
-    threshold: verdict threshold for the agreement; default the model's own.
+    threshold: verdict threshold (logit units) for the agreement; default the model's own.
     -> (written path, agreement report or None, warnings). Refuses (FsacError) below the
     agreement bounds unless allow_disagreement; nothing is written then.
     """
-    from fsac.calibration.metadata import replace_metadata_bytes
-    from fsac.calibration.scoring import make_session, run_session
+    from fsac.metadata import replace_metadata_bytes
+    from fsac.runner import make_session, run_session
 
     out_path = Path(out_path)
     if out_path.exists() and not force:
@@ -404,9 +407,9 @@ def quantize_model_file(fp32_path: str | os.PathLike, out_path: str | os.PathLik
     report = None
     if eval_pixels is not None and len(eval_pixels):
         if threshold is None:
-            threshold, threshold_source = info.threshold, "model"
-        fp = run_session(make_session(data), eval_pixels)["score"]
-        q = run_session(make_session(int8), eval_pixels)["score"]
+            threshold, threshold_source = info.logit_threshold, "model"
+        fp = run_session(make_session(data), eval_pixels)["logit"]
+        q = run_session(make_session(int8), eval_pixels)["logit"]
         report = agreement(fp, q, threshold, threshold_source, eval_names, min_spearman, min_verdict_agreement)
         if info.metadata.get("fsac.weights_random") == "true":
             report.notes.append(RANDOM_WEIGHTS_NOTE)

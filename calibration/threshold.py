@@ -1,10 +1,16 @@
-"""Decision thresholds for the anomaly score (pure numpy).
+"""Decision thresholds on the anomaly logit (pure numpy).
 
-Rule everywhere in fsac: an image is DEFECTIVE when `score >= threshold`.
+Rule everywhere in fsac (`fsac.score.is_defective`): an image is DEFECTIVE when
+`logit >= logit_threshold`. Every function here takes logits z (the model file's "logit"
+output), never the score AS = sigmoid(z): at tau = 0.01 the score of every confidently
+anomalous image rounds to exactly 1.0, and an order statistic taken on tied scores can land
+above every score the model can produce (a line that never rejects). Thresholds are stored
+in logit units, with their score-unit twin sigmoid(t) for display only.
 
-Conformal (normal images only). Inspection lines have plenty of good parts and few
-defective ones, so the default needs only normal images. With n held-out normal scores
-s_(1) <= ... <= s_(n) and a target false-alarm rate alpha, let
+Below, "score" in a formula means the logit. Conformal (normal images only). Inspection
+lines have plenty of good parts and few defective ones, so the default needs only normal
+images. With n held-out normal logits s_(1) <= ... <= s_(n) and a target false-alarm rate
+alpha, let
 
     k = ceil((n + 1) (1 - alpha)).
 
@@ -18,7 +24,7 @@ If k > n (n < 1/alpha - 1), no finite threshold has the guarantee: the result is
 an "unattainable" warning, and the CLI refuses to write it.
 
 With labelled anomalies as well:
-  "f1":     the threshold that maximises F1 on the labelled set (fsac.train.metrics.f1_max).
+  "f1":     the threshold that maximises F1 on the labelled set (fsac.metrics.f1_max).
   "recall": the highest threshold whose recall on the anomalous images is >= the target
             (fewest false alarms for that recall).
 """
@@ -32,6 +38,8 @@ from typing import Any
 import numpy as np
 
 from fsac.errors import FsacError
+from fsac.metrics import f1_max
+from fsac.score import score_from_logit
 
 METHODS = ("conformal", "f1", "recall")
 
@@ -42,7 +50,7 @@ class ThresholdResult:
     calibration images themselves (in-sample: optimistic for "f1" and "recall")."""
 
     method: str
-    threshold: float  # score >= threshold => defective; +inf = never flag (unattainable)
+    threshold: float  # in LOGIT units: logit >= threshold => defective; +inf = never flag (unattainable)
     n_normal: int
     n_anomalous: int = 0
     alpha: float | None = None
@@ -60,9 +68,16 @@ class ThresholdResult:
     def attainable(self) -> bool:
         return math.isfinite(self.threshold)
 
+    @property
+    def score_threshold(self) -> float:
+        """The same threshold in score units, sigmoid(threshold), for display."""
+        return score_from_logit(self.threshold) if self.attainable else 1.0
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["threshold"] = _json_float(self.threshold)
+        d["logit_threshold"] = d["threshold"]
+        d["score_threshold"] = self.score_threshold
         return d
 
 
@@ -170,31 +185,11 @@ def _rates(neg: np.ndarray, pos: np.ndarray, t: float) -> tuple[float, float, fl
     return fp / neg.size, tp / pos.size, f1
 
 
-def _f1_max(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
-    try:
-        from fsac.train.metrics import f1_max
-    except ImportError:  # fsac.train needs torch for its package import chain on some setups
-        f1_max = _f1_max_numpy
-    return f1_max(labels, scores)
-
-
-def _f1_max_numpy(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
-    """Fallback: best F1 over the rules `score >= t`, t a distinct score; highest t on ties."""
-    order = np.argsort(-scores, kind="mergesort")
-    s, y = scores[order], labels[order]
-    last = np.r_[np.flatnonzero(s[1:] != s[:-1]), s.size - 1]
-    tps = np.cumsum(y)[last]
-    fps = (last + 1) - tps
-    f1 = 2 * tps / (2 * tps + fps + (tps[-1] - tps))
-    best = int(np.argmax(f1))
-    return float(f1[best]), float(s[last][best])
-
-
 def f1_threshold(normal_scores, anomalous_scores) -> ThresholdResult:
     """Threshold maximising F1 of the anomalous class on the labelled calibration set."""
     neg, pos = _labelled(normal_scores, anomalous_scores)
     labels = np.r_[np.zeros(neg.size, np.int64), np.ones(pos.size, np.int64)]
-    f1, t = _f1_max(labels, np.r_[neg, pos])
+    f1, t = f1_max(labels, np.r_[neg, pos])
     fpr, recall, _ = _rates(neg, pos, t)
     res = ThresholdResult(method="f1", threshold=float(t), n_normal=neg.size, n_anomalous=pos.size,
                           fpr=fpr, recall=recall, f1=float(f1))
@@ -222,9 +217,31 @@ def recall_threshold(normal_scores, anomalous_scores, target_recall: float) -> T
     return res
 
 
+def check_not_degenerate(res: ThresholdResult, normal_logits, anomalous_logits=None) -> None:
+    """Refuse a threshold that cannot do its job, with a message that says why.
+
+    - not finite (conformal with too few images: its own warning says how many are needed);
+    - all normal logits equal: the model does not tell these images apart (a broken export,
+      a constant input), so no rank-based threshold means anything;
+    - above every calibration logit, normal and anomalous alike, when anomalies were given:
+      the line would never reject.
+    """
+    if not res.attainable:
+        raise FsacError(res.warnings[0] if res.warnings else "no finite threshold")
+    neg = _scores(normal_logits, "normal logits")
+    if neg.size > 1 and float(neg.max() - neg.min()) == 0.0:
+        raise FsacError(f"all {neg.size} normal images have the same logit ({neg[0]:.6g}): the model does not tell "
+                        "them apart, so no threshold can be calibrated; check the model file and the images")
+    if anomalous_logits is not None and len(anomalous_logits):
+        pos = _scores(anomalous_logits, "anomalous logits")
+        if not np.any(pos >= res.threshold) and not np.any(neg >= res.threshold):
+            raise FsacError(f"the {res.method} threshold {res.threshold:.6g} is above every calibration logit: "
+                            "it would never flag a part")
+
+
 def compute_threshold(method: str, normal_scores, anomalous_scores=None, alpha: float = 0.05,
                       target_recall: float | None = None) -> ThresholdResult:
-    """Dispatch on `method` ("conformal" | "f1" | "recall")."""
+    """Dispatch on `method` ("conformal" | "f1" | "recall"). Inputs are logits."""
     if method == "conformal":
         res = conformal_threshold(normal_scores, alpha)
         if anomalous_scores is not None and len(anomalous_scores) and res.attainable:

@@ -129,7 +129,7 @@ def _probe(kind: str, source: str, pixels_path: str, threads: int) -> None:
         with torch.no_grad():
             model(torch.from_numpy(pixels))
     else:
-        from fsac.calibration.scoring import make_session
+        from fsac.runner import make_session
 
         data = Path(source).read_bytes()
         s = make_session(data, threads)
@@ -239,7 +239,7 @@ def bench_export_command(
     import torch
 
     from fsac.calibration.quantize import QuantizeSettings, agreement, quantize_bytes
-    from fsac.calibration.scoring import expand_images, load_pixels, make_session, run_session
+    from fsac.runner import expand_images, load_pixels, make_session, run_session
     from fsac.calibration.threshold import conformal_threshold, next_float32_up
     from fsac.export.cli import export_trained
     from fsac.io import atomic_write_json, atomic_write_text

@@ -38,7 +38,8 @@ def export_command(
         "--check-images", help="real images (files or folders) for the parity check [default: the training shots "
                                "plus a few held-out images from their folder]")] = None,
     force: Annotated[bool, typer.Option("--force", help="overwrite an existing model file / engine")] = False,
-    tolerance: Annotated[float, typer.Option(help="max |Δ score| allowed between ONNX Runtime and PyTorch "
+    tolerance: Annotated[float, typer.Option(help="max |Δ similarity| allowed between ONNX Runtime and PyTorch "
+                                             "(the logit is held to tolerance / tau) "
                                                   "(1e-4 at most; may be made stricter)")] = 1e-4,
     optimize: Annotated[str, typer.Option(help="graph optimisation: slim (onnxslim, portable), ort (onnxruntime "
                                                "transformer fusions, ONNX Runtime only) or none")] = "slim",
@@ -107,7 +108,7 @@ def export_trained(trained, checkpoint_sha: str, out: Path, image_paths: list[Pa
     trace -> parity (ORT vs torch on the real images) -> optimise (measured, parity
     re-checked) -> metadata -> seal -> atomic write -> read back and verify.
     """
-    from fsac.calibration.metadata import replace_metadata_bytes
+    from fsac.metadata import replace_metadata_bytes
     from fsac.export.onnx_export import build_metadata, export_onnx, serialize
     from fsac.export.optimize import optimize_and_measure
     from fsac.export.parity import check_parity, load_pixels, run_torch
@@ -126,11 +127,13 @@ def export_trained(trained, checkpoint_sha: str, out: Path, image_paths: list[Pa
     model = export_onnx(deploy, spec.image_size, opset)
     export_s = time.perf_counter() - t0
     _say(quiet, f"traced to ONNX (opset {opset}, {len(model.graph.node)} nodes) in {export_s:.1f} s")
-    parity = check_parity(torch_out, serialize(model), pixels, names, tolerance, "fp32 ONNX graph")
-    _say(quiet, f"parity: max |Δ score| = {parity.max_abs_diff:.3g} over {parity.n_images} images (<= {tolerance:g})")
+    tau = trained.head.cfg.tau
+    parity = check_parity(torch_out, serialize(model), pixels, names, tau, tolerance, "fp32 ONNX graph")
+    _say(quiet, f"parity: {parity.summary()}")
 
     def reparity(data: bytes) -> float:
-        return check_parity(torch_out, data, pixels, names, tolerance, f"{optimize}-optimised graph").max_abs_diff
+        return check_parity(torch_out, data, pixels, names, tau, tolerance,
+                            f"{optimize}-optimised graph").max_abs_diff_logit
 
     visual = trained.backbone.visual
     width = getattr(getattr(visual, "transformer", None), "width", None)
@@ -149,11 +152,11 @@ def export_trained(trained, checkpoint_sha: str, out: Path, image_paths: list[Pa
     if opt.kept and opt.parity_max_abs_diff is not None:
         final_diff = opt.parity_max_abs_diff
     else:
-        final_diff = parity.max_abs_diff
+        final_diff = parity.max_abs_diff_logit
 
     extra = {
-        "fsac.parity_max_abs_diff": repr(float(final_diff)),
-        "fsac.parity": json.dumps({**parity.to_dict(), "max_abs_diff_final": float(final_diff),
+        "fsac.parity_max_abs_diff_logit": repr(float(final_diff)),
+        "fsac.parity": json.dumps({**parity.to_dict(), "max_abs_diff_logit_final": float(final_diff),
                                    "images": [Path(n).name for n in names]}),
         "fsac.optimize": json.dumps(opt.to_dict()),
         **(extra_meta or {}),
@@ -172,7 +175,7 @@ def export_trained(trained, checkpoint_sha: str, out: Path, image_paths: list[Pa
         "seal": info.seal,
         "parity": parity.to_dict(),
         "optimize": opt.to_dict(),
-        "parity_max_abs_diff": float(final_diff),
+        "parity_max_abs_diff_logit": float(final_diff),
         "export_s": export_s,
         "torch_reference_s": torch_s,
     }

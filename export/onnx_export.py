@@ -6,7 +6,8 @@ The graph (see `fsac.modelfile` for the contract):
       -> Cast float -> Transpose NCHW -> x * scale - shift      (PixelNormalize: mean/std)
       -> CLIP image encoder -> projected [CLS] feature F (N, C)
       -> image adapter + cross-attention with AT+ / AT- folded in as constants -> CF (N, C)
-      -> "score" AS (N,), "sim_pos" s(CF, AT+) (N,), "sim_neg" s(CF, AT-) (N,)
+      -> "score" AS = sigmoid(logit) (N,), "logit" z = (s(CF, AT-) - s(CF, AT+)) / tau (N,),
+         "sim_normal" s(CF, AT+) (N,), "sim_anomalous" s(CF, AT-) (N,)
 
 N is a dynamic axis ("batch"). Normalisation lives in the graph, so the runtime feeds the
 uint8 pixels of the one preprocessing implementation (`fsac.preprocess`) and nothing about
@@ -29,9 +30,10 @@ from typing import Any
 
 import fsac
 from fsac.modelfile import FORMAT_VERSION, INPUT_NAME, OUTPUT_NAMES
+from fsac.score import VERDICT_RULE
 
 DEFAULT_OPSET = 17
-THRESHOLD_RULE = "score >= threshold => defective"
+THRESHOLD_RULE = VERDICT_RULE
 
 
 @contextmanager
@@ -52,7 +54,7 @@ def _mha_fastpath_disabled():
 
 def export_onnx(deploy_model, image_size: int, opset: int = DEFAULT_OPSET):
     """`DeployModel` -> onnx.ModelProto with input "image" uint8 [batch, S, S, 3] and outputs
-    "score", "sim_pos", "sim_neg" float32 [batch]. Metadata is added later."""
+    "score", "logit", "sim_normal", "sim_anomalous" float32 [batch]. Metadata is added later."""
     import onnx
     import torch
 
@@ -131,9 +133,13 @@ def io_metadata(image_size: int) -> tuple[str, str]:
     inputs = [{"name": INPUT_NAME, "dtype": "uint8", "shape": ["N", image_size, image_size, 3],
                "layout": "NHWC RGB, pixels of fsac.preprocess.resize_crop; normalisation is in the graph"}]
     outputs = [
-        {"name": "score", "dtype": "float32", "shape": ["N"], "meaning": "anomaly score AS in [0, 1]"},
-        {"name": "sim_pos", "dtype": "float32", "shape": ["N"], "meaning": "cosine s(CF, AT+)"},
-        {"name": "sim_neg", "dtype": "float32", "shape": ["N"], "meaning": "cosine s(CF, AT-)"},
+        {"name": "score", "dtype": "float32", "shape": ["N"],
+         "meaning": "anomaly score AS = sigmoid(logit) in [0, 1], for people; saturates"},
+        {"name": "logit", "dtype": "float32", "shape": ["N"],
+         "meaning": "anomaly logit z = (sim_anomalous - sim_normal) / tau: ranks and decides"},
+        {"name": "sim_normal", "dtype": "float32", "shape": ["N"], "meaning": "cosine s(CF, AT+), normal prompts"},
+        {"name": "sim_anomalous", "dtype": "float32", "shape": ["N"],
+         "meaning": "cosine s(CF, AT-), anomalous prompts"},
     ]
     return json.dumps(inputs), json.dumps(outputs)
 
@@ -165,6 +171,7 @@ def build_metadata(trained, checkpoint_sha256: str, opset: int, precision: str =
         "fsac.outputs": outputs,
         "fsac.checkpoint_sha256": checkpoint_sha256,
         "fsac.precision": precision,
+        "fsac.tau": repr(float(trained.head.cfg.tau)),
         "fsac.head": json.dumps({**trained.head.cfg.to_dict(), "use_text_adapter": trained.use_text_adapter}),
         "fsac.threshold_rule": THRESHOLD_RULE,
         "fsac.export": json.dumps({

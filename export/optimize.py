@@ -91,7 +91,7 @@ def time_interleaved(sessions: dict[str, Any], pixels: np.ndarray, runs: int = 5
 
 
 def _timed_session(model_bytes: bytes):
-    from fsac.calibration.scoring import make_session
+    from fsac.runner import make_session
 
     t = time.perf_counter()
     s = make_session(model_bytes)
@@ -103,7 +103,7 @@ def optimize_and_measure(model, method: str, pixels: np.ndarray,
                          num_heads: int | None = None, hidden_size: int | None = None):
     """Try `method` on `model` (onnx.ModelProto, already parity-checked).
 
-    parity(bytes) -> max |Δ score| vs PyTorch; raises FsacError when over the tolerance.
+    parity(bytes) -> max |Δ logit| vs PyTorch; raises FsacError when over the tolerance.
     pixels: (1, S, S, 3) uint8, one real image for the timing.
     -> (ModelProto to keep, OptimizeReport).
     """

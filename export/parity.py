@@ -1,8 +1,14 @@
 """Parity of the exported graph with PyTorch, checked on real images at export time.
 
-    torch  : DeployModel(pixels)            -> score_t, sim_pos_t, sim_neg_t   (N,) each
-    onnx   : onnxruntime(model)("image")    -> score_o, sim_pos_o, sim_neg_o   (N,) each
-    max|Δ| = max over images of |score_t - score_o|   must be <= tolerance (1e-4 for fp32)
+    torch  : DeployModel(pixels)            -> score, logit, sim_normal, sim_anomalous (N,) each
+    onnx   : onnxruntime(model)("image")    -> the same four outputs
+    max |Δ sim_normal|, max |Δ sim_anomalous|  <= tolerance        (cosine units, 1e-4 for fp32)
+    max |Δ logit|                              <= tolerance / tau  (the same error in logit units:
+                                                                    logit = Δsim / tau)
+    max |Δ score|                              <= tolerance
+
+The logit is what ranks and decides (`fsac.score`), so it is checked in its own units; the
+score alone says little because it saturates at 0 and 1.
 
 Both sides get the same uint8 pixels from `fsac.preprocess.preprocess_file`, so the check
 covers everything from the resized pixels to the score. The images are real ones: the
@@ -23,7 +29,7 @@ import numpy as np
 from fsac.errors import FsacError
 from fsac.io import sha256_file
 from fsac.modelfile import OUTPUT_NAMES
-from fsac.calibration.scoring import expand_images  # noqa: F401  (re-exported)
+from fsac.runner import expand_images  # noqa: F401  (re-exported)
 from fsac.preprocess import PreprocessSpec, list_images
 
 FP32_TOLERANCE = 1e-4
@@ -34,21 +40,34 @@ _FOLDER_KEYS = ("train_dir", "train_folder", "images_dir", "data_dir", "normal_d
 
 @dataclass
 class ParityReport:
-    """ORT vs PyTorch on `n_images` real images. Differences are absolute, in score units."""
+    """ORT vs PyTorch on `n_images` real images. Differences are absolute, each in its own
+    units; `tolerance` is in cosine (similarity) units, `logit_tolerance` = tolerance / tau."""
 
     n_images: int
     tolerance: float
-    max_abs_diff: float  # score
-    max_abs_diff_sim: float  # sim_pos and sim_neg
-    worst_image: str
+    tau: float
+    max_abs_diff_sim: float  # sim_normal and sim_anomalous
+    max_abs_diff_logit: float
+    max_abs_diff_score: float
+    worst_image: str  # largest |Δ logit|
     images: list[str] = field(default_factory=list)
 
     @property
+    def logit_tolerance(self) -> float:
+        return self.tolerance / self.tau
+
+    @property
     def passed(self) -> bool:
-        return self.max_abs_diff <= self.tolerance
+        return (self.max_abs_diff_sim <= self.tolerance and self.max_abs_diff_logit <= self.logit_tolerance
+                and self.max_abs_diff_score <= self.tolerance)
+
+    def summary(self) -> str:
+        return (f"max |Δ logit| = {self.max_abs_diff_logit:.3g} (<= {self.logit_tolerance:.3g}), "
+                f"max |Δ similarity| = {self.max_abs_diff_sim:.3g} (<= {self.tolerance:g}), "
+                f"max |Δ score| = {self.max_abs_diff_score:.3g} over {self.n_images} images")
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "passed": self.passed}
+        return {**asdict(self), "logit_tolerance": self.logit_tolerance, "passed": self.passed}
 
 
 def _resolve_shots(folder: Path, meta: dict[str, Any]) -> list[Path]:
@@ -105,13 +124,13 @@ def select_parity_images(checkpoint_folder: str | os.PathLike, meta: dict[str, A
 
 def load_pixels(paths: Sequence[Path], spec: PreprocessSpec) -> np.ndarray:
     """Image files -> (N, S, S, 3) uint8 through the one preprocessing implementation."""
-    from fsac.calibration.scoring import load_pixels as _load
+    from fsac.runner import load_pixels as _load
 
     return _load(paths, spec)
 
 
 def run_torch(deploy_model, pixels: np.ndarray, batch_size: int = 8) -> dict[str, np.ndarray]:
-    """DeployModel on (N, S, S, 3) uint8 -> {"score", "sim_pos", "sim_neg"}: (N,) float32."""
+    """DeployModel on (N, S, S, 3) uint8 -> {"score", "logit", "sim_normal", "sim_anomalous"}: (N,) float32."""
     import torch
 
     device = next(deploy_model.parameters()).device
@@ -124,38 +143,38 @@ def run_torch(deploy_model, pixels: np.ndarray, batch_size: int = 8) -> dict[str
 
 
 def run_onnx(session, pixels: np.ndarray, batch_size: int = 8) -> dict[str, np.ndarray]:
-    """onnxruntime session on (N, S, S, 3) uint8 -> {"score", "sim_pos", "sim_neg"}: (N,)."""
-    from fsac.calibration.scoring import run_session
+    """onnxruntime session on (N, S, S, 3) uint8 -> the four outputs, (N,) each."""
+    from fsac.runner import run_session
 
     return run_session(session, pixels, batch_size)
 
 
 def compare(reference: dict[str, np.ndarray], other: dict[str, np.ndarray], names: Sequence[str],
-            tolerance: float = FP32_TOLERANCE) -> ParityReport:
-    ds = np.abs(reference["score"].astype(np.float64) - other["score"].astype(np.float64))
-    dsim = max(float(np.max(np.abs(reference[k].astype(np.float64) - other[k].astype(np.float64))))
-               for k in ("sim_pos", "sim_neg"))
-    worst = int(np.argmax(ds))
-    return ParityReport(n_images=len(ds), tolerance=tolerance, max_abs_diff=float(ds.max()),
-                        max_abs_diff_sim=dsim, worst_image=str(names[worst]), images=[str(n) for n in names])
+            tau: float, tolerance: float = FP32_TOLERANCE) -> ParityReport:
+    def diff(k: str) -> np.ndarray:
+        return np.abs(reference[k].astype(np.float64) - other[k].astype(np.float64))
+
+    dz = diff("logit")
+    dsim = max(float(diff(k).max()) for k in ("sim_normal", "sim_anomalous"))
+    return ParityReport(n_images=len(dz), tolerance=tolerance, tau=float(tau), max_abs_diff_sim=dsim,
+                        max_abs_diff_logit=float(dz.max()), max_abs_diff_score=float(diff("score").max()),
+                        worst_image=str(names[int(np.argmax(dz))]), images=[str(n) for n in names])
 
 
 def check_parity(torch_outputs: dict[str, np.ndarray], model_bytes: bytes, pixels: np.ndarray,
-                 names: Sequence[str], tolerance: float = FP32_TOLERANCE, label: str = "fp32 ONNX graph",
-                 batch_size: int = 4) -> ParityReport:
+                 names: Sequence[str], tau: float, tolerance: float = FP32_TOLERANCE,
+                 label: str = "fp32 ONNX graph", batch_size: int = 4) -> ParityReport:
     """Run the serialized graph on `pixels` with ONNX Runtime (CPU) and compare with the
-    PyTorch outputs. Raises FsacError, with the numbers, if max |Δ score| > tolerance.
+    PyTorch outputs. Raises FsacError, with the numbers, if the logit or a similarity (or
+    the score) differs by more than its tolerance.
 
     batch_size > 1 on purpose: it exercises the dynamic batch axis the runtime relies on.
     """
-    from fsac.calibration.scoring import make_session
+    from fsac.runner import make_session
 
     session = make_session(model_bytes)
-    report = compare(torch_outputs, run_onnx(session, pixels, batch_size), names, tolerance)
+    report = compare(torch_outputs, run_onnx(session, pixels, batch_size), names, tau, tolerance)
     if not report.passed:
-        raise FsacError(
-            f"parity check failed for the {label}: max |Δ score| = {report.max_abs_diff:.3g} "
-            f"(on {report.worst_image}) exceeds the tolerance {tolerance:g} over {report.n_images} images "
-            f"(max |Δ similarity| = {report.max_abs_diff_sim:.3g}); the exported graph does not reproduce PyTorch"
-        )
+        raise FsacError(f"parity check failed for the {label}: {report.summary()} (worst: {report.worst_image}); "
+                        "the exported graph does not reproduce PyTorch")
     return report

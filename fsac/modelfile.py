@@ -2,10 +2,16 @@
 
 Contract between `fsac export`, `fsac calibrate` and `fsac-run`:
 
-  input   "image"    uint8  [N, S, S, 3]  RGB pixels from `fsac.preprocess.resize_crop`
-  outputs "score"    float32 [N]   anomaly score AS in [0, 1] (METHOD.md eq. 12)
-          "sim_pos"  float32 [N]   cosine s(CF, AT+)
-          "sim_neg"  float32 [N]   cosine s(CF, AT-)
+  input   "image"          uint8  [N, S, S, 3]  RGB pixels from `fsac.preprocess.resize_crop`
+  outputs "score"          float32 [N]   anomaly score AS = sigmoid(logit) in [0, 1], for people
+          "logit"          float32 [N]   anomaly logit z = (sim_anomalous - sim_normal) / tau:
+                                         the number that ranks and decides (`fsac.score`)
+          "sim_normal"     float32 [N]   cosine s(CF, AT+), AT+ from the normal prompts
+          "sim_anomalous"  float32 [N]   cosine s(CF, AT-), AT- from the anomalous prompts
+
+The decision threshold is stored in logit units ("fsac.logit_threshold"), with its score-unit
+twin ("fsac.threshold") for display only. Format version 1 (outputs score / sim_pos /
+sim_neg, a threshold in saturating score units) is refused with a line that says to re-export.
 
 Normalisation by mean/std is inside the graph. Everything else the runtime needs is in the
 graph's `metadata_props`, keys prefixed "fsac." (see `REQUIRED_KEYS`). Values are strings;
@@ -35,15 +41,16 @@ from typing import Any
 from fsac.errors import FsacError
 from fsac.io import atomic_write_bytes, atomic_write_json, sha256_bytes
 from fsac.preprocess import PreprocessSpec
+from fsac.score import score_from_logit
 
-FORMAT_VERSION = 1
-SUPPORTED_FORMAT_VERSIONS = (1,)
+FORMAT_VERSION = 2
+SUPPORTED_FORMAT_VERSIONS = (2,)
 PREFIX = "fsac."
 SEAL_KEY = "fsac.seal"
 SEAL_PLACEHOLDER = b"0" * 64
 SIDECAR_SEAL_KEY = "sidecar_seal"
 INPUT_NAME = "image"
-OUTPUT_NAMES = ("score", "sim_pos", "sim_neg")
+OUTPUT_NAMES = ("score", "logit", "sim_normal", "sim_anomalous")
 
 REQUIRED_KEYS = (
     "fsac.format_version",
@@ -176,13 +183,18 @@ class ModelInfo:
     preprocess: PreprocessSpec
     precision: str
     checkpoint_sha256: str
-    threshold: float | None
+    logit_threshold: float | None  # the decision threshold (fsac.score.is_defective)
     seal: str
     metadata: dict[str, str] = field(repr=False, default_factory=dict)
 
     @property
     def image_size(self) -> int:
         return self.preprocess.image_size
+
+    @property
+    def threshold(self) -> float | None:
+        """The threshold in score units (sigmoid of the logit threshold), for display."""
+        return None if self.logit_threshold is None else score_from_logit(self.logit_threshold)
 
     @property
     def name(self) -> str:
@@ -197,6 +209,12 @@ def parse_model_info(meta: dict[str, str], source: str, seal: str) -> ModelInfo:
         version = int(meta["fsac.format_version"])
     except ValueError:
         raise FsacError(f"{source}: bad fsac.format_version {meta['fsac.format_version']!r}") from None
+    if version < min(SUPPORTED_FORMAT_VERSIONS):
+        raise FsacError(
+            f"{source}: model format version {version} was written by an older fsac (outputs score/sim_pos/"
+            f"sim_neg, threshold in saturating score units); this fsac reads format {FORMAT_VERSION}. "
+            "Re-export it with `fsac export` and re-run `fsac calibrate`"
+        )
     if version not in SUPPORTED_FORMAT_VERSIONS:
         raise FsacError(
             f"{source}: model format version {version} is not supported by this fsac "
@@ -206,15 +224,16 @@ def parse_model_info(meta: dict[str, str], source: str, seal: str) -> ModelInfo:
         spec = PreprocessSpec.from_dict(json.loads(meta["fsac.preprocess"]))
     except (json.JSONDecodeError, TypeError, FsacError) as e:
         raise FsacError(f"{source}: bad fsac.preprocess metadata ({e})") from None
-    thr_text = meta.get("fsac.threshold", "")
-    threshold = None
+    thr_text = meta.get("fsac.logit_threshold", "")
+    logit_threshold = None
     if thr_text:
         try:
-            threshold = float(thr_text)
+            logit_threshold = float(thr_text)
         except (TypeError, ValueError):
-            raise FsacError(f"{source}: bad fsac.threshold {thr_text!r}") from None
-        if not math.isfinite(threshold):
-            raise FsacError(f"{source}: fsac.threshold {thr_text!r} is not a finite number; re-run `fsac calibrate`")
+            raise FsacError(f"{source}: bad fsac.logit_threshold {thr_text!r}") from None
+        if not math.isfinite(logit_threshold):
+            raise FsacError(f"{source}: fsac.logit_threshold {thr_text!r} is not a finite number; "
+                            "re-run `fsac calibrate`")
     return ModelInfo(
         source=source,
         format_version=version,
@@ -225,7 +244,7 @@ def parse_model_info(meta: dict[str, str], source: str, seal: str) -> ModelInfo:
         preprocess=spec,
         precision=meta["fsac.precision"],
         checkpoint_sha256=meta["fsac.checkpoint_sha256"],
-        threshold=threshold,
+        logit_threshold=logit_threshold,
         seal=seal,
         metadata=dict(meta),
     )

@@ -1,8 +1,8 @@
 """Inference backends for fsac-run: ONNX Runtime and native TensorRT engines.
 
 Both take a uint8 batch (N, S, S, 3) of RGB pixels from `fsac.preprocess.resize_crop` and
-return three float32 arrays of length N: score, sim_pos, sim_neg (the model-file contract,
-see `fsac.modelfile`). Both refuse at start a model whose graph input disagrees with the
+return a dict of float32 arrays of length N keyed by the model file's outputs: score, logit,
+sim_normal, sim_anomalous (the contract in `fsac.modelfile`). Both refuse at start a model whose graph input disagrees with the
 preprocessing recorded in its metadata, so a frame can never be silently squeezed into a
 model built for another size.
 
@@ -26,6 +26,8 @@ import numpy as np
 
 from fsac.errors import FsacError
 from fsac.modelfile import INPUT_NAME, OUTPUT_NAMES, ModelInfo, inspect_model_file, load_engine_file, load_model_file
+from fsac.runner import make_session
+from fsac.score import logit_from_score, score_from_logit
 
 from .config import ModelConfig
 
@@ -47,7 +49,7 @@ PROVIDER_ALIASES = {
 }
 DEFAULT_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
-Outputs = tuple[np.ndarray, np.ndarray, np.ndarray]
+Outputs = dict[str, np.ndarray]  # OUTPUT_NAMES -> (N,) float32
 
 
 class Backend(Protocol):
@@ -140,20 +142,12 @@ class OnnxBackend:
                             ) from None
         self.info = info
         chosen = choose_providers(list(providers or []), list(ort.get_available_providers()))
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3  # onnxruntime warnings are noise on the line; errors still raise
-        if threads:
-            opts.intra_op_num_threads = threads
-        # Spinning worker threads burn the cores the decode threads need; measured on a 2-core
-        # CPU the daemon reached ~70-78 % of the bare backend with spinning and ~85-96 % without.
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin_wait else "0")
-        if not cpu_prepack:
-            # Pre-packed weights are a second copy of every MatMul weight (model.cpu_prepack).
-            opts.add_session_config_entry("session.disable_prepacking", "1")
-        try:
-            self.session = ort.InferenceSession(model, sess_options=opts, providers=chosen)
-        except Exception as e:  # onnxruntime raises its own exception types
-            raise FsacError(f"{info.source}: onnxruntime cannot load the model ({type(e).__name__}: {e})") from None
+        # The one session builder calibration uses too, so calibration sees the logits the line
+        # sees. Spinning worker threads burn the cores the decode threads need (measured on a
+        # 2-core CPU: ~70-78 % of the bare backend with spinning, ~85-96 % without); pre-packed
+        # weights are a second copy of every MatMul weight (model.cpu_prepack).
+        self.session = make_session(model, threads or None, chosen, spin_wait=spin_wait, cpu_prepack=cpu_prepack,
+                                    source=info.source)
         self.providers = list(self.session.get_providers())
         inputs = {i.name: i for i in self.session.get_inputs()}
         if INPUT_NAME not in inputs:
@@ -171,7 +165,7 @@ class OnnxBackend:
 
     def infer(self, batch: np.ndarray) -> Outputs:
         _check_batch(batch, self.info.image_size)
-        parts: list[list[np.ndarray]] = [[], [], []]
+        parts: list[list[np.ndarray]] = [[] for _ in OUTPUT_NAMES]
         for chunk, n in _split(batch, self.max_batch, self.fixed_batch):
             outs = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: chunk})
             for k, out in enumerate(outs):
@@ -180,7 +174,7 @@ class OnnxBackend:
                     raise FsacError(f"{self.info.source}: output {OUTPUT_NAMES[k]!r} has {arr.shape[0]} values "
                                     f"for {chunk.shape[0]} frames")
                 parts[k].append(arr[:n])
-        return tuple(np.concatenate(p) for p in parts)  # type: ignore[return-value]
+        return {name: np.concatenate(p) for name, p in zip(OUTPUT_NAMES, parts)}
 
     def close(self) -> None:
         self.session = None  # onnxruntime frees the session with the last reference
@@ -293,7 +287,7 @@ class TensorRTBackend:
         cudart = self._cudart
         h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
         d2h = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
-        parts: list[list[np.ndarray]] = [[], [], []]
+        parts: list[list[np.ndarray]] = [[] for _ in OUTPUT_NAMES]
         with self._lock:  # one set of device buffers
             for chunk, n in _split(batch, self.max_batch, self.fixed_batch):
                 rows = chunk.shape[0]
@@ -316,7 +310,7 @@ class TensorRTBackend:
                 self._check(err, "stream synchronize")
                 for k, name in enumerate(OUTPUT_NAMES):
                     parts[k].append(host[name][:n].astype(np.float32))
-        return tuple(np.concatenate(p) for p in parts)  # type: ignore[return-value]
+        return {name: np.concatenate(p) for name, p in zip(OUTPUT_NAMES, parts)}
 
     def close(self) -> None:
         cudart = getattr(self, "_cudart", None)
@@ -345,7 +339,7 @@ class LoadedModel:
 
     info: ModelInfo
     backend: Any  # Backend
-    threshold: float
+    logit_threshold: float  # the decision threshold (fsac.score.is_defective)
     threshold_source: str  # "model file" or "config"
     size_bytes: int
     loaded_at: float
@@ -355,12 +349,18 @@ class LoadedModel:
         return self.info.seal
 
     @property
+    def threshold(self) -> float:
+        """The threshold in score units, for display (sigmoid of the logit threshold)."""
+        return score_from_logit(self.logit_threshold)
+
+    @property
     def name(self) -> str:
         return self.info.name
 
     def describe(self) -> str:
         return (f"{self.name} (sha256 {self.sha256[:12]}, arch {self.info.arch}, object {self.info.object_name}, "
-                f"input {self.info.image_size}x{self.info.image_size}, threshold {self.threshold:g} from "
+                f"input {self.info.image_size}x{self.info.image_size}, logit threshold {self.logit_threshold:.4g} "
+                f"(score {self.threshold:.6g}) from "
                 f"{self.threshold_source}, backend {self.backend.name} {','.join(self.backend.providers)}, "
                 f"batch <= {self.backend.max_batch})")
 
@@ -407,21 +407,28 @@ def _build_loaded(cfg: ModelConfig, kind: str, data: bytes | str, info: ModelInf
     if cfg.image_size is not None and info.image_size != cfg.image_size:
         raise FsacError(f"{info.source}: model input size is {info.image_size} but model.image_size is "
                         f"{cfg.image_size}; this model was built for a different input size")
-    if cfg.threshold is not None:
-        threshold, origin = cfg.threshold, "config"
-    elif info.threshold is not None:
-        threshold, origin = info.threshold, "model file"
+    if cfg.logit_threshold is not None and cfg.threshold is not None:
+        raise FsacError("model.threshold and model.logit_threshold are both set; set one (logit units preferred)")
+    if cfg.logit_threshold is not None:
+        threshold, origin = cfg.logit_threshold, "config"
+    elif cfg.threshold is not None:
+        try:
+            threshold, origin = logit_from_score(cfg.threshold), "config (score units)"
+        except ValueError as e:
+            raise FsacError(f"model.threshold: {e}; set model.logit_threshold instead") from None
+    elif info.logit_threshold is not None:
+        threshold, origin = info.logit_threshold, "model file"
     else:
-        raise FsacError(f"{info.source}: the model has no decision threshold (fsac.threshold is empty); "
-                        "run `fsac calibrate` on it, or set model.threshold in the config")
+        raise FsacError(f"{info.source}: the model has no decision threshold (fsac.logit_threshold is empty); "
+                        "run `fsac calibrate` on it, or set model.logit_threshold in the config")
     if not math.isfinite(threshold):
-        raise FsacError(f"{info.source}: threshold {threshold} is not a finite number")
+        raise FsacError(f"{info.source}: logit threshold {threshold} is not a finite number")
     if kind == "tensorrt":
         backend: Any = TensorRTBackend(data, info, batch_size=cfg.batch_size)
     else:
         backend = OnnxBackend(data, info, providers=cfg.providers, batch_size=cfg.batch_size, threads=cfg.threads,
                               spin_wait=cfg.spin_wait, cpu_prepack=cfg.cpu_prepack)
-    return LoadedModel(info=info, backend=backend, threshold=float(threshold), threshold_source=origin,
+    return LoadedModel(info=info, backend=backend, logit_threshold=float(threshold), threshold_source=origin,
                        size_bytes=size, loaded_at=time.time())
 
 

@@ -58,7 +58,10 @@ class ModelConfig:
     providers: List[str] = _opt(
         factory=list, doc="onnxruntime execution providers in order (tensorrt, cuda, cpu or full names); "
         "empty: TensorRT -> CUDA -> CPU, whichever this onnxruntime offers")
-    threshold: Optional[float] = _opt(None, doc="override the calibrated threshold in the model file")
+    logit_threshold: Optional[float] = _opt(None, doc="override the calibrated threshold, in logit units "
+                                            "(defective iff logit >= logit_threshold)")
+    threshold: Optional[float] = _opt(None, doc="override the calibrated threshold in score units (0 < t < 1); "
+                                      "converted to a logit threshold. Prefer model.logit_threshold")
     batch_size: int = _opt(4, min=1, max=256, doc="most frames scored in one call when frames queue up")
     threads: int = _opt(0, min=0, max=256, doc="onnxruntime intra-op threads (0: onnxruntime decides)")
     spin_wait: bool = _opt(False, doc="let onnxruntime's CPU threads busy-wait between operators: a little "

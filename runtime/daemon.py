@@ -40,6 +40,7 @@ import numpy as np
 
 from fsac.errors import FsacError
 from fsac.preprocess import PreprocessSpec, decode_image_bytes, frame_to_rgb, resize_crop
+from fsac.score import ERROR, score_from_logit, verdict
 
 from .backends import LoadedModel, ModelHandle
 from .config import RuntimeConfig, SinksConfig, sink_section_enabled, sink_section_settings
@@ -51,7 +52,7 @@ from .sources import ENCODED, RGB, Frame, Source, make_source
 
 log = logging.getLogger("fsac.runtime")
 
-RECORD_SCHEMA = "fsac.result/1"
+RECORD_SCHEMA = "fsac.result/2"
 
 
 # --------------------------------------------------------------------------- preprocessing
@@ -106,13 +107,21 @@ def iso_utc(t: float) -> str:
     return datetime.fromtimestamp(t, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def make_record(frame: Frame, model: LoadedModel, latency_s: float, score: float | None = None,
-                sim_pos: float | None = None, sim_neg: float | None = None, error: str | None = None) -> dict[str, Any]:
-    """The result record; `runtime/schema/result.schema.json` describes every field."""
-    if error is None and score is not None:
-        verdict = "defective" if score >= model.threshold else "good"
+def make_record(frame: Frame, model: LoadedModel, latency_s: float, outputs: dict[str, float] | None = None,
+                error: str | None = None) -> dict[str, Any]:
+    """The result record; `runtime/schema/result.schema.json` describes every field.
+
+    `outputs` holds the model's logit and similarities for this frame. The verdict is the
+    core's rule on the logit (`fsac.score.verdict`); the score is sigmoid(logit) in float64.
+    """
+    logit = sim_normal = sim_anomalous = score = None
+    if error is None and outputs is not None:
+        logit = float(outputs["logit"])
+        sim_normal, sim_anomalous = float(outputs["sim_normal"]), float(outputs["sim_anomalous"])
+        score = score_from_logit(logit)
+        result = verdict(logit, model.logit_threshold)
     else:
-        verdict, score, sim_pos, sim_neg = "error", None, None, None
+        result = ERROR
         error = error or "no score"
     return {
         "schema": RECORD_SCHEMA,
@@ -121,10 +130,12 @@ def make_record(frame: Frame, model: LoadedModel, latency_s: float, score: float
         "frame_id": frame.frame_id,
         "name": frame.name,
         "score": score,
-        "sim_pos": sim_pos,
-        "sim_neg": sim_neg,
+        "logit": logit,
+        "sim_normal": sim_normal,
+        "sim_anomalous": sim_anomalous,
         "threshold": model.threshold,
-        "verdict": verdict,
+        "logit_threshold": model.logit_threshold,
+        "verdict": result,
         "latency_ms": round(max(0.0, latency_s) * 1000.0, 3),
         "model": model.name,
         "model_sha256": model.sha256,
@@ -282,7 +293,7 @@ class Daemon:
     def render_metrics(self) -> str:
         model = self.handle.current
         info = {"name": model.name, "sha256": model.sha256, "arch": model.info.arch,
-                "object": model.info.object_name, "threshold": f"{model.threshold:g}",
+                "object": model.info.object_name, "logit_threshold": f"{model.logit_threshold:.6g}",
                 "backend": model.backend.name, "image_size": model.info.image_size}
         sink_stats = {}
         for sink in self.sinks:
@@ -523,13 +534,13 @@ class Daemon:
                     continue
             inputs.append(prep.x)
             rows.append(i)
-        results: dict[int, tuple[float, float, float]] = {}
+        results: dict[int, dict[str, float]] = {}
         if inputs:
             t0 = time.monotonic()
             try:
-                scores, pos, neg = model.backend.infer(np.stack(inputs))
+                out = model.backend.infer(np.stack(inputs))
                 for k, i in enumerate(rows):
-                    results[i] = (float(scores[k]), float(pos[k]), float(neg[k]))
+                    results[i] = {name: float(values[k]) for name, values in out.items()}
             except Exception as e:
                 msg = f"inference failed: {type(e).__name__}: {e}"
                 self._infer_errors(logging.ERROR, "%s", msg)
@@ -542,9 +553,8 @@ class Daemon:
         for i, item in enumerate(batch):
             frame = item.frame
             latency = t_done - frame.t_mono
-            if i in results and all(math.isfinite(v) for v in results[i]):
-                s, p, n = results[i]
-                record = make_record(frame, model, latency, s, p, n)
+            if i in results and all(math.isfinite(results[i][k]) for k in ("logit", "sim_normal", "sim_anomalous")):
+                record = make_record(frame, model, latency, results[i])
             else:
                 error = errors[i] or "model returned a non-finite score"
                 self._frame_errors(logging.WARNING, "frame %d (%s): %s", frame.frame_id, frame.name or frame.source,

@@ -156,7 +156,7 @@ class RuntimeMetrics:
         e = Exposition()
         e.scalar("fsac_frames_read_total", "counter", "Frames read from the source.", self.frames_read.value)
         e.scalar("fsac_frames_total", "counter", "Results written (good, defective and error).", self.frames.value)
-        e.scalar("fsac_anomalies_total", "counter", "Frames judged defective (score >= threshold).",
+        e.scalar("fsac_anomalies_total", "counter", "Frames judged defective (logit >= logit_threshold).",
                  self.anomalies.value)
         e.scalar("fsac_errors_total", "counter", "Frames that could not be scored (error records).",
                  self.errors.value)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 import fsac
@@ -59,15 +60,16 @@ class TrainedModel:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def deploy_model(self) -> DeployModel:
-        """uint8 pixels -> (score, sim_pos, sim_neg): the module `fsac export` traces."""
+        """uint8 pixels -> (score, logit, sim_normal, sim_anomalous): the module `fsac export` traces."""
         return DeployModel(self.backbone.visual, self.backbone.normalize, self.head, self.use_text_adapter).eval()
 
     @torch.no_grad()
-    def score_features(self, features: torch.Tensor):
-        """Cached image features F (N, C) -> (AS, s+, s-) numpy arrays, each (N,)."""
+    def score_features(self, features: torch.Tensor) -> dict[str, np.ndarray]:
+        """Cached image features F (N, C) -> {"score", "logit", "sim_normal", "sim_anomalous"},
+        numpy arrays, each (N,). The logit ranks and decides; the score is for people."""
         self.head.eval()
-        score, sp, sn = self.head(features.to(self.head.t_pos.device), self.use_text_adapter)
-        return score.cpu().numpy(), sp.cpu().numpy(), sn.cpu().numpy()
+        out = self.head(features.to(self.head.t_pos.device), self.use_text_adapter)
+        return {k: v.cpu().numpy() for k, v in out._asdict().items()}
 
 
 def random_trained_model(arch: str, seed: int = 0, tau: float = 0.01, object_name: str = "object") -> TrainedModel:

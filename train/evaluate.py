@@ -21,7 +21,7 @@ from fsac.preprocess import preprocess_file, stack
 from fsac.train.backbone import Backbone
 from fsac.train.checkpoint import versions
 from fsac.train.data import Category, TestItem
-from fsac.train.metrics import image_metrics
+from fsac.metrics import image_metrics
 from fsac.train.model import zero_shot_score
 from fsac.train.prompts import object_name_from_category
 from fsac.train.report import EvalReport, RunResult

@@ -11,6 +11,7 @@ Shapes: B = batch, C = embedding width (640 for ViT-B-16-plus-240).
     CF       (B, C)  = AF + Atten                              eq. 6
     S+-      (B,)    softmax over s(CF, AT+-) / tau            eq. 10-11
     AS       (B,)    = S- / (S- + S+)                          eq. 12   anomaly score
+    z        (B,)    = (s(CF, AT-) - s(CF, AT+)) / tau                  anomaly logit, AS = sigmoid(z)
     L_con            = (L_f2t + L_t2f) / 2, mean over pairs    eq. 7-9
 
 Choices the paper leaves open are fields of `HeadConfig`, each documented there.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as Fn
@@ -138,7 +140,7 @@ class FSACHead(nn.Module):
         return af + self.cross_attention(f, psi)
 
     def forward(self, f: torch.Tensor, use_text_adapter: bool = True):
-        """F (B, C) -> (AS, s(CF, AT+), s(CF, AT-)), each (B,)."""
+        """F (B, C) -> ScoreOutputs (AS, z, s(CF, AT+), s(CF, AT-)), each (B,)."""
         at_pos, at_neg = self.adapted_text(use_text_adapter)
         cf = self.fuse(f, at_pos, at_neg)
         return anomaly_score(cf, at_pos, at_neg, self.cfg.tau)
@@ -150,12 +152,22 @@ def similarities(cf: torch.Tensor, at_pos: torch.Tensor, at_neg: torch.Tensor) -
     return cfn @ Fn.normalize(at_pos, dim=-1), cfn @ Fn.normalize(at_neg, dim=-1)
 
 
-def anomaly_score(cf: torch.Tensor, at_pos: torch.Tensor, at_neg: torch.Tensor, tau: float):
-    """eq. 10-12 -> (AS, s+, s-). S+- = softmax of s(CF, AT+-)/tau; AS = S- / (S- + S+)."""
-    s_pos, s_neg = similarities(cf, at_pos, at_neg)
-    probs = torch.softmax(torch.stack([s_pos, s_neg], dim=-1) / tau, dim=-1)  # (B, 2): S+, S-
-    score = probs[:, 1] / (probs[:, 1] + probs[:, 0])
-    return score, s_pos, s_neg
+class ScoreOutputs(NamedTuple):
+    """eq. 10-12 for a batch, each (B,). Field order = the model file's outputs."""
+
+    score: torch.Tensor  # AS = S- / (S- + S+) = sigmoid(logit), for people (saturates in float32)
+    logit: torch.Tensor  # z = (sim_anomalous - sim_normal) / tau: ranks and decides
+    sim_normal: torch.Tensor  # s(CF, AT+)
+    sim_anomalous: torch.Tensor  # s(CF, AT-)
+
+
+def anomaly_score(cf: torch.Tensor, at_pos: torch.Tensor, at_neg: torch.Tensor, tau: float) -> ScoreOutputs:
+    """eq. 10-12. S+- = softmax of s(CF, AT+-)/tau and AS = S- / (S- + S+); a two-way
+    softmax is the sigmoid of the difference, so AS = sigmoid(z) with the logit
+    z = (s(CF, AT-) - s(CF, AT+)) / tau, computed directly (it does not saturate)."""
+    sim_normal, sim_anomalous = similarities(cf, at_pos, at_neg)
+    logit = (sim_anomalous - sim_normal) / tau
+    return ScoreOutputs(torch.sigmoid(logit), logit, sim_normal, sim_anomalous)
 
 
 def zero_shot_score(f: torch.Tensor, t_pos: torch.Tensor, t_neg: torch.Tensor, tau: float):
@@ -197,7 +209,7 @@ class PixelNormalize(nn.Module):
 
 
 class DeployModel(nn.Module):
-    """What `fsac export` traces: uint8 pixels -> (score, sim_pos, sim_neg).
+    """What `fsac export` traces: uint8 pixels -> (score, logit, sim_normal, sim_anomalous).
 
     Image encoder + image adapter + cross-attention, with AT+ and AT- folded in as constants
     (METHOD.md "Scoring": after training the text side is fixed).
@@ -217,4 +229,4 @@ class DeployModel(nn.Module):
     def forward(self, pixels: torch.Tensor):
         f = self.visual(self.normalize(pixels))
         cf = self.head.fuse(f, self.at_pos, self.at_neg)
-        return anomaly_score(cf, self.at_pos, self.at_neg, self.head.cfg.tau)
+        return tuple(anomaly_score(cf, self.at_pos, self.at_neg, self.head.cfg.tau))

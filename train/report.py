@@ -30,7 +30,7 @@ import numpy as np
 
 from fsac.errors import FsacError
 from fsac.io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from fsac.train.metrics import ImageMetrics, roc_curve
+from fsac.metrics import ImageMetrics, roc_curve
 
 __all__ = [
     "RANDOM_WEIGHTS_WARNING",

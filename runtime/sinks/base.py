@@ -1,7 +1,8 @@
 """The sink interface every result destination implements.
 
 A result record is a plain dict that validates against `runtime/schema/result.schema.json`
-(fields: schema, time, source, frame_id, score, threshold, verdict, latency_ms, model,
+(fields: schema, time, source, frame_id, score, logit, sim_normal, sim_anomalous, threshold,
+logit_threshold, verdict, latency_ms, model,
 model_sha256, error). Sinks receive records in frame order from one thread.
 
 Rules every sink follows:

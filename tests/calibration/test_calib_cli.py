@@ -14,7 +14,7 @@ from fsac.errors import FsacError
 
 def test_conformal_calibration_writes_threshold_and_plot(model_copy, bottle, tmp_path):
     from fsac.calibration.cli import calibrate_command
-    from fsac.calibration.scoring import score_model_file
+    from fsac.runner import score_model_file
     from fsac.modelfile import load_model_file
 
     good = bottle / "test" / "good"  # 20 held-out good images

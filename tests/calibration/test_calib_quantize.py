@@ -26,7 +26,7 @@ def int8_model(exported_model, bottle, tmp_path_factory):
 def test_int8_model_end_to_end(int8_model, exported_model, bottle):
     import onnx
 
-    from fsac.calibration.scoring import score_model_file
+    from fsac.runner import score_model_file
     from fsac.modelfile import load_model_file
 
     path, res = int8_model

@@ -23,7 +23,7 @@ def _torch_scores(checkpoint: Path, pixels: np.ndarray) -> dict[str, np.ndarray]
 def test_export_parity_on_real_images(tiny_export, tiny_checkpoint, bottle):
     """The export's own check passed, and an independent run of the written file through
     ONNX Runtime on other real images (good and defective, batch of 3) matches PyTorch."""
-    from fsac.calibration.scoring import load_pixels, make_session, run_session
+    from fsac.runner import load_pixels, make_session, run_session
     from fsac.modelfile import load_model_file
 
     path, result = tiny_export
@@ -143,7 +143,7 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
 
 
 def test_parity_gate_fails_with_the_numbers(tiny_export, bottle):
-    from fsac.calibration.scoring import load_pixels, make_session, run_session
+    from fsac.runner import load_pixels, make_session, run_session
     from fsac.export.parity import check_parity
     from fsac.modelfile import load_model_file
 
@@ -163,7 +163,7 @@ def test_cast_before_transpose_keeps_the_function():
     import onnx
     from onnx import TensorProto, helper
 
-    from fsac.calibration.scoring import make_session
+    from fsac.runner import make_session
     from fsac.export.onnx_export import cast_before_transpose
 
     g = helper.make_graph(

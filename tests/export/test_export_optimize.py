@@ -10,7 +10,7 @@ from fsac.errors import FsacError
 
 @pytest.fixture(scope="module")
 def graph_and_pixels(tiny_checkpoint, bottle):
-    from fsac.calibration.scoring import load_pixels
+    from fsac.runner import load_pixels
     from fsac.export.onnx_export import export_onnx
     from fsac.export.parity import run_torch
     from fsac.train.checkpoint import load_checkpoint
@@ -68,7 +68,7 @@ def test_none_and_bad_method(graph_and_pixels):
 
 
 def test_time_interleaved_reports_each_session(graph_and_pixels):
-    from fsac.calibration.scoring import make_session
+    from fsac.runner import make_session
     from fsac.export.optimize import time_interleaved
 
     model, pixels, _ = graph_and_pixels

@@ -42,7 +42,7 @@ def test_export_engine_fails_fast_without_tensorrt(tiny_checkpoint, tmp_path):
 
 
 def test_precision_checks_come_before_building(tiny_export, tmp_path):
-    from fsac.calibration.metadata import update_model_metadata
+    from fsac.metadata import update_model_metadata
     from fsac.export.tensorrt_build import build_engine
 
     path, _ = tiny_export

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from fsac.errors import FsacError
-from fsac.train.metrics import ImageMetrics, image_metrics
+from fsac.metrics import ImageMetrics, image_metrics
 from fsac.train.report import (
     RANDOM_WEIGHTS_WARNING,
     EvalReport,

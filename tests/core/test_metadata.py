@@ -10,7 +10,7 @@ from fsac.errors import FsacError
 def test_replace_metadata_keeps_the_graph(model_copy):
     import onnx
 
-    from fsac.calibration.metadata import replace_metadata_bytes
+    from fsac.metadata import replace_metadata_bytes
     from fsac.modelfile import load_model_file, seal_bytes, verify_seal
 
     data, info = load_model_file(model_copy)
@@ -27,7 +27,7 @@ def test_replace_metadata_keeps_the_graph(model_copy):
 
 
 def test_update_in_place_and_to_another_file(model_copy, tmp_path):
-    from fsac.calibration.metadata import update_model_metadata
+    from fsac.metadata import update_model_metadata
     from fsac.modelfile import load_model_file
 
     _, before = load_model_file(model_copy)
@@ -49,7 +49,7 @@ def test_update_in_place_and_to_another_file(model_copy, tmp_path):
 
 
 def test_update_refuses_a_tampered_file(model_copy):
-    from fsac.calibration.metadata import update_model_metadata
+    from fsac.metadata import update_model_metadata
 
     data = bytearray(model_copy.read_bytes())
     data[len(data) // 3] ^= 0xFF

@@ -1,14 +1,16 @@
-"""Score images with an fsac model file through ONNX Runtime (no torch, no onnx).
+"""Run an fsac model file through ONNX Runtime (no torch, no onnx): the one session builder.
 
-Calibration must see the scores the line will see, so it runs the very file the runtime
-loads (seal verified by `fsac.modelfile.load_model_file`) on pixels from the one
-preprocessing implementation (`fsac.preprocess`). Torch-free, so `fsac calibrate` also
-runs on the edge box.
+Calibration must see the logits the line will see, so `fsac calibrate`, `fsac quantize`, the
+export parity check and fsac-run's ONNX Runtime backend all build their session here
+(`make_session`), run the very file the runtime loads (seal verified by
+`fsac.modelfile.load_model_file`), on pixels from the one preprocessing implementation
+(`fsac.preprocess`). Torch-free, so `fsac calibrate` also runs on the edge box.
 
     scores = score_model_file("model.onnx", ["good/000.png", ...])
-    scores.score      (N,) float32 anomaly scores AS
-    scores.sim_pos    (N,) float32, scores.sim_neg (N,) float32
-    scores.names      image paths as given, scores.sha256 their content hashes
+    scores.logit          (N,) float32 anomaly logits z: rank and decide with these
+    scores.score          (N,) float32 anomaly scores AS = sigmoid(z), for people
+    scores.sim_normal     (N,) float32, scores.sim_anomalous (N,) float32
+    scores.names          image paths as given, scores.sha256 their content hashes
 """
 
 from __future__ import annotations
@@ -26,30 +28,37 @@ from fsac.modelfile import INPUT_NAME, OUTPUT_NAMES, ModelInfo, load_model_file
 from fsac.preprocess import IMAGE_SUFFIXES, PreprocessSpec, list_images, preprocess_file
 
 
-def make_session(model: bytes | str | os.PathLike, threads: int | None = None, providers: Sequence[str] | None = None):
-    """onnxruntime.InferenceSession on CPU by default, all graph optimisations on.
+def make_session(model: bytes | str | os.PathLike, threads: int | None = None, providers: Sequence[str] | None = None,
+                 *, spin_wait: bool = True, cpu_prepack: bool = True, source: str | None = None):
+    """onnxruntime.InferenceSession, all graph optimisations on, CPU provider by default.
 
-    threads: intra-op threads (None = onnxruntime's default, one per physical core).
+    threads: intra-op threads (None or 0 = onnxruntime's default, one per physical core).
+    spin_wait: worker threads spin between ops (onnxruntime's default; fsac-run turns it off
+    so the decode threads get the cores). cpu_prepack: pre-pack MatMul weights (faster, but
+    a second copy of every weight; fsac-run turns it off to stay within its memory budget).
     """
     try:
         import onnxruntime as ort
     except ImportError:
-        raise FsacError("onnxruntime is not installed (pip install onnxruntime)") from None
+        raise FsacError("onnxruntime is not installed (pip install onnxruntime, or 'fsac[runtime]')") from None
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3  # errors only: ORT warns about unused initializers, etc.
     if threads:
         so.intra_op_num_threads = int(threads)
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin_wait else "0")
+    if not cpu_prepack:
+        so.add_session_config_entry("session.disable_prepacking", "1")
     data = model if isinstance(model, (bytes, bytearray)) else str(model)
+    src = source or ("<model bytes>" if isinstance(model, (bytes, bytearray)) else str(model))
     try:
         return ort.InferenceSession(data, so, providers=list(providers or ["CPUExecutionProvider"]))
     except Exception as e:  # onnxruntime raises its own exception types per failure
-        src = "<model bytes>" if isinstance(model, (bytes, bytearray)) else str(model)
         raise FsacError(f"{src}: onnxruntime cannot load the model ({str(e).splitlines()[0][:200]})") from None
 
 
 def run_session(session, pixels: np.ndarray, batch_size: int = 8) -> dict[str, np.ndarray]:
-    """(N, S, S, 3) uint8 -> {"score", "sim_pos", "sim_neg"}: (N,) float32 each."""
+    """(N, S, S, 3) uint8 -> {"score", "logit", "sim_normal", "sim_anomalous"}: (N,) float32 each."""
     if pixels.dtype != np.uint8 or pixels.ndim != 4:
         raise FsacError(f"model input must be (N, S, S, 3) uint8, got {pixels.shape} {pixels.dtype}")
     outs = []
@@ -77,13 +86,20 @@ def expand_images(paths: Sequence[str | os.PathLike]) -> list[Path]:
 
 @dataclass
 class ScoreSet:
-    """Scores of a list of images by one model. Arrays are (N,) float32."""
+    """Outputs of one model for a list of images. Arrays are (N,) float32; `logit` is the
+    number that ranks and decides (`fsac.score`), `score` = sigmoid(logit) is for people."""
 
     names: list[str]
     score: np.ndarray
-    sim_pos: np.ndarray
-    sim_neg: np.ndarray
+    logit: np.ndarray
+    sim_normal: np.ndarray
+    sim_anomalous: np.ndarray
     sha256: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_outputs(cls, names: Sequence, out: dict[str, np.ndarray], hashes: Sequence[str] | None = None
+                     ) -> "ScoreSet":
+        return cls([str(n) for n in names], *(out[k] for k in OUTPUT_NAMES), sha256=list(hashes or []))
 
     def __len__(self) -> int:
         return len(self.names)
@@ -98,8 +114,7 @@ def load_pixels(paths: Sequence[str | os.PathLike], spec: PreprocessSpec) -> np.
 
 def score_pixels(session, pixels: np.ndarray, names: Sequence[str], batch_size: int = 8,
                  hashes: Sequence[str] | None = None) -> ScoreSet:
-    out = run_session(session, pixels, batch_size)
-    return ScoreSet(list(map(str, names)), out["score"], out["sim_pos"], out["sim_neg"], list(hashes or []))
+    return ScoreSet.from_outputs(names, run_session(session, pixels, batch_size), hashes)
 
 
 def score_model_file(model_path: str | os.PathLike, images: Sequence[str | os.PathLike], batch_size: int = 8,
@@ -122,4 +137,4 @@ def score_model_file(model_path: str | os.PathLike, images: Sequence[str | os.Pa
             progress(len(chunk))
     out = {k: np.concatenate([p[k] for p in parts]) for k in OUTPUT_NAMES}
     hashes = [sha256_file(p) for p in paths]
-    return ScoreSet([str(p) for p in paths], out["score"], out["sim_pos"], out["sim_neg"], hashes), info
+    return ScoreSet.from_outputs(paths, out, hashes), info

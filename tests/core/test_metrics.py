@@ -1,4 +1,4 @@
-"""fsac.train.metrics: hand-checked examples, ties, edge rankings, brute-force agreement."""
+"""fsac.metrics: hand-checked examples, ties, edge rankings, brute-force agreement."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from fsac.errors import FsacError
-from fsac.train.metrics import ImageMetrics, aupr, auroc, f1_max, image_metrics, roc_curve
+from fsac.metrics import ImageMetrics, aupr, auroc, f1_max, image_metrics, roc_curve
 
 # ---------------------------------------------------------------------------- brute force
 
@@ -307,7 +307,7 @@ def test_bad_labels_and_shapes_are_errors():
 def test_metrics_module_imports_no_torch_or_sklearn():
     # The torch-free calibration code imports this module.
     code = (
-        "import sys, fsac.train.metrics; "
+        "import sys, fsac.metrics; "
         "bad = [m for m in ('torch', 'sklearn', 'matplotlib') if m in sys.modules]; "
         "assert not bad, bad"
     )

@@ -12,8 +12,8 @@ from fsac.errors import FsacError
 
 
 def test_calibration_imports_no_torch():
-    code = ("import sys; import fsac.calibration.cli, fsac.calibration.scoring, fsac.calibration.threshold, "
-            "fsac.calibration.metadata, fsac.calibration.quantize, fsac.calibration.plot, fsac.export.cli, "
+    code = ("import sys; import fsac.calibration.cli, fsac.runner, fsac.calibration.threshold, "
+            "fsac.metadata, fsac.calibration.quantize, fsac.calibration.plot, fsac.export.cli, "
             "fsac.export.parity, fsac.export.tensorrt_build, fsac.export.bench; "
             "print(sorted(m for m in ('torch', 'onnx', 'onnxruntime', 'open_clip') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -21,7 +21,7 @@ def test_calibration_imports_no_torch():
 
 
 def test_score_model_file_matches_session_and_hashes(exported_model, bottle):
-    from fsac.calibration.scoring import load_pixels, make_session, run_session, score_model_file
+    from fsac.runner import load_pixels, make_session, run_session, score_model_file
     from fsac.io import sha256_file
     from fsac.modelfile import load_model_file
 
@@ -35,7 +35,7 @@ def test_score_model_file_matches_session_and_hashes(exported_model, bottle):
 
 
 def test_bad_images_are_named(exported_model, tmp_path):
-    from fsac.calibration.scoring import expand_images, score_model_file
+    from fsac.runner import expand_images, score_model_file
 
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"not a png")
