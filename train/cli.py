@@ -195,15 +195,16 @@ def explain_command(
     smooth_sigma: float = typer.Option(0.0, "--smooth", help="Gaussian smoothing of the map in pixels (0 = raw)."),
     device: Optional[str] = DEVICE,
 ) -> None:
-    """Gradient map |dAS/dx| over the image (paper Fig. 5), saved as PNG."""
+    """Gradient map |dz/dx| of the anomaly logit over the image (paper Fig. 5), saved as PNG."""
     from fsac.train.checkpoint import load_checkpoint
+    from fsac.score import score_from_logit
     from fsac.train.explain import explain_image
 
     trained = load_checkpoint(model, weights=weights, device=device)
     note = "  |  RANDOM WEIGHTS: map meaningless" if trained.backbone.info.is_random else ""
     for img in images:
-        score, path = explain_image(trained, img, Path(out) / f"{Path(img).stem}_explain.png", smooth_sigma, note)
-        typer.echo(f"{img}: AS = {score:.4f} -> {path}")
+        logit, path = explain_image(trained, img, Path(out) / f"{Path(img).stem}_explain.png", smooth_sigma, note)
+        typer.echo(f"{img}: logit z = {logit:.4f}, AS = {score_from_logit(logit):.6g} -> {path}")
 
 
 def demo_command(

@@ -22,6 +22,7 @@ from fsac.train.backbone import Backbone
 from fsac.train.checkpoint import versions
 from fsac.train.data import Category, TestItem
 from fsac.metrics import image_metrics
+from fsac.score import score_from_logit
 from fsac.train.model import zero_shot_score
 from fsac.train.prompts import object_name_from_category
 from fsac.train.report import EvalReport, RunResult
@@ -103,16 +104,18 @@ def evaluate(backbone: Backbone, categories: list[Category], cfg: EvalConfig, qu
                 feats = cache.get([t.path for t in test])
                 if k == 0:
                     with torch.no_grad():
-                        scores = zero_shot_score(feats, t_pos, t_neg, cfg.train.head.tau)[0].numpy()
+                        out = zero_shot_score(feats, t_pos, t_neg, cfg.train.head.tau)
+                    logits = out.logit.double().numpy()
                     train_names: list[str] = []
                 else:
                     tcfg = replace(cfg.train, seed=seed, synth=replace(cfg.train.synth, seed=seed))
                     result = train(backbone, shots, obj, tcfg, quiet=quiet, cache=cache, text=text)
-                    scores = result.model.score_features(feats)[0]
+                    logits = result.model.score_features(feats)["logit"].astype(np.float64)
                     train_names = [str(p) for p in shots]
                 labels = np.array([t.label for t in test])
-                run = RunResult(category=cat.name, shots=k, seed=seed, metrics=image_metrics(labels, scores),
-                                scores=[float(s) for s in scores], labels=[int(x) for x in labels],
+                # Metrics rank the logit; the score shown beside it is sigmoid(z) in float64.
+                run = RunResult(category=cat.name, shots=k, seed=seed, metrics=image_metrics(labels, logits),
+                                logits=logits, scores=score_from_logit(logits), labels=[int(x) for x in labels],
                                 image_names=[_rel(t, cat.root) for t in test], train_images=train_names)
                 results.append(run)
                 if k > 0 and on_model is not None:

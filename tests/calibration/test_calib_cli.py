@@ -20,19 +20,24 @@ def test_conformal_calibration_writes_threshold_and_plot(model_copy, bottle, tmp
     good = bottle / "test" / "good"  # 20 held-out good images
     res = calibrate_command(model_copy, [good], alpha=0.1, quiet=True, report=tmp_path / "cal.json")
     _, info = load_model_file(model_copy)  # seal verifies after the in-place update
-    assert info.threshold == pytest.approx(res["threshold"])
+    assert info.logit_threshold == res["logit_threshold"]
+    assert info.threshold == pytest.approx(1 / (1 + math.exp(-res["logit_threshold"])))  # the score twin
+    assert float(info.metadata["fsac.threshold"]) == pytest.approx(info.threshold)
     ti = json.loads(info.metadata["fsac.threshold_info"])
     assert ti["method"] == "conformal" and ti["alpha"] == 0.1 and ti["n_normal"] == 20 and ti["k"] == 19
+    assert ti["rule"] == "logit >= logit_threshold => defective"
     assert len(ti["normal_images"]) == 20 and all(len(e["sha256"]) == 64 for e in ti["normal_images"])
-    # The stored threshold is the 19th smallest of the 20 scores (strictly above it).
+    # The stored threshold is just above the 19th smallest of the 20 LOGITS.
     scores, _ = score_model_file(model_copy, sorted(good.glob("*.png")))
-    s = np.sort(scores.score)
-    assert ti["order_statistic"] == pytest.approx(float(s[18]))
-    assert float(s[18]) < info.threshold <= float(s[19]) or s[18] == s[19]
-    assert ti["fpr"] == pytest.approx(np.mean(scores.score >= info.threshold))
+    z = np.sort(scores.logit)
+    assert len(np.unique(z)) == 20  # distinct logits: the order statistic is well defined
+    assert ti["order_statistic"] == pytest.approx(float(z[18]))
+    assert float(z[18]) < info.logit_threshold <= float(z[19])
+    assert ti["fpr"] == pytest.approx(np.mean(scores.logit >= info.logit_threshold)) and ti["fpr"] == 0.05
     png = (tmp_path / "model.scores.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
-    assert json.loads((tmp_path / "cal.json").read_text())["threshold"] == pytest.approx(info.threshold)
+    cal = json.loads((tmp_path / "cal.json").read_text())
+    assert cal["logit_threshold"] == info.logit_threshold and len(cal["normal_logits"]) == 20
 
     # A second calibration must be asked for explicitly.
     with pytest.raises(FsacError, match="already has a threshold"):

@@ -77,8 +77,8 @@ def test_training_separates_normal_from_synthetic_features():
     f_pos, f_neg, t_pos, t_neg = _features()
     head, use_text, hist, _ = train_head(f_pos, f_neg, t_pos, t_neg, _cfg(epochs=60))
     assert hist["stage1"][-1] < hist["stage1"][0]
-    s_pos = head(f_pos, use_text)[0]
-    s_neg = head(f_neg.reshape(-1, 16), use_text)[0]
+    s_pos = head(f_pos, use_text).logit
+    s_neg = head(f_neg.reshape(-1, 16), use_text).logit
     assert s_pos.max() < s_neg.min()
 
 
@@ -123,8 +123,9 @@ def test_train_on_real_images_encodes_each_image_once(tiny_backbone, bottle_shot
     calls.clear()
     train(tiny_backbone, bottle_shots[:2], "bottle", cfg, quiet=True, cache=cache)
     assert sum(calls) == 2 * 2  # shots come from the cache the second time
-    scores = result.model.score_features(cache.get(bottle_shots[:2]))[0]
-    assert scores.shape == (2,) and np.all((scores >= 0) & (scores <= 1))
+    out = result.model.score_features(cache.get(bottle_shots[:2]))
+    assert out["score"].shape == (2,) and np.all((out["score"] >= 0) & (out["score"] <= 1))
+    assert np.all(np.isfinite(out["logit"]))
 
 
 def test_corrupt_training_image_names_the_file(tiny_backbone, bottle_shots, tmp_path):
