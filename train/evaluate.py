@@ -82,6 +82,10 @@ def evaluate(backbone: Backbone, categories: list[Category], cfg: EvalConfig, qu
     cache = FeatureCache(backbone)
     for cat in categories:
         t_cat = time.perf_counter()
+        # Before any image is encoded: k larger than the pool of good images is a usage error.
+        too_many = [k for k in cfg.shots if k > len(cat.train_pool)]
+        if too_many:
+            raise FsacError(f"asked for {max(too_many)} shots but {cat.root} has only {len(cat.train_pool)} normal images")
         obj = cfg.object_name or object_name_from_category(cat.name)
         text = text_features(backbone, obj)
         t_pos, t_neg, _ = text
