@@ -104,6 +104,10 @@ def calibrate_command(
 
     _say(quiet, f"scoring {len(normals)} normal" + (f" and {len(anomalies)} anomalous" if anomalies else "")
          + f" images with {model.name} ({info.precision})")
+    from fsac.preprocess import geometry_warnings, image_sizes
+
+    for w in geometry_warnings(image_sizes([*normals, *anomalies]), info.preprocess):
+        _warn(w)
     skipped: list[dict] = []  # unreadable images: left out and listed, as `fsac eval` does
     neg, _ = score_model_file(model, normals, batch_size, threads, skipped=skipped)
     pos = score_model_file(model, anomalies, batch_size, threads, skipped=skipped)[0] if anomalies else None

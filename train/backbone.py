@@ -268,7 +268,7 @@ def encode_text_truncated(model: torch.nn.Module, tokens: torch.Tensor) -> torch
     return x
 
 
-def preprocess_spec_for(model: torch.nn.Module, arch: str, weights: str, resize_mode: str = "shortest") -> PreprocessSpec:
+def preprocess_spec_for(model: torch.nn.Module, arch: str, weights: str, resize_mode: str = "squash") -> PreprocessSpec:
     """The preprocessing the backbone's weights expect (mean/std/interpolation from open_clip)."""
     import open_clip
 
@@ -282,7 +282,7 @@ def preprocess_spec_for(model: torch.nn.Module, arch: str, weights: str, resize_
 
 
 def load_backbone(arch: str = DEFAULT_ARCH, weights: str = DEFAULT_WEIGHTS, device: str | None = None,
-                  cache_dir: str | None = None, resize_mode: str = "shortest", random_init_seed: int = 0,
+                  cache_dir: str | None = None, resize_mode: str = "squash", random_init_seed: int = 0,
                   quiet: bool = False) -> Backbone:
     """Build the frozen backbone. See the module docstring for `weights`."""
     if device is None:

@@ -8,6 +8,7 @@ and runs once. Unreadable images are skipped and listed in the report, never sil
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -17,12 +18,12 @@ import numpy as np
 import torch
 
 from fsac.errors import FsacError, ImageDecodeError
-from fsac.preprocess import preprocess_file, stack
+from fsac.metrics import image_metrics
+from fsac.preprocess import geometry_warnings, image_sizes, preprocess_file, stack
+from fsac.score import score_from_logit
 from fsac.train.backbone import Backbone
 from fsac.train.checkpoint import versions
 from fsac.train.data import Category, TestItem
-from fsac.metrics import image_metrics
-from fsac.score import score_from_logit
 from fsac.train.model import zero_shot_score
 from fsac.train.prompts import object_name_from_category
 from fsac.train.report import EvalReport, RunResult
@@ -86,6 +87,8 @@ def evaluate(backbone: Backbone, categories: list[Category], cfg: EvalConfig, qu
         too_many = [k for k in cfg.shots if k > len(cat.train_pool)]
         if too_many:
             raise FsacError(f"asked for {max(too_many)} shots but {cat.root} has only {len(cat.train_pool)} normal images")
+        for w in geometry_warnings(image_sizes([*cat.train_pool, *cat.all_test_paths()]), backbone.spec):
+            print(f"warning: {cat.name}: {w}", file=sys.stderr)
         obj = cfg.object_name or object_name_from_category(cat.name)
         text = text_features(backbone, obj)
         t_pos, t_neg, _ = text

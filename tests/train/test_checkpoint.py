@@ -40,7 +40,7 @@ def test_metadata_has_everything_to_rebuild_and_deploy(trained):
     assert meta["head"]["alpha1"] == 1.0 and meta["head"]["beta1"] == 0.1 and meta["head"]["tau"] == 0.01
     assert meta["object_name"] == "bottle"
     assert len(meta["prompts"]["normal"]) == 154 and len(meta["prompts"]["anomalous"]) == 88
-    assert meta["preprocess"]["image_size"] == 240 and meta["preprocess"]["resize_mode"] == "shortest"
+    assert meta["preprocess"]["image_size"] == 240 and meta["preprocess"]["resize_mode"] == "squash"
     assert [t["name"] for t in meta["train_images"]] == [t["name"] for t in result.train_images]
     assert meta["seed"] == 3 and meta["train"]["mode"] == "two-stage"
     assert {"fsac", "torch", "open_clip", "python"} <= set(meta["versions"])

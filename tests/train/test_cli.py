@@ -1,6 +1,7 @@
 """The `fsac` command line as a user runs it (subprocesses for exit codes and tracebacks)."""
 
 import json
+import math
 import subprocess
 import sys
 
@@ -26,6 +27,9 @@ def test_train_explain_and_overwrite_protection(bottle, tmp_path, capsys):
     assert main(["train", *map(str, shots), "--out", str(out), "--write-synth", "--synth", "mixed"] + FAST) == 0
     meta = json.loads((out / "model.json").read_text())
     assert meta["shots"] == 2 and meta["object_name"] == "bottle" and meta["train"]["synth"]["kind"] == "mixed"
+    d = meta["diagnostics"]
+    assert -1 <= d["cos_at"] <= 1 and -1 <= d["cos_t"] <= 1 and d["adapter_ratio"]["normal"] > 0
+    assert math.isfinite(d["pair_gap"]) and all("overwhelmed" in w for w in d["warnings"])
     assert (out / "synth" / "contact_sheet.png").exists()
     # A second run into the same folder needs --force: a trained model is not lost by accident.
     assert main(["train", *map(str, shots), "--out", str(out)] + FAST) == 2
@@ -42,9 +46,11 @@ def test_train_explain_and_overwrite_protection(bottle, tmp_path, capsys):
 
 def test_shots_option_samples_from_a_folder(bottle, tmp_path):
     out = tmp_path / "k1"
-    assert main(["train", str(bottle), "--shots", "1", "--out", str(out)] + FAST) == 0
+    assert main(["train", str(bottle), "--shots", "1", "--out", str(out), "--preset", "visa"] + FAST) == 0
     meta = json.loads((out / "model.json").read_text())
     assert meta["shots"] == 1 and meta["object_name"] == "bottle"
+    assert meta["train"]["preset"] == "visa" and meta["train"]["synth"]["kind"] == "nsa"
+    assert meta["head"]["beta1"] == 1.0 and meta["head"]["beta2"] == 1.0
 
 
 def test_synth_command_writes_pngs(bottle, tmp_path):
