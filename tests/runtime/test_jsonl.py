@@ -15,10 +15,12 @@ SCHEMA_PATH = Path(__file__).resolve().parents[2] / "runtime" / "schema" / "resu
 
 
 def record(i: int, verdict: str = "good") -> dict:
-    return {"schema": "fsac.result/1", "time": "2024-05-01T12:00:00.000Z", "source": "/srv/drop", "frame_id": i,
-            "name": f"{i:04d}.png", "score": None if verdict == "error" else 0.25, "sim_pos": None, "sim_neg": None,
-            "threshold": 0.5, "verdict": verdict, "latency_ms": 3.5, "model": "m.onnx", "model_sha256": "a" * 64,
-            "error": "cannot read image" if verdict == "error" else None}
+    err = verdict == "error"
+    return {"schema": "fsac.result/2", "time": "2024-05-01T12:00:00.000Z", "source": "/srv/drop", "frame_id": i,
+            "name": f"{i:04d}.png", "score": None if err else 0.25, "logit": None if err else -1.0986,
+            "sim_normal": None if err else 0.61, "sim_anomalous": None if err else 0.60, "threshold": 0.5,
+            "logit_threshold": 0.0, "verdict": verdict, "latency_ms": 3.5, "model": "m.onnx", "model_sha256": "a" * 64,
+            "error": "cannot read image" if err else None}
 
 
 def test_rotation_keeps_n_backups_and_every_record(tmp_path):
@@ -79,5 +81,9 @@ def test_schema_is_valid_and_rejects_inconsistent_records():
     v.validate(record(1, "error"))
     bad = record(2) | {"score": None}  # good verdict without a score
     assert not v.is_valid(bad)
+    assert not v.is_valid(record(2) | {"logit": None})  # good verdict without the logit that decided it
+    assert not v.is_valid(record(2, "error") | {"logit": 1.0})  # an error record with a logit
+    assert not v.is_valid({k: val for k, val in record(5).items() if k != "logit_threshold"})
+    assert not v.is_valid(record(6) | {"schema": "fsac.result/1"})
     assert not v.is_valid(record(3) | {"extra": 1})
     assert not v.is_valid({k: val for k, val in record(4).items() if k != "model_sha256"})

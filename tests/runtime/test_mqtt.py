@@ -45,12 +45,16 @@ FAST = {"reconnect_min_delay": 0.05, "reconnect_max_delay": 0.2, "keepalive": 5}
 def rec(i: int, verdict: str | None = None, error: str | None = None) -> dict:
     verdict = verdict or ("defective" if i % 3 == 0 else "good")
     return {
-        "schema": "fsac.result/1",
+        "schema": "fsac.result/2",
         "time": f"2024-05-01T12:00:{i % 60:02d}.000Z",
         "source": "cam0",
         "frame_id": i,
         "score": None if error else 0.5 + (0.3 if verdict == "defective" else -0.3),
+        "logit": None if error else (1.3863 if verdict == "defective" else -1.3863),
+        "sim_normal": None if error else 0.30,
+        "sim_anomalous": None if error else (0.31 if verdict == "defective" else 0.29),
         "threshold": 0.5,
+        "logit_threshold": 0.0,
         "verdict": verdict,
         "latency_ms": 12.5,
         "model": "bottle",
