@@ -18,6 +18,7 @@ the last frame of a folder or video is followed by a clean exit.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import re
@@ -56,6 +57,31 @@ class Frame:
     kind: str = ENCODED
     path: Path | None = None  # the file, for sources that move processed files
     t_mono: float = field(default_factory=time.monotonic)  # for latency; immune to clock steps
+
+
+def check_frame_pixels(data: Any, where: str, max_pixels: int | None) -> str | None:
+    """The error text for an encoded frame whose header says it is larger than `max_pixels`
+    (source.max_frame_pixels), else None. Reads the header only: the point is to refuse a
+    12000x12000 frame before its 430 MB of pixels are decoded."""
+    if not max_pixels or not isinstance(data, (bytes, bytearray, memoryview)):
+        return None
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as im:
+                w, h = im.size
+    except Image.DecompressionBombError as e:
+        return f"frame {where} is too large to decode ({e}; source.max_frame_pixels={max_pixels})"
+    except Exception:
+        return None  # not an image header PIL knows: the decoder reports it
+    if w * h > max_pixels:
+        return (f"frame {where} is {w}x{h} ({w * h / 1e6:.1f} MP), above source.max_frame_pixels={max_pixels}; "
+                "refused before decoding")
+    return None
 
 
 def redact(uri: str) -> str:
