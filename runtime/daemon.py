@@ -319,13 +319,12 @@ class Daemon:
             e.scalar("fsac_journal_fill_ratio", "gauge", "Journal size / its bound (bytes or records).", j.fill())
             e.scalar("fsac_journal_blocked_seconds_total", "counter", "Time the scorer waited for journal room "
                      "(back-pressure).", j.blocked_s)
-            e.scalar("fsac_journal_dropped_total", "counter", "Records deleted from a full journal before every "
-                     "durable sink had them (drop-oldest).", j.dropped)
             e.scalar("fsac_records_abandoned_total", "counter", "Records never journaled (shutdown deadline).",
                      self.abandoned)
             e.scalar("fsac_inputs_acknowledged_total", "counter", "Inputs acknowledged after their record was "
                      "durable.", self.acked)
-            e.family("fsac_records_lost_total", "counter", "Records a durable sink will never deliver.")
+            e.family("fsac_records_lost_total", "counter", "Records a durable sink will never deliver (deleted "
+                     "from the full journal first, journal.when_full=drop-oldest).")
             for name, n in sorted(j.lost.items()):
                 e.sample("fsac_records_lost_total", n, {"sink": name})
 
@@ -486,10 +485,9 @@ class Daemon:
             log.error("%d frames were read but have no result (%d abandoned at shutdown, %d records not "
                       "journaled)", unscored, lost, self.abandoned)
             code = 1
-        if j.dropped or sink_lost:
-            log.error("records lost: %d deleted from the full journal before delivery (journal.when_full="
-                      "drop-oldest); per sink: %s", j.dropped,
-                      ", ".join(f"{k} {v}" for k, v in sorted(sink_lost.items())) or "none")
+        if sink_lost:
+            log.error("records lost: deleted from the full journal before delivery (journal.when_full="
+                      "drop-oldest): %s", ", ".join(f"{k} {v}" for k, v in sorted(sink_lost.items())))
             code = 1
         waiting = {k: v for k, v in pending.items() if v}
         if waiting:

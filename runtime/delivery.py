@@ -54,7 +54,7 @@ class Delivery:
         while not self._halt.is_set():
             try:
                 pos, lines = self.journal.read(self.name, pos, self.batch_max, 0.2)
-            except OSError as e:  # EMFILE opening a segment, EIO: like a failed delivery
+            except Exception as e:  # EMFILE opening a segment, EIO: like a failed delivery; never die
                 self._failed(e)
                 self._halt.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
@@ -72,8 +72,8 @@ class Delivery:
                 break
             else:
                 return  # halted mid-retry: the cursor stays before this batch
+            self.journal.commit(self.name, pos, pos + len(lines))
             pos += len(lines)
-            self.journal.commit(self.name, pos)
             self.delivered += len(lines)
             backoff = 0.2
             if self.failing_since is not None:

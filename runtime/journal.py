@@ -74,10 +74,12 @@ class Journal:
         self.cursor_interval_s = cursor_interval_s
         self._cond = threading.Condition()
         self._closed = False
-        self.dropped = 0  # records deleted by drop-oldest before some durable sink read them
         self.blocked_s = 0.0  # time append() spent waiting for room (back-pressure)
         self.lost: dict[str, int] = {name: 0 for name in consumers}  # per sink, never delivered
-        self._readers: dict[str, int] = {}  # sink -> the index it reads from (for drop counting)
+        # Per sink, the range [from, to) of records counted lost by drop-oldest: a batch the sink
+        # had already read and delivers afterwards is taken out of the count again (exact).
+        self._gone: dict[str, tuple[int, int]] = {}
+        self._lost_logged: dict[str, int] = {}
         self._offsets: dict[tuple[int, int], int] = {}  # (segment first, index) -> byte offset
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
@@ -137,7 +139,13 @@ class Journal:
                 # Unreadable: deliver everything still in the journal again (duplicates, no loss).
                 log.error("journal: %s is unreadable (%s); sinks restart from the oldest record", path, e)
         # A sink new to this journal starts at its oldest record: the records were written for it too.
-        return {name: min(max(saved.get(name, self.first), 0), self.end) for name in consumers}
+        out = {name: min(max(saved.get(name, self.first), 0), self.end) for name in consumers}
+        for name, pos in out.items():
+            if pos < self.first:  # deleted by drop-oldest in an earlier run (counted then) or by hand
+                log.warning("journal: sink %s's cursor %d is before the oldest record kept (%d): %d records were "
+                            "deleted undelivered before this start", name, pos, self.first, self.first - pos)
+                out[name] = self.first
+        return out
 
     # ---------------------------------------------------------------- state
 
@@ -229,11 +237,14 @@ class Journal:
         if len(self.segments) == 1:
             self._roll_locked()
         old = self.segments.pop(0)
-        behind = min([self._readers.get(n, c) for n, c in self.cursors.items()], default=old.end)
-        self.dropped += max(0, old.end - max(old.first, min(behind, old.end)))
         self._offsets = {k: v for k, v in self._offsets.items() if k[0] != old.first}
         for name, pos in self.cursors.items():
-            self.cursors[name] = max(pos, self.first)  # the reader counts its own loss, exactly
+            if pos >= old.end:
+                continue
+            self.lost[name] += old.end - pos
+            lo, hi = self._gone.get(name, (pos, pos))
+            self._gone[name] = (lo if hi == pos else pos, old.end)  # extend a contiguous run
+            self.cursors[name] = old.end
         self._unlink(old)
 
     def _unlink(self, seg: Segment) -> None:
@@ -260,12 +271,7 @@ class Journal:
         Returns (pos, lines): `pos` moves forward past records deleted by drop-oldest (counted
         in `lost[name]`)."""
         with self._cond:
-            if pos < self.first:
-                self.lost[name] += self.first - pos
-                log.error("journal: sink %s lost %d records (deleted from a full journal before delivery; "
-                          "%d lost in total)", name, self.first - pos, self.lost[name])
-                pos = self.first
-            self._readers[name] = pos
+            pos = max(pos, self.first)  # records deleted by drop-oldest were counted when deleted
             if pos >= self.end:
                 self._cond.wait(timeout)
                 if pos >= self.end or pos < self.first:
@@ -284,11 +290,14 @@ class Journal:
                 self._offsets[(seg.first, pos)] = offset - sum(len(x) for x in lines)
         return pos, lines
 
-    def commit(self, name: str, next_pos: int) -> None:
-        """A sink delivered everything before `next_pos` durably."""
+    def commit(self, name: str, start: int, next_pos: int) -> None:
+        """A sink delivered the records start..next_pos-1 durably."""
         with self._cond:
+            lo, hi = self._gone.get(name, (0, 0))
+            back = max(0, min(next_pos, hi) - max(start, lo))
+            if back:  # read before drop-oldest deleted them, delivered after: not lost after all
+                self.lost[name] -= back
             self.cursors[name] = max(self.cursors[name], next_pos)
-            self._readers[name] = max(self._readers.get(name, 0), next_pos)
             self._cond.notify_all()
 
     # ---------------------------------------------------------------- housekeeping (journal thread)
@@ -315,6 +324,11 @@ class Journal:
             with self._cond:
                 self._trim_locked()
                 self._cond.notify_all()
+                news = {n: v for n, v in self.lost.items() if v != self._lost_logged.get(n, 0)}
+                self._lost_logged.update(news)
+            for name, total in news.items():  # at most once per cursor interval, with exact totals
+                log.error("journal: sink %s lost %d records in total: deleted from the full journal %s before "
+                          "delivery (journal.when_full=drop-oldest)", name, total, self.folder)
 
     def _trim_locked(self) -> None:
         """Delete whole segments every durable sink has passed (by its persisted cursor)."""

@@ -17,6 +17,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -142,3 +143,51 @@ def write_video(path: Path, images: list[Path], size: int = 128, fps: int = 10) 
         frames.append(bgr)
     writer.release()
     return path, frames
+
+
+class Feed:
+    """Records -> a real journal -> one durable sink, through the daemon's own delivery thread
+    (runtime/delivery.py): a sink tested the way fsac-run drives it, without a model."""
+
+    def __init__(self, sink, folder: Path, **journal_kw):
+        from fsac.runtime.delivery import Delivery
+        from fsac.runtime.journal import Journal
+
+        self.sink = sink
+        self.journal = Journal(folder, [sink.name], **journal_kw)
+        self.delivery = Delivery(sink, self.journal)
+        self.delivery.start()
+        self.left: int | None = None  # pending at close()
+        self.closed = False
+        self._tick = threading.Thread(target=self._housekeep, daemon=True)  # the daemon's journal thread does this
+        self._tick.start()
+
+    def _housekeep(self) -> None:
+        while not self.closed:
+            self.journal.housekeep()
+            time.sleep(0.05)
+
+    def write(self, record: dict) -> None:
+        from fsac.runtime.record import encode_record
+
+        if self.closed:
+            raise RuntimeError("feed closed")
+        self.journal.append([encode_record(record)])
+
+    def stats(self) -> dict:
+        return {**self.sink.stats(), "buffered": self.delivery.pending(),
+                "lost": self.journal.lost[self.sink.name], "delivery_errors": self.delivery.errors}
+
+    def wait_delivered(self, timeout: float = 10.0) -> bool:
+        return self.delivery.wait_delivered(time.monotonic() + timeout)
+
+    def close(self, timeout: float = 5.0) -> None:
+        if self.closed:
+            return
+        self.delivery.wait_delivered(time.monotonic() + timeout)
+        self.closed = True
+        self._tick.join(2)
+        self.delivery.stop(timeout)
+        self.left = self.delivery.pending()
+        self.sink.close(timeout=timeout)
+        self.journal.close()

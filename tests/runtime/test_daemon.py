@@ -267,11 +267,11 @@ def test_frames_and_mqtt_sinks_are_wired_in_by_config(tmp_path, model_file, imag
     assert len(saved) == len(defective) > 0
     pytest.importorskip("fsac.runtime.sinks.mqtt")
     pytest.importorskip("paho.mqtt.client")
-    cfg = config(model_file, str(image_folder), out, "sinks.mqtt.host=127.0.0.1", "sinks.mqtt.port=9",
-                 f"sinks.mqtt.buffer_dir={tmp_path / 'mq'}")
+    cfg = config(model_file, str(image_folder), out, "sinks.mqtt.host=127.0.0.1", "sinks.mqtt.port=9")
     sinks = build_sinks(cfg.sinks)
     try:
         assert [s.name for s in sinks] == ["jsonl", "mqtt"]
+        assert [s.durable for s in sinks] == [True, True]  # both deliver from the journal
     finally:
         for s in sinks:
             s.close(timeout=1.0)
