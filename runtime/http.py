@@ -8,22 +8,28 @@
 Bound to 127.0.0.1 by default: the metrics name the model and the source, and nothing here
 is authenticated. Expose it through the box's firewall or a reverse proxy on purpose.
 
-Resource bounds (idle clients must not take the daemon's file descriptors or a core): a
-fixed pool of WORKERS threads serves connections, at most WORKERS + BACKLOG_WAITING are
-accepted at a time (more are closed at once and counted), each connection is closed after
-CONN_TIMEOUT_S of silence, the listen backlog is LISTEN_BACKLOG, and when accept() fails
-for lack of file descriptors (EMFILE/ENFILE) the server sleeps before trying again instead
-of spinning on a listening socket that stays readable.
+Resource bounds (idle clients must not take the daemon's file descriptors, threads or a
+core): one thread waits on the listening socket and on accepted connections that have not
+sent anything yet (a selector, no thread each); a connection goes to the pool of WORKERS
+threads only once its request arrives, and every response closes it (no keep-alive). At
+most MAX_IDLE connections wait; one more closes the oldest waiting one, so a new client
+always gets in. A waiting or slow connection is closed after CONN_TIMEOUT_S. The listen
+backlog is LISTEN_BACKLOG. When accept() fails for lack of file descriptors (EMFILE /
+ENFILE) the server sleeps before trying again instead of spinning on a listening socket
+that stays readable.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+import selectors
+import socket
 import threading
 import time
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Callable
 
 from fsac.errors import FsacError
@@ -32,56 +38,9 @@ log = logging.getLogger("fsac.runtime")
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 WORKERS = 4
-BACKLOG_WAITING = 16  # accepted connections waiting for a worker
+MAX_IDLE = 64
 CONN_TIMEOUT_S = 5.0
 LISTEN_BACKLOG = 64
-
-
-class _BoundedServer(HTTPServer):
-    request_queue_size = LISTEN_BACKLOG
-
-    def __init__(self, *args, **kw) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="fsac-http")
-        self._slots = threading.BoundedSemaphore(WORKERS + BACKLOG_WAITING)
-        self.refused = 0  # connections closed at once because every slot was taken
-        self.accept_failures = 0  # accept() without a free file descriptor
-        super().__init__(*args, **kw)
-
-    def get_request(self):
-        try:
-            return super().get_request()
-        except OSError as e:
-            if e.errno in (errno.EMFILE, errno.ENFILE):
-                self.accept_failures += 1
-                time.sleep(0.2)  # the connection waits in the backlog; no busy loop
-            raise
-
-    def process_request(self, request, client_address) -> None:
-        if not self._slots.acquire(blocking=False):
-            self.refused += 1
-            self.shutdown_request(request)
-            return
-        try:
-            self._pool.submit(self._work, request, client_address)
-        except RuntimeError:  # pool shut down
-            self._slots.release()
-            self.shutdown_request(request)
-
-    def _work(self, request, client_address) -> None:
-        try:
-            self.finish_request(request, client_address)
-        except Exception:
-            self.handle_error(request, client_address)
-        finally:
-            self.shutdown_request(request)
-            self._slots.release()
-
-    def handle_error(self, request, client_address) -> None:
-        log.debug("http: connection from %s failed", client_address, exc_info=True)
-
-    def server_close(self) -> None:
-        super().server_close()
-        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 class StatusServer:
@@ -89,29 +48,108 @@ class StatusServer:
                  ready: Callable[[], tuple[bool, str]]) -> None:
         self._metrics = metrics
         self._ready = ready
-        handler = self._handler_class()
+        self._handler = self._handler_class()
+        self._timeout = CONN_TIMEOUT_S
         try:
-            self._server = _BoundedServer((host, port), handler)
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+            family, _, _, _, addr = infos[0]
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind(addr)
+                sock.listen(LISTEN_BACKLOG)
+            except OSError:
+                sock.close()
+                raise
         except OSError as e:
             raise FsacError(f"http.port: cannot listen on {host}:{port} ({e.strerror or e}); choose another "
                             "http.port or set http.enabled=false") from None
+        sock.setblocking(False)
+        self._sock = sock
+        self._pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="fsac-http")
+        self._halt = threading.Event()
         self._thread: threading.Thread | None = None
+        self.refused = 0  # waiting connections closed to make room, or with every worker busy
+        self.accept_failures = 0  # accept() without a free file descriptor
+        self.server_name, self.server_port = host, port  # what BaseHTTPRequestHandler may ask
 
     @property
     def address(self) -> tuple[str, int]:
-        host, port = self._server.server_address[:2]
+        host, port = self._sock.getsockname()[:2]
         return str(host), int(port)
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2},
-                                        name="fsac-http", daemon=True)
+        self._thread = threading.Thread(target=self._serve, name="fsac-http", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
+        self._halt.set()
         if self._thread is not None:
-            self._server.shutdown()
             self._thread.join(timeout=2)
-        self._server.server_close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._sock.close()
+
+    def _serve(self) -> None:
+        sel = selectors.DefaultSelector()
+        sel.register(self._sock, selectors.EVENT_READ, None)
+        waiting: OrderedDict[socket.socket, float] = OrderedDict()  # accepted, nothing received yet
+
+        def drop(conn: socket.socket) -> None:
+            sel.unregister(conn)
+            waiting.pop(conn, None)
+            conn.close()
+
+        try:
+            while not self._halt.is_set():
+                for key, _ in sel.select(0.2):
+                    if key.data is None:
+                        self._accept(sel, waiting, drop)
+                        continue
+                    conn = key.fileobj
+                    sel.unregister(conn)
+                    waiting.pop(conn, None)
+                    conn.setblocking(True)
+                    conn.settimeout(self._timeout)  # a client that stalls mid-request is dropped
+                    try:
+                        self._pool.submit(self._work, conn, key.data)
+                    except RuntimeError:  # shutting down
+                        conn.close()
+                limit = time.monotonic() - self._timeout
+                while waiting and next(iter(waiting.values())) < limit:
+                    drop(next(iter(waiting)))
+        finally:
+            for conn in list(waiting):
+                drop(conn)
+            sel.close()
+
+    def _accept(self, sel, waiting, drop) -> None:
+        try:
+            conn, addr = self._sock.accept()
+        except BlockingIOError:
+            return
+        except OSError as e:
+            if e.errno in (errno.EMFILE, errno.ENFILE):
+                self.accept_failures += 1
+                time.sleep(0.2)  # the client waits in the backlog; no busy loop
+            return
+        if len(waiting) >= MAX_IDLE:
+            self.refused += 1
+            drop(next(iter(waiting)))
+        conn.setblocking(False)
+        waiting[conn] = time.monotonic()
+        sel.register(conn, selectors.EVENT_READ, addr)
+
+    def _work(self, conn: socket.socket, addr) -> None:
+        try:
+            self._handler(conn, addr, self)
+        except Exception:
+            log.debug("http: connection from %s failed", addr, exc_info=True)
+        finally:
+            try:
+                conn.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+            conn.close()
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         server = self
@@ -119,7 +157,6 @@ class StatusServer:
         class Handler(BaseHTTPRequestHandler):
             server_version = "fsac-run"
             protocol_version = "HTTP/1.1"
-            timeout = CONN_TIMEOUT_S  # socket timeout: an idle or slow client is dropped
 
             def _send(self, code: int, body: str, content_type: str = "text/plain; charset=utf-8") -> None:
                 data = body.encode("utf-8")
@@ -127,6 +164,8 @@ class StatusServer:
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(data)))
                 self.send_header("Cache-Control", "no-store")
+                self.send_header("Connection", "close")  # no keep-alive: a worker is never held idle
+                self.close_connection = True
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(data)
