@@ -102,6 +102,9 @@ class SourceConfig:
                               doc="channel order of decoded video frames (OpenCV delivers bgr)")
     frame_size: Optional[List[int]] = _opt(None, doc="[width, height] every frame must have; other frames "
                                            "become error records (null: any size)")
+    max_frame_pixels: int = _opt(40_000_000, min=1, doc="an encoded frame whose header says width x height "
+                                 "exceeds this becomes an error record before it is decoded (40 MP = 120 MB "
+                                 "decoded; decode_workers x that must fit the box's memory)")
 
 
 @dataclass
@@ -109,8 +112,6 @@ class JsonlConfig:
     path: str = _opt("", doc="JSON-lines result file (empty: disabled)")
     max_bytes: int = _opt(100 * 1024 * 1024, size=True, min=1024, doc="rotate when the file would exceed this")
     backups: int = _opt(5, min=0, max=1000, doc="rotated files kept as path.1 ... path.N")
-    fsync: str = _opt("close", choices=("close", "batch"),
-                      doc="close: fsync on rotation and close; batch: also after every batch (slower)")
 
 
 @dataclass
@@ -118,6 +119,32 @@ class SinksConfig:
     jsonl: JsonlConfig = _opt(factory=JsonlConfig)
     mqtt: Optional[Dict[str, Any]] = _opt(None, doc="settings passed to fsac.runtime.sinks.mqtt.MqttSink")
     frames: Optional[Dict[str, Any]] = _opt(None, doc="settings passed to fsac.runtime.sinks.frames.FramesSink")
+
+
+JOURNAL_WHEN_FULL = ("auto", "block", "drop-oldest")
+
+
+@dataclass
+class JournalConfig:
+    dir: str = _opt("", doc="folder of the durable result journal and the sinks' cursors (empty: "
+                    "<folder of sinks.jsonl.path>/.fsac-journal); one daemon per folder")
+    max_bytes: int = _opt(256 * 1024 * 1024, size=True, min=16 * 1024,
+                          doc="journal bound: records kept for sinks that have not delivered them yet")
+    max_records: int = _opt(1_000_000, min=16, doc="journal bound, in records")
+    when_full: str = _opt("auto", choices=JOURNAL_WHEN_FULL,
+                          doc="at the bound: block (stop consuming input: file, folder, watch, video) or "
+                          "drop-oldest (live streams: oldest undelivered records deleted and counted); auto: "
+                          "drop-oldest for camera/rtsp/http/gstreamer sources, block otherwise")
+    sync: bool = _opt(True, doc="fdatasync the journal before an input is acknowledged (survives power "
+                      "loss); false: the OS page cache only (survives a daemon crash or kill)")
+    commit_interval_s: float = _opt(0.05, min=0.0, max=10.0,
+                                    doc="group commit: the journal is fdatasynced (and inputs acknowledged) at "
+                                    "most this often, and each durable sink delivers at most this often, so one "
+                                    "fsync covers every record of the interval (storage writes per record); "
+                                    "adds up to this much latency to acknowledgements and deliveries")
+    cursor_interval_s: float = _opt(1.0, min=0.01, max=3600.0,
+                                    doc="how often the sinks' cursors are saved; a later save only means "
+                                    "records are delivered again after a crash")
 
 
 @dataclass
@@ -130,6 +157,8 @@ class HttpConfig:
 @dataclass
 class DaemonConfig:
     shutdown_timeout_s: float = _opt(10.0, min=0.5, doc="SIGTERM: drain and flush within this long")
+    drain_timeout_s: float = _opt(60.0, min=0.0, doc="end of a folder or video source: wait this long for the "
+                                  "durable sinks to deliver everything, then report what is pending")
 
 
 @dataclass
@@ -142,6 +171,7 @@ class RuntimeConfig:
     model: ModelConfig = _opt(factory=ModelConfig)
     source: SourceConfig = _opt(factory=SourceConfig)
     sinks: SinksConfig = _opt(factory=SinksConfig)
+    journal: JournalConfig = _opt(factory=JournalConfig)
     http: HttpConfig = _opt(factory=HttpConfig)
     daemon: DaemonConfig = _opt(factory=DaemonConfig)
     logging: LoggingConfig = _opt(factory=LoggingConfig)
@@ -355,6 +385,8 @@ def _resolve_relative(data: dict[str, Any], base: Path) -> None:
                 fix(sinks["mqtt"], key)
         if isinstance(sinks.get("frames"), dict):
             fix(sinks["frames"], "dir")
+    if isinstance(data.get("journal"), dict):
+        fix(data["journal"], "dir")
 
 
 def apply_override(data: dict[str, Any], assignment: str) -> None:
@@ -439,6 +471,11 @@ def validate(cfg: RuntimeConfig) -> None:
     if not (cfg.sinks.jsonl.path or sink_section_enabled(cfg.sinks.mqtt) or sink_section_enabled(cfg.sinks.frames)):
         raise FsacError("sinks: no result sink configured; set sinks.jsonl.path (or --jsonl FILE), "
                         "sinks.mqtt or sinks.frames")
+    if not cfg.journal.dir:
+        if not cfg.sinks.jsonl.path:
+            raise FsacError("journal.dir: not set; set journal.dir (e.g. /var/lib/fsac/journal) for the "
+                            "durable result journal")
+        cfg.journal.dir = str(Path(cfg.sinks.jsonl.path).parent / ".fsac-journal")
 
 
 def to_dict(cfg: Any) -> Any:

@@ -17,10 +17,23 @@ Threads and why:
               model), pings the systemd watchdog while the scorer makes progress, and serves
               nothing else; the HTTP endpoints run on their own thread.
 
+  journal     (runtime/journal.py) fdatasyncs what the scorer appended, then acknowledges
+              the inputs (a watched file moved to done/, a frame counted as done), saves
+              the sinks' cursors and trims the journal: all off the scoring path.
+  deliveries  one thread per durable sink (runtime/delivery.py) reads the journal from the
+              sink's cursor and delivers; a failing sink retries and recovers on its own.
+
 Records are written in frame order with no gaps: a frame that cannot be scored (corrupt
 file, wrong size or channel count, an inference error) gets an error record, so
 "frame_id k has a record" holds for every frame read (latest-frame mode drops are counted,
-not recorded).
+not recorded). Every record carries the run's `run_id` and its `seq` (0, 1, ... per run),
+so a consumer can tell a record delivered again after a restart from a new one.
+
+Exit status: 0 when every frame read has its record in the journal and nothing was lost;
+1 after a failure, a record lost (journal bound in drop-oldest mode, abandoned at the
+shutdown deadline) or, at the end of a folder or video source, records still undelivered
+after daemon.drain_timeout_s. Records still pending at a SIGTERM stay in the journal and are
+delivered on the next start (logged; not a loss).
 """
 
 from __future__ import annotations
@@ -31,28 +44,28 @@ import os
 import signal
 import threading
 import time
+from collections import deque
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any, Sequence
 
 import numpy as np
 
 from fsac.errors import FsacError
 from fsac.preprocess import PreprocessSpec, decode_image_bytes, frame_to_rgb, resize_crop
-from fsac.score import ERROR, score_from_logit, verdict
 
 from .backends import LoadedModel, ModelHandle
 from .config import RuntimeConfig, SinksConfig, sink_section_enabled, sink_section_settings
+from .delivery import Delivery
 from .framequeue import CLOSED, FrameQueue
 from .http import StatusServer
+from .journal import BLOCK, DROP_OLDEST, Journal
 from .metrics import RuntimeMetrics
 from .notify import sd_notify, watchdog_interval
-from .sources import ENCODED, RGB, Frame, Source, make_source
+from .record import encode_record, make_record, new_run_id
+from .sources import ENCODED, RGB, STREAM_KINDS, Frame, Source, check_frame_pixels, make_source
 
 log = logging.getLogger("fsac.runtime")
-
-RECORD_SCHEMA = "fsac.result/2"
 
 
 # --------------------------------------------------------------------------- preprocessing
@@ -67,13 +80,17 @@ class Prepared:
 
 
 def prepare(frame: Frame, spec: PreprocessSpec, channel_order: str = "bgr",
-            frame_size: Sequence[int] | None = None, keep_rgb: bool = False) -> Prepared:
+            frame_size: Sequence[int] | None = None, keep_rgb: bool = False,
+            max_pixels: int | None = None) -> Prepared:
     """Frame -> model input. Never raises: every problem becomes Prepared.error."""
     if frame.error is not None:
         return Prepared(None, None, None, frame.error)
     where = frame.name or f"{frame.source} frame {frame.frame_id}"
     try:
         if frame.kind == ENCODED:
+            too_big = check_frame_pixels(frame.data, where, max_pixels)
+            if too_big:  # refused from the header: a 12000x12000 frame is never decoded
+                return Prepared(None, None, None, too_big)
             rgb = decode_image_bytes(frame.data, where, spec)
         elif frame.kind == RGB:
             rgb = frame.data
@@ -100,49 +117,6 @@ class Pending:
     future: Future
 
 
-# --------------------------------------------------------------------------- records
-
-
-def iso_utc(t: float) -> str:
-    return datetime.fromtimestamp(t, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def make_record(frame: Frame, model: LoadedModel, latency_s: float, outputs: dict[str, float] | None = None,
-                error: str | None = None) -> dict[str, Any]:
-    """The result record; `runtime/schema/result.schema.json` describes every field.
-
-    `outputs` holds the model's logit and similarities for this frame. The verdict is the
-    core's rule on the logit (`fsac.score.verdict`); the score is sigmoid(logit) in float64.
-    """
-    logit = sim_normal = sim_anomalous = score = None
-    if error is None and outputs is not None:
-        logit = float(outputs["logit"])
-        sim_normal, sim_anomalous = float(outputs["sim_normal"]), float(outputs["sim_anomalous"])
-        score = score_from_logit(logit)
-        result = verdict(logit, model.logit_threshold)
-    else:
-        result = ERROR
-        error = error or "no score"
-    return {
-        "schema": RECORD_SCHEMA,
-        "time": iso_utc(frame.t_captured),
-        "source": frame.source,
-        "frame_id": frame.frame_id,
-        "name": frame.name,
-        "score": score,
-        "logit": logit,
-        "sim_normal": sim_normal,
-        "sim_anomalous": sim_anomalous,
-        "threshold": model.threshold,
-        "logit_threshold": model.logit_threshold,
-        "verdict": result,
-        "latency_ms": round(max(0.0, latency_s) * 1000.0, 3),
-        "model": model.name,
-        "model_sha256": model.sha256,
-        "error": error,
-    }
-
-
 # --------------------------------------------------------------------------- sinks
 
 
@@ -153,7 +127,7 @@ def build_sinks(cfg: SinksConfig) -> list[Any]:
         if cfg.jsonl.path:
             from .sinks.jsonl import JsonlSink
 
-            sinks.append(JsonlSink(cfg.jsonl.path, cfg.jsonl.max_bytes, cfg.jsonl.backups, cfg.jsonl.fsync))
+            sinks.append(JsonlSink(cfg.jsonl.path, cfg.jsonl.max_bytes, cfg.jsonl.backups))
         for section, module, cls in (("mqtt", "mqtt", "MqttSink"), ("frames", "frames", "FramesSink")):
             settings = getattr(cfg, section)
             if not sink_section_enabled(settings):
@@ -233,7 +207,7 @@ class _Throttle:
 
 class Daemon:
     """One run of fsac-run. `run()` blocks until the source ends or a stop is requested and
-    returns the exit code (0: every frame read has its record and every sink was closed)."""
+    returns the exit code (see the module docstring)."""
 
     def __init__(self, cfg: RuntimeConfig, *, handle: ModelHandle | None = None, source: Source | None = None,
                  sinks: list[Any] | None = None, install_signals: bool = True) -> None:
@@ -241,21 +215,36 @@ class Daemon:
         self.metrics = RuntimeMetrics()
         self.handle = handle if handle is not None else ModelHandle(cfg.model)
         self.sinks: list[Any] = []
+        self.journal: Journal | None = None
         try:
             self.source = source if source is not None else make_source(cfg.source)
             self.sinks = list(sinks) if sinks is not None else build_sinks(cfg.sinks)
+            self.durable = [s for s in self.sinks if getattr(s, "durable", False)]
+            self.live = [s for s in self.sinks if not getattr(s, "durable", False)]
+            jc = cfg.journal
+            when_full = jc.when_full
+            if when_full == "auto":
+                when_full = DROP_OLDEST if self.source.kind in STREAM_KINDS else BLOCK
+            self.journal = Journal(jc.dir, [s.name for s in self.durable], max_bytes=jc.max_bytes,
+                                   max_records=jc.max_records, sync=jc.sync, when_full=when_full,
+                                   cursor_interval_s=jc.cursor_interval_s)
         except BaseException:
+            self._close_sinks(time.monotonic() + 1.0)
             self._close_backend()
             raise
-        # Keep decoded pixels only if some sink saves them (memory: queue_size frames).
-        self.keep_rgb = any(getattr(s, "needs_images", False) for s in self.sinks)
-        self._flushers = [_batch_flusher(s) for s in self.sinks]
-        self._takes_raw = [_accepts_raw_bytes(s) for s in self.sinks]
+        self.deliveries = [Delivery(s, self.journal, linger_s=cfg.journal.commit_interval_s) for s in self.durable]
+        self.run_id = new_run_id()
+        self._seq = 0
+        # Decoded pixels are kept only if some sink saves them (memory: queue_size frames).
+        self.keep_rgb = any(getattr(s, "needs_images", False) for s in self.live)
+        self._flushers = [_batch_flusher(s) for s in self.live]
+        self._takes_raw = [_accepts_raw_bytes(s) for s in self.live]
         self.queue = FrameQueue(cfg.source.queue_size, drop_oldest=cfg.source.mode == "latest-frame")
         self.install_signals = install_signals
         self.http: StatusServer | None = None
         self._pool = ThreadPoolExecutor(max_workers=cfg.source.decode_workers, thread_name_prefix="fsac-prep")
         self._stop = threading.Event()  # tells the reader (and the source) to stop reading
+        self._hard_stop = threading.Event()  # past the drain deadline: a blocked journal append gives up
         self._sig_stop = False  # set from signal handlers: plain flags only, no locks there
         self._sig_reload = False
         self._failure: str | None = None
@@ -263,11 +252,20 @@ class Daemon:
         self._heartbeat = time.monotonic()
         self._reader: threading.Thread | None = None
         self._scorer: threading.Thread | None = None
+        self._jthread: threading.Thread | None = None
+        self._jstop = threading.Event()
+        self._jwake = threading.Event()
+        self._acks: deque[tuple[int, list[tuple[Frame, dict[str, Any]]]]] = deque()
+        self._ack_lock = threading.Lock()
+        self.acked = 0
+        self.abandoned = 0  # records that could not be journaled before the shutdown deadline
+        self.journal_error: str | None = None
         self._started = False
         self._stopping = False
         self._frame_errors = _Throttle()
         self._sink_errors = _Throttle()
         self._infer_errors = _Throttle()
+        self._journal_errors = _Throttle(10.0)
         self.first_read: float | None = None
         self.last_written: float | None = None
 
@@ -288,23 +286,51 @@ class Daemon:
             return False, "starting"
         if not self.source.connected:
             return False, f"source {self.source.label} is not open"
+        if self.journal_error:
+            return False, f"journal {self.journal.folder} cannot be written: {self.journal_error}"
+        for d in self.deliveries:
+            if d.failing:
+                return False, f"sink {d.name} is failing ({d.last_error}); {d.pending()} records wait in the journal"
+        fill = self.journal.fill()
+        if fill >= 0.9:
+            return False, f"journal {self.journal.folder} is {fill:.0%} full"
         return True, ""
+
+    def sink_stats(self) -> dict[str, dict[str, float]]:
+        stats = {d.name: d.stats() for d in self.deliveries}
+        for sink in self.live:
+            try:
+                stats[getattr(sink, "name", type(sink).__name__)] = dict(sink.stats())
+            except Exception:
+                continue
+        return stats
 
     def render_metrics(self) -> str:
         model = self.handle.current
         info = {"name": model.name, "sha256": model.sha256, "arch": model.info.arch,
                 "object": model.info.object_name, "logit_threshold": f"{model.logit_threshold:.6g}",
                 "backend": model.backend.name, "image_size": model.info.image_size}
-        sink_stats = {}
-        for sink in self.sinks:
-            try:
-                sink_stats[getattr(sink, "name", type(sink).__name__)] = dict(sink.stats())
-            except Exception:
-                continue
         ok, _ = self.ready()
+        j = self.journal
+
+        def journal_metrics(e: Any) -> None:
+            e.scalar("fsac_journal_records", "gauge", "Records kept in the journal.", j.end - j.first)
+            e.scalar("fsac_journal_bytes", "gauge", "Bytes of the journal's segments.", j.nbytes)
+            e.scalar("fsac_journal_fill_ratio", "gauge", "Journal size / its bound (bytes or records).", j.fill())
+            e.scalar("fsac_journal_blocked_seconds_total", "counter", "Time the scorer waited for journal room "
+                     "(back-pressure).", j.blocked_s)
+            e.scalar("fsac_records_abandoned_total", "counter", "Records never journaled (shutdown deadline).",
+                     self.abandoned)
+            e.scalar("fsac_inputs_acknowledged_total", "counter", "Inputs acknowledged after their record was "
+                     "durable.", self.acked)
+            e.family("fsac_records_lost_total", "counter", "Records a durable sink will never deliver (deleted "
+                     "from the full journal first, journal.when_full=drop-oldest).")
+            for name, n in sorted(j.lost.items()):
+                e.sample("fsac_records_lost_total", n, {"sink": name})
+
         return self.metrics.render(queue_depth=len(self.queue), reconnects=self.source.reconnects, ready=ok,
                                    source_connected=bool(self.source.connected), model_info=info,
-                                   sink_stats=sink_stats)
+                                   sink_stats=self.sink_stats(), extra=journal_metrics)
 
     # ---------------------------------------------------------------- run
 
@@ -332,6 +358,10 @@ class Daemon:
             if self.cfg.http.host not in ("127.0.0.1", "localhost", "::1"):
                 log.warning("http endpoints listen on %s, not only on this machine", self.cfg.http.host)
             log.info("http: /healthz /readyz /metrics on http://%s:%d", host, port)
+        for d in self.deliveries:
+            d.start()
+        self._jthread = threading.Thread(target=self._journal_loop, name="fsac-journal", daemon=True)
+        self._jthread.start()
         self._reader = threading.Thread(target=self._read_loop, name="fsac-reader", daemon=True)
         self._scorer = threading.Thread(target=self._score_loop, name="fsac-scorer", daemon=True)
         self._scorer.start()
@@ -342,6 +372,10 @@ class Daemon:
         log.info("model: %s", model.describe())
         log.info("source: %s %s, %s, queue %d; sinks: %s", self.source.kind, self.source.label, self.cfg.source.mode,
                  self.cfg.source.queue_size, names)
+        j = self.journal
+        backlog = {d.name: d.pending() for d in self.deliveries if d.pending()}
+        log.info("journal: %s, run %s, %d records kept (%s when full)%s", j.folder, self.run_id, j.end - j.first,
+                 j.when_full, "; replaying " + ", ".join(f"{n} to {k}" for k, n in backlog.items()) if backlog else "")
         sd_notify(f"READY=1\nSTATUS=scoring {self.source.kind} {self.source.label}")
 
     def _install_signal_handlers(self) -> dict[int, Any]:
@@ -386,6 +420,7 @@ class Daemon:
                     self.queue.close()
                 if now > drain_deadline:
                     self._timed_out = True
+                    self._hard_stop.set()
                     log.error("shutdown: %d frames still queued after %.1fs; giving up on them", len(self.queue),
                               timeout * 0.75)
                     break
@@ -419,34 +454,77 @@ class Daemon:
         self._stop.set()
         self.queue.close()
         lost = len(self.queue.clear()) if self._timed_out else 0
-        self._close_all(deadline)
+        if self._scorer is not None:
+            self._scorer.join(timeout=max(0.0, deadline - time.monotonic()))
+        self._stop_journal_thread(deadline)
+        # Wait for the durable sinks: at the end of a file source for drain_timeout_s (the job is
+        # only done once its results are delivered), at a stop signal within the shutdown time.
+        ended = not self._sig_stop and self._failure is None
+        wait_until = time.monotonic() + self.cfg.daemon.drain_timeout_s if ended else deadline
+        for d in self.deliveries:
+            d.wait_delivered(wait_until)
+        for d in self.deliveries:
+            d.stop(timeout=max(0.1, deadline - time.monotonic()))
+        pending = {d.name: d.pending() for d in self.deliveries}
+        self._close_all(max(deadline, time.monotonic() + 1.0))
         read = self.metrics.frames_read.value
         written = self.metrics.frames.value
         dropped = self.metrics.dropped.value
         elapsed = (self.last_written - self.first_read) if self.first_read and self.last_written else 0.0
         rate = f", {written / elapsed:.1f} frames/s" if elapsed > 0 else ""
+        delivered = ", ".join(f"{d.name} {d.delivered}" for d in self.deliveries) or "no durable sink"
+        j = self.journal
+        sink_lost = {k: v for k, v in j.lost.items() if v}
         log.info("stopped: %d frames read, %d results written (%d defective, %d errors), %d dropped, "
-                 "%d reconnects%s", read, written, self.metrics.anomalies.value, self.metrics.errors.value,
-                 dropped, self.source.reconnects, rate)
+                 "%d reconnects%s; delivered: %s; inputs acknowledged %d; run %s", read, written,
+                 self.metrics.anomalies.value, self.metrics.errors.value, dropped, self.source.reconnects, rate,
+                 delivered, self.acked, self.run_id)
+        code = 0
         unscored = read - dropped - written
         if unscored > 0:
-            log.error("%d frames were read but have no result (%d abandoned at shutdown)", unscored, lost)
+            log.error("%d frames were read but have no result (%d abandoned at shutdown, %d records not "
+                      "journaled)", unscored, lost, self.abandoned)
+            code = 1
+        if sink_lost:
+            log.error("records lost: deleted from the full journal before delivery (journal.when_full="
+                      "drop-oldest): %s", ", ".join(f"{k} {v}" for k, v in sorted(sink_lost.items())))
+            code = 1
+        waiting = {k: v for k, v in pending.items() if v}
+        if waiting:
+            what = ", ".join(f"{k} {v}" for k, v in sorted(waiting.items()))
+            if ended:
+                log.error("not delivered within daemon.drain_timeout_s=%gs: %s records (kept in the journal %s, "
+                          "delivered on the next start)", self.cfg.daemon.drain_timeout_s, what, j.folder)
+                code = 1
+            else:
+                log.warning("pending in the journal %s: %s records (delivered on the next start)", j.folder, what)
+        for d in self.deliveries:
+            if d.errors:
+                log.warning("sink %s: %d failed delivery attempts during the run%s", d.name, d.errors,
+                            f" (last: {d.last_error})" if d.failing else "; it recovered")
         if self._failure:
             log.error("exiting after a failure: %s", self._failure)
-            return 1
-        return 1 if (self._timed_out or unscored > 0) else 0
+            code = 1
+        if self._timed_out:
+            code = 1
+        return code
 
     def _close_all(self, deadline: float) -> None:
         self._stop.set()
+        self._hard_stop.set()
         self.queue.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
         if self._reader is not None:
             self._reader.join(timeout=max(0.0, min(1.0, deadline - time.monotonic())))
-        for sink in self.sinks:
+        self._stop_journal_thread(deadline)
+        for d in self.deliveries:
+            d.stop(timeout=max(0.1, min(1.0, deadline - time.monotonic())))
+        self._close_sinks(deadline)
+        if self.journal is not None:
             try:
-                sink.close(timeout=max(0.5, deadline - time.monotonic()))
-            except Exception as e:
-                log.error("closing sink %s failed: %s", getattr(sink, "name", sink), e)
+                self.journal.close()
+            except OSError as e:
+                log.error("closing the journal %s failed: %s", self.journal.folder, e)
         if self.http is not None:
             self.http.stop()
         try:
@@ -455,11 +533,24 @@ class Daemon:
             pass
         self._close_backend()
 
+    def _close_sinks(self, deadline: float) -> None:
+        for sink in self.sinks:
+            try:
+                sink.close(timeout=max(0.5, deadline - time.monotonic()))
+            except Exception as e:
+                log.error("closing sink %s failed: %s", getattr(sink, "name", sink), e)
+
     def _close_backend(self) -> None:
         try:
             self.handle.current.backend.close()
         except Exception:
             pass
+
+    def _stop_journal_thread(self, deadline: float) -> None:
+        self._jstop.set()
+        self._jwake.set()
+        if self._jthread is not None and self._jthread.is_alive():
+            self._jthread.join(timeout=max(0.5, deadline - time.monotonic()))
 
     # ---------------------------------------------------------------- threads
 
@@ -470,7 +561,8 @@ class Daemon:
             for frame in self.source.frames(self._stop):
                 spec = self.handle.current.info.preprocess
                 try:
-                    future = self._pool.submit(prepare, frame, spec, order, size, self.keep_rgb)
+                    future = self._pool.submit(prepare, frame, spec, order, size, self.keep_rgb,
+                                               self.cfg.source.max_frame_pixels)
                 except RuntimeError:  # pool shut down: we are past the shutdown deadline
                     break
                 accepted, dropped = self.queue.put(Pending(frame, future))
@@ -528,7 +620,7 @@ class Daemon:
             if prep.spec != spec:
                 # Prepared for the model before a reload that changed the preprocessing.
                 prep = preps[i] = prepare(item.frame, spec, self.cfg.source.channel_order, self.cfg.source.frame_size,
-                                          self.keep_rgb)
+                                          self.keep_rgb, self.cfg.source.max_frame_pixels)
                 if prep.error is not None:
                     errors[i] = prep.error
                     continue
@@ -553,40 +645,106 @@ class Daemon:
         for i, item in enumerate(batch):
             frame = item.frame
             latency = t_done - frame.t_mono
+            seq, self._seq = self._seq, self._seq + 1
             if i in results and all(math.isfinite(results[i][k]) for k in ("logit", "sim_normal", "sim_anomalous")):
-                record = make_record(frame, model, latency, results[i])
+                record = make_record(frame, model, latency, results[i], run_id=self.run_id, seq=seq)
             else:
                 error = errors[i] or "model returned a non-finite score"
                 self._frame_errors(logging.WARNING, "frame %d (%s): %s", frame.frame_id, frame.name or frame.source,
                                    error)
-                record = make_record(frame, model, latency, error=error)
-            if record["verdict"] != "error":
-                self._emit(record, preps[i].rgb)
-            else:
-                raw = frame.data if isinstance(frame.data, (bytes, bytearray)) else None
-                self._emit(record, None, raw)
+                record = make_record(frame, model, latency, error=error, run_id=self.run_id, seq=seq)
             records.append(record)
+        # Durable first: the journal holds the batch before any input is acknowledged.
+        end = self._journal_append([encode_record(r) for r in records])
+        if end is None:
+            return
+        with self._ack_lock:
+            self._acks.append((end, [(item.frame, r) for item, r in zip(batch, records)]))
+        for i, (item, record) in enumerate(zip(batch, records)):
+            frame = item.frame
+            if self.live:
+                if record["verdict"] != "error":
+                    self._emit(record, preps[i].rgb)
+                else:
+                    raw = frame.data if isinstance(frame.data, (bytes, bytearray)) else None
+                    self._emit(record, None, raw)
             self.metrics.frames.inc()
             if record["verdict"] == "defective":
                 self.metrics.anomalies.inc()
             elif record["verdict"] == "error":
                 self.metrics.errors.inc()
-            self.metrics.latency.observe(latency)
-        for sink, flush in zip(self.sinks, self._flushers):
+            self.metrics.latency.observe(t_done - frame.t_mono)
+        for sink, flush in zip(self.live, self._flushers):
             try:
                 flush()
             except Exception as e:
                 self.metrics.sink_error(getattr(sink, "name", "?"))
                 self._sink_errors(logging.ERROR, "sink %s flush failed: %s", getattr(sink, "name", sink), e)
         self.last_written = time.monotonic()
-        for item, record in zip(batch, records):
+
+    def _journal_append(self, lines: list[bytes]) -> int | None:
+        """Append a batch; retries a failing disk (the input waits: back-pressure) until the
+        shutdown deadline, then counts the batch as abandoned. Returns the end index or None."""
+        while True:
             try:
-                self.source.on_result(item.frame, record)
-            except Exception as e:
-                log.warning("source hook failed for frame %d: %s", item.frame.frame_id, e)
+                end = self.journal.append(lines, self._hard_stop) + len(lines)
+                if self.journal_error:
+                    log.warning("journal %s writable again", self.journal.folder)
+                    self.journal_error = None
+                return end
+            except OSError as e:
+                self.journal_error = e.strerror or str(e)
+                self._journal_errors(logging.ERROR, "journal %s: cannot append %d records (%s); inputs wait, "
+                                     "retrying", self.journal.folder, len(lines), self.journal_error)
+            except FsacError as e:  # full and stopping
+                self._journal_errors(logging.ERROR, "%s", e)
+            if self._hard_stop.wait(0.2):
+                self.abandoned += len(lines)
+                log.error("%d records abandoned: the journal did not take them before the shutdown deadline",
+                          len(lines))
+                return None
+
+    def _journal_loop(self) -> None:
+        """fdatasync, then acknowledge the inputs whose records are durable; save cursors, trim."""
+        interval = max(0.005, self.cfg.journal.commit_interval_s)
+        while True:
+            self._jwake.wait(interval)  # group commit: one fdatasync for every batch of the interval
+            self._jwake.clear()
+            stopping = self._jstop.is_set()
+            with self._ack_lock:
+                have = bool(self._acks)
+            if have:
+                try:
+                    durable = self.journal.sync()
+                except OSError as e:
+                    self._journal_errors(logging.ERROR, "journal %s: fdatasync failed (%s); inputs wait",
+                                         self.journal.folder, e)
+                    if stopping and self._hard_stop.is_set():
+                        return
+                    time.sleep(0.2)
+                    continue
+                done: list[tuple[Frame, dict[str, Any]]] = []
+                with self._ack_lock:
+                    while self._acks and self._acks[0][0] <= durable:
+                        done += self._acks.popleft()[1]
+                for frame, record in done:
+                    try:
+                        self.source.on_result(frame, record)
+                    except Exception as e:
+                        log.warning("source hook failed for frame %d: %s", frame.frame_id, e)
+                self.acked += len(done)
+            try:
+                self.journal.housekeep()
+            except Exception:
+                log.exception("journal housekeeping failed")
+            if stopping:
+                with self._ack_lock:
+                    if not self._acks:
+                        return
 
     def _emit(self, record: dict[str, Any], image: np.ndarray | None, raw: bytes | None = None) -> None:
-        for sink, takes_raw in zip(self.sinks, self._takes_raw):
+        """Hand a record to the live (non-journal) sinks: saved frames, which need the pixels."""
+        for sink, takes_raw in zip(self.live, self._takes_raw):
             try:
                 # A copy per sink: one sink decorating its record must not change the next one's.
                 sink.write(dict(record), raw if image is None and takes_raw else image)

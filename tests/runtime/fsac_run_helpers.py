@@ -1,11 +1,13 @@
 """Helpers for the fsac-run tests (importable from test modules; conftest uses them too).
 
 A tiny but valid sealed fsac model, built with onnx.helper, that follows the model-file
-contract exactly (input "image" uint8 [N, S, S, 3], outputs score/sim_pos/sim_neg, every
-required metadata key, sealed by `fsac.modelfile.write_model_file`); what it computes is
-simple enough to check by hand: score = mean pixel / 255, sim_pos = 1 - score, sim_neg =
-score. The division is a weight tensor (initializer "w"), so a test can tamper with "the
-weights".
+contract exactly (input "image" uint8 [N, S, S, 3], outputs score/logit/sim_normal/
+sim_anomalous, every required metadata key of format 2, sealed by
+`fsac.modelfile.write_model_file`); what it computes is simple enough to check by hand: with
+m = mean pixel / 255, sim_normal = 1 - m, sim_anomalous = m, logit = sim_anomalous -
+sim_normal = 2m - 1 (tau = 1) and score = sigmoid(logit). The default logit threshold 0 is
+"m >= 0.5". The division is a weight tensor (initializer "w"), so a test can tamper with
+"the weights".
 """
 
 from __future__ import annotations
@@ -15,26 +17,29 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
+from fsac.modelfile import OUTPUT_NAMES
 from fsac.preprocess import PreprocessSpec, resize_crop
+from fsac.score import score_from_logit
 
 S = 64
 W_VALUE = 1.0 / (3 * 255.0)
 
 
-def build_model_bytes(image_size: int = S, graph_size: int | None = None, threshold: str | None = "0.5",
-                      format_version: str = "1", batch: int | str = "N", scale: float = 1.0,
+def build_model_bytes(image_size: int = S, graph_size: int | None = None, threshold: str | None = "0",
+                      format_version: str = "2", batch: int | str = "N", scale: float = 1.0,
                       drop_keys: tuple[str, ...] = ()) -> bytes:
     import onnx
     from onnx import TensorProto, helper
 
     g = graph_size or image_size
     image = helper.make_tensor_value_info("image", TensorProto.UINT8, [batch, g, g, 3])
-    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [batch]) for n in ("score", "sim_pos", "sim_neg")]
+    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [batch]) for n in OUTPUT_NAMES]
     w = np.full((3, 1), W_VALUE * scale, dtype=np.float32)
     inits = [
         helper.make_tensor("w", TensorProto.FLOAT, [3, 1], w.tobytes(), raw=True),
@@ -45,9 +50,10 @@ def build_model_bytes(image_size: int = S, graph_size: int | None = None, thresh
         helper.make_node("Cast", ["image"], ["xf"], to=TensorProto.FLOAT),
         helper.make_node("ReduceMean", ["xf"], ["m"], axes=[1, 2], keepdims=0),  # [N, 3]
         helper.make_node("MatMul", ["m", "w"], ["s2"]),  # [N, 1]
-        helper.make_node("Reshape", ["s2", "shape1"], ["score"]),
-        helper.make_node("Sub", ["one", "score"], ["sim_pos"]),
-        helper.make_node("Identity", ["score"], ["sim_neg"]),
+        helper.make_node("Reshape", ["s2", "shape1"], ["sim_anomalous"]),  # m
+        helper.make_node("Sub", ["one", "sim_anomalous"], ["sim_normal"]),  # 1 - m
+        helper.make_node("Sub", ["sim_anomalous", "sim_normal"], ["logit"]),  # 2m - 1
+        helper.make_node("Sigmoid", ["logit"], ["score"]),
     ]
     graph = helper.make_graph(nodes, "fsac_test_mean_pixel", [image], outs, initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="fsac-tests")
@@ -61,12 +67,12 @@ def build_model_bytes(image_size: int = S, graph_size: int | None = None, thresh
         "fsac.object": "bottle",
         "fsac.preprocess": json.dumps(spec.to_dict()),
         "fsac.inputs": json.dumps({"image": {"dtype": "uint8", "shape": ["N", image_size, image_size, 3]}}),
-        "fsac.outputs": json.dumps({n: {"dtype": "float32", "shape": ["N"]} for n in ("score", "sim_pos", "sim_neg")}),
+        "fsac.outputs": json.dumps({n: {"dtype": "float32", "shape": ["N"]} for n in OUTPUT_NAMES}),
         "fsac.checkpoint_sha256": "0" * 64,
         "fsac.precision": "fp32",
     }
     if threshold is not None:
-        meta["fsac.threshold"] = threshold
+        meta["fsac.logit_threshold"] = threshold
     for k in drop_keys:
         meta.pop(k, None)
     meta["fsac.seal"] = "0" * 64
@@ -75,10 +81,20 @@ def build_model_bytes(image_size: int = S, graph_size: int | None = None, thresh
     return model.SerializeToString()
 
 
-def expected_score(rgb: np.ndarray, size: int = S) -> float:
-    """What the fixture model computes for a decoded (H, W, 3) RGB image."""
+def expected_mean(rgb: np.ndarray, size: int = S) -> float:
+    """m, the mean pixel / 255 of a decoded (H, W, 3) RGB image after preprocessing."""
     x = resize_crop(rgb, PreprocessSpec(image_size=size))
     return float(x.astype(np.float64).mean() / 255.0)
+
+
+def expected_logit(rgb: np.ndarray, size: int = S) -> float:
+    """The anomaly logit the fixture model computes for a decoded (H, W, 3) RGB image."""
+    return 2.0 * expected_mean(rgb, size) - 1.0
+
+
+def expected_score(rgb: np.ndarray, size: int = S) -> float:
+    """The record's score for that image: sigmoid(logit)."""
+    return float(score_from_logit(expected_logit(rgb, size)))
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -127,3 +143,51 @@ def write_video(path: Path, images: list[Path], size: int = 128, fps: int = 10) 
         frames.append(bgr)
     writer.release()
     return path, frames
+
+
+class Feed:
+    """Records -> a real journal -> one durable sink, through the daemon's own delivery thread
+    (runtime/delivery.py): a sink tested the way fsac-run drives it, without a model."""
+
+    def __init__(self, sink, folder: Path, **journal_kw):
+        from fsac.runtime.delivery import Delivery
+        from fsac.runtime.journal import Journal
+
+        self.sink = sink
+        self.journal = Journal(folder, [sink.name], **journal_kw)
+        self.delivery = Delivery(sink, self.journal)
+        self.delivery.start()
+        self.left: int | None = None  # pending at close()
+        self.closed = False
+        self._tick = threading.Thread(target=self._housekeep, daemon=True)  # the daemon's journal thread does this
+        self._tick.start()
+
+    def _housekeep(self) -> None:
+        while not self.closed:
+            self.journal.housekeep()
+            time.sleep(0.05)
+
+    def write(self, record: dict) -> None:
+        from fsac.runtime.record import encode_record
+
+        if self.closed:
+            raise RuntimeError("feed closed")
+        self.journal.append([encode_record(record)])
+
+    def stats(self) -> dict:
+        return {**self.sink.stats(), "buffered": self.delivery.pending(),
+                "lost": self.journal.lost[self.sink.name], "delivery_errors": self.delivery.errors}
+
+    def wait_delivered(self, timeout: float = 10.0) -> bool:
+        return self.delivery.wait_delivered(time.monotonic() + timeout)
+
+    def close(self, timeout: float = 5.0) -> None:
+        if self.closed:
+            return
+        self.delivery.wait_delivered(time.monotonic() + timeout)
+        self.closed = True
+        self._tick.join(2)
+        self.delivery.stop(timeout)
+        self.left = self.delivery.pending()
+        self.sink.close(timeout=timeout)
+        self.journal.close()

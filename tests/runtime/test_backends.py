@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from fsac_run_helpers import W_VALUE, build_model_bytes, expected_score
+from fsac_run_helpers import W_VALUE, build_model_bytes, expected_logit, expected_mean, expected_score
 from fsac.errors import FsacError
-from fsac.modelfile import write_engine_sidecar
+from fsac.modelfile import OUTPUT_NAMES, write_engine_sidecar
 from fsac.preprocess import PreprocessSpec, load_image, resize_crop
 from fsac.runtime.backends import ModelHandle, OnnxBackend, choose_providers, load_model
 from fsac.runtime.config import ModelConfig
@@ -17,17 +17,20 @@ from fsac.runtime.config import ModelConfig
 
 def test_onnx_backend_scores_real_images_in_dynamic_batches(model_file, bottle_images):
     model = load_model(ModelConfig(path=str(model_file), batch_size=3))
-    assert model.threshold == 0.5 and model.threshold_source == "model file"
+    assert model.logit_threshold == 0.0 and model.threshold == 0.5 and model.threshold_source == "model file"
     assert model.backend.max_batch == 3 and model.backend.fixed_batch is None
     spec = model.info.preprocess
     rgbs = [load_image(p, spec) for p in bottle_images[:7]]
     batch = np.stack([resize_crop(r, spec) for r in rgbs])
-    score, pos, neg = model.backend.infer(batch)  # 7 frames: split into 3 + 3 + 1
-    want = np.array([expected_score(r) for r in rgbs])
-    assert score.dtype == np.float32 and score.shape == (7,)
-    np.testing.assert_allclose(score, want, rtol=1e-5)
-    np.testing.assert_allclose(pos, 1 - want, rtol=1e-5)
-    np.testing.assert_allclose(neg, want, rtol=1e-5)
+    out = model.backend.infer(batch)  # 7 frames: split into 3 + 3 + 1
+    assert list(out) == list(OUTPUT_NAMES)
+    m = np.array([expected_mean(r) for r in rgbs])
+    for name in OUTPUT_NAMES:
+        assert out[name].dtype == np.float32 and out[name].shape == (7,)
+    np.testing.assert_allclose(out["logit"], [expected_logit(r) for r in rgbs], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out["score"], [expected_score(r) for r in rgbs], rtol=1e-5)
+    np.testing.assert_allclose(out["sim_normal"], 1 - m, rtol=1e-5)
+    np.testing.assert_allclose(out["sim_anomalous"], m, rtol=1e-5)
     with pytest.raises(FsacError, match=r"model input must be uint8 \(N, 64, 64, 3\)"):
         model.backend.infer(batch[:, :32])
 
@@ -38,16 +41,27 @@ def test_fixed_batch_graph_is_padded(make_model, bottle_images):
     assert model.backend.fixed_batch == 4 and model.backend.max_batch == 4
     spec = model.info.preprocess
     xs = np.stack([resize_crop(load_image(p, spec), spec) for p in bottle_images[:5]])
-    score, _, _ = model.backend.infer(xs)  # 4 + 1 padded to 4
-    np.testing.assert_allclose(score, xs.reshape(5, -1).mean(axis=1) / 255.0, rtol=1e-5)
+    out = model.backend.infer(xs)  # 4 + 1 padded to 4
+    assert out["logit"].shape == (5,)
+    np.testing.assert_allclose(out["sim_anomalous"], xs.reshape(5, -1).mean(axis=1) / 255.0, rtol=1e-5)
+    np.testing.assert_allclose(out["logit"], 2 * xs.reshape(5, -1).mean(axis=1) / 255.0 - 1, rtol=1e-5, atol=1e-6)
 
 
 def test_threshold_override_and_missing_threshold(make_model):
     path = make_model("nothr.onnx", threshold=None)
-    with pytest.raises(FsacError, match=r"no decision threshold .* run `fsac calibrate` .* set model\.threshold"):
+    with pytest.raises(FsacError, match=r"no decision threshold .* run `fsac calibrate` .* set model\.logit_threshold"):
         load_model(ModelConfig(path=str(path)))
+    model = load_model(ModelConfig(path=str(path), logit_threshold=-0.4))
+    assert model.logit_threshold == -0.4 and model.threshold_source == "config"
+    assert model.threshold == pytest.approx(1 / (1 + np.exp(0.4)), rel=1e-12)
+    # A threshold in score units is converted to the logit the verdict rule uses.
     model = load_model(ModelConfig(path=str(path), threshold=0.3))
-    assert model.threshold == 0.3 and model.threshold_source == "config"
+    assert model.logit_threshold == pytest.approx(np.log(0.3 / 0.7), rel=1e-12)
+    assert model.threshold == pytest.approx(0.3, rel=1e-12) and model.threshold_source == "config (score units)"
+    with pytest.raises(FsacError, match=r"model\.threshold: .*strictly between 0 and 1"):
+        load_model(ModelConfig(path=str(path), threshold=1.0))
+    with pytest.raises(FsacError, match=r"model\.threshold and model\.logit_threshold are both set"):
+        load_model(ModelConfig(path=str(path), threshold=0.3, logit_threshold=0.1))
 
 
 def test_tampered_weights_are_refused(make_model, tmp_path):
@@ -102,7 +116,7 @@ def test_reload_swaps_atomically_and_keeps_old_model_on_failure(tmp_path, make_m
     from fsac.modelfile import write_model_file
 
     path = tmp_path / "live.onnx"
-    write_model_file(path, build_model_bytes(threshold="0.5"))
+    write_model_file(path, build_model_bytes(threshold="0"))
     handle = ModelHandle(ModelConfig(path=str(path)))
     first = handle.current
     # A broken file in place: refused, the old model keeps serving.
@@ -110,21 +124,21 @@ def test_reload_swaps_atomically_and_keeps_old_model_on_failure(tmp_path, make_m
     assert handle.reload() is False
     assert handle.current is first
     # A valid new file: swapped.
-    write_model_file(path, build_model_bytes(threshold="0.7", scale=0.5), force=True)
+    write_model_file(path, build_model_bytes(threshold="0.4", scale=0.5), force=True)
     assert handle.reload() is True
-    assert handle.current.threshold == 0.7 and handle.current.sha256 != first.sha256
+    assert handle.current.logit_threshold == 0.4 and handle.current.sha256 != first.sha256
     x = np.full((1, 64, 64, 3), 200, np.uint8)
-    np.testing.assert_allclose(handle.current.backend.infer(x)[0], [200 / 255 * 0.5], rtol=1e-5)
-    np.testing.assert_allclose(first.backend.infer(x)[0], [200 / 255], rtol=1e-5)  # the old one still works
+    np.testing.assert_allclose(handle.current.backend.infer(x)["logit"], [2 * 200 / 255 * 0.5 - 1], rtol=1e-5)
+    np.testing.assert_allclose(first.backend.infer(x)["logit"], [2 * 200 / 255 - 1], rtol=1e-5)  # the old one still works
 
 
 def test_tensorrt_backend_checks_the_engine_before_needing_tensorrt(tmp_path):
     engine = tmp_path / "m.engine"
     engine.write_bytes(b"not really an engine, but hashed like one")
-    meta = {"fsac.format_version": "1", "fsac.version": "0.1.0", "fsac.arch": "x", "fsac.weights_id": "w",
+    meta = {"fsac.format_version": "2", "fsac.version": "0.1.0", "fsac.arch": "x", "fsac.weights_id": "w",
             "fsac.object": "bottle", "fsac.preprocess": json.dumps(PreprocessSpec(image_size=64).to_dict()),
             "fsac.inputs": "{}", "fsac.outputs": "{}", "fsac.checkpoint_sha256": "0" * 64, "fsac.precision": "fp16",
-            "fsac.threshold": "0.5"}
+            "fsac.logit_threshold": "0"}
     write_engine_sidecar(engine, meta, {"tensorrt_version": "10.0"})
     cfg = ModelConfig(path=str(engine))  # backend auto -> tensorrt by suffix
     try:
@@ -168,8 +182,10 @@ def test_tensorrt_backend_runs_a_real_engine(tmp_path, model_file, bottle_images
     assert trt_model.backend.name == "tensorrt" and trt_model.backend.max_batch == 4
     spec = info.preprocess
     xs = np.stack([resize_crop(load_image(p, spec), spec) for p in bottle_images[:6]])
-    for a, b in zip(trt_model.backend.infer(xs), onnx_model.backend.infer(xs)):
-        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
+    a, b = trt_model.backend.infer(xs), onnx_model.backend.infer(xs)
+    assert list(a) == list(b) == list(OUTPUT_NAMES)
+    for name in OUTPUT_NAMES:
+        np.testing.assert_allclose(a[name], b[name], rtol=1e-3, atol=1e-4)
     trt_model.backend.close()
 
 
@@ -187,7 +203,7 @@ def test_onnx_backend_rejects_a_non_fsac_graph(tmp_path):
     meta = json.loads(json.dumps({k: "x" for k in ("fsac.version", "fsac.arch", "fsac.weights_id", "fsac.object",
                                                    "fsac.inputs", "fsac.outputs", "fsac.checkpoint_sha256",
                                                    "fsac.precision")}))
-    meta.update({"fsac.format_version": "1", "fsac.preprocess": json.dumps(PreprocessSpec(image_size=64).to_dict()),
+    meta.update({"fsac.format_version": "2", "fsac.preprocess": json.dumps(PreprocessSpec(image_size=64).to_dict()),
                  "fsac.seal": "0" * 64})
     helper.set_model_props(model, meta)
     path = write_model_file(tmp_path / "other.onnx", model.SerializeToString())

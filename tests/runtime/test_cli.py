@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 
 from fsac.modelfile import write_model_file
-from fsac_run_helpers import (W_VALUE, build_model_bytes, expected_score, free_port, fsac_run, read_jsonl,
+from fsac.score import score_from_logit
+from fsac_run_helpers import (W_VALUE, build_model_bytes, expected_logit, expected_score, free_port, fsac_run, read_jsonl,
                               wait_for, write_video)
 
 
@@ -104,6 +105,7 @@ def test_video_file_end_to_end(tmp_path, bottle_images, model_file):
         decoded.append(np.ascontiguousarray(bgr[..., ::-1]))
     want = [expected_score(rgb) for rgb in decoded]
     assert [r["score"] for r in records] == pytest.approx(want, rel=1e-5)
+    assert [r["logit"] for r in records] == pytest.approx([expected_logit(rgb) for rgb in decoded], rel=1e-5, abs=1e-6)
     assert "12 frames read, 12 results written" in err
 
 
@@ -149,7 +151,7 @@ def test_watch_daemon_http_sighup_notify_and_sigterm(tmp_path, bottle_images):
     drop = tmp_path / "drop"
     drop.mkdir()
     model = tmp_path / "live.onnx"
-    write_model_file(model, build_model_bytes(threshold="0.5"))
+    write_model_file(model, build_model_bytes(threshold="0"))
     out = tmp_path / "r.jsonl"
     port = free_port()
     sock_path = str(tmp_path / "notify.sock")
@@ -195,7 +197,7 @@ def test_watch_daemon_http_sighup_notify_and_sigterm(tmp_path, bottle_images):
         wait_for(lambda: sorted(p.name for p in (drop / "done").iterdir()) == ["a.png", "b.png", "c.png"], 10,
                  what="processed files moved to done/")
         # New model file + SIGHUP: verified, then swapped.
-        write_model_file(model, build_model_bytes(threshold="0.8"), force=True)
+        write_model_file(model, build_model_bytes(threshold="0.6"), force=True)
         proc.send_signal(signal.SIGHUP)
         wait_for(lambda: metric(http_get(base + "/metrics")[1], "fsac_model_reloads_total") == 1, 20, what="reload")
         drop_file("d.png", bottle_images[2])
@@ -215,7 +217,7 @@ def test_watch_daemon_http_sighup_notify_and_sigterm(tmp_path, bottle_images):
         assert metric(text, "fsac_dropped_frames_total") == 0 and metric(text, 'fsac_latency_seconds_count') == 5
         assert metric(text, 'fsac_latency_seconds_bucket{le="+Inf"}') == 5
         assert re.search(r'^fsac_model_info\{name="live.onnx",sha256="[0-9a-f]{64}",arch="test-mean-pixel",'
-                         r'.*threshold="0.8".*\} 1$', text, re.M)
+                         r'.*logit_threshold="0.6".*\} 1$', text, re.M)
         assert "# TYPE fsac_latency_seconds histogram" in text
         assert metric(text, 'fsac_sink_written{sink="jsonl"}') == 5
     finally:
@@ -226,7 +228,8 @@ def test_watch_daemon_http_sighup_notify_and_sigterm(tmp_path, bottle_images):
     assert [r["name"] for r in records] == ["a.png", "b.png", "c.png", "d.png", "e.png"]
     assert len({r["model_sha256"] for r in records[:3]}) == 1
     assert records[3]["model_sha256"] != records[0]["model_sha256"]
-    assert [r["threshold"] for r in records] == [0.5, 0.5, 0.5, 0.8, 0.8]
+    assert [r["logit_threshold"] for r in records] == [0.0, 0.0, 0.0, 0.6, 0.6]
+    assert [r["threshold"] for r in records] == [0.5, 0.5, 0.5, score_from_logit(0.6), score_from_logit(0.6)]
     assert records[4]["model_sha256"] == records[3]["model_sha256"]
     assert records[0]["score"] == pytest.approx(expected_score(__import__("fsac.preprocess").preprocess.load_image(
         bottle_images[0])), rel=1e-5)  # the slowly written file was read whole

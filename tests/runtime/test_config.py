@@ -110,9 +110,12 @@ def test_required_settings_and_sinks():
 
 def test_sink_sections_are_validated_by_their_modules():
     pytest.importorskip("fsac.runtime.sinks.mqtt")
-    base = ["model.path=m", "source.uri=x"]
+    base = ["model.path=m", "source.uri=x", "journal.dir=/j"]
     cfg = load_config(None, base + ["sinks.mqtt.host=broker", "sinks.mqtt.qos=1"])
     assert cfg.sinks.mqtt == {"host": "broker", "qos": 1}
+    # Without a JSONL path to put it beside, the journal's folder must be named.
+    with pytest.raises(FsacError, match=r"^journal\.dir: not set"):
+        load_config(None, ["model.path=m", "source.uri=x", "sinks.mqtt.host=broker"])
     with pytest.raises(FsacError, match=r"sinks\.mqtt\.qos"):
         load_config(None, base + ["sinks.mqtt.host=broker", "sinks.mqtt.qos=7"])
     # enabled: false switches a section off without deleting it
@@ -142,3 +145,22 @@ def test_apply_override_builds_nested_sections():
     apply_override(data, "sinks.frames.dir=/tmp/f")
     assert data == {"sinks": {"frames": {"dir": "/tmp/f"}}}
     assert isinstance(RuntimeConfig().sinks.jsonl.max_bytes, int)
+
+
+def test_journal_settings(tmp_path):
+    cfg = load_config(None, ["model.path=m", "source.uri=x", "sinks.jsonl.path=/srv/out/r.jsonl"])
+    assert cfg.journal.dir == "/srv/out/.fsac-journal"  # beside the JSONL file by default
+    assert cfg.journal.when_full == "auto" and cfg.journal.sync is True
+    assert cfg.journal.max_bytes == 256 * 1024 * 1024 and cfg.source.max_frame_pixels == 40_000_000
+    cfg_file = write(tmp_path / "run.yaml", "model: {path: m}\nsource: {uri: x}\nsinks: {jsonl: {path: r.jsonl}}\n"
+                     "journal: {dir: state/journal, max_bytes: 1MB, when_full: drop-oldest}\n")
+    cfg = load_config(cfg_file)
+    assert cfg.journal.dir == str(tmp_path / "state" / "journal")  # relative to the config file
+    assert cfg.journal.max_bytes == 1000**2 and cfg.journal.when_full == "drop-oldest"
+    with pytest.raises(FsacError, match=r"^journal\.when_full: must be one of auto, block, drop-oldest; "
+                                         r"got 'drop-olds' \(did you mean drop-oldest\?\)"):
+        load_config(None, ["model.path=m", "source.uri=x", "sinks.jsonl.path=r", "journal.when_full=drop-olds"])
+    with pytest.raises(FsacError, match=r"^journal\.max_byte: unknown setting \(did you mean max_bytes\?\)"):
+        load_config(None, ["model.path=m", "source.uri=x", "sinks.jsonl.path=r", "journal.max_byte=1"])
+    with pytest.raises(FsacError, match=r"^sinks\.jsonl\.fsync: unknown setting"):  # the journal decides now
+        load_config(None, ["model.path=m", "source.uri=x", "sinks.jsonl.path=r", "sinks.jsonl.fsync=batch"])

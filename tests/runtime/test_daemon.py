@@ -18,7 +18,8 @@ from fsac.runtime.backends import ModelHandle, load_model
 from fsac.runtime.config import load_config
 from fsac.runtime.daemon import Daemon, build_sinks
 from fsac.runtime.sources import RAW, Source
-from fsac_run_helpers import build_model_bytes, expected_score, read_jsonl
+from fsac_run_helpers import build_model_bytes, expected_logit, expected_score, read_jsonl
+from fsac.score import score_from_logit
 
 SCHEMA = json.loads((Path(__file__).resolve().parents[2] / "runtime" / "schema" / "result.schema.json").read_text())
 VALIDATOR = jsonschema.Draft202012Validator(SCHEMA, format_checker=jsonschema.FormatChecker())
@@ -97,12 +98,17 @@ def test_folder_run_scores_every_image_and_reports_bad_files(tmp_path, image_fol
     by_name = {r["name"]: r for r in records}
     for i, src in enumerate(bottle_images):
         r = by_name[f"img_{i:03d}.png"]
-        assert r["score"] == pytest.approx(expected_score(__import__("fsac.preprocess").preprocess.load_image(src)),
-                                           rel=1e-5)
-        assert r["verdict"] == ("defective" if r["score"] >= 0.5 else "good")
-        assert r["threshold"] == 0.5 and r["model"] == model_file.name and r["error"] is None
+        rgb = __import__("fsac.preprocess").preprocess.load_image(src)
+        assert r["logit"] == pytest.approx(expected_logit(rgb), rel=1e-5, abs=1e-6)
+        assert r["score"] == pytest.approx(expected_score(rgb), rel=1e-5)
+        assert r["score"] == score_from_logit(r["logit"])  # derived from the logit, in float64
+        assert r["sim_anomalous"] - r["sim_normal"] == pytest.approx(r["logit"], abs=1e-6)
+        assert r["verdict"] == ("defective" if r["logit"] >= 0.0 else "good")
+        assert r["logit_threshold"] == 0.0 and r["threshold"] == 0.5
+        assert r["model"] == model_file.name and r["error"] is None
     for bad in ("img_004b.png", "img_007b.png"):
         assert by_name[bad]["verdict"] == "error" and by_name[bad]["score"] is None
+        assert by_name[bad]["logit"] is None and by_name[bad]["sim_normal"] is None
         assert bad in by_name[bad]["error"]
     m = daemon.metrics
     assert m.frames.value == len(names) and m.errors.value == 2 and m.frames_read.value == len(names)
@@ -130,6 +136,7 @@ def test_bad_camera_frames_become_error_records(tmp_path, model_file):
     # BGR camera frame: the model sees it as RGB
     rgb = good[..., ::-1]
     assert records[0]["score"] == pytest.approx(expected_score(np.ascontiguousarray(rgb)), rel=1e-5)
+    assert records[0]["logit"] == pytest.approx(expected_logit(np.ascontiguousarray(rgb)), rel=1e-5, abs=1e-6)
     for r in records:
         VALIDATOR.validate(r)
 
@@ -158,7 +165,7 @@ def test_every_frame_back_pressure_and_batching(tmp_path, model_file):
     assert max(depths) <= 3  # bounded queue
     backend = handle.current.backend
     assert max(backend.sizes) <= 4 and backend.calls < 40  # frames that waited were batched
-    np.testing.assert_allclose([r["score"] for r in records], [i / 255 for i in range(40)], rtol=1e-5)
+    np.testing.assert_allclose([r["logit"] for r in records], [2 * i / 255 - 1 for i in range(40)], rtol=1e-5)
 
 
 def test_latest_frame_mode_drops_stale_frames_and_counts_them(tmp_path, model_file):
@@ -188,36 +195,73 @@ def test_inference_failure_becomes_error_records_and_the_daemon_goes_on(tmp_path
     assert "simulated device error" in read_jsonl(out)[1]["error"]
 
 
-def test_failing_sink_does_not_stop_other_sinks(tmp_path, model_file, image_folder):
-    class Broken:
-        name = "broken"
+class FlakySink:
+    """A durable sink whose destination fails the first `fail` deliveries (or all, fail=-1)."""
 
-        def write(self, record, image=None):
-            raise OSError("disk full")
+    durable = True
 
-        def flush(self):
-            pass
+    def __init__(self, name="flaky", fail=-1):
+        self.name, self.fail, self.calls, self.got = name, fail, 0, []
 
-        def close(self, timeout=10.0):
-            pass
+    def deliver(self, lines):
+        self.calls += 1
+        if self.fail < 0 or self.calls <= self.fail:
+            raise OSError(28, "No space left on device")
+        self.got += [json.loads(x) for x in lines]
 
-        def stats(self):
-            return {"written": 0}
+    def close(self, timeout=10.0):
+        pass
 
+    def stats(self):
+        return {"written": len(self.got)}
+
+
+def test_failing_sink_does_not_stop_other_sinks(tmp_path, model_file, image_folder, caplog):
     from fsac.runtime.sinks.jsonl import JsonlSink
 
     out = tmp_path / "r.jsonl"
-    cfg = config(model_file, str(image_folder), out)
-    daemon = Daemon(cfg, sinks=[Broken(), JsonlSink(out)], install_signals=False)
-    assert daemon.run() == 0
+    cfg = config(model_file, str(image_folder), out, "daemon.drain_timeout_s=1.5")
+    broken, flaky = FlakySink("broken"), FlakySink("flaky", fail=2)
+    daemon = Daemon(cfg, sinks=[broken, JsonlSink(out), flaky], install_signals=False)
+    assert daemon.run() == 1  # a durable sink never delivered: the job is not done
     assert len(read_jsonl(out)) == 12
-    assert daemon.metrics.sink_errors() == {"broken": 12}
-    assert 'fsac_sink_errors_total{sink="broken"} 12' in daemon.render_metrics()
+    assert [r["seq"] for r in flaky.got] == list(range(12))  # recovered on its own, from its cursor
+    assert broken.got == [] and broken.calls >= 2
+    assert {d.name: d.pending() for d in daemon.deliveries} == {"broken": 12, "jsonl": 0, "flaky": 0}
+    text = caplog.text
+    assert "not delivered within daemon.drain_timeout_s=1.5s: broken 12 records" in text
+    assert "sink flaky: 2 failed delivery attempts during the run; it recovered" in text
+    # The next start replays the journal to the sink that missed it (here: it works again).
+    fixed = FlakySink("broken", fail=0)
+    cfg = config(model_file, str(tmp_path / "empty"), out, f"journal.dir={daemon.journal.folder}")
+    (tmp_path / "empty").mkdir()
+    again = Daemon(cfg, sinks=[fixed, JsonlSink(out), FlakySink("flaky", fail=0)], install_signals=False)
+    assert again.run() == 0
+    assert [(r["run_id"], r["seq"]) for r in fixed.got] == [(daemon.run_id, i) for i in range(12)]
+    assert len(read_jsonl(out)) == 12  # jsonl and flaky had everything: nothing sent twice
+
+
+def test_live_stream_journal_full_drops_oldest_with_exact_counts(tmp_path, model_file, caplog):
+    arrays = [np.full((64, 64, 3), i, np.uint8) for i in range(60)]
+    out = tmp_path / "r.jsonl"
+    cfg = config(model_file, "0", out, "journal.max_records=16", "journal.cursor_interval_s=0.05",
+                 "daemon.drain_timeout_s=0.5", "model.batch_size=1")
+    broken = FlakySink("broken")
+    daemon = Daemon(cfg, sinks=[broken], source=ListSource(cfg.source, arrays), install_signals=False)
+    assert daemon.journal.when_full == "drop-oldest"  # auto, for a camera
+    assert daemon.run() == 1
+    lost = daemon.journal.lost["broken"]
+    pending = daemon.deliveries[0].pending()
+    assert lost > 0 and lost + pending == 60  # every record is either still kept or counted lost
+    assert daemon.metrics.frames.value == 60 and daemon.acked == 60
+    assert f"records lost: deleted from the full journal before delivery (journal.when_full=drop-oldest): " \
+           f"broken {lost}" in caplog.text
+    assert f'fsac_records_lost_total{{sink="broken"}} {lost}' in daemon.render_metrics()
 
 
 def test_reload_mid_run_changes_model_between_batches_without_losing_frames(tmp_path):
     model_path = tmp_path / "live.onnx"
-    write_model_file(model_path, build_model_bytes(threshold="0.5"))
+    write_model_file(model_path, build_model_bytes(threshold="0"))
     arrays = [np.full((64, 64, 3), 120, np.uint8) for _ in range(50)]
     out = tmp_path / "r.jsonl"
     cfg = config(model_path, "0", out, "model.batch_size=2")
@@ -227,7 +271,7 @@ def test_reload_mid_run_changes_model_between_batches_without_losing_frames(tmp_
         time.sleep(0.15)
         # A new export with another input size and threshold: frames already preprocessed for the
         # old model are redone for the new one.
-        write_model_file(model_path, build_model_bytes(image_size=32, threshold="0.9", scale=2.0), force=True)
+        write_model_file(model_path, build_model_bytes(image_size=32, threshold="0.8", scale=2.0), force=True)
         daemon.request_reload()
 
     threading.Thread(target=swap, daemon=True).start()
@@ -239,8 +283,10 @@ def test_reload_mid_run_changes_model_between_batches_without_losing_frames(tmp_
     assert first != last
     switch = shas.index(last)
     assert all(s == first for s in shas[:switch]) and all(s == last for s in shas[switch:])
-    assert records[0]["score"] == pytest.approx(120 / 255, rel=1e-5) and records[0]["threshold"] == 0.5
-    assert records[-1]["score"] == pytest.approx(2 * 120 / 255, rel=1e-5) and records[-1]["threshold"] == 0.9
+    assert records[0]["logit"] == pytest.approx(2 * 120 / 255 - 1, rel=1e-5) and records[0]["logit_threshold"] == 0.0
+    assert records[0]["verdict"] == "good"
+    assert records[-1]["logit"] == pytest.approx(4 * 120 / 255 - 1, rel=1e-5) and records[-1]["logit_threshold"] == 0.8
+    assert records[-1]["threshold"] == score_from_logit(0.8) and records[-1]["verdict"] == "defective"
     assert daemon.metrics.reloads.value == 1
 
 
@@ -258,11 +304,11 @@ def test_frames_and_mqtt_sinks_are_wired_in_by_config(tmp_path, model_file, imag
     assert len(saved) == len(defective) > 0
     pytest.importorskip("fsac.runtime.sinks.mqtt")
     pytest.importorskip("paho.mqtt.client")
-    cfg = config(model_file, str(image_folder), out, "sinks.mqtt.host=127.0.0.1", "sinks.mqtt.port=9",
-                 f"sinks.mqtt.buffer_dir={tmp_path / 'mq'}")
+    cfg = config(model_file, str(image_folder), out, "sinks.mqtt.host=127.0.0.1", "sinks.mqtt.port=9")
     sinks = build_sinks(cfg.sinks)
     try:
         assert [s.name for s in sinks] == ["jsonl", "mqtt"]
+        assert [s.durable for s in sinks] == [True, True]  # both deliver from the journal
     finally:
         for s in sinks:
             s.close(timeout=1.0)

@@ -19,8 +19,9 @@ NAME_RE = re.compile(r"^\d{8}T\d{6}\.\d{6}Z_[A-Za-z0-9._-]+\.(png|jpg|json|bin|b
 
 def rec(i, verdict="defective", error=None, frame_id=None):
     return {
-        "schema": "fsac.result/1", "time": "2024-05-01T12:00:00Z", "source": "cam0",
-        "frame_id": i if frame_id is None else frame_id, "score": 0.9, "threshold": 0.5,
+        "schema": "fsac.result/2", "time": "2024-05-01T12:00:00Z", "source": "cam0",
+        "frame_id": i if frame_id is None else frame_id, "score": 0.9, "logit": 2.1972,
+        "sim_normal": 0.30, "sim_anomalous": 0.32, "threshold": 0.5, "logit_threshold": 0.0,
         "verdict": verdict, "latency_ms": 10.0, "model": "bottle", "model_sha256": "0" * 64,
         "error": error,
     }

@@ -1,0 +1,397 @@
+"""The durable result journal: every record is appended here before its input is acknowledged,
+and every durable sink delivers from it through a persisted cursor.
+
+Form: append-only segment files of JSON lines (`<dir>/seg-<first index>.jsonl`), not SQLite.
+Why: the journal's only operations are "append at the end", "read forward from a position"
+and "forget everything before a position". Segments make each of them cheap and lock-free
+for the scorer: an append is one write() of the batch's lines (plus one fdatasync, coalesced
+by the journal thread, before acknowledgements); trimming is unlink() of whole segments that
+every durable sink has passed. There is no compaction, no checkpoint, no page rewriting and
+nothing an outside reader (an operator running `tail` or `less`) can lock: the SQLite queue
+this replaces stalled under an external read transaction and wrote ~29 KB per 400-byte record.
+
+Positions: every line has a journal index (the segment's first index + its line number),
+increasing across runs; records carry their own (run_id, seq) for consumers. A torn last
+line (a crash mid-write) is cut off at start. Cursors (`<dir>/cursors.json`, the next index
+each sink still has to deliver) are written atomically by the journal thread at most every
+`cursor_interval_s`, never per record: a cursor that lags only means records are delivered
+again after a restart (at least once; duplicates carry the same run_id and seq).
+
+Bound (`max_bytes`, `max_records`): segments are trimmed behind the slowest durable sink's
+persisted cursor. When the bound is reached, `append` either waits (back-pressure: file and
+watch sources stop consuming input) or deletes the oldest segment (live streams: newest
+wins); what a sink had not yet read from a deleted segment is counted, exactly, as lost.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from fsac.errors import FsacError
+
+try:  # POSIX only; edge boxes are Linux.
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
+
+log = logging.getLogger("fsac.runtime")
+
+CURSORS = "cursors.json"
+BLOCK, DROP_OLDEST = "block", "drop-oldest"
+
+
+@dataclass
+class Segment:
+    first: int  # journal index of its first line
+    path: Path
+    count: int = 0  # complete lines
+    size: int = 0  # bytes of complete lines
+
+    @property
+    def end(self) -> int:
+        return self.first + self.count
+
+
+def _seg_path(folder: Path, first: int) -> Path:
+    return folder / f"seg-{first:020d}.jsonl"
+
+
+class Journal:
+    def __init__(self, folder: str | os.PathLike, consumers: list[str], *, max_bytes: int = 256 * 1024 * 1024,
+                 max_records: int = 1_000_000, segment_bytes: int = 0, sync: bool = True,
+                 when_full: str = BLOCK, cursor_interval_s: float = 1.0) -> None:
+        self.folder = Path(folder)
+        self.max_bytes, self.max_records = int(max_bytes), int(max_records)
+        self.segment_bytes = int(segment_bytes) or max(4096, min(16 * 1024 * 1024, self.max_bytes // 16))
+        self.sync_enabled = sync
+        self.when_full = when_full
+        self.cursor_interval_s = cursor_interval_s
+        self._cond = threading.Condition()
+        self._wlock = threading.Lock()
+        self._gen = 0  # segment file generation: +1 per roll  # held around a write: close() never closes the fd under it
+        self._closed = False
+        self.blocked_s = 0.0  # time append() spent waiting for room (back-pressure)
+        self.lost: dict[str, int] = {name: 0 for name in consumers}  # per sink, never delivered
+        # Per sink, the range [from, to) of records counted lost by drop-oldest: a batch the sink
+        # had already read and delivers afterwards is taken out of the count again (exact).
+        self._gone: dict[str, tuple[int, int]] = {}
+        self._lost_logged: dict[str, int] = {}
+        self._offsets: dict[tuple[int, int], int] = {}  # (segment first, index) -> byte offset
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self._lockfile = open(self.folder / "journal.lock", "a+")
+        except OSError as e:
+            raise FsacError(f"journal.dir: cannot create or write {self.folder}: {e.strerror or e}") from None
+        if fcntl is not None:
+            try:
+                fcntl.flock(self._lockfile.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                self._lockfile.close()
+                raise FsacError(f"journal.dir: {self.folder} is in use by another fsac-run process "
+                                "(give each daemon its own journal.dir)") from None
+        try:
+            self.segments = self._load_segments()
+            self.cursors = self._load_cursors(consumers)
+            self._fd = os.open(self.segments[-1].path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as e:
+            self._lockfile.close()
+            raise FsacError(f"journal.dir: cannot open the journal in {self.folder}: {e.strerror or e}") from None
+        self.persisted = dict(self.cursors)
+        self.synced = self.end  # what is on disk for sure (fdatasync'd, or found at start)
+        self._last_persist = time.monotonic()
+        self.waiting = False  # append() waits for room: trim and persist cursors at once
+
+    # ---------------------------------------------------------------- start
+
+    def _load_segments(self) -> list[Segment]:
+        segs = []
+        for p in sorted(self.folder.glob("seg-*.jsonl")):
+            try:
+                segs.append(Segment(int(p.stem[4:]), p))
+            except ValueError:
+                log.warning("journal: ignoring %s (not a segment name)", p)
+        if not segs:
+            first = 0
+            return [Segment(first, _seg_path(self.folder, first))]
+        for a, b in zip(segs, segs[1:]):
+            a.count, a.size = b.first - a.first, a.path.stat().st_size
+        last = segs[-1]
+        data = last.path.read_bytes()
+        cut = data.rfind(b"\n") + 1
+        if cut < len(data):  # a crash mid-write: the torn line never was acknowledged
+            log.warning("journal: %s ended in a partial line (%d bytes, earlier crash); cut off", last.path,
+                        len(data) - cut)
+            os.truncate(last.path, cut)
+        last.count, last.size = data.count(b"\n", 0, cut), cut
+        return segs
+
+    def _load_cursors(self, consumers: list[str]) -> dict[str, int]:
+        saved: dict[str, int] = {}
+        path = self.folder / CURSORS
+        if path.exists():
+            try:
+                saved = {str(k): int(v) for k, v in json.loads(path.read_text()).items()}
+            except (ValueError, TypeError, AttributeError) as e:
+                # Unreadable: deliver everything still in the journal again (duplicates, no loss).
+                log.error("journal: %s is unreadable (%s); sinks restart from the oldest record", path, e)
+        # A sink new to this journal starts at its oldest record: the records were written for it too.
+        out = {name: min(max(saved.get(name, self.first), 0), self.end) for name in consumers}
+        for name, pos in out.items():
+            if pos < self.first:  # deleted by drop-oldest in an earlier run (counted then) or by hand
+                log.warning("journal: sink %s's cursor %d is before the oldest record kept (%d): %d records were "
+                            "deleted undelivered before this start", name, pos, self.first, self.first - pos)
+                out[name] = self.first
+        return out
+
+    # ---------------------------------------------------------------- state
+
+    @property
+    def first(self) -> int:
+        return self.segments[0].first
+
+    @property
+    def end(self) -> int:
+        return self.segments[-1].end
+
+    @property
+    def nbytes(self) -> int:
+        return sum(s.size for s in self.segments)
+
+    def pending(self, name: str) -> int:
+        with self._cond:
+            return self.end - self.cursors[name]
+
+    def fill(self) -> float:
+        """How full the journal is, 0..1 (the larger of bytes and records)."""
+        with self._cond:
+            return max(self.nbytes / self.max_bytes, (self.end - self.first) / self.max_records)
+
+    # ---------------------------------------------------------------- writer (the scorer)
+
+    def append(self, lines: list[bytes], stop: threading.Event | None = None) -> int:
+        """Append complete JSON lines (each ends in b"\\n"); returns the index of the first.
+
+        Blocks while the journal is full in `block` mode (until a sink catches up, or `stop`
+        is set: then raises FsacError, nothing written). One write() per call.
+        """
+        data = b"".join(lines)
+        n = len(lines)
+        with self._cond:
+            t0 = time.monotonic()
+            while self._full(len(data), n):
+                if self.when_full == DROP_OLDEST:
+                    self._drop_oldest_locked()
+                    continue
+                self._roll_locked()
+                self._trim_locked()
+                if not self._full(len(data), n):
+                    break
+                if stop is not None and stop.is_set() or self._closed:
+                    raise FsacError(f"journal.dir: {self.folder} is full and the daemon is stopping")
+                self.waiting = True
+                self._cond.wait(0.1)
+            self.waiting = False
+            self.blocked_s += time.monotonic() - t0
+            if self.segments[-1].size >= self.segment_bytes:
+                self._roll_locked()
+            seg = self.segments[-1]
+            first = seg.end
+        with self._wlock:
+            if self._closed:  # a scorer that outlived the shutdown deadline: never write to a stale fd
+                raise FsacError(f"journal.dir: the journal in {self.folder} is closed")
+            self._write(data, seg)
+        with self._cond:
+            seg.count += n
+            seg.size += len(data)
+            self._cond.notify_all()
+        return first
+
+    def _write(self, data: bytes, seg: Segment) -> None:
+        written = 0
+        try:
+            while written < len(data):  # one write() unless the kernel splits it
+                written += os.write(self._fd, data[written:])
+        except OSError:
+            # ENOSPC, EIO: cut the partial batch off so the next append starts on a line of its own.
+            try:
+                os.ftruncate(self._fd, seg.size)
+            except OSError as e:
+                log.error("journal: cannot cut a failed write off %s (%s); the next start repairs it", seg.path, e)
+            raise
+
+    def _full(self, nbytes: int, n: int) -> bool:
+        if self.end == self.first:
+            return False  # an empty journal always takes one batch
+        return self.nbytes + nbytes > self.max_bytes or self.end - self.first + n > self.max_records
+
+    def _roll_locked(self) -> None:
+        last = self.segments[-1]
+        if last.count == 0:
+            return
+        fd = os.open(_seg_path(self.folder, last.end), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        if self.sync_enabled:
+            os.fdatasync(self._fd)  # what sync() may still be about to sync: done here
+        os.close(self._fd)
+        self._fd = fd
+        self._gen += 1
+        self.segments.append(Segment(last.end, _seg_path(self.folder, last.end)))
+
+    def _drop_oldest_locked(self) -> None:
+        if len(self.segments) == 1:
+            self._roll_locked()
+        old = self.segments.pop(0)
+        self._offsets = {k: v for k, v in self._offsets.items() if k[0] != old.first}
+        for name, pos in self.cursors.items():
+            if pos >= old.end:
+                continue
+            self.lost[name] += old.end - pos
+            lo, hi = self._gone.get(name, (pos, pos))
+            self._gone[name] = (lo if hi == pos else pos, old.end)  # extend a contiguous run
+            self.cursors[name] = old.end
+        self._unlink(old)
+
+    def _unlink(self, seg: Segment) -> None:
+        try:
+            seg.path.unlink()
+        except FileNotFoundError:
+            pass
+
+    def sync(self) -> int:
+        """fdatasync what was appended; returns the index up to which records are durable."""
+        with self._cond:
+            end, fd, gen = self.end, self._fd, self._gen
+        if self.sync_enabled and end > self.synced:
+            try:
+                os.fdatasync(fd)
+            except OSError as e:
+                with self._cond:
+                    rolled = self._gen != gen
+                if not (rolled and e.errno == errno.EBADF):  # rolled meanwhile: the roll synced it
+                    raise
+        with self._cond:
+            self.synced = max(self.synced, end)
+        return end
+
+    # ---------------------------------------------------------------- readers (sink threads)
+
+    def read(self, name: str, pos: int, max_n: int, timeout: float) -> tuple[int, list[bytes]]:
+        """Up to max_n complete lines from index `pos` on (waits up to `timeout` for new ones).
+
+        Returns (pos, lines): `pos` moves forward past records deleted by drop-oldest (counted
+        in `lost[name]`)."""
+        with self._cond:
+            pos = max(pos, self.first)  # records deleted by drop-oldest were counted when deleted
+            if pos >= self.end:
+                self._cond.wait(timeout)
+                if pos >= self.end or pos < self.first:
+                    return pos, []
+            seg = next(s for s in reversed(self.segments) if s.first <= pos)
+            upto = min(seg.end, pos + max_n)
+            size = seg.size
+            start = self._offsets.get((seg.first, pos))
+        lines, offset = _read_lines(seg, pos, upto, size, start)
+        with self._cond:
+            if len(self._offsets) > 64:  # a few per sink are all that is ever looked up
+                self._offsets.clear()
+            if lines:
+                self._offsets[(seg.first, pos + len(lines))] = offset
+            if start is None and lines:
+                self._offsets[(seg.first, pos)] = offset - sum(len(x) for x in lines)
+        return pos, lines
+
+    def commit(self, name: str, start: int, next_pos: int) -> None:
+        """A sink delivered the records start..next_pos-1 durably."""
+        with self._cond:
+            lo, hi = self._gone.get(name, (0, 0))
+            back = max(0, min(next_pos, hi) - max(start, lo))
+            if back:  # read before drop-oldest deleted them, delivered after: not lost after all
+                self.lost[name] -= back
+            self.cursors[name] = max(self.cursors[name], next_pos)
+            self._cond.notify_all()
+
+    # ---------------------------------------------------------------- housekeeping (journal thread)
+
+    def housekeep(self, force: bool = False) -> None:
+        """Persist changed cursors (atomically, at most every cursor_interval_s) and trim."""
+        now = time.monotonic()
+        with self._cond:
+            due = force or self.waiting or now - self._last_persist >= self.cursor_interval_s
+            changed = self.cursors != self.persisted
+            cursors = dict(self.cursors)
+        if due and changed:
+            tmp = self.folder / (CURSORS + ".tmp")
+            try:
+                tmp.write_text(json.dumps(cursors))
+                os.replace(tmp, self.folder / CURSORS)
+            except OSError as e:
+                log.error("journal: cannot save sink cursors in %s: %s", self.folder, e)
+                return
+            with self._cond:
+                self.persisted = cursors
+                self._last_persist = now
+        if due:
+            with self._cond:
+                self._trim_locked()
+                self._cond.notify_all()
+                news = {n: v for n, v in self.lost.items() if v != self._lost_logged.get(n, 0)}
+                self._lost_logged.update(news)
+            for name, total in news.items():  # at most once per cursor interval, with exact totals
+                log.error("journal: sink %s lost %d records in total: deleted from the full journal %s before "
+                          "delivery (journal.when_full=drop-oldest)", name, total, self.folder)
+
+    def _trim_locked(self) -> None:
+        """Delete whole segments every durable sink has passed (by its persisted cursor)."""
+        behind = min(self.persisted.values(), default=self.synced)
+        behind = min(behind, self.synced)
+        while len(self.segments) > 1 and self.segments[0].end <= behind:
+            self._unlink(self.segments.pop(0))
+
+    def close(self) -> None:
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            self._cond.notify_all()
+        try:
+            self.sync()
+            self.housekeep(force=True)
+        finally:
+            with self._wlock:
+                os.close(self._fd)
+            self._lockfile.close()
+
+
+def _read_lines(seg: Segment, pos: int, upto: int, size: int, start: int | None) -> tuple[list[bytes], int]:
+    """Lines pos..upto-1 of a segment and the byte offset after them. `start`: the byte offset
+    of line `pos` when known, else the segment is scanned from its start (after a restart).
+    A segment deleted under us (drop-oldest) gives no lines; the next read notices."""
+    try:
+        with open(seg.path, "rb") as f:
+            if start is None:
+                skip, offset = pos - seg.first, 0
+                while skip > 0:
+                    line = f.readline()
+                    if not line.endswith(b"\n"):
+                        return [], offset
+                    offset += len(line)
+                    skip -= 1
+            else:
+                offset = start
+                f.seek(offset)
+            lines = []
+            while len(lines) < upto - pos and offset < size:
+                line = f.readline(size - offset)
+                if not line.endswith(b"\n"):
+                    break
+                lines.append(line)
+                offset += len(line)
+    except FileNotFoundError:
+        return [], 0
+    return lines, offset
