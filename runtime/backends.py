@@ -425,6 +425,12 @@ def _build_loaded(cfg: ModelConfig, kind: str, data: bytes | str, info: ModelInf
         raise FsacError(f"{info.source}: logit threshold {threshold} is not a finite number")
     if kind == "tensorrt":
         backend: Any = TensorRTBackend(data, info, batch_size=cfg.batch_size)
+    elif kind == "openvino":
+        from .openvino_backend import OpenVinoBackend
+
+        ov = cfg.openvino
+        backend = OpenVinoBackend(data, info, precision=ov.precision, device=ov.device, threads=cfg.threads,
+                                  streams=ov.streams, batch_size=cfg.batch_size, cache_dir=ov.cache_dir)
     else:
         backend = OnnxBackend(data, info, providers=cfg.providers, batch_size=cfg.batch_size, threads=cfg.threads,
                               spin_wait=cfg.spin_wait, cpu_prepack=cfg.cpu_prepack)

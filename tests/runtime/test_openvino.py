@@ -1,0 +1,147 @@
+"""OpenVINO backend: same sealed file, checked against ONNX Runtime fp32 on the tiny model."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fsac.errors import FsacError
+from fsac.modelfile import OUTPUT_NAMES
+from fsac.preprocess import load_image, resize_crop
+from fsac.runtime.backends import load_model
+from fsac.runtime.config import ModelConfig, OpenVinoConfig
+
+pytest.importorskip("openvino", reason="fsac[openvino] is part of fsac[all]; install it to test this backend")
+
+
+def _export_helpers():
+    name = "fsac_tests_export_models"
+    if name not in sys.modules:
+        path = Path(__file__).resolve().parents[1] / "export" / "_models.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules[name]
+
+
+@pytest.fixture(scope="module")
+def tiny_files(tmp_path_factory, bottle):
+    """(fp32 model file, INT8 QDQ model file) of a tiny random-weight checkpoint."""
+    from fsac.calibration.quantize import QuantizeSettings, quantize_model_file
+    from fsac.export.cli import export_command
+
+    models = _export_helpers()
+    shots = sorted((bottle / "train" / "good").glob("*.png"))[:2]
+    root = tmp_path_factory.mktemp("ov-model")
+    ck = models.make_checkpoint(root / "ck", models.TINY_ARCH, shots)
+    fp32 = root / "tiny.onnx"
+    export_command(ck, out=fp32, quiet=True, optimize="none")
+    spec = load_model(ModelConfig(path=str(fp32), threshold=0.5)).info.preprocess
+    calib = sorted((bottle / "train" / "good").glob("*.png"))[2:10]
+    px = np.stack([resize_crop(load_image(p, spec), spec) for p in calib])
+    int8 = root / "tiny.int8.onnx"
+    quantize_model_file(fp32, int8, px, QuantizeSettings(), calib_names=[p.name for p in calib])
+    return fp32, int8
+
+
+@pytest.fixture(scope="module")
+def pixels(bottle_images, tiny_files):
+    spec = load_model(ModelConfig(path=str(tiny_files[0]), threshold=0.5)).info.preprocess
+    return np.stack([resize_crop(load_image(p, spec), spec) for p in bottle_images])
+
+
+def _outputs(path: Path, batch: np.ndarray, **kw) -> dict[str, np.ndarray]:
+    model = load_model(ModelConfig(path=str(path), threshold=0.5, **kw))
+    out = model.backend.infer(batch)
+    if not isinstance(out, dict):  # the tuple contract of format version 1
+        out = dict(zip(OUTPUT_NAMES, out))
+    model.backend.close()
+    return out
+
+
+def _gap(out: dict[str, np.ndarray]) -> np.ndarray:
+    """s(CF, AT-) - s(CF, AT+): the logit up to the factor 1/tau, never saturated."""
+    neg = out.get("sim_anomalous", out.get("sim_neg"))
+    pos = out.get("sim_normal", out.get("sim_pos"))
+    return np.asarray(neg, np.float64) - np.asarray(pos, np.float64)
+
+
+def test_openvino_f32_matches_onnxruntime_fp32(tiny_files, pixels):
+    ref = _outputs(tiny_files[0], pixels, backend="onnxruntime")
+    got = _outputs(tiny_files[0], pixels, backend="openvino", batch_size=5,
+                   openvino=OpenVinoConfig(precision="f32"))  # 12 frames: 5 + 5 + 2
+    assert set(got) == set(OUTPUT_NAMES)
+    for name in OUTPUT_NAMES:
+        assert got[name].dtype == np.float32 and got[name].shape == (12,)
+        np.testing.assert_allclose(got[name], ref[name], atol=2e-5, rtol=1e-4, err_msg=name)
+    np.testing.assert_allclose(_gap(got), _gap(ref), atol=2e-6)
+
+
+def test_openvino_bf16_agrees_with_fp32_within_bf16_error(tiny_files, pixels):
+    import openvino as ov
+
+    if "BF16" not in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        with pytest.raises(FsacError, match=r"model\.openvino\.precision=bf16: .* no bf16 support"):
+            _outputs(tiny_files[0], pixels, backend="openvino", openvino=OpenVinoConfig(precision="bf16"))
+        return
+    ref = _gap(_outputs(tiny_files[0], pixels, backend="onnxruntime"))
+    model = load_model(ModelConfig(path=str(tiny_files[0]), threshold=0.5, backend="openvino",
+                                   openvino=OpenVinoConfig(precision="bf16")))
+    assert model.backend.precision == "bf16" and "bf16" in model.backend.providers[0]
+    got = model.backend.infer(pixels)
+    gap = _gap(got if isinstance(got, dict) else dict(zip(OUTPUT_NAMES, got)))
+    diff = np.abs(gap - ref).max()
+    # bf16 keeps 8 mantissa bits: not bit-equal to fp32, but close (and really in bf16).
+    assert 0 < diff < 2e-2, diff
+
+
+def test_openvino_int8_runs_the_qdq_file_like_onnxruntime(tiny_files, pixels):
+    fp32, int8 = tiny_files
+    ref_q = _gap(_outputs(int8, pixels, backend="onnxruntime"))
+    ref_f = _gap(_outputs(fp32, pixels, backend="onnxruntime"))
+    model = load_model(ModelConfig(path=str(int8), threshold=0.5, backend="openvino"))
+    assert model.backend.precision == "int8"  # auto on a QDQ file
+    got = model.backend.infer(pixels)
+    gap = _gap(got if isinstance(got, dict) else dict(zip(OUTPUT_NAMES, got)))
+    # OpenVINO and ONNX Runtime round the int8 kernels differently (they do not agree with
+    # each other bit for bit), but both stay within int8 error of fp32, and neither is fp32.
+    err_ort, err_ov = np.abs(ref_q - ref_f).max(), np.abs(gap - ref_f).max()
+    print(f"max |gap - fp32|: onnxruntime int8 {err_ort:.3g}, openvino int8 {err_ov:.3g}")
+    assert 1e-5 < err_ov <= 2 * err_ort, (err_ov, err_ort)
+
+
+def test_openvino_refuses_int8_on_an_fp32_file_and_unknown_device(tiny_files):
+    with pytest.raises(FsacError, match=r"model\.openvino\.precision=int8 needs an INT8 QDQ model"):
+        load_model(ModelConfig(path=str(tiny_files[0]), threshold=0.5, backend="openvino",
+                               openvino=OpenVinoConfig(precision="int8")))
+    with pytest.raises(FsacError, match=r"model\.openvino\.device: 'NPU7' is not one of CPU, GPU, AUTO"):
+        load_model(ModelConfig(path=str(tiny_files[0]), threshold=0.5, backend="openvino",
+                               openvino=OpenVinoConfig(device="NPU7")))
+
+
+def test_resolve_precision_follows_the_device():
+    from fsac.runtime.openvino_backend import resolve_precision
+
+    class Info:
+        source, precision = "m.onnx", "fp32"
+
+    assert resolve_precision("auto", ["FP32", "BF16"], Info, "CPU") == "bf16"
+    assert resolve_precision("auto", ["FP32", "INT8"], Info, "CPU") == "f32"
+    with pytest.raises(FsacError, match="no bf16 support"):
+        resolve_precision("bf16", ["FP32", "INT8"], Info, "CPU")
+    Info.precision = "int8"
+    assert resolve_precision("auto", ["FP32", "BF16"], Info, "CPU") == "int8"
+
+
+def test_openvino_refuses_a_tampered_file_before_compiling(tiny_files, tmp_path):
+    data = bytearray(tiny_files[0].read_bytes())
+    data[len(data) // 2] ^= 0x01
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(FsacError, match="damaged or was modified after export"):
+        load_model(ModelConfig(path=str(bad), threshold=0.5, backend="openvino"))
