@@ -58,17 +58,13 @@ def pixels(bottle_images, tiny_files):
 def _outputs(path: Path, batch: np.ndarray, **kw) -> dict[str, np.ndarray]:
     model = load_model(ModelConfig(path=str(path), threshold=0.5, **kw))
     out = model.backend.infer(batch)
-    if not isinstance(out, dict):  # the tuple contract of format version 1
-        out = dict(zip(OUTPUT_NAMES, out))
     model.backend.close()
     return out
 
 
-def _gap(out: dict[str, np.ndarray]) -> np.ndarray:
-    """s(CF, AT-) - s(CF, AT+): the logit up to the factor 1/tau, never saturated."""
-    neg = out.get("sim_anomalous", out.get("sim_neg"))
-    pos = out.get("sim_normal", out.get("sim_pos"))
-    return np.asarray(neg, np.float64) - np.asarray(pos, np.float64)
+def _logit(out: dict[str, np.ndarray]) -> np.ndarray:
+    """The anomaly logit: what ranks and decides (the score sigmoid(z) saturates)."""
+    return np.asarray(out["logit"], np.float64)
 
 
 def test_openvino_f32_matches_onnxruntime_fp32(tiny_files, pixels):
@@ -79,7 +75,7 @@ def test_openvino_f32_matches_onnxruntime_fp32(tiny_files, pixels):
     for name in OUTPUT_NAMES:
         assert got[name].dtype == np.float32 and got[name].shape == (12,)
         np.testing.assert_allclose(got[name], ref[name], atol=2e-5, rtol=1e-4, err_msg=name)
-    np.testing.assert_allclose(_gap(got), _gap(ref), atol=2e-6)
+    np.testing.assert_allclose(_logit(got), _logit(ref), atol=1e-4)
 
 
 def test_openvino_bf16_agrees_with_fp32_within_bf16_error(tiny_files, pixels):
@@ -89,25 +85,28 @@ def test_openvino_bf16_agrees_with_fp32_within_bf16_error(tiny_files, pixels):
         with pytest.raises(FsacError, match=r"model\.openvino\.precision=bf16: .* no bf16 support"):
             _outputs(tiny_files[0], pixels, backend="openvino", openvino=OpenVinoConfig(precision="bf16"))
         return
-    ref = _gap(_outputs(tiny_files[0], pixels, backend="onnxruntime"))
+    ref = _logit(_outputs(tiny_files[0], pixels, backend="onnxruntime"))
     model = load_model(ModelConfig(path=str(tiny_files[0]), threshold=0.5, backend="openvino",
                                    openvino=OpenVinoConfig(precision="bf16")))
     assert model.backend.precision == "bf16" and "bf16" in model.backend.providers[0]
     got = model.backend.infer(pixels)
-    gap = _gap(got if isinstance(got, dict) else dict(zip(OUTPUT_NAMES, got)))
+    gap = _logit(got)
     diff = np.abs(gap - ref).max()
-    # bf16 keeps 8 mantissa bits: not bit-equal to fp32, but close (and really in bf16).
-    assert 0 < diff < 2e-2, diff
+    spread = ref.max() - ref.min()
+    print(f"bf16: max |Δ logit| {diff:.3g}, fp32 logit spread {spread:.3g}")
+    # bf16 keeps 8 mantissa bits: not bit-equal to fp32 (so it really ran in bf16), but the
+    # error is a fraction of how much the logit varies between images.
+    assert 0 < diff < 0.5 * spread, (diff, spread)
 
 
 def test_openvino_int8_runs_the_qdq_file_like_onnxruntime(tiny_files, pixels):
     fp32, int8 = tiny_files
-    ref_q = _gap(_outputs(int8, pixels, backend="onnxruntime"))
-    ref_f = _gap(_outputs(fp32, pixels, backend="onnxruntime"))
+    ref_q = _logit(_outputs(int8, pixels, backend="onnxruntime"))
+    ref_f = _logit(_outputs(fp32, pixels, backend="onnxruntime"))
     model = load_model(ModelConfig(path=str(int8), threshold=0.5, backend="openvino"))
     assert model.backend.precision == "int8"  # auto on a QDQ file
     got = model.backend.infer(pixels)
-    gap = _gap(got if isinstance(got, dict) else dict(zip(OUTPUT_NAMES, got)))
+    gap = _logit(got)
     # OpenVINO and ONNX Runtime round the int8 kernels differently (they do not agree with
     # each other bit for bit), but both stay within int8 error of fp32, and neither is fp32.
     err_ort, err_ov = np.abs(ref_q - ref_f).max(), np.abs(gap - ref_f).max()
