@@ -68,6 +68,8 @@ class ModelConfig:
                         "serves the fastest whose logits agree with fp32 (fsac.runtime.policy); openvino: Intel's "
                         "runtime (model.openvino)")
     openvino: OpenVinoConfig = _opt(factory=OpenVinoConfig)
+    int8_path: str = _opt("", doc="INT8 QDQ file quantized from model.path (`fsac quantize`) that backend: "
+                          "auto may serve instead, if it is faster and its logits agree with fp32")
     calibration_images: str = _opt("", doc="folder of normal images for backend: auto to measure each "
                                    "candidate's agreement with fp32 on (empty: auto is onnxruntime fp32)")
     providers: List[str] = _opt(
@@ -360,6 +362,7 @@ def _resolve_relative(data: dict[str, Any], base: Path) -> None:
     if isinstance(model, dict):
         fix(model, "path")
         fix(model, "calibration_images")
+        fix(model, "int8_path")
     if isinstance(source, dict):
         fix(source, "uri", _looks_like_path)
         fix(source, "done_dir")

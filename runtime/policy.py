@@ -175,3 +175,76 @@ def select(candidates: dict[str, Callable[[], Any]], reference: str, pixels: np.
                     bounds={"min_spearman": MIN_SPEARMAN, "min_verdict_agreement": MIN_VERDICT,
                             "max_rel_dlogit": MAX_REL_DLOGIT}, candidates=results, notes=list(notes or []))
     return sel, built[best.name]
+
+
+# --------------------------------------------------------------------------- fsac-run wiring
+
+
+def calibration_pixels(folder: str, info) -> np.ndarray:
+    """The calibration images of model.calibration_images, preprocessed as the line does."""
+    from fsac.preprocess import list_images, load_image, resize_crop
+
+    try:
+        files = list_images(folder)
+    except FsacError as e:
+        raise FsacError(f"model.calibration_images: {e}") from None
+    if len(files) < 2:
+        raise FsacError(f"model.calibration_images: {folder} holds {len(files)} images; backend auto needs >= 2")
+    spec = info.preprocess
+    return np.stack([resize_crop(load_image(f, spec), spec) for f in files[:MAX_IMAGES]])
+
+
+def _int8_file(cfg, info):
+    """The verified INT8 QDQ sibling (model.int8_path) of the fp32 file, or None."""
+    if not cfg.int8_path:
+        return None, None
+    from fsac.modelfile import load_model_file
+
+    data, qinfo = load_model_file(cfg.int8_path)
+    if qinfo.checkpoint_sha256 != info.checkpoint_sha256:
+        raise FsacError(f"model.int8_path: {cfg.int8_path} was quantized from another checkpoint "
+                        f"({qinfo.checkpoint_sha256[:12]}, model.path has {info.checkpoint_sha256[:12]})")
+    if str(qinfo.precision).lower() != "int8":
+        raise FsacError(f"model.int8_path: {cfg.int8_path} is a {qinfo.precision} model, not INT8 (`fsac quantize`)")
+    return data, qinfo
+
+
+def build_auto(cfg, data: bytes | str, info, logit_threshold: float) -> tuple[Any, Selection]:
+    """model.backend: auto with model.calibration_images: measure the candidates, serve the best."""
+    from .backends import OnnxBackend
+    from .openvino_backend import OpenVinoBackend
+
+    pixels = calibration_pixels(cfg.calibration_images, info)
+    ov = cfg.openvino
+
+    def ort(d, i):
+        return lambda: OnnxBackend(d, i, providers=cfg.providers, batch_size=cfg.batch_size, threads=cfg.threads,
+                                   spin_wait=cfg.spin_wait, cpu_prepack=cfg.cpu_prepack)
+
+    def openvino(d, i, precision):
+        return lambda: OpenVinoBackend(d, i, precision=precision, device=ov.device, threads=cfg.threads,
+                                       streams=ov.streams, batch_size=cfg.batch_size, cache_dir=ov.cache_dir)
+
+    candidates: dict[str, Callable[[], Any]] = {
+        "onnxruntime fp32": ort(data, info),
+        "openvino f32": openvino(data, info, "f32"),
+        "openvino bf16": openvino(data, info, "bf16"),
+    }
+    qdata, qinfo = _int8_file(cfg, info)
+    if qdata is not None:
+        candidates["onnxruntime int8"] = ort(qdata, qinfo)
+        candidates["openvino int8"] = openvino(qdata, qinfo, "int8")
+    notes = []
+    if info.metadata.get("fsac.weights_random") == "true":
+        notes.append("RANDOM backbone weights: the logits barely vary between images, so the agreement bounds "
+                     "say little about agreement with real weights (see fsac bench export's feature cosine)")
+
+    def logits(backend, px):
+        return np.concatenate([np.asarray(backend.infer(px[i:i + backend.max_batch])["logit"], np.float64)
+                               for i in range(0, len(px), backend.max_batch)])
+
+    sel, backend = select(candidates, "onnxruntime fp32", pixels, logits, logit_threshold, notes)
+    for c in sel.candidates:
+        log.info("backend auto: %s %s", c.name, "ok" if c.qualified else "; ".join(c.reasons))
+    log.info("%s", sel.summary())
+    return backend, sel
