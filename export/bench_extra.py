@@ -52,9 +52,14 @@ def openvino_backends(fp32_path: Path, int8_path: Path | None, threads: int, bat
         notes.append(f"OpenVINO bf16 not timed: the CPU device has no BF16 capability ({', '.join(caps)})")
     if int8_path is not None:
         wanted.append(("openvino int8", int8_path, "int8"))
+    import dataclasses
+
+    fp32_info = inspect_model_file(fp32_path)  # verifies the seal
     out: dict[str, Any] = {}
     for name, path, precision in wanted:
-        info = inspect_model_file(path)
+        # The benchmark's INT8 graph is the quantizer's raw output (no seal of its own); it
+        # is the fp32 model's graph quantized in this run, so it takes the fp32 metadata.
+        info = fp32_info if path == fp32_path else dataclasses.replace(fp32_info, precision="int8", source=str(path))
         try:
             out[name] = OpenVinoBackend(str(path), info, precision=precision, threads=threads, batch_size=batch)
         except FsacError as e:
@@ -132,11 +137,67 @@ def markdown_extra(res: dict[str, Any]) -> str:
             f"| {f(b['pct_of_peak_bn'], '.1f')} % | {ref / b['batch1']['p50_ms']:.2f}x "
             f"| {f(a.get('spearman'), '.4f')} | {_pct(a.get('verdict_agreement'))} "
             f"| {f(a.get('rel_max_abs_diff'), '.3f')} |")
+    t = res.get("targets_hardware")
+    if t:
+        goal = f">= {t['min_speedup']}x onnxruntime fp32 at b=1" + (
+            f" and >= {t['min_fraction_of_peak']:.0%} of the matching peak" if t["min_fraction_of_peak"] else "")
+        lines.append("")
+        for label, key in (("within the agreement bounds", "within_bounds"), ("any row", "any")):
+            r = t[key]
+            if r is None:
+                lines.append(f"- target ({t['cpu_class']}: {t['rows']} rows {goal}), {label}: no row")
+                continue
+            lines.append(f"- target ({t['cpu_class']}: {t['rows']} rows {goal}), {label}: {r['backend']} "
+                         f"{r['speedup_b1']:.2f}x, {f(r['pct_of_peak_b1'], '.1f')} % of peak: "
+                         f"{'met' if r['met'] else 'NOT met'}")
     if res.get("feature_cosine"):
         lines.append("")
         lines.append("Encoder feature (projected [CLS]) cosine against onnxruntime fp32, min over images: "
                      + ", ".join(f"{k} {v:.5f}" for k, v in res["feature_cosine"].items()))
     return "\n".join(lines) + "\n"
+
+
+# Issue targets by CPU class: (rows considered, speed-up over ONNX Runtime fp32 at batch 1,
+# fraction of the matching peak or None).
+HW_TARGETS = {
+    "amx": ("best", 4.0, 0.50),
+    "avx512-vnni": ("int8", 2.5, None),
+    "avx512": ("int8", 2.5, None),
+    "avx2": ("int8", 1.8, None),
+}
+
+
+def within_bounds(agreement: dict[str, Any] | None) -> bool:
+    from fsac.runtime.policy import MAX_REL_DLOGIT, MIN_SPEARMAN, MIN_VERDICT
+
+    if not agreement:
+        return False
+    return (agreement["spearman"] >= MIN_SPEARMAN and agreement["verdict_agreement"] >= MIN_VERDICT
+            and agreement["rel_max_abs_diff"] <= MAX_REL_DLOGIT)
+
+
+def targets_extra(res: dict[str, Any]) -> dict[str, Any]:
+    """The hardware target of this CPU class, checked on the rows within the agreement bounds
+    and, separately, on all rows (with random weights the bounds may not be meaningful)."""
+    cls = res["peaks"]["cpu_class"]
+    kind, speedup, frac = HW_TARGETS.get(cls, ("int8", 1.8, None))
+    ref = res["backends"]["onnxruntime fp32"]["batch1"]["p50_ms"]
+    rows = {k: b for k, b in res["backends"].items()
+            if not k.startswith("pytorch") and k != "onnxruntime fp32" and (kind == "best" or "int8" in k)}
+
+    def best(names):
+        if not names:
+            return None
+        k = min(names, key=lambda n: rows[n]["batch1"]["p50_ms"])
+        b = rows[k]
+        sp = ref / b["batch1"]["p50_ms"]
+        pct = b.get("pct_of_peak_b1")
+        met = sp >= speedup and (frac is None or (pct is not None and pct >= 100 * frac))
+        return {"backend": k, "speedup_b1": sp, "pct_of_peak_b1": pct, "met": bool(met)}
+
+    agree = res.get("logit_agreement", {})
+    return {"cpu_class": cls, "rows": kind, "min_speedup": speedup, "min_fraction_of_peak": frac,
+            "within_bounds": best([k for k in rows if within_bounds(agree.get(k))]), "any": best(list(rows))}
 
 
 def _pct(x) -> str:
