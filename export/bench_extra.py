@@ -202,3 +202,92 @@ def targets_extra(res: dict[str, Any]) -> dict[str, Any]:
 
 def _pct(x) -> str:
     return "n/a" if x is None else f"{x:.1%}"
+
+
+# --------------------------------------------------------------------------- encoder feature
+
+
+def encoder_feature_name(model) -> str | None:
+    """The tensor holding the projected [CLS] feature F (N, C): the output of the image
+    encoder's last MatMul, the one with a (width, C) weight where width != C."""
+    inits = {i.name: tuple(i.dims) for i in model.graph.initializer}
+    produced_by = {o: n for n in model.graph.node for o in n.output}
+    found = None
+    for n in model.graph.node:
+        if n.op_type != "MatMul" or not n.name.startswith("/visual/"):
+            continue
+        w = inits.get(n.input[1])
+        if w is None and n.input[1] in produced_by:  # QDQ: the weight comes through DequantizeLinear
+            dq = produced_by[n.input[1]]
+            w = inits.get(dq.input[0]) if dq.op_type == "DequantizeLinear" else None
+        if w is not None and len(w) == 2 and w[0] != w[1]:
+            found = n.output[0]
+    return found
+
+
+def _with_output(path: Path, name: str) -> bytes | None:
+    import onnx
+
+    m = onnx.load(str(path))
+    if name not in {o for n in m.graph.node for o in n.output}:
+        return None
+    m.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    data = m.SerializeToString()
+    del m
+    return data
+
+
+def feature_cosines(fp32_path: Path, int8_path: Path | None, pixels: np.ndarray, threads: int,
+                    ov_precisions: list[str]) -> dict[str, float]:
+    """Min over images of cos(F_row, F_onnxruntime_fp32) for the encoder feature F, per row.
+
+    With random weights the logits barely vary between images and the agreement bounds say
+    little; F is what any real head would be computed from, so its cosine is the figure to
+    read then. Each graph gets F as an extra output; OpenVINO reads the same bytes."""
+    import onnx
+
+    from fsac.runner import make_session
+
+    name = encoder_feature_name(onnx.load(str(fp32_path), load_external_data=False))
+    if name is None:
+        return {}
+
+    def cos(a, b):
+        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+        return float(np.min(np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))))
+
+    def ort_feature(data: bytes) -> np.ndarray:
+        s = make_session(data, threads)
+        return np.concatenate([s.run([name], {"image": pixels[i:i + 4]})[0] for i in range(0, len(pixels), 4)])
+
+    def ov_feature(data: bytes, precision: str) -> np.ndarray:
+        import openvino as ov
+
+        core = ov.Core()
+        fe = ov.frontend.FrontEndManager().load_by_framework("onnx")
+        import io
+
+        model = fe.convert(fe.load(io.BytesIO(data)))
+        hint = "f32" if precision == "int8" else precision
+        cm = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": hint, "INFERENCE_NUM_THREADS": threads})
+        req = cm.create_infer_request()
+        outs = []
+        for i in range(0, len(pixels), 4):
+            req.infer({"image": pixels[i:i + 4]})
+            outs.append(np.array(req.get_tensor(name).data))
+        return np.concatenate(outs)
+
+    out: dict[str, float] = {}
+    data = _with_output(fp32_path, name)
+    ref = ort_feature(data)
+    for p in ov_precisions:
+        if p != "int8":
+            out[f"openvino {p}"] = cos(ov_feature(data, p), ref)
+    del data
+    if int8_path is not None:
+        qdata = _with_output(int8_path, name)
+        if qdata is not None:
+            out["onnxruntime int8"] = cos(ort_feature(qdata), ref)
+            if "int8" in ov_precisions:
+                out["openvino int8"] = cos(ov_feature(qdata, "int8"), ref)
+    return out

@@ -161,6 +161,8 @@ def export_trained(trained, checkpoint_sha: str, out: Path, image_paths: list[Pa
         "fsac.parity": json.dumps({**parity.to_dict(), "max_abs_diff_logit_final": float(final_diff),
                                    "images": [Path(n).name for n in names]}),
         "fsac.optimize": json.dumps(opt.to_dict()),
+        # For the runtime benchmark's fraction of the CPU's peak (fsac-run has no torch to count).
+        "fsac.gflop_per_image": f"{_gflop_per_image(deploy, spec.image_size):.4f}",
         **(extra_meta or {}),
     }
     meta = build_metadata(trained, checkpoint_sha, opset, "fp32", extra)
@@ -181,6 +183,12 @@ def export_trained(trained, checkpoint_sha: str, out: Path, image_paths: list[Pa
         "export_s": export_s,
         "torch_reference_s": torch_s,
     }
+
+
+def _gflop_per_image(deploy, image_size: int) -> float:
+    from fsac.export.bench import model_flops
+
+    return model_flops(deploy, image_size) / 1e9
 
 
 def engine_command(

@@ -223,3 +223,16 @@ def measure_peaks(threads: int = 2, n: int = 2048, repeats: int = 3, use_torch: 
         res.measured[name] = rate
         setattr(res, precision, max(getattr(res, precision) or 0.0, rate))
     return res
+
+
+def best_of(a: Peaks, b: Peaks) -> Peaks:
+    """Per measurer, the higher of two runs of `measure_peaks` (before and after a benchmark):
+    on a shared CPU a peak measured while something else ran would flatter every fraction."""
+    out = Peaks(cpu=a.cpu, flags=a.flags, cpu_class=a.cpu_class, threads=a.threads, n=a.n,
+                skipped={**b.skipped, **a.skipped})
+    for name in set(a.measured) | set(b.measured):
+        out.measured[name] = max(a.measured.get(name, 0.0), b.measured.get(name, 0.0))
+    for precision in ("fp32", "bf16", "int8"):
+        values = [v for v in (getattr(a, precision), getattr(b, precision)) if v]
+        setattr(out, precision, max(values) if values else None)
+    return out

@@ -38,6 +38,10 @@ def test_bench_tiny_end_to_end(bottle, tmp_path, models):
     assert la["openvino f32"]["rel_max_abs_diff"] < 1e-3 and la["openvino f32"]["spearman"] > 0.999
     assert all(a["n_images"] == 8 for a in la.values())
     assert res["targets_hardware"]["cpu_class"] == pk["cpu_class"]
+    # encoder feature F against fp32: the figure to read when random weights flatten the logits
+    fc = res["feature_cosine"]
+    assert {"openvino f32", "onnxruntime int8", "openvino int8"} <= set(fc)
+    assert fc["openvino f32"] > 0.99999 and all(0.9 < v <= 1.0 + 1e-9 for v in fc.values())
     for b in res["backends"].values():
         assert b["batch1"]["runs"] == 4 and 0 < b["batch1"]["p50_ms"] <= b["batch1"]["p99_ms"]
         assert b["throughput_img_s"] > 0 and b["gflops_b1"] > 0

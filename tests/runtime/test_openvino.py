@@ -111,3 +111,17 @@ def test_openvino_refuses_a_tampered_file_before_compiling(tiny_files, tmp_path)
     bad.write_bytes(bytes(data))
     with pytest.raises(FsacError, match="damaged or was modified after export"):
         load_model(ModelConfig(path=str(bad), threshold=0.5, backend="openvino"))
+
+
+def test_bench_runtime_times_the_openvino_backend_against_the_peaks(tiny_files, image_folder, tmp_path):
+    from fsac.runtime.bench import bench_runtime, format_table
+
+    r = bench_runtime(tiny_files[0], image_folder, n_frames=8, batch_size=4, out_json=tmp_path / "b.json",
+                      backend="openvino", precision="f32", rounds=1, measure_rss=True)
+    assert r["backend"] == "openvino" and r["precision"] == "fp32" and "OpenVINO" in r["providers"][0]
+    assert r["daemon_frames"] == 8 and r["daemon_errors"] == 0 and r["bare_fps"] > 0 and r["rss_peak_bytes"] > 0
+    assert r["gflop_per_image"] > 0  # recorded by fsac export
+    assert r["peaks"]["fp32"] > 0 and r["bare_pct_of_peak"] == pytest.approx(
+        100 * r["gflop_per_image"] * r["bare_fps"] / r["peaks"]["fp32"])
+    text = format_table(r)
+    assert "backend openvino fp32" in text and "CPU flags:" in text and "% of the fp32 peak" in text
