@@ -213,8 +213,11 @@ class Backbone:
                       progress: Callable[[int], None] | None = None, precision: str = "fp32") -> torch.Tensor:
         """(N, S, S, 3) uint8 RGB -> (N, C) projected [CLS] features F (not normalised), float32.
 
-        precision "bf16" runs the frozen encoder under bf16 autocast (AMX / AVX-512 BF16 on a
-        CPU, tensor cores on a GPU); see `resolve_encoder_precision`."""
+        precision "bf16" runs a bf16 copy of the frozen encoder (AMX / AVX-512 BF16 on a CPU,
+        tensor cores on a GPU; see `resolve_encoder_precision`). A bf16 copy of the weights,
+        not torch.autocast: autocast re-casts every weight at every call, and measured on a
+        2-core AMX Xeon it was 2.5x *slower* than fp32 (1.74 vs 0.70 s per image) while the
+        bf16 copy was 2x faster (0.36 s), with the same features (cosine 1.0000)."""
         if images.ndim != 4 or images.shape[1:] != (self.spec.image_size, self.spec.image_size, 3):
             raise FsacError(
                 f"expected images of shape (N, {self.spec.image_size}, {self.spec.image_size}, 3), got {images.shape}"
@@ -223,13 +226,20 @@ class Backbone:
         for i in range(0, len(images), batch_size):
             x = torch.from_numpy(np.ascontiguousarray(images[i : i + batch_size])).to(self.device)
             if precision == "bf16":
-                with torch.autocast(device_type=torch.device(self.device).type, dtype=torch.bfloat16):
-                    out.append(self.visual(self.normalize(x)).float().cpu())
+                out.append(self._bf16_visual()(self.normalize(x).to(torch.bfloat16)).float().cpu())
             else:
                 out.append(self.visual(self.normalize(x)).float().cpu())
             if progress:
                 progress(len(x))
         return torch.cat(out) if out else torch.zeros(0, self.info.embed_dim)
+
+    def _bf16_visual(self) -> torch.nn.Module:
+        """The image encoder with its weights in bf16, built once (frozen, so never stale)."""
+        if getattr(self, "_visual_bf16", None) is None:
+            import copy
+
+            self._visual_bf16 = copy.deepcopy(self.visual).to(torch.bfloat16).eval()
+        return self._visual_bf16
 
     # Text side ----------------------------------------------------------------------
 

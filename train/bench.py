@@ -111,7 +111,7 @@ def bench_train(arch: str, shots: int, weights: str, images, synth_per_image: in
     print(f"  encoder precision {enc.get('precision', 'fp32')}; text-feature cache (in process): "
           f"{figures['text_cache']}; the `fsac train` command runs after it, so it finds the cache")
     if enc.get("vs_fp32"):
-        print(f"  bf16 encoder features vs fp32 on the {enc['vs_fp32']['images']} shots: cosine min "
+        print(f"  bf16 encoder features vs fp32 on {enc['vs_fp32']['images']} shot(s): cosine min "
               f"{enc['vs_fp32']['cosine_min']:.5f}, mean {enc['vs_fp32']['cosine_mean']:.5f}")
     print(f"  CPU flags: {' '.join(figures['cpu_flags'])}")
     print(f"  {'peak RSS':<36} {figures['peak_rss_mb']:8.0f} MB")

@@ -70,7 +70,7 @@ class TrainOptions:
                          "[default: from --preset, gaussian].")
     synth_per_image = typer.Option(4, "--synth-per-image", help="Synthetic anomalies per normal image.")
     encoder_precision = typer.Option("fp32", "--encoder-precision",
-                                     help="Frozen image encoder: fp32, bf16 autocast (AMX / AVX-512 BF16 CPUs, bf16 "
+                                     help="Frozen image encoder: fp32, bf16 (a bf16 copy of its weights; AMX / AVX-512 BF16 CPUs, bf16 "
                                           "GPUs; the shots' feature cosine vs fp32 is printed and recorded) or auto.")
 
 

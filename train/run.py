@@ -71,7 +71,7 @@ def describe_training(result: TrainResult, cfg: TrainConfig, backbone: Backbone)
     enc = result.model.meta.get("encoder") or {}
     if enc.get("vs_fp32"):
         a = enc["vs_fp32"]
-        lines.append(f"  encoder {enc['precision']} autocast: feature cosine vs fp32 on the {a['images']} shots "
+        lines.append(f"  encoder {enc['precision']}: feature cosine vs fp32 on {a['images']} shot(s) "
                      f"min {a['cosine_min']:.5f}, mean {a['cosine_mean']:.5f} ({t.get('encoder_check_s', 0):.2f} s)")
     lines.append(f"  total                                          {t.get('total_s', 0):6.2f} s")
     d = result.diagnostics
