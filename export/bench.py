@@ -223,6 +223,7 @@ VARIANTS = {
     "tensorrt-symmetric": {"target": "tensorrt"},
     "entropy": {"method": "entropy"},
     "percentile": {"method": "percentile"},
+    "with-attention-products": {"const_weights_only": False},  # the pre-issue-11 default
 }
 
 
