@@ -47,6 +47,9 @@ def test_bench_tiny_end_to_end(bottle, tmp_path, models):
         assert b["throughput_img_s"] > 0 and b["gflops_b1"] > 0
     mem = [res["backends"][k]["peak_rss_mib"] for k in ("pytorch eager fp32", "onnxruntime fp32", "onnxruntime int8")]
     assert all(m is not None and m > 20 for m in mem)
+    e = res["export"]  # `fsac export` ran as its own process: its peak memory against the file size
+    assert e["peak_rss_bytes"] > e["size_bytes"] > 0
+    assert e["peak_rss_over_file"] == pytest.approx(e["peak_rss_bytes"] / e["size_bytes"])
     assert 0.05 < res["gflop_per_image"] < 0.2  # tiny config: ~0.09 GFLOP per image
     assert res["sgemm_gflops"] > 0
     r = res["ratios"]
@@ -59,6 +62,7 @@ def test_bench_tiny_end_to_end(bottle, tmp_path, models):
     assert saved["ratios"] == res["ratios"]
     md = (tmp_path / "bench.md").read_text()
     assert "| onnxruntime int8 |" in md and "Spearman" in md and "GFLOP" in md
+    assert "`fsac export` (own process) peak RSS" in md
     assert "| openvino f32 | fp32 |" in md and "CPU flags (matrix units):" in md and "Measured peaks" in md
     assert not list(tmp_path.glob("*.onnx"))  # models only with --keep-models
 
