@@ -40,6 +40,7 @@ TARGET_ORT_VS_TORCH = 1.3
 TARGET_INT8_VS_FP32 = 1.8
 TARGET_SPEARMAN = 0.99
 TARGET_VERDICT = 0.99
+TARGET_EXPORT_PEAK_OVER_FILE = 2.5
 
 
 def _say(quiet: bool, msg: str) -> None:
@@ -116,7 +117,7 @@ def _vm_hwm_mib() -> float | None:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def _probe(kind: str, source: str, pixels_path: str, threads: int) -> None:
+def _probe(kind: str, source: str, pixels_path: str, threads: int, fp32_source: str = "") -> None:
     """Subprocess entry: load one backend, run one batch, print peak RSS (MiB) as JSON."""
     pixels = np.load(pixels_path)
     if kind == "torch":
@@ -128,6 +129,17 @@ def _probe(kind: str, source: str, pixels_path: str, threads: int) -> None:
         model = load_checkpoint(source, device="cpu", quiet=True).deploy_model()
         with torch.no_grad():
             model(torch.from_numpy(pixels))
+    elif kind.startswith("openvino:"):
+        from fsac.modelfile import inspect_model_file
+        from fsac.runtime.openvino_backend import OpenVinoBackend
+
+        import dataclasses
+
+        precision = kind.split(":", 1)[1]
+        info = inspect_model_file(fp32_source) if fp32_source else inspect_model_file(source)
+        info = dataclasses.replace(info, precision="int8" if precision == "int8" else info.precision)
+        b = OpenVinoBackend(source, info, precision=precision, threads=threads, batch_size=len(pixels))
+        b.infer(pixels)
     else:
         from fsac.runner import make_session
 
@@ -138,10 +150,12 @@ def _probe(kind: str, source: str, pixels_path: str, threads: int) -> None:
     print(json.dumps({"peak_rss_mib": _vm_hwm_mib()}))
 
 
-def peak_memory(kind: str, source: str, pixels: np.ndarray, threads: int, tmp: Path) -> float | None:
+def peak_memory(kind: str, source: str, pixels: np.ndarray, threads: int, tmp: Path,
+                fp32_source: str = "") -> float | None:
     px = tmp / "probe_pixels.npy"
     np.save(px, pixels)
-    code = f"from fsac.export.bench import _probe; _probe({kind!r}, {source!r}, {str(px)!r}, {threads})"
+    code = (f"from fsac.export.bench import _probe; _probe({kind!r}, {source!r}, {str(px)!r}, {threads}, "
+            f"{fp32_source!r})")
     try:
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
         return float(json.loads(r.stdout.strip().splitlines()[-1])["peak_rss_mib"])
@@ -189,6 +203,12 @@ def markdown_table(res: dict[str, Any]) -> str:
         f"- fp32 export: parity max |Δ logit| {res['export']['parity_max_abs_diff_logit']:.3g}; optimiser "
         f"{res['export']['optimize']['method']}: {res['export']['optimize']['reason']}",
     ]
+    e = res["export"]
+    if e.get("peak_rss_bytes"):
+        met = e["peak_rss_over_file"] <= TARGET_EXPORT_PEAK_OVER_FILE
+        lines.append(f"- `fsac export` (own process) peak RSS {e['peak_rss_bytes'] / 2**20:.0f} MiB = "
+                     f"{e['peak_rss_over_file']:.2f}x the {e['size_bytes'] / 1e6:.0f} MB model file "
+                     f"(target <= {TARGET_EXPORT_PEAK_OVER_FILE}x: {'met' if met else 'NOT met'})")
     lines += [f"- variant {k}: {v}" for k, v in res.get("variants", {}).items()]
     lines += [f"- note: {n}" for n in res["notes"]]
     return "\n".join(lines) + "\n"
@@ -210,6 +230,7 @@ VARIANTS = {
     "tensorrt-symmetric": {"target": "tensorrt"},
     "entropy": {"method": "entropy"},
     "percentile": {"method": "percentile"},
+    "with-attention-products": {"const_weights_only": False},  # the pre-issue-11 default
 }
 
 
@@ -238,7 +259,13 @@ def bench_export_command(
     """Time PyTorch eager, ONNX Runtime fp32 and INT8 (and TensorRT if present) on real images."""
     import torch
 
+    from dataclasses import asdict
+
     from fsac.calibration.quantize import QuantizeSettings, agreement, quantize_bytes
+    from fsac.export.bench_extra import (feature_cosines, markdown_extra, openvino_backends, peak_columns,
+                                         run_batched, targets_extra)
+    from fsac.peaks import best_of, measure_peaks
+    from fsac.runtime.policy import logit_agreement
     from fsac.runner import expand_images, load_pixels, make_session, run_session
     from fsac.calibration.threshold import conformal_threshold, next_float32_up
     from fsac.export.cli import export_trained
@@ -289,7 +316,14 @@ def bench_export_command(
 
         # fp32 export exactly as `fsac export` does it (parity on 4 held-out real images).
         fp32_path = work / "bench.fp32.onnx"
-        exp = export_trained(trained, ck_sha, fp32_path, eval_paths[:4], force=True, optimize=optimize, quiet=quiet)
+        if memory:
+            # `fsac export` itself, in its own process, so its peak memory is measured as a
+            # workstation would see it (the benchmark's own process holds more).
+            _say(quiet, "exporting in a subprocess (`fsac export`, peak memory measured) ...")
+            exp = _export_subprocess(ck_path, fp32_path, eval_paths[:4], optimize, tmp)
+        else:
+            exp = export_trained(trained, ck_sha, fp32_path, eval_paths[:4], force=True, optimize=optimize,
+                                 quiet=quiet)
         fp32 = fp32_path.read_bytes()
         exp.pop("parity", None)
 
@@ -323,6 +357,11 @@ def bench_export_command(
         trt = _tensorrt_backend(fp32_path, spec.image_size, batch, tmp, notes)
         if trt is not None:
             backends["tensorrt fp16"] = trt
+        # fsac-run's OpenVINO backend on the same two sealed files (fsac.export.bench_extra).
+        ov_backends = openvino_backends(fp32_path, int8_path, threads, batch, notes)
+        for name, ovb in ov_backends.items():
+            backends[name] = ovb.infer
+        logit_agree, fp_logits = {}, None
 
         # INT8 agreement with fp32 on the held-out images; the verdict threshold is the one
         # `fsac calibrate` would set (conformal, alpha = 0.1) from the fp32 calibration logits.
@@ -337,6 +376,26 @@ def bench_export_command(
             vi["agreement"] = {"spearman": vr.spearman, "max_abs_diff": vr.max_abs_diff,
                                "verdict_agreement": vr.verdict_agreement}
 
+        # Every runtime row against ONNX Runtime fp32 on the logits (the score saturates).
+        ref_out = run_session(s_fp32, agree_px)
+        cal_logits = run_session(s_fp32, calib_px)["logit"].astype(np.float64)
+        lres = conformal_threshold(cal_logits, 0.1)
+        logit_thr = lres.threshold if lres.attainable else float(np.nextafter(cal_logits.max(), np.inf))
+        sessions = {"onnxruntime int8": s_int8, **{f"onnxruntime int8 [{v}]": vi["session"]
+                                                   for v, vi in variant_info.items()}}
+        for name, sess in sessions.items():
+            got = run_session(sess, agree_px)["logit"]
+            logit_agree[name] = asdict(logit_agreement(ref_out["logit"], got, logit_thr))
+        for name, ovb in ov_backends.items():
+            got = run_batched(ovb.infer, agree_px, batch)["logit"]
+            logit_agree[name] = asdict(logit_agreement(ref_out["logit"], got, logit_thr))
+        feature_cos = feature_cosines(fp32_path, int8_path, agree_px, threads,
+                                      [b.precision for b in ov_backends.values()])
+        if trained.backbone.info.is_random:
+            notes.append("RANDOM weights: the logits barely vary between images, so the logit agreement bounds "
+                         "are not meaningful here; the encoder feature cosine against fp32 is reported as well")
+        _say(quiet, "measuring this machine's fp32 / bf16 / int8 matmul peaks (before timing) ...")
+        peaks_before = measure_peaks(threads)
         _say(quiet, f"timing {len(backends)} backends: {runs} interleaved rounds at batch 1 ...")
         singles = [eval_px[i : i + 1] for i in range(len(eval_px))]
         lat = interleaved(backends, singles, runs, warmup=2)
@@ -345,7 +404,9 @@ def bench_export_command(
         thr_times = interleaved(backends, big, batch_runs, warmup=1)
 
         flops = model_flops(deploy, spec.image_size)
-        peak = sgemm_gflops(threads)
+        _say(quiet, "measuring the peaks again (after timing; each measurer keeps its better run) ...")
+        peaks = best_of(peaks_before, measure_peaks(threads))
+        peak = peaks.fp32 or sgemm_gflops(threads)
         mem: dict[str, float | None] = {}
         if memory:
             _say(quiet, "peak memory: one subprocess per backend ...")
@@ -354,6 +415,10 @@ def bench_export_command(
             fp32_file.write_bytes(fp32)
             mem["onnxruntime fp32"] = peak_memory("onnx", str(fp32_file), eval_px[:batch], threads, tmp)
             mem["onnxruntime int8"] = peak_memory("onnx", str(int8_path), eval_px[:batch], threads, tmp)
+            for name, ovb in ov_backends.items():
+                src = int8_path if ovb.precision == "int8" else fp32_file
+                mem[name] = peak_memory(f"openvino:{ovb.precision}", str(src), eval_px[:batch], threads, tmp,
+                                        str(fp32_file))
         else:
             notes.append("peak memory not measured (--no-memory)")
 
@@ -395,6 +460,7 @@ def bench_export_command(
         variants_out[v] = (f"{b['onnxruntime fp32']['batch1']['p50_ms'] / b[name]['batch1']['p50_ms']:.2f}x fp32 at b=1, "
                            f"Spearman {vi['agreement']['spearman']:.4f}, max |Δ| {vi['agreement']['max_abs_diff']:.3g}, "
                            f"verdicts {_pct(vi['agreement']['verdict_agreement'])}")
+    peak_columns(res_backends, flops, batch, peaks)
     result = {
         "arch": trained.backbone.info.arch,
         "weights": trained.backbone.info.weights_id,
@@ -420,11 +486,31 @@ def bench_export_command(
         "notes": notes + ["p99 over this many runs is close to the maximum; the CPU is shared, so absolute "
                           "times drift between runs - ratios measured in the same run are what count"],
     }
-    md = markdown_table(result)
+    result["cpu_flags"] = peaks.flags
+    result["peaks"] = peaks.to_dict()
+    result["logit_agreement"] = logit_agree
+    result["feature_cosine"] = feature_cos
+    result["logit_threshold"] = logit_thr
+    result["targets_hardware"] = targets_extra(result)
+    md = markdown_table(result) + markdown_extra(result)
     atomic_write_json(out_dir / "bench.json", result)
     atomic_write_text(out_dir / "bench.md", md)
     print(md)
     return result
+
+
+def _export_subprocess(ck_path: Path, out: Path, images: list[Path], optimize: str, tmp: Path) -> dict[str, Any]:
+    """Run `fsac export` as a command; return its report with its peak RSS and the file size."""
+    from fsac.runtime.bench import _peak_rss
+
+    report = tmp / "export-report.json"
+    args = ["export", str(ck_path), "-o", str(out), "--force", "--optimize", optimize, "--report", str(report),
+            "--quiet", *[a for p in images for a in ("--check-images", str(p))]]
+    hwm, _log = _peak_rss("from fsac.cli import run; sys.argv = ['fsac'] + sys.argv[1:]; run()", args)
+    exp = json.loads(report.read_text())
+    exp["peak_rss_bytes"] = hwm
+    exp["peak_rss_over_file"] = None if hwm is None else hwm / exp["size_bytes"]
+    return exp
 
 
 def _tensorrt_backend(fp32_path: Path, image_size: int, batch: int, tmp: Path, notes: list[str]):

@@ -77,7 +77,7 @@ def export_command(
     images = _parity_image_paths(folder, ck_meta, check_images)
     trained = load_checkpoint(checkpoint, weights=weights, device="cpu", quiet=quiet)
     result = export_trained(trained, checkpoint_sha256(checkpoint), out, images, force=force, tolerance=tolerance,
-                            optimize=optimize, opset=opset, quiet=quiet,
+                            optimize=optimize, opset=opset, quiet=quiet, release_torch=True,
                             extra_meta={"fsac.train_images": json.dumps(ck_meta.get("train_images", [])),
                                         "fsac.train_preset": str((ck_meta.get("train") or {}).get("preset") or ""),
                                         "fsac.training_diagnostics": json.dumps(ck_meta.get("diagnostics", {}))})
@@ -104,11 +104,15 @@ def _parity_image_paths(folder: Path, ck_meta: dict, check_images) -> list[Path]
 
 def export_trained(trained, checkpoint_sha: str, out: Path, image_paths: list[Path], force: bool = False,
                    tolerance: float = 1e-4, optimize: str = "slim", opset: int = 17, quiet: bool = False,
-                   extra_meta: dict[str, str] | None = None) -> dict:
+                   extra_meta: dict[str, str] | None = None, release_torch: bool = False) -> dict:
     """The export itself, for a TrainedModel already in memory (also used by the benchmark).
 
     trace -> parity (ORT vs torch on the real images) -> optimise (measured, parity
     re-checked) -> metadata -> seal -> atomic write -> read back and verify.
+
+    release_torch: the caller is done with the torch model; its weights are freed once the
+    graph is traced (`fsac export`: its peak memory then holds one copy of the weights in
+    torch or in ONNX form, not both). The benchmark keeps them to time PyTorch afterwards.
     """
     from fsac.metadata import replace_metadata_bytes
     from fsac.export.onnx_export import build_metadata, export_onnx, serialize
@@ -125,18 +129,7 @@ def export_trained(trained, checkpoint_sha: str, out: Path, image_paths: list[Pa
     t0 = time.perf_counter()
     torch_out = run_torch(deploy, pixels)
     torch_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    model = export_onnx(deploy, spec.image_size, opset)
-    export_s = time.perf_counter() - t0
-    _say(quiet, f"traced to ONNX (opset {opset}, {len(model.graph.node)} nodes) in {export_s:.1f} s")
-    tau = trained.head.cfg.tau
-    parity = check_parity(torch_out, serialize(model), pixels, names, tau, tolerance, "fp32 ONNX graph")
-    _say(quiet, f"parity: {parity.summary()}")
-
-    def reparity(data: bytes) -> float:
-        return check_parity(torch_out, data, pixels, names, tau, tolerance,
-                            f"{optimize}-optimised graph").max_abs_diff_logit
-
+    gflop = _gflop_per_image(deploy, spec.image_size)
     visual = trained.backbone.visual
     width = getattr(getattr(visual, "transformer", None), "width", None)
     heads = None
@@ -144,7 +137,24 @@ def export_trained(trained, checkpoint_sha: str, out: Path, image_paths: list[Pa
         blocks = getattr(visual.transformer, "resblocks", [])
         if len(blocks) and hasattr(blocks[0], "attn"):
             heads = getattr(blocks[0].attn, "num_heads", None)
-    model, opt = optimize_and_measure(model, optimize, pixels[:1], reparity, num_heads=heads, hidden_size=width)
+    t0 = time.perf_counter()
+    model = export_onnx(deploy, spec.image_size, opset)
+    export_s = time.perf_counter() - t0
+    _say(quiet, f"traced to ONNX (opset {opset}, {len(model.graph.node)} nodes) in {export_s:.1f} s")
+    graph = serialize(model)  # from here on the graph lives as bytes only: one copy
+    del model, visual
+    if release_torch:
+        del deploy
+        _release_torch(trained)
+    tau = trained.head.cfg.tau
+    parity = check_parity(torch_out, graph, pixels, names, tau, tolerance, "fp32 ONNX graph")
+    _say(quiet, f"parity: {parity.summary()}")
+
+    def reparity(data: bytes) -> float:
+        return check_parity(torch_out, data, pixels, names, tau, tolerance,
+                            f"{optimize}-optimised graph").max_abs_diff_logit
+
+    graph, opt = optimize_and_measure(graph, optimize, pixels[:1], reparity, num_heads=heads, hidden_size=width)
     if optimize != "none":
         lat = ""
         if opt.latency_before_s is not None:
@@ -161,11 +171,15 @@ def export_trained(trained, checkpoint_sha: str, out: Path, image_paths: list[Pa
         "fsac.parity": json.dumps({**parity.to_dict(), "max_abs_diff_logit_final": float(final_diff),
                                    "images": [Path(n).name for n in names]}),
         "fsac.optimize": json.dumps(opt.to_dict()),
+        # For the runtime benchmark's fraction of the CPU's peak (fsac-run has no torch to count).
+        "fsac.gflop_per_image": f"{gflop:.4f}",
         **(extra_meta or {}),
     }
     meta = build_metadata(trained, checkpoint_sha, opset, "fp32", extra)
-    data = replace_metadata_bytes(serialize(model), meta, str(out))
+    data = replace_metadata_bytes(graph, meta, str(out))
+    del graph
     write_model_file(out, data, force=force)
+    del data
     _, info = load_model_file(out)  # read back: seal verifies, metadata parses
     size = out.stat().st_size
     _say(quiet, f"wrote {out} ({size / 1e6:.1f} MB, seal {info.seal[:12]}...)")
@@ -181,6 +195,33 @@ def export_trained(trained, checkpoint_sha: str, out: Path, image_paths: list[Pa
         "export_s": export_s,
         "torch_reference_s": torch_s,
     }
+
+
+def _release_torch(trained) -> None:
+    """Free the torch weights of a model nobody will run again (see export_trained)."""
+    import gc
+
+    trained.backbone.model = None
+    trained.backbone._visual_bf16 = None
+    gc.collect()
+    give_back_memory()
+
+
+def give_back_memory() -> None:
+    """Return freed heap pages to the OS (glibc keeps them otherwise, and the peak RSS of the
+    next step would sit on top of memory nobody uses)."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
+
+
+def _gflop_per_image(deploy, image_size: int) -> float:
+    from fsac.export.bench import model_flops
+
+    return model_flops(deploy, image_size) / 1e9
 
 
 def engine_command(

@@ -94,53 +94,64 @@ def _timed_session(model_bytes: bytes):
     from fsac.runner import make_session
 
     t = time.perf_counter()
-    s = make_session(model_bytes)
+    s = make_session(model_bytes, cpu_prepack=False)  # one copy of the weights per session
     return s, time.perf_counter() - t
 
 
 def optimize_and_measure(model, method: str, pixels: np.ndarray,
                          parity: Callable[[bytes], float], runs: int = 5,
                          num_heads: int | None = None, hidden_size: int | None = None):
-    """Try `method` on `model` (onnx.ModelProto, already parity-checked).
+    """Try `method` on `model` (serialized bytes, or an onnx.ModelProto), already parity-checked.
+
+    Given bytes it returns bytes, and it never holds more than one parsed copy of the graph:
+    the export of a 471 MB model must fit on an 8 GB workstation.
 
     parity(bytes) -> max |Δ logit| vs PyTorch; raises FsacError when over the tolerance.
     pixels: (1, S, S, 3) uint8, one real image for the timing.
     -> (ModelProto to keep, OptimizeReport).
     """
-    from fsac.export.onnx_export import serialize
-
-    n_before = len(model.graph.node)
-    if method == "none":
-        return model, OptimizeReport("none", False, "not requested", n_before, n_before, None, None, None, None, 0.0)
     import onnx
 
-    before = serialize(model)
-    work = onnx.ModelProto()
-    work.CopyFrom(model)  # optimizers may change their input in place
+    from fsac.export.onnx_export import serialize
+
+    as_bytes = isinstance(model, (bytes, bytearray))
+    if method == "none":
+        n = len(onnx.load_from_string(model).graph.node) if as_bytes else len(model.graph.node)
+        return model, OptimizeReport("none", False, "not requested", n, n, None, None, None, None, 0.0)
+    before = bytes(model) if as_bytes else serialize(model)
+    keep = model  # what is returned when the candidate is not kept
+    del model
+    work = onnx.load_from_string(before)  # optimizers may change their input in place
+    n_before = len(work.graph.node)
     t0 = time.perf_counter()
     try:
         candidate = optimize_graph(work, method, num_heads, hidden_size)
     except FsacError:
         raise
     except Exception as e:  # a failing optimizer must not fail the export: keep the plain graph
-        return model, OptimizeReport(method, False, f"optimizer failed: {type(e).__name__}: {str(e)[:160]}",
+        return keep, OptimizeReport(method, False, f"optimizer failed: {type(e).__name__}: {str(e)[:160]}",
                                      n_before, n_before, None, None, None, None, time.perf_counter() - t0)
     opt_s = time.perf_counter() - t0
     after = serialize(candidate)
-    s_before, load_before = _timed_session(before)
-    s_after, load_after = _timed_session(after)
-    report = OptimizeReport(method, False, "", n_before, len(candidate.graph.node), None, None,
-                            load_before, load_after, opt_s)
-    try:
+    n_after = len(candidate.graph.node)
+    result = after if as_bytes else candidate
+    del work, candidate
+    from fsac.export.cli import give_back_memory
+
+    give_back_memory()
+    report = OptimizeReport(method, False, "", n_before, n_after, None, None, None, None, opt_s)
+    try:  # parity first: its session is gone before the two timing sessions exist
         report.parity_max_abs_diff = parity(after)
     except FsacError as e:
         report.reason = f"parity lost after optimisation: {e}"
-        return model, report
+        return keep, report
+    s_before, report.load_before_s = _timed_session(before)
+    s_after, report.load_after_s = _timed_session(after)
     lat = time_interleaved({"before": s_before, "after": s_after}, pixels[:1], runs=runs)
     report.latency_before_s, report.latency_after_s = lat["before"], lat["after"]
     if lat["after"] > lat["before"] * SLOWER_MARGIN:
         report.reason = f"slower ({lat['after']:.4f} s vs {lat['before']:.4f} s at batch 1)"
-        return model, report
+        return keep, report
     report.kept = True
     report.reason = "parity holds and not slower"
-    return candidate, report
+    return result, report

@@ -343,6 +343,7 @@ class LoadedModel:
     threshold_source: str  # "model file" or "config"
     size_bytes: int
     loaded_at: float
+    selection: Any = None  # fsac.runtime.policy.Selection when backend: auto measured the candidates
 
     @property
     def sha256(self) -> str:
@@ -362,13 +363,17 @@ class LoadedModel:
                 f"input {self.info.image_size}x{self.info.image_size}, logit threshold {self.logit_threshold:.4g} "
                 f"(score {self.threshold:.6g}) from "
                 f"{self.threshold_source}, backend {self.backend.name} {','.join(self.backend.providers)}, "
-                f"batch <= {self.backend.max_batch})")
+                f"batch <= {self.backend.max_batch})"
+                + (f"; {self.selection.summary()}" if self.selection is not None else ""))
 
 
 def backend_kind(cfg: ModelConfig) -> str:
     if cfg.backend != "auto":
         return cfg.backend
-    return "tensorrt" if Path(cfg.path).suffix.lower() in ENGINE_SUFFIXES else "onnxruntime"
+    if Path(cfg.path).suffix.lower() in ENGINE_SUFFIXES:
+        return "tensorrt"
+    # auto with calibration images: measure the candidates on this machine (fsac.runtime.policy)
+    return "measured" if cfg.calibration_images else "onnxruntime"
 
 
 def load_model(cfg: ModelConfig) -> LoadedModel:
@@ -423,13 +428,24 @@ def _build_loaded(cfg: ModelConfig, kind: str, data: bytes | str, info: ModelInf
                         "run `fsac calibrate` on it, or set model.logit_threshold in the config")
     if not math.isfinite(threshold):
         raise FsacError(f"{info.source}: logit threshold {threshold} is not a finite number")
+    selection = None
     if kind == "tensorrt":
         backend: Any = TensorRTBackend(data, info, batch_size=cfg.batch_size)
+    elif kind == "measured":
+        from .policy import build_auto
+
+        backend, selection = build_auto(cfg, data, info, float(threshold))
+    elif kind == "openvino":
+        from .openvino_backend import OpenVinoBackend
+
+        ov = cfg.openvino
+        backend = OpenVinoBackend(data, info, precision=ov.precision, device=ov.device, threads=cfg.threads,
+                                  streams=ov.streams, batch_size=cfg.batch_size, cache_dir=ov.cache_dir)
     else:
         backend = OnnxBackend(data, info, providers=cfg.providers, batch_size=cfg.batch_size, threads=cfg.threads,
                               spin_wait=cfg.spin_wait, cpu_prepack=cfg.cpu_prepack)
     return LoadedModel(info=info, backend=backend, logit_threshold=float(threshold), threshold_source=origin,
-                       size_bytes=size, loaded_at=time.time())
+                       size_bytes=size, loaded_at=time.time(), selection=selection)
 
 
 class ModelHandle:

@@ -88,9 +88,10 @@ class _Bare:
     """The bare backend on frames decoded and resized beforehand."""
 
     def __init__(self, model_path: Path, files: list[Path], batch_size: int, providers: list[str], threads: int,
-                 spin_wait: bool) -> None:
+                 spin_wait: bool, backend: dict[str, Any] | None = None) -> None:
         self.model = load_model(ModelConfig(path=str(model_path), batch_size=batch_size, providers=providers,
-                                            threads=threads, threshold=0.5, spin_wait=spin_wait))
+                                            threads=threads, threshold=0.5, spin_wait=spin_wait,
+                                            **_backend_kw(backend)))
         spec = self.model.info.preprocess
         backend = self.model.backend
         # Serial loop first (it also warms the page cache for the files and the session).
@@ -156,14 +157,38 @@ class _Broker:
             self.proc.kill()
 
 
+def _backend_kw(backend: dict[str, Any] | None) -> dict[str, Any]:
+    """ModelConfig keywords of --backend / --precision (OpenVINO settings in their own section)."""
+    from .config import OpenVinoConfig
+
+    b = dict(backend or {})
+    kw: dict[str, Any] = {}
+    if b.get("backend"):
+        kw["backend"] = b["backend"]
+    if b.get("precision"):
+        kw["openvino"] = OpenVinoConfig(precision=b["precision"])
+    return kw
+
+
+def _backend_args(backend: dict[str, Any] | None) -> list[str]:
+    b = dict(backend or {})
+    args = []
+    if b.get("backend"):
+        args += ["--set", f"model.backend={b['backend']}"]
+    if b.get("precision"):
+        args += ["--set", f"model.openvino.precision={b['precision']}"]
+    return args
+
+
 def _daemon_pass(model_path: Path, folder: Path, out: Path, batch_size: int, providers: list[str], threads: int,
-                 workers: int, queue_size: int, spin_wait: bool, mqtt_port: int | None = None) -> dict[str, Any]:
+                 workers: int, queue_size: int, spin_wait: bool, mqtt_port: int | None = None,
+                 backend: dict[str, Any] | None = None) -> dict[str, Any]:
     """One run of the real pipeline over the folder, in this process; model load not timed."""
     import logging
 
     cfg = RuntimeConfig()
     cfg.model = ModelConfig(path=str(model_path), batch_size=batch_size, providers=providers, threads=threads,
-                            threshold=0.5, spin_wait=spin_wait)
+                            threshold=0.5, spin_wait=spin_wait, **_backend_kw(backend))
     cfg.source = SourceConfig(kind="folder", uri=str(folder), mode="every-frame", decode_workers=workers,
                               queue_size=queue_size)
     cfg.sinks.jsonl.path = str(out)
@@ -193,7 +218,8 @@ def _daemon_pass(model_path: Path, folder: Path, out: Path, batch_size: int, pro
 
 
 def _rss_subprocess(model_path: Path, folder: Path, workdir: Path, batch_size: int, providers: list[str],
-                    threads: int, workers: int, spin_wait: bool) -> dict[str, Any]:
+                    threads: int, workers: int, spin_wait: bool, backend: dict[str, Any] | None = None
+                    ) -> dict[str, Any]:
     """Peak RSS of `fsac-run` on the frames, and of a bare backend loop on the same frames."""
     args = ["--model", str(model_path), "--source", str(folder), "--jsonl", str(workdir / "subprocess.jsonl"),
            "--set", "http.enabled=false", "--set", f"model.batch_size={batch_size}",
@@ -201,10 +227,13 @@ def _rss_subprocess(model_path: Path, folder: Path, workdir: Path, batch_size: i
            "--set", "model.threshold=0.5", "--set", f"model.spin_wait={'true' if spin_wait else 'false'}"]
     if providers:
         args += ["--set", f"model.providers={','.join(providers)}"]
+    args += _backend_args(backend)
     rss, log_text = _peak_rss("from fsac.runtime.cli import main; sys.exit(main())", args)
     m = re.search(r"([\d.]+) frames/s", log_text)
     bare_rss, _ = _peak_rss(_BARE_RSS_SCRIPT, [str(model_path), str(folder), str(batch_size), str(threads),
-                                               ",".join(providers), "1" if spin_wait else "0"])
+                                               ",".join(providers), "1" if spin_wait else "0",
+                                               (backend or {}).get("backend") or "",
+                                               (backend or {}).get("precision") or ""])
     if rss is None or bare_rss is None:
         raise FsacError("peak memory needs /proc/self/status (Linux); run with --no-rss elsewhere")
     return {"rss_peak_bytes": rss, "bare_rss_peak_bytes": bare_rss,
@@ -217,9 +246,14 @@ import numpy as np
 from fsac.preprocess import list_images, load_image, resize_crop
 from fsac.runtime.backends import load_model
 from fsac.runtime.config import ModelConfig
-model = load_model(ModelConfig(path=sys.argv[1], batch_size=int(sys.argv[3]), threads=int(sys.argv[4]),
-                               providers=[p for p in sys.argv[5].split(",") if p], threshold=0.5,
-                               spin_wait=sys.argv[6] == "1"))
+from fsac.runtime.config import OpenVinoConfig
+cfg = ModelConfig(path=sys.argv[1], batch_size=int(sys.argv[3]), threads=int(sys.argv[4]),
+                  providers=[p for p in sys.argv[5].split(",") if p], threshold=0.5, spin_wait=sys.argv[6] == "1")
+if sys.argv[7]:
+    cfg.backend = sys.argv[7]
+if sys.argv[8]:
+    cfg.openvino = OpenVinoConfig(precision=sys.argv[8])
+model = load_model(cfg)
 spec, backend = model.info.preprocess, model.backend
 files = list_images(sys.argv[2])
 for start in range(0, len(files), backend.max_batch):
@@ -258,8 +292,10 @@ def _peak_rss(code: str, args: list[str]) -> tuple[int | None, str]:
 def bench_runtime(model: str | os.PathLike, images: str | os.PathLike, n_frames: int = 200, batch_size: int = 4,
                   out_json: str | os.PathLike | None = None, *, providers: list[str] | None = None,
                   threads: int = 0, workers: int = 2, queue_size: int = 8, measure_rss: bool = True,
-                  spin_wait: bool = False, rounds: int = 2) -> dict[str, Any]:
+                  spin_wait: bool = False, rounds: int = 2, backend: str = "", precision: str = "",
+                  peaks: bool = True) -> dict[str, Any]:
     """Bare backend vs daemon on the same frames; returns (and optionally writes) the figures."""
+    bk = {"backend": backend, "precision": precision}
     model, images = Path(model), Path(images)
     if n_frames < 1 or rounds < 1:
         raise FsacError("--frames and --rounds must be >= 1")
@@ -271,9 +307,13 @@ def bench_runtime(model: str | os.PathLike, images: str | os.PathLike, n_frames:
                                   "cpu_count": os.cpu_count(), "workers": workers}
         result["spin_wait"] = spin_wait
         result["rounds"] = rounds
-        bare = _Bare(model, files, batch_size, providers, threads, spin_wait)
-        result.update({"serial_fps": n_frames / bare.serial_s, "batch_size": bare.model.backend.max_batch,
-                       "providers": list(bare.model.backend.providers), "model_bytes": bare.model.size_bytes})
+        bare = _Bare(model, files, batch_size, providers, threads, spin_wait, bk)
+        served = bare.model.backend
+        result.update({"serial_fps": n_frames / bare.serial_s, "batch_size": served.max_batch,
+                       "providers": list(served.providers), "model_bytes": bare.model.size_bytes,
+                       "backend": served.name,
+                       "precision": _precision_of(getattr(served, "precision", bare.model.info.precision)),
+                       "gflop_per_image": _gflop(bare.model.info)})
         # Alternate the two measurements so that load from other processes (a shared CPU)
         # falls on both alike.
         bare_s, bare_lat, runs = 0.0, [], []
@@ -285,7 +325,7 @@ def bench_runtime(model: str | os.PathLike, images: str | os.PathLike, n_frames:
                 bare_lat += lat
                 runs.append(_daemon_pass(model, work / "frames", work / f"daemon{i}.jsonl", batch_size, providers,
                                          threads, workers, queue_size, spin_wait,
-                                         broker.port if broker is not None else None))
+                                         broker.port if broker is not None else None, bk))
         finally:
             if broker is not None:
                 broker.stop()
@@ -311,11 +351,35 @@ def bench_runtime(model: str | os.PathLike, images: str | os.PathLike, n_frames:
         result["rss_budget_bytes"] = result["model_bytes"] + RSS_ALLOWANCE
         if measure_rss:
             result.update(_rss_subprocess(model, work / "frames", work, batch_size, providers, threads, workers,
-                                          spin_wait))
+                                          spin_wait, bk))
             result["rss_within_budget"] = bool(result["rss_peak_bytes"] <= result["rss_budget_bytes"])
+    if peaks:
+        from fsac.peaks import measure_peaks
+
+        # Same threads as the backend (0 = the runtime's default, which is every core here).
+        pk = measure_peaks(threads or (os.cpu_count() or 1), use_torch=False)
+        result["peaks"] = pk.to_dict()
+        result["cpu_flags"] = pk.flags
+        g = result["gflop_per_image"]
+        peak = pk.peak(result["precision"])
+        result["bare_gops"] = None if g is None else g * result["bare_fps"]
+        result["bare_pct_of_peak"] = None if (g is None or not peak) else 100 * g * result["bare_fps"] / peak
     if out_json is not None:
         atomic_write_json(out_json, result)
     return result
+
+
+def _precision_of(p: str) -> str:
+    p = str(p).lower()
+    return {"f32": "fp32", "fp32": "fp32", "bf16": "bf16"}.get(p, "int8" if "int8" in p else p)
+
+
+def _gflop(info) -> float | None:
+    """GFLOP per image recorded by `fsac export` (fsac.gflop_per_image), if the file has it."""
+    try:
+        return float(info.metadata["fsac.gflop_per_image"])
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def format_table(r: dict[str, Any]) -> str:
@@ -330,7 +394,19 @@ def format_table(r: dict[str, Any]) -> str:
     w = max(len(row[0]) for row in rows)
     lines = [f"model {r['model']} ({r['model_bytes'] / mb:.1f} MB), {r['frames']} frames x {r['rounds']} rounds, "
              f"batch <= {r['batch_size']}, {r['workers']} decode workers, {r['cpu_count']} CPUs, "
-             f"providers {','.join(r['providers'])}"]
+             f"backend {r.get('backend', '?')} {r.get('precision', '')}, providers {','.join(r['providers'])}"]
+    if "peaks" in r:
+        pk = r["peaks"]
+        f = lambda x: "n/a" if x is None else f"{x:.0f}"  # noqa: E731
+        lines.append(f"  CPU flags: {' '.join(r['cpu_flags']) or 'none'} ({pk['cpu_class']}); peaks on "
+                     f"{pk['threads']} threads: fp32 {f(pk['fp32'])} GFLOP/s, bf16 {f(pk['bf16'])} GFLOP/s, "
+                     f"int8 {f(pk['int8'])} GOP/s")
+        if r.get("bare_pct_of_peak") is not None:
+            lines.append(f"  bare backend: {r['bare_gops']:.0f} G(FL)OP/s = {r['bare_pct_of_peak']:.1f} % of the "
+                         f"{r['precision']} peak ({r['gflop_per_image']:.2f} GFLOP per image)")
+        else:
+            lines.append("  bare backend fraction of peak: n/a (the model file records no fsac.gflop_per_image; "
+                         "re-export it with this fsac)")
     lines += [f"  {a:<{w}}  {b:>16}  {c:>14}  {d:>14}" for a, b, c, d in rows]
     lines.append(f"  daemon / bare throughput: {r['ratio'] * 100:.1f} % (target >= 95 %: "
                  f"{'met' if r['meets_95pct_target'] else 'NOT met'}); mean batch {r['daemon_mean_batch']:.2f}")
@@ -373,11 +449,17 @@ try:  # typer is a base dependency; the runtime itself does not need it
                                                 help="model.spin_wait for both measurements")] = False,
         rounds: Annotated[int, typer.Option("--rounds", min=1,
                                             help="alternate bare and daemon passes this many times")] = 2,
+        backend: Annotated[str, typer.Option("--backend", help="model.backend (onnxruntime, openvino; "
+                                             "default: the config default)")] = "",
+        precision: Annotated[str, typer.Option("--precision", help="model.openvino.precision (f32, bf16, int8, "
+                                               "auto) for --backend openvino")] = "",
+        peaks: Annotated[bool, typer.Option("--peaks/--no-peaks", help="measure this CPU's matmul peaks")] = True,
     ) -> None:
         """Daemon throughput and p50/p99 latency against the bare backend on the same frames."""
         result = bench_runtime(model, images, frames, batch_size, out,
                                providers=[p for p in (providers or "").split(",") if p], threads=threads,
-                               workers=workers, measure_rss=rss, spin_wait=spin_wait, rounds=rounds)
+                               workers=workers, measure_rss=rss, spin_wait=spin_wait, rounds=rounds,
+                               backend=backend, precision=precision, peaks=peaks)
         typer.echo(format_table(result))
         if out is not None:
             typer.echo(f"wrote {out}")

@@ -39,7 +39,7 @@ from fsac.errors import FsacError
 
 SOURCE_KINDS = ("auto", "folder", "watch", "video", "camera", "rtsp", "http", "gstreamer")
 SOURCE_MODES = ("every-frame", "latest-frame")
-BACKENDS = ("auto", "onnxruntime", "tensorrt")
+BACKENDS = ("auto", "onnxruntime", "tensorrt", "openvino")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -52,9 +52,26 @@ def _opt(default: Any = MISSING, *, factory: Any = MISSING, doc: str = "", **che
 
 
 @dataclass
+class OpenVinoConfig:
+    precision: str = _opt("auto", choices=("auto", "f32", "bf16", "int8"),
+                          doc="auto: int8 for a QDQ file, else bf16 where the device has it, else f32")
+    device: str = _opt("CPU", doc="OpenVINO device: CPU, GPU (GPU.N), or AUTO")
+    streams: int = _opt(0, min=0, max=64, doc="OpenVINO NUM_STREAMS (0: one, the latency hint)")
+    cache_dir: str = _opt("", doc="OpenVINO compiled-model cache folder (empty: compile at every start)")
+
+
+@dataclass
 class ModelConfig:
     path: str = _opt("", doc="sealed fsac model file (.onnx) or TensorRT engine (.engine/.plan + .json sidecar)")
-    backend: str = _opt("auto", choices=BACKENDS, doc="auto: tensorrt for .engine/.plan/.trt, else onnxruntime")
+    backend: str = _opt("auto", choices=BACKENDS, doc="auto: tensorrt for .engine/.plan/.trt, else onnxruntime; "
+                        "with model.calibration_images set, auto times the backends and precisions on this machine and "
+                        "serves the fastest whose logits agree with fp32 (fsac.runtime.policy); openvino: Intel's "
+                        "runtime (model.openvino)")
+    openvino: OpenVinoConfig = _opt(factory=OpenVinoConfig)
+    int8_path: str = _opt("", doc="INT8 QDQ file quantized from model.path (`fsac quantize`) that backend: "
+                          "auto may serve instead, if it is faster and its logits agree with fp32")
+    calibration_images: str = _opt("", doc="folder of normal images for backend: auto to measure each "
+                                   "candidate's agreement with fp32 on (empty: auto is onnxruntime fp32)")
     providers: List[str] = _opt(
         factory=list, doc="onnxruntime execution providers in order (tensorrt, cuda, cpu or full names); "
         "empty: TensorRT -> CUDA -> CPU, whichever this onnxruntime offers")
@@ -63,7 +80,7 @@ class ModelConfig:
     threshold: Optional[float] = _opt(None, doc="override the calibrated threshold in score units (0 < t < 1); "
                                       "converted to a logit threshold. Prefer model.logit_threshold")
     batch_size: int = _opt(4, min=1, max=256, doc="most frames scored in one call when frames queue up")
-    threads: int = _opt(0, min=0, max=256, doc="onnxruntime intra-op threads (0: onnxruntime decides)")
+    threads: int = _opt(0, min=0, max=256, doc="onnxruntime intra-op / OpenVINO inference threads (0: the runtime decides)")
     spin_wait: bool = _opt(False, doc="let onnxruntime's CPU threads busy-wait between operators: a little "
                            "faster on cores nothing else uses, much slower when decoding shares the CPU")
     cpu_prepack: bool = _opt(False, doc="let onnxruntime's CPU provider keep a second, pre-packed copy of the "
@@ -374,6 +391,8 @@ def _resolve_relative(data: dict[str, Any], base: Path) -> None:
     model, source, sinks = data.get("model"), data.get("source"), data.get("sinks")
     if isinstance(model, dict):
         fix(model, "path")
+        fix(model, "calibration_images")
+        fix(model, "int8_path")
     if isinstance(source, dict):
         fix(source, "uri", _looks_like_path)
         fix(source, "done_dir")

@@ -309,7 +309,9 @@ class Daemon:
         model = self.handle.current
         info = {"name": model.name, "sha256": model.sha256, "arch": model.info.arch,
                 "object": model.info.object_name, "logit_threshold": f"{model.logit_threshold:.6g}",
-                "backend": model.backend.name, "image_size": model.info.image_size}
+                "backend": model.backend.name, "image_size": model.info.image_size,
+                "precision": getattr(model.backend, "precision", model.info.precision),
+                "backend_chosen_by": "auto (measured)" if model.selection is not None else "config"}
         ok, _ = self.ready()
         j = self.journal
 

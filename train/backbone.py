@@ -210,8 +210,14 @@ class Backbone:
 
     @torch.no_grad()
     def encode_images(self, images: np.ndarray, batch_size: int = 8,
-                      progress: Callable[[int], None] | None = None) -> torch.Tensor:
-        """(N, S, S, 3) uint8 RGB -> (N, C) projected [CLS] features F (not normalised)."""
+                      progress: Callable[[int], None] | None = None, precision: str = "fp32") -> torch.Tensor:
+        """(N, S, S, 3) uint8 RGB -> (N, C) projected [CLS] features F (not normalised), float32.
+
+        precision "bf16" runs a bf16 copy of the frozen encoder (AMX / AVX-512 BF16 on a CPU,
+        tensor cores on a GPU; see `resolve_encoder_precision`). A bf16 copy of the weights,
+        not torch.autocast: autocast re-casts every weight at every call, and measured on a
+        2-core AMX Xeon it was 2.5x *slower* than fp32 (1.74 vs 0.70 s per image) while the
+        bf16 copy was 2x faster (0.36 s), with the same features (cosine 1.0000)."""
         if images.ndim != 4 or images.shape[1:] != (self.spec.image_size, self.spec.image_size, 3):
             raise FsacError(
                 f"expected images of shape (N, {self.spec.image_size}, {self.spec.image_size}, 3), got {images.shape}"
@@ -219,10 +225,21 @@ class Backbone:
         out = []
         for i in range(0, len(images), batch_size):
             x = torch.from_numpy(np.ascontiguousarray(images[i : i + batch_size])).to(self.device)
-            out.append(self.visual(self.normalize(x)).float().cpu())
+            if precision == "bf16":
+                out.append(self._bf16_visual()(self.normalize(x).to(torch.bfloat16)).float().cpu())
+            else:
+                out.append(self.visual(self.normalize(x)).float().cpu())
             if progress:
                 progress(len(x))
         return torch.cat(out) if out else torch.zeros(0, self.info.embed_dim)
+
+    def _bf16_visual(self) -> torch.nn.Module:
+        """The image encoder with its weights in bf16, built once (frozen, so never stale)."""
+        if getattr(self, "_visual_bf16", None) is None:
+            import copy
+
+            self._visual_bf16 = copy.deepcopy(self.visual).to(torch.bfloat16).eval()
+        return self._visual_bf16
 
     # Text side ----------------------------------------------------------------------
 
@@ -240,6 +257,34 @@ class Backbone:
         """METHOD.md: T = mean of the L2-normalised prompt features, re-normalised. -> (C,)"""
         feats = torch.nn.functional.normalize(self.encode_texts(prompts), dim=-1)
         return torch.nn.functional.normalize(feats.mean(dim=0), dim=-1)
+
+
+ENCODER_PRECISIONS = ("fp32", "bf16", "auto")
+
+
+def bf16_supported(device: str) -> bool:
+    """Whether bf16 matrix multiplies run natively here (not emulated, which is slower)."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if dev.type == "cpu":
+        from fsac.peaks import cpu_flags
+
+        return bool({"avx512_bf16", "amx_bf16"} & set(cpu_flags()))
+    return False
+
+
+def resolve_encoder_precision(requested: str, device: str) -> str:
+    """--encoder-precision: fp32, bf16 (refused where unsupported) or auto (bf16 where supported)."""
+    if requested not in ENCODER_PRECISIONS:
+        raise FsacError(f"--encoder-precision must be one of {', '.join(ENCODER_PRECISIONS)}, got {requested!r}")
+    if requested == "fp32":
+        return "fp32"
+    ok = bf16_supported(device)
+    if requested == "bf16" and not ok:
+        raise FsacError(f"--encoder-precision bf16: device {device} has no native bf16 (CPU flags avx512_bf16 / "
+                        "amx_bf16, or a bf16 GPU); use fp32 or auto")
+    return "bf16" if ok else "fp32"
 
 
 def encode_text_truncated(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:

@@ -31,13 +31,15 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
-def time_cli_train(arch: str, weights: str, shots: list[Path], synth_per_image: int) -> float:
+def time_cli_train(arch: str, weights: str, shots: list[Path], synth_per_image: int,
+                   encoder_precision: str = "fp32") -> float:
     """Wall time of a real `fsac train` process (interpreter start and imports included)."""
     import subprocess
 
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "fsac.cli", "train", *map(str, shots), "--arch", arch, "--weights", weights,
-               "--synth-per-image", str(synth_per_image), "--out", str(Path(tmp) / "run"), "--quiet"]
+               "--synth-per-image", str(synth_per_image), "--out", str(Path(tmp) / "run"), "--quiet",
+               "--encoder-precision", encoder_precision]
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True)
         wall = time.perf_counter() - t0
@@ -47,7 +49,7 @@ def time_cli_train(arch: str, weights: str, shots: list[Path], synth_per_image: 
 
 
 def bench_train(arch: str, shots: int, weights: str, images, synth_per_image: int, out: Path | None,
-                threads: int | None, cli: bool = True) -> dict:
+                threads: int | None, cli: bool = True, encoder_precision: str = "fp32") -> dict:
     if threads:
         torch.set_num_threads(threads)
     pool = training_images(list(images)) if images else embedded_dataset().train_pool
@@ -56,7 +58,16 @@ def bench_train(arch: str, shots: int, weights: str, images, synth_per_image: in
     t0 = time.perf_counter()
     backbone = load_backbone(arch, weights, quiet=True)
     t_load = time.perf_counter() - t0
-    cfg = TrainConfig(synth=SynthConfig(per_image=synth_per_image))
+    from fsac.peaks import cpu_flags, matrix_flags
+    from fsac.train.text_cache import cache_root, load_cached, text_cache_key
+    from fsac.train.prompts import build_prompts
+
+    normal, anomalous = build_prompts("object")
+    root = cache_root()
+    text_hit = root is not None and load_cached(
+        root, text_cache_key(backbone.info, "object", {"normal": normal, "anomalous": anomalous}),
+        backbone.info.embed_dim) is not None
+    cfg = TrainConfig(synth=SynthConfig(per_image=synth_per_image), encoder_precision=encoder_precision)
     result = train(backbone, chosen, "object", cfg, quiet=True)
     with tempfile.TemporaryDirectory() as tmp:
         t1 = time.perf_counter()
@@ -73,9 +84,11 @@ def bench_train(arch: str, shots: int, weights: str, images, synth_per_image: in
         "per_image_s": t["features_s"] / (k + k * m), "stage1_s": t.get("stage1_s", 0.0),
         "stage2_s": t.get("stage2_s", 0.0), "train_total_s": t["total_s"], "save_s": t_save,
         "whole_train_s": wall, "target_s": TARGET_S, "peak_rss_mb": peak_rss_mb(), "rss_before_mb": rss0,
+        "text_cache": "off" if root is None else ("hit" if text_hit else "miss (now stored)"),
+        "encoder": result.model.meta.get("encoder"), "cpu_flags": matrix_flags(cpu_flags()),
     }
     if cli:
-        figures["cli_train_s"] = time_cli_train(arch, weights, chosen, synth_per_image)
+        figures["cli_train_s"] = time_cli_train(arch, weights, chosen, synth_per_image, encoder_precision)
     rows = [
         ("backbone build + weights", figures["backbone_build_s"]),
         ("load + preprocess shots", figures["load_images_s"]),
@@ -94,6 +107,13 @@ def bench_train(arch: str, shots: int, weights: str, images, synth_per_image: in
     for name, secs in rows:
         print(f"  {name:<36} {secs:8.2f} s")
     print(f"  {'per encoded image':<36} {figures['per_image_s']:8.3f} s")
+    enc = figures["encoder"] or {}
+    print(f"  encoder precision {enc.get('precision', 'fp32')}; text-feature cache (in process): "
+          f"{figures['text_cache']}; the `fsac train` command runs after it, so it finds the cache")
+    if enc.get("vs_fp32"):
+        print(f"  bf16 encoder features vs fp32 on {enc['vs_fp32']['images']} shot(s): cosine min "
+              f"{enc['vs_fp32']['cosine_min']:.5f}, mean {enc['vs_fp32']['cosine_mean']:.5f}")
+    print(f"  CPU flags: {' '.join(figures['cpu_flags'])}")
     print(f"  {'peak RSS':<36} {figures['peak_rss_mb']:8.0f} MB")
     whole = figures.get("cli_train_s", wall)
     verdict = "met" if whole <= TARGET_S else "NOT met"

@@ -26,7 +26,8 @@ QUIET = typer.Option(False, "--quiet", "-q", help="No progress bars or per-run l
 def build_train_config(mode: str, epochs1: int, epochs2: int, lr1: float, lr2: float, seed: int,
                        alpha1: float, alpha2: float, beta1: float | None, beta2: float | None, tau: float,
                        loss_temperature: float, no_cross_attention: bool, normalize_image_feature: bool,
-                       synth: str | None, synth_per_image: int, preset: str | None = None):
+                       synth: str | None, synth_per_image: int, preset: str | None = None,
+                       encoder_precision: str = "fp32"):
     from fsac.train.model import HeadConfig
     from fsac.train.presets import resolve
     from fsac.train.synth import SynthConfig
@@ -43,7 +44,7 @@ def build_train_config(mode: str, epochs1: int, epochs2: int, lr1: float, lr2: f
         raise FsacError("--loss-temperature must be > 0")
     return TrainConfig(mode=mode, stage1_epochs=epochs1, stage2_epochs=epochs2, stage1_lr=lr1, stage2_lr=lr2,
                        seed=seed, head=head, synth=SynthConfig(kind=synth, per_image=synth_per_image, seed=seed),
-                       preset=preset)
+                       preset=preset, encoder_precision=encoder_precision)
 
 
 class TrainOptions:
@@ -68,6 +69,9 @@ class TrainOptions:
     synth = typer.Option(None, "--synth", help="Synthetic anomalies: gaussian (MVTec AD) | nsa (VisA) | mixed "
                          "[default: from --preset, gaussian].")
     synth_per_image = typer.Option(4, "--synth-per-image", help="Synthetic anomalies per normal image.")
+    encoder_precision = typer.Option("fp32", "--encoder-precision",
+                                     help="Frozen image encoder: fp32, bf16 (a bf16 copy of its weights; AMX / AVX-512 BF16 CPUs, bf16 "
+                                          "GPUs; the shots' feature cosine vs fp32 is printed and recorded) or auto.")
 
 
 def _shots_list(text: str) -> tuple[int, ...]:
@@ -114,6 +118,7 @@ def train_command(
     normalize_image_feature: bool = TrainOptions.normalize_image_feature,
     synth: Optional[str] = TrainOptions.synth, synth_per_image: int = TrainOptions.synth_per_image,
     resize_mode: str = typer.Option("squash", "--resize-mode", help="squash (whole image, default) | shortest (open_clip crop: cuts borders) | longest (pad)."),
+    encoder_precision: str = TrainOptions.encoder_precision,
     quiet: bool = QUIET,
 ) -> None:
     """Train CLIP-FSAC on 1-4 images of good parts; write a checkpoint (safetensors + JSON)."""
@@ -122,7 +127,7 @@ def train_command(
 
     cfg = build_train_config(mode, epochs1, epochs2, lr1, lr2, seed, alpha1, alpha2, beta1, beta2, tau,
                              loss_temperature, no_cross_attention, normalize_image_feature, synth, synth_per_image,
-                             preset)
+                             preset, encoder_precision)
     if images:
         pool = training_images(list(images))
         default_object, where = guess_object_name(images[0]), ", ".join(map(str, images))
@@ -241,11 +246,12 @@ def bench_train_command(
     out: Optional[Path] = typer.Option(None, "--out", help="Also write the figures as JSON here."),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch threads (default: torch's choice)."),
     cli: bool = typer.Option(True, "--cli/--no-cli", help="Also time a real `fsac train` process."),
+    encoder_precision: str = TrainOptions.encoder_precision,
 ) -> None:
     """Time `fsac train` end to end: backbone load, prompts, synthetic anomalies, features, stages."""
     from fsac.train.bench import bench_train
 
-    bench_train(arch, shots, weights, images, synth_per_image, out, threads, cli)
+    bench_train(arch, shots, weights, images, synth_per_image, out, threads, cli, encoder_precision)
 
 
 def print_json(obj) -> None:

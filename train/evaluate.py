@@ -27,7 +27,7 @@ from fsac.train.data import Category, TestItem
 from fsac.train.model import zero_shot_score
 from fsac.train.prompts import object_name_from_category
 from fsac.train.report import EvalReport, RunResult
-from fsac.train.trainer import FeatureCache, TrainConfig, TrainResult, text_features, tqdm_progress, train
+from fsac.train.trainer import FeatureCache, TrainConfig, TrainResult, cached_text, tqdm_progress, train
 
 DEFAULT_SHOTS = (0, 1, 2, 4)
 DEFAULT_SEEDS = (0, 1, 2)
@@ -90,7 +90,7 @@ def evaluate(backbone: Backbone, categories: list[Category], cfg: EvalConfig, qu
         for w in geometry_warnings(image_sizes([*cat.train_pool, *cat.all_test_paths()]), backbone.spec):
             print(f"warning: {cat.name}: {w}", file=sys.stderr)
         obj = cfg.object_name or object_name_from_category(cat.name)
-        text = text_features(backbone, obj)
+        text = cached_text(backbone, obj)
         t_pos, t_neg, _ = text
         # Encode everything that can end up in a test set once; drop unreadable files everywhere.
         valid = set(map(str, _encode_valid(cat.all_test_paths(), backbone, cache, skipped, cfg.batch_size,

@@ -33,6 +33,7 @@ def checkpoint_extra(result: TrainResult, cfg: TrainConfig) -> dict:
         "seed": cfg.seed,
         "train": cfg.to_dict(),
         "prompts": result.model.meta.get("prompts"),
+        "encoder": result.model.meta.get("encoder"),
         "history": result.history,
         "diagnostics": result.diagnostics,
         "timings": {k: round(v, 3) for k, v in result.timings.items()},
@@ -67,6 +68,11 @@ def describe_training(result: TrainResult, cfg: TrainConfig, backbone: Backbone)
     for stage, epochs in (("stage1", cfg.stage1_epochs), ("stage2", cfg.stage2_epochs), ("joint", cfg.stage1_epochs)):
         if stage in h:
             lines.append(f"  {stage:<20} {epochs:4d} epochs               {t.get(stage + '_s', 0):6.2f} s   {loss(stage)}")
+    enc = result.model.meta.get("encoder") or {}
+    if enc.get("vs_fp32"):
+        a = enc["vs_fp32"]
+        lines.append(f"  encoder {enc['precision']}: feature cosine vs fp32 on {a['images']} shot(s) "
+                     f"min {a['cosine_min']:.5f}, mean {a['cosine_mean']:.5f} ({t.get('encoder_check_s', 0):.2f} s)")
     lines.append(f"  total                                          {t.get('total_s', 0):6.2f} s")
     d = result.diagnostics
     if d:

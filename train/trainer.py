@@ -31,7 +31,7 @@ import torch.nn.functional as Fn
 from fsac.errors import FsacError
 from fsac.io import sha256_file
 from fsac.preprocess import preprocess_file, stack
-from fsac.train.backbone import Backbone
+from fsac.train.backbone import Backbone, resolve_encoder_precision
 from fsac.train.checkpoint import TrainedModel
 from fsac.train.model import FSACHead, HeadConfig, contrastive_loss
 from fsac.train.prompts import build_prompts
@@ -51,6 +51,9 @@ class TrainConfig:
     head: HeadConfig = field(default_factory=HeadConfig)
     synth: SynthConfig = field(default_factory=SynthConfig)
     preset: str | None = None  # the benchmark preset these settings came from (train/presets.py)
+    # Frozen image encoder in bf16 ("bf16"/"auto", a bf16 copy of its weights): the
+    # first shot is also encoded in fp32 and the cosine of its features is recorded.
+    encoder_precision: str = "fp32"
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -58,6 +61,8 @@ class TrainConfig:
         for name in ("stage1_epochs", "stage2_epochs"):
             if getattr(self, name) < 0:
                 raise FsacError(f"{name} must be >= 0")
+        if self.encoder_precision not in ("fp32", "bf16", "auto"):
+            raise FsacError(f"encoder_precision must be fp32, bf16 or auto, got {self.encoder_precision!r}")
         for name in ("stage1_lr", "stage2_lr"):
             if not getattr(self, name) > 0:
                 raise FsacError(f"{name} must be > 0")
@@ -144,8 +149,9 @@ class FeatureCache:
     """Image features F keyed by file path: each file goes through the encoder once per run,
     however many seeds and shot counts an evaluation sweeps."""
 
-    def __init__(self, backbone: Backbone):
+    def __init__(self, backbone: Backbone, precision: str = "fp32"):
         self.backbone = backbone
+        self.precision = precision  # one precision per cache: features of both never mix
         self._feats: dict[str, torch.Tensor] = {}
 
     def __contains__(self, path) -> bool:
@@ -156,7 +162,7 @@ class FeatureCache:
         return torch.stack([self._feats[str(p)] for p in paths]) if paths else torch.zeros(0, self.backbone.info.embed_dim)
 
     def add(self, paths: list[Path], pixels: np.ndarray, progress: Callable[[int], None] | None = None) -> None:
-        feats = self.backbone.encode_images(pixels, progress=progress)
+        feats = self.backbone.encode_images(pixels, progress=progress, precision=self.precision)
         for p, f in zip(paths, feats):
             self._feats[str(p)] = f
 
@@ -173,6 +179,20 @@ def text_features(backbone: Backbone, object_name: str) -> tuple[torch.Tensor, t
     t_pos = backbone.class_text_features(normal)
     t_neg = backbone.class_text_features(anomalous)
     return t_pos, t_neg, {"normal": normal, "anomalous": anomalous}
+
+
+def cached_text(backbone: Backbone, object_name: str) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """`text_features` through the on-disk cache (fsac.train.text_cache)."""
+    from fsac.train.text_cache import cached_text_features
+
+    t_pos, t_neg, prompts, _status = cached_text_features(backbone, object_name, text_features)
+    return t_pos, t_neg, prompts
+
+
+def feature_agreement(fp32: torch.Tensor, low: torch.Tensor) -> dict:
+    """Cosine of low-precision encoder features with fp32 ones, per image: min and mean."""
+    cos = torch.nn.functional.cosine_similarity(fp32.float(), low.float(), dim=-1)
+    return {"images": int(cos.numel()), "cosine_min": float(cos.min()), "cosine_mean": float(cos.mean())}
 
 
 def _run_stage(head: FSACHead, params: list[torch.nn.Parameter], lr: float, epochs: int,
@@ -290,9 +310,11 @@ def train(backbone: Backbone, image_paths: list[Path], object_name: str, cfg: Tr
 
     t0 = time.perf_counter()
     if text is None:
-        text = text_features(backbone, object_name)
+        text = cached_text(backbone, object_name)
     t_pos, t_neg, prompts = text
     timings["text_s"] = time.perf_counter() - t0
+    precision = cache.precision if cache is not None else resolve_encoder_precision(cfg.encoder_precision,
+                                                                                      backbone.device)
 
     t0 = time.perf_counter()
     # The bar counts only images actually encoded: shots already in the cache are not.
@@ -303,9 +325,16 @@ def train(backbone: Backbone, image_paths: list[Path], object_name: str, cfg: Tr
             cache.add([image_paths[i] for i in todo], pixels[todo], update)
         f_pos = cache.get(image_paths)
     else:
-        f_pos = backbone.encode_images(pixels, progress=update)
-    f_neg = backbone.encode_images(synth_pixels, progress=update).view(k, m, -1)
+        f_pos = backbone.encode_images(pixels, progress=update, precision=precision)
+    f_neg = backbone.encode_images(synth_pixels, progress=update, precision=precision).view(k, m, -1)
     timings["features_s"] = time.perf_counter() - t0
+    encoder = {"precision": precision}
+    if precision != "fp32":
+        # What bf16 costs in the features, on the first shot: an fp32 pass costs as much as
+        # two bf16 ones, so checking every shot would eat the time bf16 saves.
+        t0 = time.perf_counter()
+        encoder["vs_fp32"] = feature_agreement(backbone.encode_images(pixels[:1]), f_pos[:1])
+        timings["encoder_check_s"] = time.perf_counter() - t0
 
     head, use_text_adapter, history, stage_times = train_head(f_pos, f_neg, t_pos, t_neg, cfg, progress=progress)
     timings.update(stage_times)
@@ -316,5 +345,5 @@ def train(backbone: Backbone, image_paths: list[Path], object_name: str, cfg: Tr
     train_images = [{"name": Path(p).name, "path": str(Path(p).resolve()), "sha256": sha256_file(p)}
                     for p in image_paths]
     model = TrainedModel(backbone, head, use_text_adapter, object_name,
-                         meta={"prompts": prompts})
+                         meta={"prompts": prompts, "encoder": encoder})
     return TrainResult(model, history, timings, train_images, pixels, synth, diagnostics)

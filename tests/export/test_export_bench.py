@@ -17,12 +17,39 @@ def test_bench_tiny_end_to_end(bottle, tmp_path, models):
         arch=models.TINY_ARCH, out_dir=tmp_path, runs=4, batch=2, batch_runs=2, num_calib=4, num_eval=4,
         threads=1, quiet=True, int8_variants=["all-ops"])
     names = set(res["backends"])
-    assert {"pytorch eager fp32", "onnxruntime fp32", "onnxruntime int8", "onnxruntime int8 [all-ops]"} == names
+    import openvino as ov
+
+    ov_rows = {"openvino f32", "openvino int8"}
+    if "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        ov_rows.add("openvino bf16")
+    assert {"pytorch eager fp32", "onnxruntime fp32", "onnxruntime int8", "onnxruntime int8 [all-ops]"} | ov_rows == names
+    # the machine's own peaks, measured in this run, and each row's fraction of its matching peak
+    pk = res["peaks"]
+    assert pk["fp32"] > 0 and pk["int8"] > 0 and pk["measured"]["numpy sgemm"] > 0
+    assert res["cpu_flags"] == pk["flags"] and pk["cpu_class"] in ("amx", "avx512-vnni", "avx512", "avx2", "other")
+    for name, b in res["backends"].items():
+        want = "int8" if "int8" in name else ("bf16" if "bf16" in name else "fp32")
+        assert b["precision"] == want and b["peak_gops"] == pk[want]
+        if b["peak_gops"]:
+            assert b["pct_of_peak_b1"] == pytest.approx(100 * b["gflops_b1"] / b["peak_gops"])
+    # logit agreement of every runtime row with ONNX Runtime fp32 (8 images)
+    la = res["logit_agreement"]
+    assert set(la) == names - {"pytorch eager fp32", "onnxruntime fp32"}
+    assert la["openvino f32"]["rel_max_abs_diff"] < 1e-3 and la["openvino f32"]["spearman"] > 0.999
+    assert all(a["n_images"] == 8 for a in la.values())
+    assert res["targets_hardware"]["cpu_class"] == pk["cpu_class"]
+    # encoder feature F against fp32: the figure to read when random weights flatten the logits
+    fc = res["feature_cosine"]
+    assert {"openvino f32", "onnxruntime int8", "openvino int8"} <= set(fc)
+    assert fc["openvino f32"] > 0.99999 and all(0.9 < v <= 1.0 + 1e-9 for v in fc.values())
     for b in res["backends"].values():
         assert b["batch1"]["runs"] == 4 and 0 < b["batch1"]["p50_ms"] <= b["batch1"]["p99_ms"]
         assert b["throughput_img_s"] > 0 and b["gflops_b1"] > 0
     mem = [res["backends"][k]["peak_rss_mib"] for k in ("pytorch eager fp32", "onnxruntime fp32", "onnxruntime int8")]
     assert all(m is not None and m > 20 for m in mem)
+    e = res["export"]  # `fsac export` ran as its own process: its peak memory against the file size
+    assert e["peak_rss_bytes"] > e["size_bytes"] > 0
+    assert e["peak_rss_over_file"] == pytest.approx(e["peak_rss_bytes"] / e["size_bytes"])
     assert 0.05 < res["gflop_per_image"] < 0.2  # tiny config: ~0.09 GFLOP per image
     assert res["sgemm_gflops"] > 0
     r = res["ratios"]
@@ -35,6 +62,8 @@ def test_bench_tiny_end_to_end(bottle, tmp_path, models):
     assert saved["ratios"] == res["ratios"]
     md = (tmp_path / "bench.md").read_text()
     assert "| onnxruntime int8 |" in md and "Spearman" in md and "GFLOP" in md
+    assert "`fsac export` (own process) peak RSS" in md
+    assert "| openvino f32 | fp32 |" in md and "CPU flags (matrix units):" in md and "Measured peaks" in md
     assert not list(tmp_path.glob("*.onnx"))  # models only with --keep-models
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -48,3 +49,38 @@ def image_folder(tmp_path_factory, bottle_images) -> Path:
     for i, src in enumerate(bottle_images):
         (folder / f"img_{i:03d}.png").write_bytes(src.read_bytes())
     return folder
+
+
+def _export_helpers():
+    name = "fsac_tests_export_models"
+    if name not in sys.modules:
+        path = Path(__file__).resolve().parents[1] / "export" / "_models.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules[name]
+
+
+@pytest.fixture(scope="session")
+def tiny_files(tmp_path_factory, bottle):
+    """(fp32 model file, INT8 QDQ model file) of a tiny random-weight checkpoint."""
+    import numpy as np
+
+    from fsac.calibration.quantize import QuantizeSettings, quantize_model_file
+    from fsac.export.cli import export_command
+    from fsac.modelfile import inspect_model_file
+    from fsac.preprocess import load_image, resize_crop
+
+    models = _export_helpers()
+    shots = sorted((bottle / "train" / "good").glob("*.png"))[:2]
+    root = tmp_path_factory.mktemp("ov-model")
+    ck = models.make_checkpoint(root / "ck", models.TINY_ARCH, shots)
+    fp32 = root / "tiny.onnx"
+    export_command(ck, out=fp32, quiet=True, optimize="none")
+    spec = inspect_model_file(fp32).preprocess
+    calib = sorted((bottle / "train" / "good").glob("*.png"))[2:10]
+    px = np.stack([resize_crop(load_image(p, spec), spec) for p in calib])
+    int8 = root / "tiny.int8.onnx"
+    quantize_model_file(fp32, int8, px, QuantizeSettings(), calib_names=[p.name for p in calib])
+    return fp32, int8

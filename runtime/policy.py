@@ -1,0 +1,250 @@
+"""`model.backend: auto` with calibration images: the fastest backend that agrees with fp32.
+
+On the machine it runs on, every candidate (ONNX Runtime fp32, the reference; OpenVINO
+f32 / bf16; and, given `model.int8_path`, the INT8 QDQ file on ONNX Runtime and OpenVINO)
+is built from the verified sealed file(s), run on the calibration images, and timed at
+batch 1. A candidate qualifies only if its anomaly *logits* agree with the fp32 reference's
+on those images (the score sigmoid(z) saturates, so it is never compared):
+
+  Spearman rank correlation  >= MIN_SPEARMAN (0.99)
+  verdict agreement          >= MIN_VERDICT (99 %) at the model's decision threshold
+  max |Δ logit| / spread     <= MAX_REL_DLOGIT, spread = max - min of the fp32 logits
+
+The fastest qualifying candidate is served; the reference always qualifies, so the policy
+can never make things worse than fp32. The whole comparison (times, figures, reasons) is
+kept in `Selection`, logged, shown by `--check` and exported as metrics labels.
+
+With random weights the logits barely move between images (the spread is tiny), so the
+bounds say little; the selection then carries a note saying so.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from fsac.errors import FsacError
+
+log = logging.getLogger("fsac.runtime")
+
+MIN_SPEARMAN = 0.99
+MIN_VERDICT = 0.99
+MAX_REL_DLOGIT = 0.10
+TIMING_RUNS = 5
+MAX_IMAGES = 32
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    from fsac.calibration.quantize import spearman as _spearman
+
+    return _spearman(a, b)
+
+
+@dataclass
+class Agreement:
+    n_images: int
+    spearman: float
+    verdict_agreement: float
+    max_abs_diff: float
+    spread: float
+    rel_max_abs_diff: float
+
+    def failures(self, min_spearman: float = MIN_SPEARMAN, min_verdict: float = MIN_VERDICT,
+                 max_rel: float = MAX_REL_DLOGIT) -> list[str]:
+        out = []
+        if not (self.spearman >= min_spearman):
+            out.append(f"Spearman {self.spearman:.4f} < {min_spearman}")
+        if not (self.verdict_agreement >= min_verdict):
+            out.append(f"verdicts {self.verdict_agreement:.1%} < {min_verdict:.0%}")
+        if not (self.rel_max_abs_diff <= max_rel):
+            out.append(f"max |Δ logit| {self.max_abs_diff:.3g} = {self.rel_max_abs_diff:.3f} x spread > {max_rel}")
+        return out
+
+
+def logit_agreement(ref: np.ndarray, got: np.ndarray, logit_threshold: float | None) -> Agreement:
+    """Agreement of a candidate's logits with the fp32 reference's on the same images."""
+    ref = np.asarray(ref, np.float64).reshape(-1)
+    got = np.asarray(got, np.float64).reshape(-1)
+    if ref.shape != got.shape or ref.size < 2:
+        raise FsacError(f"logit agreement needs two equally long vectors of >= 2 images ({ref.size}, {got.size})")
+    diff = float(np.abs(ref - got).max())
+    spread = float(ref.max() - ref.min())
+    if logit_threshold is None:
+        verdict = float("nan")
+    else:
+        verdict = float(np.mean((ref >= logit_threshold) == (got >= logit_threshold)))
+    rel = diff / spread if spread > 0 else (0.0 if diff == 0 else math.inf)
+    return Agreement(n_images=int(ref.size), spearman=spearman(ref, got) if spread > 0 else float("nan"),
+                     verdict_agreement=verdict, max_abs_diff=diff, spread=spread, rel_max_abs_diff=rel)
+
+
+@dataclass
+class CandidateResult:
+    name: str
+    ms_batch1: float | None = None
+    agreement: dict[str, Any] | None = None
+    qualified: bool = False
+    reasons: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Selection:
+    chosen: str
+    reference: str
+    images: int
+    bounds: dict[str, float]
+    candidates: list[CandidateResult]
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> str:
+        parts = []
+        for c in self.candidates:
+            t = "n/a" if c.ms_batch1 is None else f"{c.ms_batch1:.1f} ms"
+            why = "ok" if c.qualified else "; ".join(c.reasons)
+            parts.append(f"{c.name} {t} ({why})")
+        text = f"auto chose {self.chosen} on {self.images} calibration images: " + ", ".join(parts)
+        return text + "".join(f"; note: {n}" for n in self.notes)
+
+
+def _time_batch1(infer: Callable[[np.ndarray], Any], pixels: np.ndarray, runs: int) -> float:
+    infer(pixels[:1])  # warm-up (first call allocates, packs, or JIT-compiles)
+    times = []
+    for i in range(runs):
+        x = pixels[i % len(pixels):i % len(pixels) + 1]
+        t = time.perf_counter()
+        infer(x)
+        times.append(time.perf_counter() - t)
+    return float(np.median(times) * 1e3)
+
+
+def select(candidates: dict[str, Callable[[], Any]], reference: str, pixels: np.ndarray,
+           logits: Callable[[Any, np.ndarray], np.ndarray], logit_threshold: float | None,
+           notes: list[str] | None = None, runs: int = TIMING_RUNS) -> tuple[Selection, Any]:
+    """Build, run and time every candidate; return (selection, the chosen backend).
+
+    candidates: name -> factory building a backend (reference first is not required);
+    logits(backend, pixels) -> the logits of the images. Backends not chosen are closed.
+    """
+    if reference not in candidates:
+        raise FsacError(f"backend auto: no reference candidate {reference!r}")
+    pixels = pixels[:MAX_IMAGES]
+    results: list[CandidateResult] = []
+    built: dict[str, Any] = {}
+    ref_logits = None
+    order = [reference] + [n for n in candidates if n != reference]
+    for name in order:
+        res = CandidateResult(name=name)
+        results.append(res)
+        try:
+            backend = candidates[name]()
+        except FsacError as e:
+            res.reasons.append(f"not available: {e}")
+            continue
+        try:
+            z = logits(backend, pixels)
+            res.ms_batch1 = _time_batch1(backend.infer, pixels, runs)
+        except Exception as e:  # a candidate that crashes is skipped, never served
+            res.reasons.append(f"failed: {type(e).__name__}: {e}")
+            backend.close()
+            continue
+        if name == reference:
+            ref_logits = z
+            res.qualified = True
+        else:
+            a = logit_agreement(ref_logits, z, logit_threshold)
+            res.agreement = asdict(a)
+            res.reasons = a.failures()
+            res.qualified = not res.reasons
+        built[name] = backend
+    ok = [r for r in results if r.qualified and r.ms_batch1 is not None]
+    if not ok:
+        raise FsacError(f"backend auto: the reference {reference} failed: {'; '.join(results[0].reasons)}")
+    best = min(ok, key=lambda r: r.ms_batch1)
+    for name, backend in built.items():
+        if name != best.name:
+            backend.close()
+    sel = Selection(chosen=best.name, reference=reference, images=int(len(pixels)),
+                    bounds={"min_spearman": MIN_SPEARMAN, "min_verdict_agreement": MIN_VERDICT,
+                            "max_rel_dlogit": MAX_REL_DLOGIT}, candidates=results, notes=list(notes or []))
+    return sel, built[best.name]
+
+
+# --------------------------------------------------------------------------- fsac-run wiring
+
+
+def calibration_pixels(folder: str, info) -> np.ndarray:
+    """The calibration images of model.calibration_images, preprocessed as the line does."""
+    from fsac.preprocess import list_images, load_image, resize_crop
+
+    try:
+        files = list_images(folder)
+    except FsacError as e:
+        raise FsacError(f"model.calibration_images: {e}") from None
+    if len(files) < 2:
+        raise FsacError(f"model.calibration_images: {folder} holds {len(files)} images; backend auto needs >= 2")
+    spec = info.preprocess
+    return np.stack([resize_crop(load_image(f, spec), spec) for f in files[:MAX_IMAGES]])
+
+
+def _int8_file(cfg, info):
+    """The verified INT8 QDQ sibling (model.int8_path) of the fp32 file, or None."""
+    if not cfg.int8_path:
+        return None, None
+    from fsac.modelfile import load_model_file
+
+    data, qinfo = load_model_file(cfg.int8_path)
+    if qinfo.checkpoint_sha256 != info.checkpoint_sha256:
+        raise FsacError(f"model.int8_path: {cfg.int8_path} was quantized from another checkpoint "
+                        f"({qinfo.checkpoint_sha256[:12]}, model.path has {info.checkpoint_sha256[:12]})")
+    if str(qinfo.precision).lower() != "int8":
+        raise FsacError(f"model.int8_path: {cfg.int8_path} is a {qinfo.precision} model, not INT8 (`fsac quantize`)")
+    return data, qinfo
+
+
+def build_auto(cfg, data: bytes | str, info, logit_threshold: float) -> tuple[Any, Selection]:
+    """model.backend: auto with model.calibration_images: measure the candidates, serve the best."""
+    from .backends import OnnxBackend
+    from .openvino_backend import OpenVinoBackend
+
+    pixels = calibration_pixels(cfg.calibration_images, info)
+    ov = cfg.openvino
+
+    def ort(d, i):
+        return lambda: OnnxBackend(d, i, providers=cfg.providers, batch_size=cfg.batch_size, threads=cfg.threads,
+                                   spin_wait=cfg.spin_wait, cpu_prepack=cfg.cpu_prepack)
+
+    def openvino(d, i, precision):
+        return lambda: OpenVinoBackend(d, i, precision=precision, device=ov.device, threads=cfg.threads,
+                                       streams=ov.streams, batch_size=cfg.batch_size, cache_dir=ov.cache_dir)
+
+    candidates: dict[str, Callable[[], Any]] = {
+        "onnxruntime fp32": ort(data, info),
+        "openvino f32": openvino(data, info, "f32"),
+        "openvino bf16": openvino(data, info, "bf16"),
+    }
+    qdata, qinfo = _int8_file(cfg, info)
+    if qdata is not None:
+        candidates["onnxruntime int8"] = ort(qdata, qinfo)
+        candidates["openvino int8"] = openvino(qdata, qinfo, "int8")
+    notes = []
+    if info.metadata.get("fsac.weights_random") == "true":
+        notes.append("RANDOM backbone weights: the logits barely vary between images, so the agreement bounds "
+                     "say little about agreement with real weights (see fsac bench export's feature cosine)")
+
+    def logits(backend, px):
+        return np.concatenate([np.asarray(backend.infer(px[i:i + backend.max_batch])["logit"], np.float64)
+                               for i in range(0, len(px), backend.max_batch)])
+
+    sel, backend = select(candidates, "onnxruntime fp32", pixels, logits, logit_threshold, notes)
+    for c in sel.candidates:
+        log.info("backend auto: %s %s", c.name, "ok" if c.qualified else "; ".join(c.reasons))
+    log.info("%s", sel.summary())
+    return backend, sel

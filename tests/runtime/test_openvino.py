@@ -1,0 +1,127 @@
+"""OpenVINO backend: same sealed file, checked against ONNX Runtime fp32 on the tiny model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fsac.errors import FsacError
+from fsac.modelfile import OUTPUT_NAMES
+from fsac.preprocess import load_image, resize_crop
+from fsac.runtime.backends import load_model
+from fsac.runtime.config import ModelConfig, OpenVinoConfig
+
+pytest.importorskip("openvino", reason="fsac[openvino] is part of fsac[all]; install it to test this backend")
+
+
+@pytest.fixture(scope="module")
+def pixels(bottle_images, tiny_files):
+    spec = load_model(ModelConfig(path=str(tiny_files[0]), threshold=0.5)).info.preprocess
+    return np.stack([resize_crop(load_image(p, spec), spec) for p in bottle_images])
+
+
+def _outputs(path: Path, batch: np.ndarray, **kw) -> dict[str, np.ndarray]:
+    model = load_model(ModelConfig(path=str(path), threshold=0.5, **kw))
+    out = model.backend.infer(batch)
+    model.backend.close()
+    return out
+
+
+def _logit(out: dict[str, np.ndarray]) -> np.ndarray:
+    """The anomaly logit: what ranks and decides (the score sigmoid(z) saturates)."""
+    return np.asarray(out["logit"], np.float64)
+
+
+def test_openvino_f32_matches_onnxruntime_fp32(tiny_files, pixels):
+    ref = _outputs(tiny_files[0], pixels, backend="onnxruntime")
+    got = _outputs(tiny_files[0], pixels, backend="openvino", batch_size=5,
+                   openvino=OpenVinoConfig(precision="f32"))  # 12 frames: 5 + 5 + 2
+    assert set(got) == set(OUTPUT_NAMES)
+    for name in OUTPUT_NAMES:
+        assert got[name].dtype == np.float32 and got[name].shape == (12,)
+        np.testing.assert_allclose(got[name], ref[name], atol=2e-5, rtol=1e-4, err_msg=name)
+    np.testing.assert_allclose(_logit(got), _logit(ref), atol=1e-4)
+
+
+def test_openvino_bf16_agrees_with_fp32_within_bf16_error(tiny_files, pixels):
+    import openvino as ov
+
+    if "BF16" not in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        with pytest.raises(FsacError, match=r"model\.openvino\.precision=bf16: .* no bf16 support"):
+            _outputs(tiny_files[0], pixels, backend="openvino", openvino=OpenVinoConfig(precision="bf16"))
+        return
+    ref = _logit(_outputs(tiny_files[0], pixels, backend="onnxruntime"))
+    model = load_model(ModelConfig(path=str(tiny_files[0]), threshold=0.5, backend="openvino",
+                                   openvino=OpenVinoConfig(precision="bf16")))
+    assert model.backend.precision == "bf16" and "bf16" in model.backend.providers[0]
+    got = model.backend.infer(pixels)
+    gap = _logit(got)
+    diff = np.abs(gap - ref).max()
+    spread = ref.max() - ref.min()
+    print(f"bf16: max |Δ logit| {diff:.3g}, fp32 logit spread {spread:.3g}")
+    # bf16 keeps 8 mantissa bits: not bit-equal to fp32 (so it really ran in bf16), but the
+    # error is a fraction of how much the logit varies between images.
+    assert 0 < diff < 0.5 * spread, (diff, spread)
+
+
+def test_openvino_int8_runs_the_qdq_file_like_onnxruntime(tiny_files, pixels):
+    fp32, int8 = tiny_files
+    ref_q = _logit(_outputs(int8, pixels, backend="onnxruntime"))
+    ref_f = _logit(_outputs(fp32, pixels, backend="onnxruntime"))
+    model = load_model(ModelConfig(path=str(int8), threshold=0.5, backend="openvino"))
+    assert model.backend.precision == "int8"  # auto on a QDQ file
+    got = model.backend.infer(pixels)
+    gap = _logit(got)
+    # OpenVINO and ONNX Runtime round the int8 kernels differently (they do not agree with
+    # each other bit for bit), but both stay within int8 error of fp32, and neither is fp32.
+    err_ort, err_ov = np.abs(ref_q - ref_f).max(), np.abs(gap - ref_f).max()
+    print(f"max |gap - fp32|: onnxruntime int8 {err_ort:.3g}, openvino int8 {err_ov:.3g}")
+    assert 1e-5 < err_ov <= 2 * err_ort, (err_ov, err_ort)
+
+
+def test_openvino_refuses_int8_on_an_fp32_file_and_unknown_device(tiny_files):
+    with pytest.raises(FsacError, match=r"model\.openvino\.precision=int8 needs an INT8 QDQ model"):
+        load_model(ModelConfig(path=str(tiny_files[0]), threshold=0.5, backend="openvino",
+                               openvino=OpenVinoConfig(precision="int8")))
+    with pytest.raises(FsacError, match=r"model\.openvino\.device: 'NPU7' is not one of CPU, GPU, AUTO"):
+        load_model(ModelConfig(path=str(tiny_files[0]), threshold=0.5, backend="openvino",
+                               openvino=OpenVinoConfig(device="NPU7")))
+
+
+def test_resolve_precision_follows_the_device():
+    from fsac.runtime.openvino_backend import resolve_precision
+
+    class Info:
+        source, precision = "m.onnx", "fp32"
+
+    assert resolve_precision("auto", ["FP32", "BF16"], Info, "CPU") == "bf16"
+    assert resolve_precision("auto", ["FP32", "INT8"], Info, "CPU") == "f32"
+    with pytest.raises(FsacError, match="no bf16 support"):
+        resolve_precision("bf16", ["FP32", "INT8"], Info, "CPU")
+    Info.precision = "int8"
+    assert resolve_precision("auto", ["FP32", "BF16"], Info, "CPU") == "int8"
+
+
+def test_openvino_refuses_a_tampered_file_before_compiling(tiny_files, tmp_path):
+    data = bytearray(tiny_files[0].read_bytes())
+    data[len(data) // 2] ^= 0x01
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(FsacError, match="damaged or was modified after export"):
+        load_model(ModelConfig(path=str(bad), threshold=0.5, backend="openvino"))
+
+
+def test_bench_runtime_times_the_openvino_backend_against_the_peaks(tiny_files, image_folder, tmp_path):
+    from fsac.runtime.bench import bench_runtime, format_table
+
+    r = bench_runtime(tiny_files[0], image_folder, n_frames=8, batch_size=4, out_json=tmp_path / "b.json",
+                      backend="openvino", precision="f32", rounds=1, measure_rss=True)
+    assert r["backend"] == "openvino" and r["precision"] == "fp32" and "OpenVINO" in r["providers"][0]
+    assert r["daemon_frames"] == 8 and r["daemon_errors"] == 0 and r["bare_fps"] > 0 and r["rss_peak_bytes"] > 0
+    assert r["gflop_per_image"] > 0  # recorded by fsac export
+    assert r["peaks"]["fp32"] > 0 and r["bare_pct_of_peak"] == pytest.approx(
+        100 * r["gflop_per_image"] * r["bare_fps"] / r["peaks"]["fp32"])
+    text = format_table(r)
+    assert "backend openvino fp32" in text and "CPU flags:" in text and "% of the fp32 peak" in text

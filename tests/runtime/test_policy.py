@@ -1,0 +1,67 @@
+"""backend: auto with calibration images: measured choice of backend and precision."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fsac.errors import FsacError
+from fsac.runtime.backends import load_model
+from fsac.runtime.config import ModelConfig
+from fsac.runtime.policy import MAX_REL_DLOGIT, logit_agreement
+
+pytest.importorskip("openvino", reason="fsac[openvino] is part of fsac[all]; install it to test the candidates")
+
+
+def test_logit_agreement_figures():
+    ref = np.array([0.0, 1.0, 2.0, 3.0, 4.0])
+    a = logit_agreement(ref, ref + np.array([0.0, 0.1, -0.1, 0.0, 0.2]), logit_threshold=2.5)
+    assert a.spread == 4.0 and a.max_abs_diff == pytest.approx(0.2) and a.rel_max_abs_diff == pytest.approx(0.05)
+    assert a.spearman == pytest.approx(1.0) and a.verdict_agreement == 1.0 and a.failures() == []
+    swapped = logit_agreement(ref, np.array([0.0, 1.0, 3.0, 2.0, 4.0]), logit_threshold=2.5)
+    assert swapped.verdict_agreement == pytest.approx(0.6)
+    msgs = " ".join(swapped.failures())
+    assert "Spearman 0.9000 < 0.99" in msgs and "verdicts 60.0% < 99%" in msgs and "x spread >" in msgs
+
+
+def test_auto_measures_candidates_and_serves_the_fastest_that_agrees(tiny_files, image_folder):
+    fp32, int8 = tiny_files
+    model = load_model(ModelConfig(path=str(fp32), threshold=0.5, calibration_images=str(image_folder),
+                                   int8_path=str(int8)))
+    sel = model.selection
+    names = [c.name for c in sel.candidates]
+    assert names == ["onnxruntime fp32", "openvino f32", "openvino bf16", "onnxruntime int8", "openvino int8"]
+    assert sel.images == 12 and sel.reference == "onnxruntime fp32"
+    ref = sel.candidates[0]
+    assert ref.qualified and ref.ms_batch1 > 0
+    for c in sel.candidates[1:]:
+        if c.agreement is None:  # not available on this CPU (e.g. no bf16): says why
+            assert c.reasons and not c.qualified
+            continue
+        a = c.agreement
+        assert c.qualified == (a["spearman"] >= 0.99 and a["verdict_agreement"] >= 0.99
+                               and a["rel_max_abs_diff"] <= MAX_REL_DLOGIT)
+    ok = [c for c in sel.candidates if c.qualified]
+    chosen = min(ok, key=lambda c: c.ms_batch1)
+    assert sel.chosen == chosen.name
+    assert sel.chosen.split()[0] == model.backend.name
+    text = model.describe()
+    assert f"auto chose {sel.chosen} on 12 calibration images" in text and "RANDOM backbone weights" in text
+    out = model.backend.infer(np.zeros((2, model.info.image_size, model.info.image_size, 3), np.uint8))
+    assert out["logit"].shape == (2,)
+    model.backend.close()
+
+
+def test_auto_refuses_a_bad_int8_file_or_calibration_folder(tiny_files, image_folder, tmp_path):
+    with pytest.raises(FsacError, match=r"model\.int8_path: .*tiny\.onnx is a fp32 model, not INT8"):
+        load_model(ModelConfig(path=str(tiny_files[0]), threshold=0.5, calibration_images=str(image_folder),
+                               int8_path=str(tiny_files[0])))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FsacError, match=r"model\.calibration_images: "):
+        load_model(ModelConfig(path=str(tiny_files[0]), threshold=0.5, calibration_images=str(empty)))
+
+
+def test_auto_without_calibration_images_is_onnxruntime(tiny_files):
+    model = load_model(ModelConfig(path=str(tiny_files[0]), threshold=0.5))
+    assert model.backend.name == "onnxruntime" and model.selection is None
