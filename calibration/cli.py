@@ -65,7 +65,7 @@ def calibrate_command(
     from fsac.metadata import update_model_metadata
     from fsac.calibration.plot import write_scores_png
     from fsac.runner import score_model_file
-    from fsac.calibration.threshold import METHODS, check_alpha, check_not_degenerate, compute_threshold
+    from fsac.threshold import METHODS, check_alpha, check_not_degenerate, compute_threshold
     from fsac.score import VERDICT_RULE
     from fsac.io import sha256_bytes
     from fsac.modelfile import load_model_file
@@ -198,7 +198,7 @@ def quantize_command(
     """Static INT8 quantization (QDQ) calibrated on normal images, with an agreement report."""
     from fsac.calibration.quantize import MATMUL_OPS, QuantizeSettings, quantize_model_file
     from fsac.runner import load_pixels, make_session, run_session
-    from fsac.calibration.threshold import conformal_threshold, next_float32_up
+    from fsac.threshold import conformal_threshold, next_float32_up
     from fsac.io import sha256_file
     from fsac.modelfile import load_model_file
 

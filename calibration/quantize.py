@@ -34,6 +34,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from fsac.errors import FsacError
+from fsac.agreement import spearman
 from fsac.score import is_defective
 from fsac.modelfile import INPUT_NAME, ModelInfo, load_model_file, write_model_file
 
@@ -278,28 +279,6 @@ def _calibrate_encoder(pre: Path, boundary: list[str], pixels: np.ndarray, setti
 
 
 # --------------------------------------------------------------------------- agreement
-
-
-def rankdata(x: np.ndarray) -> np.ndarray:
-    """Ranks 1..n, ties get the mean of their ranks (as scipy.stats.rankdata 'average')."""
-    x = np.asarray(x, dtype=np.float64)
-    order = np.argsort(x, kind="mergesort")
-    s = x[order]
-    ranks = np.empty(x.size, dtype=np.float64)
-    starts = np.r_[0, np.flatnonzero(s[1:] != s[:-1]) + 1]
-    ends = np.r_[starts[1:], s.size]
-    for a, b in zip(starts, ends):
-        ranks[order[a:b]] = (a + b + 1) / 2.0  # mean of ranks a+1 .. b
-    return ranks
-
-
-def spearman(a, b) -> float:
-    """Spearman rank correlation of two equally long score vectors (NaN if one is constant)."""
-    ra, rb = rankdata(a), rankdata(b)
-    ra -= ra.mean()
-    rb -= rb.mean()
-    den = math.sqrt(float(ra @ ra) * float(rb @ rb))
-    return float(ra @ rb / den) if den > 0 else float("nan")
 
 
 @dataclass

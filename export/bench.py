@@ -267,7 +267,7 @@ def bench_export_command(
     from fsac.peaks import best_of, measure_peaks
     from fsac.runtime.policy import logit_agreement
     from fsac.runner import expand_images, load_pixels, make_session, run_session
-    from fsac.calibration.threshold import conformal_threshold, next_float32_up
+    from fsac.threshold import conformal_threshold, next_float32_up
     from fsac.export.cli import export_trained
     from fsac.io import atomic_write_json, atomic_write_text
     from fsac.train.checkpoint import (checkpoint_sha256, load_checkpoint, random_trained_model,

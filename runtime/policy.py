@@ -28,6 +28,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from fsac.agreement import spearman
+from fsac.score import is_defective
 from fsac.errors import FsacError
 
 log = logging.getLogger("fsac.runtime")
@@ -37,12 +39,6 @@ MIN_VERDICT = 0.99
 MAX_REL_DLOGIT = 0.10
 TIMING_RUNS = 5
 MAX_IMAGES = 32
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    from fsac.calibration.quantize import spearman as _spearman
-
-    return _spearman(a, b)
 
 
 @dataclass
@@ -77,7 +73,7 @@ def logit_agreement(ref: np.ndarray, got: np.ndarray, logit_threshold: float | N
     if logit_threshold is None:
         verdict = float("nan")
     else:
-        verdict = float(np.mean((ref >= logit_threshold) == (got >= logit_threshold)))
+        verdict = float(np.mean(is_defective(ref, logit_threshold) == is_defective(got, logit_threshold)))
     rel = diff / spread if spread > 0 else (0.0 if diff == 0 else math.inf)
     return Agreement(n_images=int(ref.size), spearman=spearman(ref, got) if spread > 0 else float("nan"),
                      verdict_agreement=verdict, max_abs_diff=diff, spread=spread, rel_max_abs_diff=rel)

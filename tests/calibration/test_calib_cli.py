@@ -161,7 +161,7 @@ def test_unreadable_images_are_skipped_and_listed(model_copy, bottle, tmp_path):
 
 
 def test_degenerate_calibration_is_refused(tmp_path):
-    from fsac.calibration.threshold import check_not_degenerate, compute_threshold
+    from fsac.threshold import check_not_degenerate, compute_threshold
 
     res = compute_threshold("conformal", [3.0] * 20, alpha=0.1)
     with pytest.raises(FsacError, match="all 20 normal images have the same logit"):

@@ -102,7 +102,7 @@ def test_user_errors(exported_model, int8_model, bottle, tmp_path):
 
 def test_spearman_matches_scipy_with_ties():
     stats = pytest.importorskip("scipy.stats")
-    from fsac.calibration.quantize import rankdata, spearman
+    from fsac.agreement import rankdata, spearman
 
     rng = np.random.default_rng(0)
     a = rng.integers(0, 10, 50).astype(float)  # many ties

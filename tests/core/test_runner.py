@@ -12,7 +12,7 @@ from fsac.errors import FsacError
 
 
 def test_calibration_imports_no_torch():
-    code = ("import sys; import fsac.calibration.cli, fsac.runner, fsac.calibration.threshold, "
+    code = ("import sys; import fsac.calibration.cli, fsac.runner, fsac.threshold, "
             "fsac.metadata, fsac.calibration.quantize, fsac.calibration.plot, fsac.export.cli, "
             "fsac.export.parity, fsac.export.tensorrt_build, fsac.export.bench; "
             "print(sorted(m for m in ('torch', 'onnx', 'onnxruntime', 'open_clip') if m in sys.modules))")

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from fsac.calibration.threshold import (
+from fsac.threshold import (
     compute_threshold,
     conformal_rank,
     conformal_threshold,
