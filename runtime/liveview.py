@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any

@@ -35,7 +35,7 @@ function drawChart(threshold) {
   let lo = Math.min(...vals), hi = Math.max(...vals);
   const pad = (hi - lo) * 0.1 || 1; lo -= pad; hi += pad;
   const y = (z) => H - ((z - lo) / (hi - lo)) * H;
-  const n = points.length, x = (i) => n > 1 ? (i / (MAX_POINTS - 1)) * W : W / 2;
+  const n = points.length, x = (i) => n > 1 ? (i / (n - 1)) * W : W / 2;  // fills the width, then scrolls
   const coords = [], dots = [];
   points.forEach((p, i) => {
     if (p[1] === null) return;
