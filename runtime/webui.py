@@ -45,6 +45,8 @@ TOKEN_ENV = "FSAC_RUN_TOKEN"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 STATIC = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8",
           "style.css": "text/css; charset=utf-8"}
+MAX_STREAMS = 2  # of the status server's 4 workers
+STREAM_S = 120.0
 _FRAME = re.compile(r"^/frame/([A-Za-z0-9TZ_-]+)\.jpg$")
 
 
@@ -87,7 +89,8 @@ class WebUI:
         self._samples: deque[tuple[float, int, int]] = deque(maxlen=120)  # (t, frames written, dropped)
         self._sample_lock = threading.Lock()
         self._feedback = feedback_counts(cfg.feedback_dir)
-        self.clients = 0
+        self.clients = 0  # open event streams
+        self._clients_lock = threading.Lock()
 
     def start(self) -> None:
         self.state.start()
@@ -245,6 +248,15 @@ class WebUI:
             self._json(handler, 409, {"error": str(e)})
 
     def _events(self, handler: Any) -> None:
+        # Each stream holds one of the status server's few workers (runtime/http.py), so at most
+        # MAX_STREAMS pages at once (probes and /metrics keep the rest), and a stream ends after
+        # STREAM_S: the browser reconnects by itself, and a vanished phone frees its worker.
+        with self._clients_lock:
+            if self.clients >= MAX_STREAMS:
+                self._send(handler, 503, f"retry: 5000\ndata: {{\"busy\": {MAX_STREAMS}}}\n\n".encode(),
+                           "text/event-stream")
+                return
+            self.clients += 1
         handler.send_response(200)
         handler.send_header("Content-Type", "text/event-stream")
         handler.send_header("Cache-Control", "no-store")
@@ -252,9 +264,10 @@ class WebUI:
         handler.end_headers()
         handler.close_connection = True
         since, version, period = -1, -1, 1.0 / PUSH_HZ
-        self.clients += 1
+        end = time.monotonic() + STREAM_S
         try:
-            while not self.state.closed:
+            handler.wfile.write(b"retry: 1000\n\n")
+            while not self.state.closed and time.monotonic() < end:
                 t0 = time.monotonic()
                 snap = self.snapshot(since)
                 since = max(since, snap["latest_index"])
@@ -267,7 +280,8 @@ class WebUI:
         except (BrokenPipeError, ConnectionResetError, OSError):
             pass
         finally:
-            self.clients -= 1
+            with self._clients_lock:
+                self.clients -= 1
 
     @staticmethod
     def _json(handler: Any, code: int, obj: Any) -> None:

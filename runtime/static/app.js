@@ -165,4 +165,4 @@ $("btn-activate").onclick = () => {
 
 const es = new EventSource("events");
 es.onmessage = (e) => render(JSON.parse(e.data));
-es.onerror = () => { $("conn").textContent = "reconnecting…"; };
+es.onerror = () => { $("conn").textContent = "reconnecting… (at most 2 live views at once)"; };
