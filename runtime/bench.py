@@ -110,8 +110,9 @@ class _Bare:
 
 
 def _daemon_pass(model_path: Path, folder: Path, out: Path, batch_size: int, providers: list[str], threads: int,
-                 workers: int, queue_size: int, spin_wait: bool) -> dict[str, Any]:
-    """One run of the real pipeline over the folder, in this process; model load not timed."""
+                 workers: int, queue_size: int, spin_wait: bool, page: bool = False) -> dict[str, Any]:
+    """One run of the real pipeline over the folder, in this process; model load not timed.
+    `page`: the live view on, with a client that behaves like the page (runtime/pageclient.py)."""
     import logging
 
     cfg = RuntimeConfig()
@@ -120,22 +121,33 @@ def _daemon_pass(model_path: Path, folder: Path, out: Path, batch_size: int, pro
     cfg.source = SourceConfig(kind="folder", uri=str(folder), mode="every-frame", decode_workers=workers,
                               queue_size=queue_size)
     cfg.sinks.jsonl.path = str(out)
-    cfg.http.enabled = False
+    cfg.http.enabled = page
+    cfg.http.port = 0
+    cfg.journal.dir = str(out.parent / (out.name + ".journal"))
     validate(cfg)
     daemon = Daemon(cfg, install_signals=False)
     logger = logging.getLogger("fsac.runtime")
     level = logger.level
     logger.setLevel(logging.WARNING)  # the bench prints its own table
+    client = None
+    if page:
+        from .pageclient import PageClient
+
+        client = PageClient(daemon)
+        client.start()
     try:
         code = daemon.run()
     finally:
         logger.setLevel(level)
+        if client is not None:
+            client.stop()
     if code != 0:
         raise FsacError(f"the daemon run exited with {code}")
     records = [json.loads(line) for line in out.read_text().splitlines()]
     return {"seconds": (daemon.last_written or 0) - (daemon.first_read or 0), "frames": len(records),
             "latencies": [r["latency_ms"] for r in records], "errors": daemon.metrics.errors.value,
-            "batches": daemon.metrics.batches.value}
+            "batches": daemon.metrics.batches.value,
+            "page": client.counts() if client is not None else None}
 
 
 def _rss_subprocess(model_path: Path, folder: Path, workdir: Path, batch_size: int, providers: list[str],
@@ -204,7 +216,7 @@ def _peak_rss(code: str, args: list[str]) -> tuple[int | None, str]:
 def bench_runtime(model: str | os.PathLike, images: str | os.PathLike, n_frames: int = 200, batch_size: int = 4,
                   out_json: str | os.PathLike | None = None, *, providers: list[str] | None = None,
                   threads: int = 0, workers: int = 2, queue_size: int = 8, measure_rss: bool = True,
-                  spin_wait: bool = False, rounds: int = 2) -> dict[str, Any]:
+                  spin_wait: bool = False, rounds: int = 2, page_client: bool = False) -> dict[str, Any]:
     """Bare backend vs daemon on the same frames; returns (and optionally writes) the figures."""
     model, images = Path(model), Path(images)
     if n_frames < 1 or rounds < 1:
@@ -222,14 +234,21 @@ def bench_runtime(model: str | os.PathLike, images: str | os.PathLike, n_frames:
                        "providers": list(bare.model.backend.providers), "model_bytes": bare.model.size_bytes})
         # Alternate the two measurements so that load from other processes (a shared CPU)
         # falls on both alike.
-        bare_s, bare_lat, runs = 0.0, [], []
+        bare_s, bare_lat, runs, page_runs = 0.0, [], [], []
         for i in range(rounds):
             seconds, lat = bare.run()
             bare_s += seconds
             bare_lat += lat
             runs.append(_daemon_pass(model, work / "frames", work / f"daemon{i}.jsonl", batch_size, providers,
                                      threads, workers, queue_size, spin_wait))
+            if page_client:  # the same pass with the live view on and a page connected
+                page_runs.append(_daemon_pass(model, work / "frames", work / f"page{i}.jsonl", batch_size,
+                                              providers, threads, workers, queue_size, spin_wait, page=True))
         bare.model.backend.close()
+        if page_runs:
+            page_s = sum(r["seconds"] for r in page_runs)
+            result["page_fps"] = sum(r["frames"] for r in page_runs) / page_s if page_s > 0 else float("nan")
+            result["page_client"] = {k: sum(r["page"][k] for r in page_runs) for k in page_runs[0]["page"]}
         daemon_s = sum(r["seconds"] for r in runs)
         n_scored = sum(r["frames"] for r in runs)
         batches = sum(r["batches"] for r in runs)
@@ -242,6 +261,9 @@ def bench_runtime(model: str | os.PathLike, images: str | os.PathLike, n_frames:
                        "daemon_mean_batch": n_scored / batches if batches else 0.0})
         result["ratio"] = result["daemon_fps"] / result["bare_fps"]
         result["meets_95pct_target"] = bool(result["ratio"] >= 0.95)
+        if page_runs:
+            result["page_ratio"] = result["page_fps"] / result["bare_fps"]
+            result["page_meets_95pct_target"] = bool(result["page_ratio"] >= 0.95)
         result["rss_budget_bytes"] = result["model_bytes"] + RSS_ALLOWANCE
         if measure_rss:
             result.update(_rss_subprocess(model, work / "frames", work, batch_size, providers, threads, workers,
@@ -268,6 +290,12 @@ def format_table(r: dict[str, Any]) -> str:
     lines += [f"  {a:<{w}}  {b:>16}  {c:>14}  {d:>14}" for a, b, c, d in rows]
     lines.append(f"  daemon / bare throughput: {r['ratio'] * 100:.1f} % (target >= 95 %: "
                  f"{'met' if r['meets_95pct_target'] else 'NOT met'}); mean batch {r['daemon_mean_batch']:.2f}")
+    if "page_ratio" in r:
+        c = r["page_client"]
+        lines.append(f"  daemon + live view with a page connected: {r['page_fps']:.1f} frames/s, "
+                     f"{r['page_ratio'] * 100:.1f} % of bare (target >= 95 %: "
+                     f"{'met' if r['page_meets_95pct_target'] else 'NOT met'}); the client got {c['snapshots']} "
+                     f"snapshots and {c['images']} frame images, {c['errors']} errors")
     if "rss_peak_bytes" in r:
         lines.append(f"  fsac-run peak RSS: {r['rss_peak_bytes'] / mb:.1f} MB (budget model + 300 MB = "
                      f"{r['rss_budget_bytes'] / mb:.1f} MB: {'within' if r['rss_within_budget'] else 'OVER'}); "
@@ -302,11 +330,15 @@ try:  # typer is a base dependency; the runtime itself does not need it
                                                 help="model.spin_wait for both measurements")] = False,
         rounds: Annotated[int, typer.Option("--rounds", min=1,
                                             help="alternate bare and daemon passes this many times")] = 2,
+        page_client: Annotated[bool, typer.Option("--page-client/--no-page-client",
+                                                  help="also time the daemon with the live view on and a page "
+                                                       "client connected (events + frame images)")] = False,
     ) -> None:
         """Daemon throughput and p50/p99 latency against the bare backend on the same frames."""
         result = bench_runtime(model, images, frames, batch_size, out,
                                providers=[p for p in (providers or "").split(",") if p], threads=threads,
-                               workers=workers, measure_rss=rss, spin_wait=spin_wait, rounds=rounds)
+                               workers=workers, measure_rss=rss, spin_wait=spin_wait, rounds=rounds,
+                               page_client=page_client)
         typer.echo(format_table(result))
         if out is not None:
             typer.echo(f"wrote {out}")

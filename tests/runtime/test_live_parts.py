@@ -1,0 +1,100 @@
+"""The live view's parts without a browser: feedback folder bounds, frame ring bounds, alarms,
+the token rule, the live config section, and the bench's page client."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fsac.errors import FsacError
+from fsac.runtime.feedback import CONFIRMED_DEFECT, FALSE_ALARM, counts, good_images, save_feedback
+from fsac.runtime.liveview import FrameRing, alarms
+from fsac.runtime.webui import TOKEN_ENV, check_access
+
+
+def _record(seq: int, verdict: str = "defective", **kw) -> dict:
+    return {"run_id": "20260101T000000Z-00000000", "seq": seq, "verdict": verdict, "name": f"f{seq}.png", **kw}
+
+
+def test_feedback_is_bounded_and_keeps_pixels_exact(tmp_path):
+    rgb = np.random.default_rng(0).integers(0, 255, (30, 40, 3), dtype=np.uint8)
+    for i in range(5):
+        save_feedback(tmp_path, FALSE_ALARM, _record(i), rgb, max_files=3)
+    save_feedback(tmp_path, CONFIRMED_DEFECT, _record(9), b"\x89PNG not really", max_files=3)
+    metas = sorted((tmp_path / FALSE_ALARM).glob("*.json"))
+    assert [json.loads(m.read_text())["record"]["seq"] for m in metas] == [2, 3, 4]  # oldest deleted
+    assert len(list((tmp_path / FALSE_ALARM).glob("*.png"))) == 3
+    assert counts(tmp_path) == {FALSE_ALARM: 3, CONFIRMED_DEFECT: 1}
+    images = good_images(tmp_path)
+    assert len(images) == 3 and np.array_equal(np.asarray(Image.open(images[0])), rgb)
+    raw = next((tmp_path / CONFIRMED_DEFECT).glob("*.png"))  # raw bytes kept as they came
+    assert raw.read_bytes() == b"\x89PNG not really"
+    (tmp_path / FALSE_ALARM / "orphan.png").write_bytes(b"x")  # no JSON: not a complete pair
+    assert len(good_images(tmp_path)) == 3
+    with pytest.raises(FsacError, match="label"):
+        save_feedback(tmp_path, "maybe", _record(1), rgb, 3)
+    with pytest.raises(FsacError, match="no longer in memory"):
+        save_feedback(tmp_path, FALSE_ALARM, _record(1), None, 3)
+
+
+def test_frame_ring_bounds_count_and_bytes():
+    ring = FrameRing(latest=3, defective=2, max_bytes=10_000)
+    big = np.zeros((40, 40, 3), np.uint8)  # 4800 bytes
+    for i in range(5):
+        ring.put(_record(i, "good"), big)
+    assert ring.get("20260101T000000Z-00000000-4") is not None
+    assert ring.get("20260101T000000Z-00000000-2") is None  # two fit in 10 kB
+    assert ring.nbytes <= 10_000
+    for i in range(10, 14):
+        ring.put(_record(i, "defective"), np.zeros((4, 4, 3), np.uint8))
+    assert ring.get("20260101T000000Z-00000000-13") and not ring.get("20260101T000000Z-00000000-11")
+
+
+def test_alarms_name_what_they_saw():
+    good = [_record(i, "good", logit=-1.0) for i in range(60)]
+    assert alarms(good, 0.01, True, 0) == []
+    drifting = good[:30] + [_record(i, "defective", logit=1.0) for i in range(30)]
+    (a,) = alarms(drifting, 0.01, True, 0)
+    assert a["kind"] == "drift" and "50%" in a["text"] and "1.0%" in a["text"]
+    broken = good[:50] + [_record(i, "error", error="cannot decode x.png") for i in range(10)]
+    kinds = [x["kind"] for x in alarms(broken, 0.01, False, 7)]
+    assert kinds == ["input", "input", "input"]
+    assert "cannot decode x.png" in alarms(broken, 0.01, True, 0)[0]["text"]
+    assert alarms(good[:10] + drifting[40:], 0.01, True, 0) == []  # under 50 scored frames: no verdict yet
+
+
+def test_token_required_off_loopback_only():
+    assert check_access("127.0.0.1", {}) is None
+    assert check_access("127.0.0.1", {TOKEN_ENV: "t"}) == "t"
+    with pytest.raises(FsacError, match=TOKEN_ENV):
+        check_access("0.0.0.0", {})
+    assert check_access("0.0.0.0", {TOKEN_ENV: "t"}) == "t"
+
+
+def test_live_config_section(tmp_path):
+    from fsac.runtime.config import load_config
+
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("model: {path: m.onnx}\nsource: {uri: in}\nsinks: {jsonl: {path: r.jsonl}}\n"
+                        "live: {calibration_images: [calib, /abs/good], feedback_dir: fb, alpha: 0.02}\n")
+    cfg = load_config(cfg_file)
+    assert cfg.live.calibration_images == [str(tmp_path / "calib"), "/abs/good"]
+    assert cfg.live.feedback_dir == str(tmp_path / "fb") and cfg.live.alpha == 0.02 and cfg.live.enabled
+    cfg_file.write_text("model: {path: m.onnx}\nsource: {uri: in}\nsinks: {jsonl: {path: r.jsonl}}\n"
+                        "live: {feedback_max_file: 3}\n")
+    with pytest.raises(FsacError, match="feedback_max_file"):
+        load_config(cfg_file)
+
+
+def test_bench_with_a_page_client(tmp_path, model_file, image_folder):
+    from fsac.runtime.bench import bench_runtime, format_table
+
+    r = bench_runtime(model_file, image_folder, n_frames=24, batch_size=2, measure_rss=False, rounds=1,
+                      page_client=True)
+    assert r["daemon_frames"] == 24 and r["page_fps"] > 0 and r["page_client"]["snapshots"] >= 1
+    assert r["page_client"]["errors"] == 0
+    assert "page connected" in format_table(r)
