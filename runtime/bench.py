@@ -151,7 +151,7 @@ def _daemon_pass(model_path: Path, folder: Path, out: Path, batch_size: int, pro
 
 
 def _rss_subprocess(model_path: Path, folder: Path, workdir: Path, batch_size: int, providers: list[str],
-                    threads: int, workers: int, spin_wait: bool) -> dict[str, Any]:
+                    threads: int, workers: int, spin_wait: bool, live: bool = False) -> dict[str, Any]:
     """Peak RSS of `fsac-run` on the frames, and of a bare backend loop on the same frames."""
     args = ["--model", str(model_path), "--source", str(folder), "--jsonl", str(workdir / "subprocess.jsonl"),
            "--set", "http.enabled=false", "--set", f"model.batch_size={batch_size}",
@@ -165,8 +165,11 @@ def _rss_subprocess(model_path: Path, folder: Path, workdir: Path, batch_size: i
                                                ",".join(providers), "1" if spin_wait else "0"])
     if rss is None or bare_rss is None:
         raise FsacError("peak memory needs /proc/self/status (Linux); run with --no-rss elsewhere")
-    return {"rss_peak_bytes": rss, "bare_rss_peak_bytes": bare_rss,
-            "subprocess_fps": float(m.group(1)) if m else None}
+    out = {"rss_peak_bytes": rss, "bare_rss_peak_bytes": bare_rss, "subprocess_fps": float(m.group(1)) if m else None}
+    if live:  # the live view keeps references to recent frames: measure what that costs
+        on = [a if a != "http.enabled=false" else "http.enabled=true" for a in args] + ["--set", "http.port=0"]
+        out["rss_live_peak_bytes"] = _peak_rss("from fsac.runtime.cli import main; sys.exit(main())", on)[0]
+    return out
 
 
 _BARE_RSS_SCRIPT = """
@@ -267,7 +270,7 @@ def bench_runtime(model: str | os.PathLike, images: str | os.PathLike, n_frames:
         result["rss_budget_bytes"] = result["model_bytes"] + RSS_ALLOWANCE
         if measure_rss:
             result.update(_rss_subprocess(model, work / "frames", work, batch_size, providers, threads, workers,
-                                          spin_wait))
+                                          spin_wait, live=page_client))
             result["rss_within_budget"] = bool(result["rss_peak_bytes"] <= result["rss_budget_bytes"])
     if out_json is not None:
         atomic_write_json(out_json, result)
@@ -301,6 +304,8 @@ def format_table(r: dict[str, Any]) -> str:
                      f"{r['rss_budget_bytes'] / mb:.1f} MB: {'within' if r['rss_within_budget'] else 'OVER'}); "
                      f"bare backend loop: {r['bare_rss_peak_bytes'] / mb:.1f} MB, so the daemon adds "
                      f"{(r['rss_peak_bytes'] - r['bare_rss_peak_bytes']) / mb:.1f} MB")
+    if r.get("rss_live_peak_bytes"):
+        lines.append(f"  fsac-run peak RSS with the live view on: {r['rss_live_peak_bytes'] / mb:.1f} MB")
     if r["bare_fps"] > 2 * r["serial_fps"]:
         lines.append("  note: inference is much faster than decoding+resizing here, so the daemon is bound by the "
                      "decoder and the ratio says little about daemon overhead; it is meaningful with a model whose "

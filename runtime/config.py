@@ -163,7 +163,7 @@ class LiveConfig:
                                   "own calibration alpha, else 0.01)")
     frames_in_memory: int = _opt(16, min=1, max=1000, doc="recent frames whose pixels the page can show or mark "
                                  "(plus the last 12 defective ones)")
-    max_frame_bytes: int = _opt(256 * 1024 * 1024, size=True, min=1024 * 1024,
+    max_frame_bytes: int = _opt(64 * 1024 * 1024, size=True, min=1024 * 1024,
                                 doc="bound on the memory those frames take")
 
 

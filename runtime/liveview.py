@@ -61,7 +61,7 @@ class FrameRing:
     longer so their thumbnails stay clickable. Only references: no copy, no encoding."""
 
     def __init__(self, latest: int = 16, defective: int = DEFECTS_SHOWN,
-                 max_bytes: int = 256 * 1024 * 1024) -> None:
+                 max_bytes: int = 64 * 1024 * 1024) -> None:
         self.latest_n, self.defective_n, self.max_bytes = latest, defective, max_bytes
         self._latest: OrderedDict[str, Kept] = OrderedDict()
         self._defective: OrderedDict[str, Kept] = OrderedDict()

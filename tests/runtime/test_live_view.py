@@ -219,6 +219,19 @@ def test_live_view_follows_the_line_marks_recalibrates_and_activates(browser, li
     d.find_element("id", "btn-resume").click()
     _wait_text(d, "part", lambda t: t == "p004.png", "frame scored after resume")
 
+    # Under load (60 frames at once, a backlog for the scorer): the page keeps up and its
+    # counts match the journal's records.
+    burst = line["root"] / "burst"
+    burst.mkdir()
+    for i in range(60):
+        _image(burst / f"q{i:03d}.png", 20, 100, 100 + i)
+    for f in sorted(burst.iterdir()):
+        shutil.move(f, line["watch"] / f.name)
+    _wait_text(d, "part", lambda t: t == "q059.png", "last frame of the burst", timeout=30)
+    h.wait_for(lambda: _text(d, "counts").startswith("frames 64\n"), 5, what="count of 4 + 60 frames")
+    h.wait_for(lambda: len(h.read_jsonl(line["jsonl"])) == 64, 10, what="64 records")
+    assert _points(d) == 64
+
     # Screenshots, desktop and phone-sized: not blank, and nothing wider than the phone.
     shot = tmp_path / "desktop.png"
     d.save_screenshot(str(shot))
