@@ -98,3 +98,31 @@ def test_bench_with_a_page_client(tmp_path, model_file, image_folder):
     assert r["daemon_frames"] == 24 and r["page_fps"] > 0 and r["page_client"]["snapshots"] >= 1
     assert r["page_client"]["errors"] == 0
     assert "page connected" in format_table(r)
+
+
+def test_calibrate_with_feedback_is_torch_free(tmp_path, model_file):
+    """The edge box's re-calibration path: `fsac calibrate --feedback` adds the frames marked
+    False alarm to the normal images, and neither torch nor open_clip is imported."""
+    import subprocess
+    import sys
+
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(20):
+        Image.fromarray(rng.integers(20, 100, (64, 64, 3), dtype=np.uint8)).save(calib / f"g{i}.png")
+    bright = rng.integers(150, 250, (64, 64, 3), dtype=np.uint8)  # a good part the model flagged
+    save_feedback(tmp_path / "fb", FALSE_ALARM, _record(1), bright, 10)
+    out, report = tmp_path / "new.onnx", tmp_path / "report.json"
+    code = ("import sys; from fsac.cli import main; rc = main(sys.argv[1:]); "
+            "heavy = [m for m in sys.modules if m.split('.')[0] in ('torch', 'open_clip')]; "
+            "print('HEAVY', heavy); sys.exit(rc)")
+    proc = subprocess.run([sys.executable, "-c", code, "calibrate", str(model_file), "--normal", str(calib),
+                           "--feedback", str(tmp_path / "fb"), "--alpha", "0.05", "--out", str(out), "--force",
+                           "--report", str(report), "--quiet"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "HEAVY []" in proc.stdout
+    rep = json.loads(report.read_text())
+    assert rep["result"]["n_normal"] == 21 and any("1 frame(s) marked False alarm" in n for n in rep["notes"])
+    z_marked = 2 * float(np.asarray(bright, np.float64).mean()) / 255 - 1  # the fixture model's logit
+    assert z_marked < rep["logit_threshold"] < z_marked + 1e-3  # k = n: just above the marked frame
