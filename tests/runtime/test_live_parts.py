@@ -126,3 +126,34 @@ def test_calibrate_with_feedback_is_torch_free(tmp_path, model_file):
     assert rep["result"]["n_normal"] == 21 and any("1 frame(s) marked False alarm" in n for n in rep["notes"])
     z_marked = 2 * float(np.asarray(bright, np.float64).mean()) / 255 - 1  # the fixture model's logit
     assert z_marked < rep["logit_threshold"] < z_marked + 1e-3  # k = n: just above the marked frame
+
+
+def test_activation_verifies_first_and_keeps_the_old_model(tmp_path, make_model):
+    """What "Activate" does (ModelHandle.switch): a file that fails its seal is refused and the
+    old model keeps serving; a valid one is served and later reloads read it."""
+    from fsac.runtime.backends import ModelHandle
+    from fsac.runtime.config import ModelConfig
+    from fsac.runtime.recalibrate import RecalJob
+
+    old = make_model("old.fsac.onnx")
+    new = make_model("new.fsac.onnx", threshold="0.25")
+    bad = tmp_path / "bad.onnx"
+    data = bytearray(new.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    bad.write_bytes(bytes(data))
+    handle = ModelHandle(ModelConfig(path=str(old)))
+    assert not handle.switch(str(bad))
+    assert handle.current.name == "old.fsac.onnx" and handle.cfg.path == str(old)
+    job = RecalJob([], str(tmp_path / "fb"), None)
+    with pytest.raises(FsacError, match="not a model this daemon re-calibrated"):
+        job.activate(handle, str(new))
+    job.outputs.add(str(bad))
+    with pytest.raises(FsacError, match="refused"):
+        job.activate(handle, str(bad))
+    job.outputs.add(str(new))
+    job.activate(handle, str(new))
+    assert handle.current.name == "new.fsac.onnx" and handle.current.logit_threshold == 0.25
+    assert handle.reload() and handle.current.name == "new.fsac.onnx"  # SIGHUP now reads the new file
+    pinned = ModelHandle(ModelConfig(path=str(old), logit_threshold=1.0))
+    with pytest.raises(FsacError, match="model.logit_threshold"):
+        job.activate(pinned, str(new))
