@@ -179,6 +179,10 @@ def test_live_view_follows_the_line_marks_recalibrates_and_activates(browser, li
     # The saved frame is the frame the model scored: scoring it again gives the record's logit.
     assert h.expected_logit(np.asarray(Image.open(png).convert("RGB"))) == pytest.approx(rec["logit"], abs=1e-5)
     _wait_text(d, "feedback-counts", lambda t: t.startswith("1 false alarm"), "feedback count")
+    d.find_element("css selector", '#latest button[data-label="confirmed_defect"]').click()  # the latest frame
+    _wait_text(d, "feedback-counts", lambda t: t.endswith("1 confirmed defect(s)"), "confirmed defect count")
+    (confirmed,) = (line["feedback"] / "confirmed_defect").glob("*.json")
+    assert json.loads(confirmed.read_text())["record"]["name"] == "p002.png"
 
     # Re-calibration on the box: old and new thresholds and the expected false-alarm rate.
     d.find_element("id", "btn-recalibrate").click()
@@ -248,6 +252,32 @@ def test_live_view_follows_the_line_marks_recalibrates_and_activates(browser, li
     finally:
         d.set_window_size(1280, 1000)
     shutil.copyfile(shot, line["root"] / "desktop.png")  # kept with the run's files for a look
+
+
+def test_event_streams_are_bounded_and_probes_still_answer(line):
+    """Each event stream holds one of the status server's 4 workers: at most 2 are served,
+    the next gets 503 (the page retries), and /healthz and /metrics still answer."""
+    import http.client
+
+    host, port = line["url"][len("http://"):].split(":")
+    streams, refused = [], None
+    try:
+        for _ in range(4):
+            conn = http.client.HTTPConnection(host, int(port), timeout=5)
+            conn.request("GET", "/events")
+            resp = conn.getresponse()
+            if resp.status != 200:
+                refused = resp.status
+                conn.close()
+                break
+            assert resp.fp.readline().startswith(b"retry:")
+            streams.append(conn)
+        assert refused == 503 and 1 <= len(streams) <= 2  # the browser of the other test may hold one
+        assert _get(line["url"] + "/healthz")[0] == 200
+        assert b"fsac_frames_total" in _get(line["url"] + "/metrics")[1]
+    finally:
+        for conn in streams:
+            conn.close()
 
 
 def test_posts_need_the_header_and_frames_expire(line):
