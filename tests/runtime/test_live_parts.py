@@ -157,3 +157,17 @@ def test_activation_verifies_first_and_keeps_the_old_model(tmp_path, make_model)
     pinned = ModelHandle(ModelConfig(path=str(old), logit_threshold=1.0))
     with pytest.raises(FsacError, match="model.logit_threshold"):
         job.activate(pinned, str(new))
+
+
+def test_check_refuses_a_public_live_view_without_token(model_file, image_folder, tmp_path):
+    import fsac_run_helpers as h
+
+    args = ("--model", str(model_file), "--source", str(image_folder), "--jsonl", str(tmp_path / "r.jsonl"),
+            "--set", "http.host=0.0.0.0", "--check")
+    proc = h.fsac_run(*args)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and TOKEN_ENV in err
+    proc = h.fsac_run(*args, env={TOKEN_ENV: "t0ken"})
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "live view: http://0.0.0.0:9108/ (token: FSAC_RUN_TOKEN)" in out + err
