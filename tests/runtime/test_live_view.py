@@ -101,7 +101,7 @@ def line(tmp_path_factory, make_model):
     # normal logit, which is the frame the operator marked as a false alarm.
     cfg.write_text(yaml.safe_dump({
         "model": {"path": str(model)},
-        "source": {"kind": "watch", "uri": str(watch), "settle_s": 0.05, "poll_s": 0.05},
+        "source": {"kind": "watch", "uri": str(watch), "settle_s": 0.05, "poll_s": 0.05, "give_up_s": 0.3},
         "sinks": {"jsonl": {"path": str(root / "out" / "results.jsonl")}},
         "http": {"port": port},
         "live": {"calibration_images": [str(calib)], "alpha": 0.05, "feedback_dir": str(root / "feedback")},
@@ -235,6 +235,14 @@ def test_live_view_follows_the_line_marks_recalibrates_and_activates(browser, li
     h.wait_for(lambda: _text(d, "counts").startswith("frames 64\n"), 5, what="count of 4 + 60 frames")
     h.wait_for(lambda: len(h.read_jsonl(line["jsonl"])) == 64, 10, what="64 records")
     assert _points(d) == 64
+    assert _text(d, "alarms") == ""
+    # Corrupt files: error records, an input-health alarm naming the file's problem.
+    for i in range(8):
+        (line["root"] / f"bad{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+        shutil.move(line["root"] / f"bad{i}.png", line["watch"] / f"r{i}.png")
+    alarm = _wait_text(d, "alarms", lambda t: "could not be scored" in t, "input-health alarm", timeout=30)
+    assert "8 of the last 72 frames" in alarm and "r7.png" in alarm
+    assert _text(d, "verdict") == "ERROR"
 
     # Screenshots, desktop and phone-sized: not blank, and nothing wider than the phone.
     shot = tmp_path / "desktop.png"
