@@ -48,7 +48,7 @@ function drawChart(threshold) {
   if (threshold !== null && threshold !== undefined) {
     const ty = y(threshold).toFixed(1);
     for (const a of ["y1", "y2"]) $("threshold-line").setAttribute(a, ty);
-    $("threshold-label").setAttribute("y", String(Math.max(12, ty - 4)));
+    $("threshold-label").style.top = `${Math.max(0, ty - 16)}px`;  // the chart is H px high
     $("threshold-label").textContent = `threshold ${fmt(threshold)}`;
   }
   $("y-max").textContent = fmt(hi, 3); $("y-min").textContent = fmt(lo, 3);
@@ -166,3 +166,5 @@ $("btn-activate").onclick = () => {
 const es = new EventSource("events");
 es.onmessage = (e) => render(JSON.parse(e.data));
 es.onerror = () => { $("conn").textContent = "reconnecting… (at most 2 live views at once)"; };
+// An undecodable frame (error record) may have no picture to show.
+$("latest-img").onerror = () => { $("latest-img").hidden = true; $("no-image").hidden = false; };
