@@ -233,7 +233,7 @@ class Daemon:
             self._close_sinks(time.monotonic() + 1.0)
             self._close_backend()
             raise
-        self.deliveries = [Delivery(s, self.journal) for s in self.durable]
+        self.deliveries = [Delivery(s, self.journal, linger_s=cfg.journal.commit_interval_s) for s in self.durable]
         self.run_id = new_run_id()
         self._seq = 0
         # Decoded pixels are kept only if some sink saves them (memory: queue_size frames).
@@ -692,7 +692,6 @@ class Daemon:
             return
         with self._ack_lock:
             self._acks.append((end, [(item.frame, r) for item, r in zip(batch, records)]))
-        self._jwake.set()
         for i, (item, record) in enumerate(zip(batch, records)):
             frame = item.frame
             if self.live:
@@ -739,8 +738,9 @@ class Daemon:
 
     def _journal_loop(self) -> None:
         """fdatasync, then acknowledge the inputs whose records are durable; save cursors, trim."""
+        interval = max(0.005, self.cfg.journal.commit_interval_s)
         while True:
-            self._jwake.wait(0.05)
+            self._jwake.wait(interval)  # group commit: one fdatasync for every batch of the interval
             self._jwake.clear()
             stopping = self._jstop.is_set()
             with self._ack_lock:
