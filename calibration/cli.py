@@ -53,6 +53,9 @@ def calibrate_command(
     alpha: Annotated[float, typer.Option(help="target false-alarm rate for --method conformal")] = 0.05,
     method: Annotated[str, typer.Option(help="conformal (normal images only), f1 or recall")] = "conformal",
     target_recall: Annotated[Optional[float], typer.Option(help="fraction of defects to catch, for --method recall")] = None,
+    feedback: Annotated[Optional[Path], typer.Option(
+        "--feedback", help="fsac-run feedback folder (live.feedback_dir): its frames marked False alarm are added "
+                           "to the normal images")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="write the calibrated model here instead of in place")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="score distribution PNG [default: MODEL.scores.png]")] = None,
     report: Annotated[Optional[Path], typer.Option(help="also write the calibration report as JSON here")] = None,
@@ -86,6 +89,12 @@ def calibrate_command(
     normals = _images(normal_images)
     anomalies = _images(anomalous_images)
     notes: list[str] = []
+    if feedback is not None:  # good parts the operator saw flagged: the threshold must let them pass
+        from fsac.runtime.feedback import good_images
+
+        marked = [p for p in good_images(feedback) if p not in set(normals)]
+        normals += marked
+        notes.append(f"added {len(marked)} frame(s) marked False alarm from {feedback}")
     # Training shots score lower than other good parts (the model was fit on them), so
     # they would pull a conformal threshold down and break exchangeability: drop them.
     train_hashes = {e.get("sha256") for e in json.loads(info.metadata.get("fsac.train_images", "[]") or "[]")
@@ -147,10 +156,14 @@ def calibrate_command(
     else:
         desc = f"target recall {target_recall:g}"
     sub = f"on these images: false alarms {res.fpr:.1%}" + (f", recall {res.recall:.1%}" if res.recall is not None else "")
-    write_scores_png(plot, neg.logit, pos.logit if pos is not None else None, res.threshold,
-                     f"{written.name}: logit threshold {res.threshold:.6g} ({desc})", sub)
+    try:
+        write_scores_png(plot, neg.logit, pos.logit if pos is not None else None, res.threshold,
+                         f"{written.name}: logit threshold {res.threshold:.6g} ({desc})", sub)
+    except ImportError:  # an edge box has no matplotlib (fsac[runtime]); the threshold does not need it
+        _warn(f"matplotlib is not installed: no score plot {plot}")
+        plot = None
     result = {"model": str(written), "logit_threshold": res.threshold, "threshold": res.score_threshold,
-              "plot": str(plot), "result": res.to_dict(), "seal": new_info.seal, "notes": notes, "skipped": skipped}
+              "plot": str(plot) if plot else None, "result": res.to_dict(), "seal": new_info.seal, "notes": notes, "skipped": skipped}
     if report is not None:
         from fsac.io import atomic_write_json
 
@@ -165,7 +178,7 @@ def calibrate_command(
     if method == "conformal":
         line += f"; expected false-alarm rate on new good parts {res.expected_fpr:.3f} (<= {alpha:g})"
     _say(quiet, line)
-    _say(quiet, f"wrote {written} (seal {new_info.seal[:12]}...), plot {plot}")
+    _say(quiet, f"wrote {written} (seal {new_info.seal[:12]}...)" + (f", plot {plot}" if plot else ""))
     return result
 
 

@@ -479,3 +479,15 @@ class ModelHandle:
         else:
             log.info("model reloaded: %s -> %s", old.sha256[:12], new.describe())
         return True
+
+    def switch(self, path: str) -> bool:
+        """Serve another model file (the live view's re-calibrated model), checked as `reload`
+        checks: the old model keeps running if the new file is refused. Later reloads read it."""
+        import dataclasses
+
+        old_cfg = self.cfg
+        self.cfg = dataclasses.replace(old_cfg, path=str(path))
+        if self.reload():
+            return True
+        self.cfg = old_cfg
+        return False

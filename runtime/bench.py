@@ -182,8 +182,9 @@ def _backend_args(backend: dict[str, Any] | None) -> list[str]:
 
 def _daemon_pass(model_path: Path, folder: Path, out: Path, batch_size: int, providers: list[str], threads: int,
                  workers: int, queue_size: int, spin_wait: bool, mqtt_port: int | None = None,
-                 backend: dict[str, Any] | None = None) -> dict[str, Any]:
-    """One run of the real pipeline over the folder, in this process; model load not timed."""
+                 backend: dict[str, Any] | None = None, page: bool = False) -> dict[str, Any]:
+    """One run of the real pipeline over the folder, in this process; model load not timed.
+    `page`: the live view on, with a client that behaves like the page (runtime/pageclient.py)."""
     import logging
 
     cfg = RuntimeConfig()
@@ -195,17 +196,26 @@ def _daemon_pass(model_path: Path, folder: Path, out: Path, batch_size: int, pro
     cfg.journal.dir = str(out.parent / f"{out.stem}.journal")
     if mqtt_port is not None:
         cfg.sinks.mqtt = {"host": "127.0.0.1", "port": mqtt_port, "client_id": f"fsac-bench-{out.stem}"}
-    cfg.http.enabled = False
+    cfg.http.enabled = page
+    cfg.http.port = 0
     validate(cfg)
     before = _write_bytes()
     daemon = Daemon(cfg, install_signals=False)
     logger = logging.getLogger("fsac.runtime")
     level = logger.level
     logger.setLevel(logging.WARNING)  # the bench prints its own table
+    client = None
+    if page:
+        from .pageclient import PageClient
+
+        client = PageClient(daemon)
+        client.start()
     try:
         code = daemon.run()
     finally:
         logger.setLevel(level)
+        if client is not None:
+            client.stop()
     after = _write_bytes()
     if code != 0:
         raise FsacError(f"the daemon run exited with {code}")
@@ -214,12 +224,13 @@ def _daemon_pass(model_path: Path, folder: Path, out: Path, batch_size: int, pro
             "latencies": [r["latency_ms"] for r in records], "errors": daemon.metrics.errors.value,
             "batches": daemon.metrics.batches.value,
             "written_bytes": None if before is None or after is None else after - before,
-            "delivered": {d.name: d.delivered for d in daemon.deliveries}}
+            "delivered": {d.name: d.delivered for d in daemon.deliveries},
+            "page": client.counts() if client is not None else None}
 
 
 def _rss_subprocess(model_path: Path, folder: Path, workdir: Path, batch_size: int, providers: list[str],
-                    threads: int, workers: int, spin_wait: bool, backend: dict[str, Any] | None = None
-                    ) -> dict[str, Any]:
+                    threads: int, workers: int, spin_wait: bool, backend: dict[str, Any] | None = None,
+                    live: bool = False) -> dict[str, Any]:
     """Peak RSS of `fsac-run` on the frames, and of a bare backend loop on the same frames."""
     args = ["--model", str(model_path), "--source", str(folder), "--jsonl", str(workdir / "subprocess.jsonl"),
            "--set", "http.enabled=false", "--set", f"model.batch_size={batch_size}",
@@ -236,8 +247,11 @@ def _rss_subprocess(model_path: Path, folder: Path, workdir: Path, batch_size: i
                                                (backend or {}).get("precision") or ""])
     if rss is None or bare_rss is None:
         raise FsacError("peak memory needs /proc/self/status (Linux); run with --no-rss elsewhere")
-    return {"rss_peak_bytes": rss, "bare_rss_peak_bytes": bare_rss,
-            "subprocess_fps": float(m.group(1)) if m else None}
+    out = {"rss_peak_bytes": rss, "bare_rss_peak_bytes": bare_rss, "subprocess_fps": float(m.group(1)) if m else None}
+    if live:  # the live view keeps references to recent frames: measure what that costs
+        on = [a if a != "http.enabled=false" else "http.enabled=true" for a in args] + ["--set", "http.port=0"]
+        out["rss_live_peak_bytes"] = _peak_rss("from fsac.runtime.cli import main; sys.exit(main())", on)[0]
+    return out
 
 
 _BARE_RSS_SCRIPT = """
@@ -293,7 +307,7 @@ def bench_runtime(model: str | os.PathLike, images: str | os.PathLike, n_frames:
                   out_json: str | os.PathLike | None = None, *, providers: list[str] | None = None,
                   threads: int = 0, workers: int = 2, queue_size: int = 8, measure_rss: bool = True,
                   spin_wait: bool = False, rounds: int = 2, backend: str = "", precision: str = "",
-                  peaks: bool = True) -> dict[str, Any]:
+                  peaks: bool = True, page_client: bool = False) -> dict[str, Any]:
     """Bare backend vs daemon on the same frames; returns (and optionally writes) the figures."""
     bk = {"backend": backend, "precision": precision}
     model, images = Path(model), Path(images)
@@ -316,7 +330,7 @@ def bench_runtime(model: str | os.PathLike, images: str | os.PathLike, n_frames:
                        "gflop_per_image": _gflop(bare.model.info)})
         # Alternate the two measurements so that load from other processes (a shared CPU)
         # falls on both alike.
-        bare_s, bare_lat, runs = 0.0, [], []
+        bare_s, bare_lat, runs, page_runs = 0.0, [], [], []
         broker = _Broker(work) if shutil.which("mosquitto") else None
         try:
             for i in range(rounds):
@@ -326,10 +340,18 @@ def bench_runtime(model: str | os.PathLike, images: str | os.PathLike, n_frames:
                 runs.append(_daemon_pass(model, work / "frames", work / f"daemon{i}.jsonl", batch_size, providers,
                                          threads, workers, queue_size, spin_wait,
                                          broker.port if broker is not None else None, bk))
+                if page_client:  # the same pass with the live view on and a page connected
+                    page_runs.append(_daemon_pass(model, work / "frames", work / f"page{i}.jsonl", batch_size,
+                                                  providers, threads, workers, queue_size, spin_wait,
+                                                  broker.port if broker is not None else None, bk, page=True))
         finally:
             if broker is not None:
                 broker.stop()
         bare.model.backend.close()
+        if page_runs:
+            page_s = sum(r["seconds"] for r in page_runs)
+            result["page_fps"] = sum(r["frames"] for r in page_runs) / page_s if page_s > 0 else float("nan")
+            result["page_client"] = {k: sum(r["page"][k] for r in page_runs) for k in page_runs[0]["page"]}
         result["sinks"] = "jsonl+mqtt" if broker is not None else "jsonl (no mosquitto on PATH)"
         written = [r["written_bytes"] for r in runs]
         if all(w is not None for w in written):
@@ -348,10 +370,13 @@ def bench_runtime(model: str | os.PathLike, images: str | os.PathLike, n_frames:
                        "daemon_mean_batch": n_scored / batches if batches else 0.0})
         result["ratio"] = result["daemon_fps"] / result["bare_fps"]
         result["meets_95pct_target"] = bool(result["ratio"] >= 0.95)
+        if page_runs:
+            result["page_ratio"] = result["page_fps"] / result["bare_fps"]
+            result["page_meets_95pct_target"] = bool(result["page_ratio"] >= 0.95)
         result["rss_budget_bytes"] = result["model_bytes"] + RSS_ALLOWANCE
         if measure_rss:
             result.update(_rss_subprocess(model, work / "frames", work, batch_size, providers, threads, workers,
-                                          spin_wait, bk))
+                                          spin_wait, bk, live=page_client))
             result["rss_within_budget"] = bool(result["rss_peak_bytes"] <= result["rss_budget_bytes"])
     if peaks:
         from fsac.peaks import measure_peaks
@@ -410,6 +435,12 @@ def format_table(r: dict[str, Any]) -> str:
     lines += [f"  {a:<{w}}  {b:>16}  {c:>14}  {d:>14}" for a, b, c, d in rows]
     lines.append(f"  daemon / bare throughput: {r['ratio'] * 100:.1f} % (target >= 95 %: "
                  f"{'met' if r['meets_95pct_target'] else 'NOT met'}); mean batch {r['daemon_mean_batch']:.2f}")
+    if "page_ratio" in r:
+        c = r["page_client"]
+        lines.append(f"  daemon + live view with a page connected: {r['page_fps']:.1f} frames/s, "
+                     f"{r['page_ratio'] * 100:.1f} % of bare (target >= 95 %: "
+                     f"{'met' if r['page_meets_95pct_target'] else 'NOT met'}); the client got {c['snapshots']} "
+                     f"snapshots and {c['images']} frame images, {c['errors']} errors")
     if "bytes_written_per_record" in r:
         lines.append(f"  storage written per record (sinks {r['sinks']}, /proc/self/io write_bytes): "
                      f"{r['bytes_written_per_record']:.0f} B (target <= 4 KB: "
@@ -420,6 +451,8 @@ def format_table(r: dict[str, Any]) -> str:
                      f"{r['rss_budget_bytes'] / mb:.1f} MB: {'within' if r['rss_within_budget'] else 'OVER'}); "
                      f"bare backend loop: {r['bare_rss_peak_bytes'] / mb:.1f} MB, so the daemon adds "
                      f"{(r['rss_peak_bytes'] - r['bare_rss_peak_bytes']) / mb:.1f} MB")
+    if r.get("rss_live_peak_bytes"):
+        lines.append(f"  fsac-run peak RSS with the live view on: {r['rss_live_peak_bytes'] / mb:.1f} MB")
     if r["bare_fps"] > 2 * r["serial_fps"]:
         lines.append("  note: inference is much faster than decoding+resizing here, so the daemon is bound by the "
                      "decoder and the ratio says little about daemon overhead; it is meaningful with a model whose "
@@ -454,12 +487,15 @@ try:  # typer is a base dependency; the runtime itself does not need it
         precision: Annotated[str, typer.Option("--precision", help="model.openvino.precision (f32, bf16, int8, "
                                                "auto) for --backend openvino")] = "",
         peaks: Annotated[bool, typer.Option("--peaks/--no-peaks", help="measure this CPU's matmul peaks")] = True,
+        page_client: Annotated[bool, typer.Option("--page-client/--no-page-client",
+                                                  help="also time the daemon with the live view on and a page "
+                                                       "client connected (events + frame images)")] = False,
     ) -> None:
         """Daemon throughput and p50/p99 latency against the bare backend on the same frames."""
         result = bench_runtime(model, images, frames, batch_size, out,
                                providers=[p for p in (providers or "").split(",") if p], threads=threads,
                                workers=workers, measure_rss=rss, spin_wait=spin_wait, rounds=rounds,
-                               backend=backend, precision=precision, peaks=peaks)
+                               backend=backend, precision=precision, peaks=peaks, page_client=page_client)
         typer.echo(format_table(result))
         if out is not None:
             typer.echo(f"wrote {out}")

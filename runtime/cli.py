@@ -100,6 +100,11 @@ def check(cfg) -> list[str]:
         lines.append(f"sink {section}: settings valid (the destination itself is contacted only when running)")
     if cfg.http.enabled:
         lines.append(f"http: http://{cfg.http.host}:{cfg.http.port}/metrics")
+    if cfg.http.enabled and cfg.live.enabled:
+        from .webui import check_access
+
+        token = check_access(cfg.http.host)  # off loopback without FSAC_RUN_TOKEN: refused here too
+        lines.append(f"live view: http://{cfg.http.host}:{cfg.http.port}/" + (" (token: FSAC_RUN_TOKEN)" if token else ""))
     return lines
 
 

@@ -172,6 +172,24 @@ class HttpConfig:
 
 
 @dataclass
+class LiveConfig:
+    """The operator page at http://<http.host>:<http.port>/ (runtime/webui.py)."""
+    enabled: bool = _opt(True, doc="serve the live view at / (needs http.enabled; off http.host loopback, the "
+                         "token in FSAC_RUN_TOKEN is required)")
+    feedback_dir: str = _opt("", doc="where frames marked False alarm / Confirmed defect go (empty: "
+                             "<folder of journal.dir>/fsac-feedback)")
+    feedback_max_files: int = _opt(1000, min=1, doc="marked frames kept per label; the oldest deleted first")
+    calibration_images: List[str] = _opt(factory=list, doc="the original calibration images (files or folders) "
+                                         "on this box, for re-calibration from the page")
+    alpha: Optional[float] = _opt(None, doc="target false-alarm rate of a re-calibration (default: the model's "
+                                  "own calibration alpha, else 0.01)")
+    frames_in_memory: int = _opt(16, min=1, max=1000, doc="recent frames whose pixels the page can show or mark "
+                                 "(plus the last 12 defective ones)")
+    max_frame_bytes: int = _opt(64 * 1024 * 1024, size=True, min=1024 * 1024,
+                                doc="bound on the memory those frames take")
+
+
+@dataclass
 class DaemonConfig:
     shutdown_timeout_s: float = _opt(10.0, min=0.5, doc="SIGTERM: drain and flush within this long")
     drain_timeout_s: float = _opt(60.0, min=0.0, doc="end of a folder or video source: wait this long for the "
@@ -190,6 +208,7 @@ class RuntimeConfig:
     sinks: SinksConfig = _opt(factory=SinksConfig)
     journal: JournalConfig = _opt(factory=JournalConfig)
     http: HttpConfig = _opt(factory=HttpConfig)
+    live: LiveConfig = _opt(factory=LiveConfig)
     daemon: DaemonConfig = _opt(factory=DaemonConfig)
     logging: LoggingConfig = _opt(factory=LoggingConfig)
 
@@ -406,6 +425,12 @@ def _resolve_relative(data: dict[str, Any], base: Path) -> None:
             fix(sinks["frames"], "dir")
     if isinstance(data.get("journal"), dict):
         fix(data["journal"], "dir")
+    if isinstance(data.get("live"), dict):
+        fix(data["live"], "feedback_dir")
+        images = data["live"].get("calibration_images")
+        if isinstance(images, list):
+            data["live"]["calibration_images"] = [str(base / p) if isinstance(p, str) and p and not
+                                                  Path(p).expanduser().is_absolute() else p for p in images]
 
 
 def apply_override(data: dict[str, Any], assignment: str) -> None:

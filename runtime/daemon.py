@@ -228,6 +228,7 @@ class Daemon:
             self.journal = Journal(jc.dir, [s.name for s in self.durable], max_bytes=jc.max_bytes,
                                    max_records=jc.max_records, sync=jc.sync, when_full=when_full,
                                    cursor_interval_s=jc.cursor_interval_s)
+            self.webui = self._make_webui(cfg)
         except BaseException:
             self._close_sinks(time.monotonic() + 1.0)
             self._close_backend()
@@ -279,9 +280,32 @@ class Daemon:
         """Reload the model file (what SIGHUP does)."""
         self._sig_reload = True
 
+    def _make_webui(self, cfg: RuntimeConfig) -> Any:
+        """The live view (runtime/webui.py), a live sink that follows the journal; None if off."""
+        self.paused = threading.Event()  # the operator paused scoring from the page
+        if not (cfg.http.enabled and cfg.live.enabled):
+            return None
+        from .webui import WebUI, check_access
+
+        if not cfg.live.feedback_dir:
+            cfg.live.feedback_dir = os.path.join(os.path.dirname(os.path.abspath(cfg.journal.dir)), "fsac-feedback")
+        webui = WebUI(self, cfg.live, check_access(cfg.http.host))
+        self.sinks.append(webui.state)
+        self.live.append(webui.state)
+        return webui
+
+    def pause(self, on: bool) -> None:
+        """Pause or resume scoring (the page's buttons). Paused, frames wait in the queue: the
+        reader then blocks (every-frame) or drops the oldest (latest-frame), as under load."""
+        if on != self.paused.is_set():
+            log.warning("scoring %s by the operator", "paused" if on else "resumed")
+        (self.paused.set if on else self.paused.clear)()
+
     def ready(self) -> tuple[bool, str]:
         if self._stopping:
             return False, "stopping"
+        if self.paused.is_set():
+            return False, "paused by the operator (live view)"
         if not self._started:
             return False, "starting"
         if not self.source.connected:
@@ -354,9 +378,12 @@ class Daemon:
         self.source.open()
         if self.cfg.http.enabled:
             self.http = StatusServer(self.cfg.http.host, self.cfg.http.port, metrics=self.render_metrics,
-                                     ready=self.ready)
+                                     ready=self.ready, app=self.webui)
             self.http.start()
             host, port = self.http.address
+            if self.webui is not None:
+                self.webui.start()
+                log.info("live view: http://%s:%d/%s", host, port, " (token: FSAC_RUN_TOKEN)" if self.webui.token else "")
             if self.cfg.http.host not in ("127.0.0.1", "localhost", "::1"):
                 log.warning("http endpoints listen on %s, not only on this machine", self.cfg.http.host)
             log.info("http: /healthz /readyz /metrics on http://%s:%d", host, port)
@@ -527,6 +554,8 @@ class Daemon:
                 self.journal.close()
             except OSError as e:
                 log.error("closing the journal %s failed: %s", self.journal.folder, e)
+        if self.webui is not None:
+            self.webui.close()
         if self.http is not None:
             self.http.stop()
         try:
@@ -589,6 +618,9 @@ class Daemon:
         try:
             while True:
                 self._heartbeat = time.monotonic()
+                if self.paused.is_set() and not self._stop.is_set():  # a stop request ends a pause
+                    time.sleep(0.1)
+                    continue
                 item = self.queue.get(timeout=0.5)
                 if item is CLOSED:
                     return

@@ -30,7 +30,7 @@ import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler
-from typing import Callable
+from typing import Any, Callable
 
 from fsac.errors import FsacError
 
@@ -45,8 +45,9 @@ LISTEN_BACKLOG = 64
 
 class StatusServer:
     def __init__(self, host: str, port: int, *, metrics: Callable[[], str],
-                 ready: Callable[[], tuple[bool, str]]) -> None:
+                 ready: Callable[[], tuple[bool, str]], app: Any = None) -> None:
         self._metrics = metrics
+        self._app = app  # the live view (runtime/webui.py): serves / and its API when set
         self._ready = ready
         self._handler = self._handler_class()
         self._timeout = CONN_TIMEOUT_S
@@ -180,6 +181,8 @@ class StatusServer:
                         self._send(200 if ok else 503, ("ready\n" if ok else f"not ready: {why}\n"))
                     elif path == "/metrics":
                         self._send(200, server._metrics(), PROMETHEUS_CONTENT_TYPE)
+                    elif server._app is not None and server._app.handle(self, self.command, self.path):
+                        pass
                     else:
                         self._send(404, "not found: try /healthz, /readyz or /metrics\n")
                 except (BrokenPipeError, ConnectionResetError):
@@ -192,6 +195,19 @@ class StatusServer:
                         pass
 
             do_HEAD = do_GET
+
+            def do_POST(self) -> None:  # noqa: N802
+                try:
+                    if server._app is None or not server._app.handle(self, "POST", self.path):
+                        self._send(404, "not found\n")
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+                except Exception as e:
+                    log.exception("http POST %s failed", self.path)
+                    try:
+                        self._send(500, f"internal error: {type(e).__name__}\n")
+                    except OSError:
+                        pass
 
             def log_message(self, format: str, *args) -> None:  # noqa: A002 (stdlib signature)
                 log.debug("http %s - %s", self.address_string(), format % args)
