@@ -104,8 +104,17 @@ def calibrate_command(
 
     _say(quiet, f"scoring {len(normals)} normal" + (f" and {len(anomalies)} anomalous" if anomalies else "")
          + f" images with {model.name} ({info.precision})")
-    neg, _ = score_model_file(model, normals, batch_size, threads)
-    pos = score_model_file(model, anomalies, batch_size, threads)[0] if anomalies else None
+    from fsac.preprocess import geometry_warnings, image_sizes
+
+    for w in geometry_warnings(image_sizes([*normals, *anomalies]), info.preprocess):
+        _warn(w)
+    skipped: list[dict] = []  # unreadable images: left out and listed, as `fsac eval` does
+    neg, _ = score_model_file(model, normals, batch_size, threads, skipped=skipped)
+    pos = score_model_file(model, anomalies, batch_size, threads, skipped=skipped)[0] if anomalies else None
+    for e in skipped:
+        _warn(f"skipped unreadable image {e['file']}: {e['reason']}")
+    if skipped:
+        notes.append(f"skipped {len(skipped)} unreadable image(s): " + ", ".join(Path(e["file"]).name for e in skipped))
     # Thresholds are taken on the logit, never on the saturating score (fsac.score).
     res = compute_threshold(method, neg.logit, pos.logit if pos is not None else None, alpha, target_recall)
     for w in res.warnings:
@@ -121,6 +130,7 @@ def calibrate_command(
                              if pos is not None else []),
         "images_sha256": sha256_bytes("".join(sorted(neg.sha256 + (pos.sha256 if pos else []))).encode()),
         "notes": notes,
+        "skipped": skipped,
     }
     if info.metadata.get("fsac.weights_random") == "true":
         threshold_info["notes"].append("RANDOM backbone weights: this threshold is meaningless outside pipeline tests")
@@ -140,7 +150,7 @@ def calibrate_command(
     write_scores_png(plot, neg.logit, pos.logit if pos is not None else None, res.threshold,
                      f"{written.name}: logit threshold {res.threshold:.6g} ({desc})", sub)
     result = {"model": str(written), "logit_threshold": res.threshold, "threshold": res.score_threshold,
-              "plot": str(plot), "result": res.to_dict(), "seal": new_info.seal, "notes": notes}
+              "plot": str(plot), "result": res.to_dict(), "seal": new_info.seal, "notes": notes, "skipped": skipped}
     if report is not None:
         from fsac.io import atomic_write_json
 

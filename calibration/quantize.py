@@ -14,9 +14,10 @@ the two want different numbers (`TARGETS`):
   "tensorrt": int8 *symmetric* activations and weights (TensorRT accepts zero point 0 only).
 
 Agreement with fp32 is measured on held-out real images (never used for calibration):
-Spearman rank correlation of the scores, max |Δ score|, and the fraction of images whose
-good/defective verdict (score >= threshold) is the same. Below the bounds the quantized
-model is refused unless the user allows it explicitly.
+Spearman rank correlation of the logits, max |Δ logit|, and the fraction of images whose
+good/defective verdict (logit >= logit_threshold, `fsac.score`) is the same; never on the
+score, which saturates. Below the bounds the quantized model is refused unless the user
+allows it explicitly.
 """
 
 from __future__ import annotations

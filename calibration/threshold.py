@@ -39,7 +39,7 @@ import numpy as np
 
 from fsac.errors import FsacError
 from fsac.metrics import f1_max
-from fsac.score import score_from_logit
+from fsac.score import is_defective, score_from_logit
 
 METHODS = ("conformal", "f1", "recall")
 
@@ -154,7 +154,7 @@ def conformal_threshold(normal_scores, alpha: float) -> ThresholdResult:
     order = float(s[k - 1])
     res.order_statistic = order
     res.threshold = next_float32_up(order)
-    res.fpr = float(np.mean(s >= res.threshold))
+    res.fpr = float(np.mean(is_defective(s, res.threshold)))
     a, b = n + 1 - k, k  # realised FPR ~ Beta(n + 1 - k, k) over calibration draws
     res.expected_fpr = a / (n + 1)
     res.fpr_spread = math.sqrt(a * b / ((n + 1) ** 2 * (n + 2)))
@@ -178,8 +178,8 @@ def _labelled(normal_scores, anomalous_scores) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _rates(neg: np.ndarray, pos: np.ndarray, t: float) -> tuple[float, float, float]:
-    fp = int(np.sum(neg >= t))
-    tp = int(np.sum(pos >= t))
+    fp = int(np.sum(is_defective(neg, t)))
+    tp = int(np.sum(is_defective(pos, t)))
     fn = pos.size - tp
     f1 = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
     return fp / neg.size, tp / pos.size, f1
@@ -234,7 +234,7 @@ def check_not_degenerate(res: ThresholdResult, normal_logits, anomalous_logits=N
                         "them apart, so no threshold can be calibrated; check the model file and the images")
     if anomalous_logits is not None and len(anomalous_logits):
         pos = _scores(anomalous_logits, "anomalous logits")
-        if not np.any(pos >= res.threshold) and not np.any(neg >= res.threshold):
+        if not np.any(is_defective(pos, res.threshold)) and not np.any(is_defective(neg, res.threshold)):
             raise FsacError(f"the {res.method} threshold {res.threshold:.6g} is above every calibration logit: "
                             "it would never flag a part")
 

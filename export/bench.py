@@ -12,7 +12,7 @@ One run, one process, the same real images for every backend:
   5. peak memory: each backend in a fresh subprocess (VmHWM: load + one batch-8 run)
   6. FLOPs of one image (torch's FlopCounterMode) -> achieved GFLOP/s, set against the
      machine's measured SGEMM rate (numpy float32 matmul on the same threads)
-  7. INT8 vs fp32 on held-out images: Spearman, max |Δ score|, verdict agreement
+  7. INT8 vs fp32 on held-out images (logits): Spearman, max |Δ logit|, verdict agreement
 
 Writes bench.json and bench.md into --out-dir and prints the Markdown table.
 """
@@ -182,11 +182,11 @@ def markdown_table(res: dict[str, Any]) -> str:
         f"(target >= {TARGET_INT8_VS_FP32}x: {'met' if t['int8_vs_fp32'] else 'NOT met'}); batch {nb}: "
         f"{r['int8_vs_fp32_b8']:.2f}x",
         f"- INT8 vs fp32 on {a['n_images']} held-out real images: Spearman {a['spearman']:.4f} "
-        f"(target >= {TARGET_SPEARMAN}: {'met' if t['spearman'] else 'NOT met'}), max |Δ score| {a['max_abs_diff']:.3g}, "
-        f"verdict agreement {_pct(a['verdict_agreement'])} at threshold {a['threshold']:.6g} "
+        f"(target >= {TARGET_SPEARMAN}: {'met' if t['spearman'] else 'NOT met'}), max |Δ logit| {a['max_abs_diff']:.3g}, "
+        f"verdict agreement {_pct(a['verdict_agreement'])} at logit threshold {a['threshold']:.6g} "
         f"(target >= {TARGET_VERDICT:.0%}: {'met' if t['verdict'] else 'NOT met'})",
         f"- INT8 settings: {res['int8_settings']}",
-        f"- fp32 export: parity max |Δ score| {res['export']['parity_max_abs_diff']:.3g}; optimiser "
+        f"- fp32 export: parity max |Δ logit| {res['export']['parity_max_abs_diff_logit']:.3g}; optimiser "
         f"{res['export']['optimize']['method']}: {res['export']['optimize']['reason']}",
     ]
     lines += [f"- variant {k}: {v}" for k, v in res.get("variants", {}).items()]
@@ -325,15 +325,15 @@ def bench_export_command(
             backends["tensorrt fp16"] = trt
 
         # INT8 agreement with fp32 on the held-out images; the verdict threshold is the one
-        # `fsac calibrate` would set (conformal, alpha = 0.1) from the fp32 calibration scores.
-        fp_cal = run_session(s_fp32, calib_px)["score"]
+        # `fsac calibrate` would set (conformal, alpha = 0.1) from the fp32 calibration logits.
+        fp_cal = run_session(s_fp32, calib_px)["logit"]
         cres = conformal_threshold(fp_cal, 0.1)
         thr = cres.threshold if cres.attainable else next_float32_up(float(fp_cal.max()))
-        fp_eval = run_session(s_fp32, agree_px)["score"]
-        rep = agreement(fp_eval, run_session(s_int8, agree_px)["score"], thr,
-                        f"conformal alpha=0.1 on {len(calib_paths)} fp32 calibration scores")
+        fp_eval = run_session(s_fp32, agree_px)["logit"]
+        rep = agreement(fp_eval, run_session(s_int8, agree_px)["logit"], thr,
+                        f"conformal alpha=0.1 on {len(calib_paths)} fp32 calibration logits")
         for v, vi in variant_info.items():
-            vr = agreement(fp_eval, run_session(vi["session"], agree_px)["score"], thr)
+            vr = agreement(fp_eval, run_session(vi["session"], agree_px)["logit"], thr)
             vi["agreement"] = {"spearman": vr.spearman, "max_abs_diff": vr.max_abs_diff,
                                "verdict_agreement": vr.verdict_agreement}
 

@@ -78,7 +78,9 @@ def export_command(
     trained = load_checkpoint(checkpoint, weights=weights, device="cpu", quiet=quiet)
     result = export_trained(trained, checkpoint_sha256(checkpoint), out, images, force=force, tolerance=tolerance,
                             optimize=optimize, opset=opset, quiet=quiet,
-                            extra_meta={"fsac.train_images": json.dumps(ck_meta.get("train_images", []))})
+                            extra_meta={"fsac.train_images": json.dumps(ck_meta.get("train_images", [])),
+                                        "fsac.train_preset": str((ck_meta.get("train") or {}).get("preset") or ""),
+                                        "fsac.training_diagnostics": json.dumps(ck_meta.get("diagnostics", {}))})
     result["total_s"] = time.perf_counter() - t_start
     if engine:
         from fsac.export.tensorrt_build import build_engine, default_engine_path

@@ -45,18 +45,49 @@ def version_command() -> None:
     typer.echo(__version__)
 
 
+def _click_classes(name: str) -> tuple[type, ...]:
+    """The exception class `name` of click and of the click that typer >= 0.29 vendors
+    (`typer._click`): a fresh install gets the vendored one, whose usage errors are not
+    `click.exceptions.*` and used to escape as a 40-line traceback."""
+    found = [getattr(click.exceptions, name)]
+    try:
+        from typer._click import exceptions as vendored
+    except ImportError:
+        vendored = None
+    if vendored is not None and hasattr(vendored, name):
+        found.append(getattr(vendored, name))
+    return tuple(found)
+
+
+_EXIT = _click_classes("Exit")
+_ABORT = _click_classes("Abort")
+_USAGE = _click_classes("UsageError")
+_CLICK = _click_classes("ClickException")
+
+
+def _usage_line(e: Exception) -> str:
+    """One line for a usage error: the message, and where to read more."""
+    msg = " ".join(e.format_message().split())  # type: ignore[attr-defined]
+    ctx = getattr(e, "ctx", None)
+    where = f"{ctx.command_path} --help" if ctx is not None and getattr(ctx, "command_path", None) else "fsac --help"
+    return f"fsac: error: {msg} (see `{where}`)"
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
-        app(args=argv, standalone_mode=False)
+        app(args=argv, prog_name="fsac", standalone_mode=False)
     except FsacError as e:
         print(f"fsac: error: {e}", file=sys.stderr)
         return 2
-    except click.exceptions.Exit as e:
+    except _EXIT as e:
         return e.exit_code
-    except click.ClickException as e:
-        e.show()
-        return e.exit_code
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except _USAGE as e:
+        print(_usage_line(e), file=sys.stderr)
+        return 2
+    except _CLICK as e:
+        print(f"fsac: error: {' '.join(e.format_message().split())}", file=sys.stderr)
+        return 2 if e.exit_code in (None, 1) else e.exit_code
+    except (*_ABORT, KeyboardInterrupt):
         print("fsac: interrupted", file=sys.stderr)
         return 130
     return 0

@@ -2,6 +2,8 @@
 precision) and F1-max, in pure numpy.
 
 Torch-free and sklearn-free on purpose: the calibration code (no torch) uses it too.
+fsac passes the anomaly logit z as `scores` everywhere (`fsac.score`): the score AS =
+sigmoid(z) ties at 0 and 1 in float32 and would make these metrics count ties.
 
 Conventions, for every function here:
 

@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from fsac.errors import FsacError
+from fsac.errors import FsacError, ImageDecodeError
 from fsac.io import sha256_file
 from fsac.modelfile import INPUT_NAME, OUTPUT_NAMES, ModelInfo, load_model_file
 from fsac.preprocess import IMAGE_SUFFIXES, PreprocessSpec, list_images, preprocess_file
@@ -118,23 +118,39 @@ def score_pixels(session, pixels: np.ndarray, names: Sequence[str], batch_size: 
 
 
 def score_model_file(model_path: str | os.PathLike, images: Sequence[str | os.PathLike], batch_size: int = 8,
-                     threads: int | None = None, progress: Callable[[int], None] | None = None
-                     ) -> tuple[ScoreSet, ModelInfo]:
+                     threads: int | None = None, progress: Callable[[int], None] | None = None,
+                     skipped: list[dict] | None = None) -> tuple[ScoreSet, ModelInfo]:
     """Verify and load a model file, score the image files -> (ScoreSet, ModelInfo).
 
-    Images are decoded chunk by chunk, so memory stays bounded for large folders.
+    Images are decoded chunk by chunk, so memory stays bounded for large folders. With
+    `skipped` (a list), an unreadable image is left out and recorded there as
+    {"file", "reason"} (all of them, as `fsac eval` does); without it, the first one raises.
     """
     data, info = load_model_file(model_path)
     session = make_session(data, threads)
     paths = [Path(p) for p in images]
     if not paths:
         raise FsacError("no images to score")
-    parts = []
+    parts, kept = [], []
     for i in range(0, len(paths), batch_size):
         chunk = paths[i : i + batch_size]
-        parts.append(run_session(session, load_pixels(chunk, info.preprocess), batch_size))
+        pixels, good = [], []
+        for p in chunk:
+            try:
+                pixels.append(preprocess_file(p, info.preprocess))
+                good.append(p)
+            except ImageDecodeError as e:
+                if skipped is None:
+                    raise
+                skipped.append({"file": str(p), "reason": e.reason})
+        if pixels:
+            parts.append(run_session(session, np.stack(pixels), batch_size))
+            kept.extend(good)
         if progress:
             progress(len(chunk))
+    if not kept:
+        raise FsacError(f"none of the {len(paths)} images could be read (first: {skipped[0]['file']}: "
+                        f"{skipped[0]['reason']})" if skipped else "no images to score")
     out = {k: np.concatenate([p[k] for p in parts]) for k in OUTPUT_NAMES}
-    hashes = [sha256_file(p) for p in paths]
-    return ScoreSet.from_outputs(paths, out, hashes), info
+    hashes = [sha256_file(p) for p in kept]
+    return ScoreSet.from_outputs(kept, out, hashes), info

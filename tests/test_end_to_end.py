@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 
 from fsac.cli import main
@@ -25,7 +26,8 @@ def test_train_export_calibrate_run(bottle, tmp_path):
     # Export finds the training shots by their recorded paths for its parity check.
     assert main(["export", str(ckpt), "-o", str(model), "-q"]) == 0
     _, info = load_model_file(model)
-    assert info.threshold is None and float(info.metadata["fsac.parity_max_abs_diff"]) <= 1e-4
+    tau = float(info.metadata["fsac.tau"])
+    assert info.logit_threshold is None and float(info.metadata["fsac.parity_max_abs_diff_logit"]) <= 1e-4 / tau
     held_out = sorted((bottle / "train" / "good").glob("*.png"))[100:130]
     calib = tmp_path / "calib"
     calib.mkdir()
@@ -33,7 +35,7 @@ def test_train_export_calibrate_run(bottle, tmp_path):
         shutil.copy(p, calib / p.name)
     assert main(["calibrate", str(model), "--normal", str(calib), "--alpha", "0.1", "-q"]) == 0
     _, info = load_model_file(model)
-    assert info.threshold is not None
+    assert info.logit_threshold is not None
 
     # The line: a folder with good and defective parts, plus one corrupt file.
     line = tmp_path / "line"
@@ -58,10 +60,11 @@ def test_train_export_calibrate_run(bottle, tmp_path):
     files = sorted(line.glob("0*.png"))
     px = stack(preprocess_file(p, trained.backbone.spec) for p in files)
     with torch.no_grad():
-        want = trained.deploy_model()(torch.from_numpy(px))[0].numpy()
-    got = np.array([rec["score"] for rec in sorted(scored, key=lambda rec: rec["source"])])
-    assert np.max(np.abs(got - want)) <= 1e-4
+        want = trained.deploy_model()(torch.from_numpy(px))[1].numpy()  # the logit
+    got = np.array([rec["logit"] for rec in sorted(scored, key=lambda rec: rec["source"])])
+    assert np.max(np.abs(got - want)) <= 1e-4 / tau
     for rec in scored:
-        assert rec["threshold"] == info.threshold
-        assert rec["verdict"] == ("defective" if rec["score"] >= info.threshold else "good")
+        assert rec["logit_threshold"] == info.logit_threshold and rec["threshold"] == info.threshold
+        assert rec["verdict"] == ("defective" if rec["logit"] >= info.logit_threshold else "good")
+        assert rec["score"] == pytest.approx(1 / (1 + np.exp(-rec["logit"])), rel=1e-12)  # float64 sigmoid
         assert rec["model_sha256"] == info.seal

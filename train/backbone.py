@@ -12,6 +12,7 @@ restricted `weights_only` loader for open_clip's .bin/.pt files) and records its
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 from dataclasses import asdict, dataclass
@@ -103,6 +104,17 @@ def cached_pretrained(arch: str, tag: str, cache_dir: str | None = None) -> Path
     return None
 
 
+@contextlib.contextmanager
+def _quiet_logger(name: str):
+    logger = logging.getLogger(name)
+    before = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
+
+
 def resolve_weights(arch: str, weights: str, cache_dir: str | None = None,
                     offline: bool = False) -> tuple[Path | None, str]:
     """-> (local weights file or None for random, weights id). Downloads pretrained tags
@@ -123,7 +135,10 @@ def resolve_weights(arch: str, weights: str, cache_dir: str | None = None,
             raise FsacError(f"the {arch} '{weights}' weights are not in the local download cache")
         cfg = open_clip.get_pretrained_cfg(arch, weights)
         try:
-            file = open_clip.download_pretrained(cfg, cache_dir=cache_dir)
+            # huggingface_hub logs every failed attempt (a dozen WARNING lines offline); our
+            # one error line below says what happened and what to do instead.
+            with _quiet_logger("huggingface_hub"):
+                file = open_clip.download_pretrained(cfg, cache_dir=cache_dir)
         except Exception as e:  # network errors come in many types (requests, hf_hub, urllib)
             raise FsacError(
                 f"could not download the {arch} '{weights}' weights ({type(e).__name__}: {str(e).splitlines()[0][:160]}). "
@@ -253,7 +268,7 @@ def encode_text_truncated(model: torch.nn.Module, tokens: torch.Tensor) -> torch
     return x
 
 
-def preprocess_spec_for(model: torch.nn.Module, arch: str, weights: str, resize_mode: str = "shortest") -> PreprocessSpec:
+def preprocess_spec_for(model: torch.nn.Module, arch: str, weights: str, resize_mode: str = "squash") -> PreprocessSpec:
     """The preprocessing the backbone's weights expect (mean/std/interpolation from open_clip)."""
     import open_clip
 
@@ -267,7 +282,7 @@ def preprocess_spec_for(model: torch.nn.Module, arch: str, weights: str, resize_
 
 
 def load_backbone(arch: str = DEFAULT_ARCH, weights: str = DEFAULT_WEIGHTS, device: str | None = None,
-                  cache_dir: str | None = None, resize_mode: str = "shortest", random_init_seed: int = 0,
+                  cache_dir: str | None = None, resize_mode: str = "squash", random_init_seed: int = 0,
                   quiet: bool = False) -> Backbone:
     """Build the frozen backbone. See the module docstring for `weights`."""
     if device is None:

@@ -24,13 +24,16 @@ QUIET = typer.Option(False, "--quiet", "-q", help="No progress bars or per-run l
 
 
 def build_train_config(mode: str, epochs1: int, epochs2: int, lr1: float, lr2: float, seed: int,
-                       alpha1: float, alpha2: float, beta1: float, beta2: float, tau: float,
+                       alpha1: float, alpha2: float, beta1: float | None, beta2: float | None, tau: float,
                        loss_temperature: float, no_cross_attention: bool, normalize_image_feature: bool,
-                       synth: str, synth_per_image: int):
+                       synth: str | None, synth_per_image: int, preset: str | None = None):
     from fsac.train.model import HeadConfig
+    from fsac.train.presets import resolve
     from fsac.train.synth import SynthConfig
     from fsac.train.trainer import TrainConfig
 
+    chosen = resolve(preset, beta1=beta1, beta2=beta2, synth=synth)
+    beta1, beta2, synth = float(chosen["beta1"]), float(chosen["beta2"]), str(chosen["synth"])
     head = HeadConfig(alpha1=alpha1, alpha2=alpha2, beta1=beta1, beta2=beta2, tau=tau,
                       loss_temperature=loss_temperature, use_cross_attention=not no_cross_attention,
                       normalize_image_feature=normalize_image_feature)
@@ -39,7 +42,8 @@ def build_train_config(mode: str, epochs1: int, epochs2: int, lr1: float, lr2: f
     if loss_temperature <= 0:
         raise FsacError("--loss-temperature must be > 0")
     return TrainConfig(mode=mode, stage1_epochs=epochs1, stage2_epochs=epochs2, stage1_lr=lr1, stage2_lr=lr2,
-                       seed=seed, head=head, synth=SynthConfig(kind=synth, per_image=synth_per_image, seed=seed))
+                       seed=seed, head=head, synth=SynthConfig(kind=synth, per_image=synth_per_image, seed=seed),
+                       preset=preset)
 
 
 class TrainOptions:
@@ -52,14 +56,17 @@ class TrainOptions:
     lr2 = typer.Option(1e-4, "--lr2", help="Stage-2 Adam learning rate.")
     alpha1 = typer.Option(1.0, "--alpha1", help="eq. 3: weight of A_f(F).")
     alpha2 = typer.Option(1.0, "--alpha2", help="eq. 3: weight of F.")
-    beta1 = typer.Option(0.1, "--beta1", help="eq. 4: weight of A_g(T) (0.1 MVTec AD, 1 VisA).")
-    beta2 = typer.Option(0.9, "--beta2", help="eq. 4: weight of T (0.9 MVTec AD, 1 VisA).")
+    preset = typer.Option(None, "--preset", help="The paper's settings for a benchmark: mvtec (beta 0.1/0.9, "
+                          "gaussian synthetic anomalies) | visa (beta 1/1, NSA). Options given explicitly win.")
+    beta1 = typer.Option(None, "--beta1", help="eq. 4: weight of A_g(T) [default: from --preset; 0.1 MVTec AD, 1 VisA].")
+    beta2 = typer.Option(None, "--beta2", help="eq. 4: weight of T [default: from --preset; 0.9 MVTec AD, 1 VisA].")
     tau = typer.Option(0.01, "--tau", help="eq. 11 scoring temperature.")
     loss_temperature = typer.Option(1.0, "--loss-temperature", help="Temperature in eq. 7-9 (ours; 1 = as written).")
     no_cross_attention = typer.Option(False, "--no-cross-attention", help="Ablation: CF = AF.")
     normalize_image_feature = typer.Option(False, "--normalize-image-feature",
                                            help="L2-normalise F before the adapter (open choice; default raw F).")
-    synth = typer.Option("gaussian", "--synth", help="Synthetic anomalies: gaussian (MVTec AD) | nsa (VisA) | mixed.")
+    synth = typer.Option(None, "--synth", help="Synthetic anomalies: gaussian (MVTec AD) | nsa (VisA) | mixed "
+                         "[default: from --preset, gaussian].")
     synth_per_image = typer.Option(4, "--synth-per-image", help="Synthetic anomalies per normal image.")
 
 
@@ -100,12 +107,13 @@ def train_command(
     seed: int = typer.Option(0, "--seed", help="Seed for shot sampling, synthetic anomalies and initialisation."),
     mode: str = TrainOptions.mode, epochs1: int = TrainOptions.epochs1, epochs2: int = TrainOptions.epochs2,
     lr1: float = TrainOptions.lr1, lr2: float = TrainOptions.lr2, alpha1: float = TrainOptions.alpha1,
-    alpha2: float = TrainOptions.alpha2, beta1: float = TrainOptions.beta1, beta2: float = TrainOptions.beta2,
+    alpha2: float = TrainOptions.alpha2, beta1: Optional[float] = TrainOptions.beta1,
+    beta2: Optional[float] = TrainOptions.beta2, preset: Optional[str] = TrainOptions.preset,
     tau: float = TrainOptions.tau, loss_temperature: float = TrainOptions.loss_temperature,
     no_cross_attention: bool = TrainOptions.no_cross_attention,
     normalize_image_feature: bool = TrainOptions.normalize_image_feature,
-    synth: str = TrainOptions.synth, synth_per_image: int = TrainOptions.synth_per_image,
-    resize_mode: str = typer.Option("shortest", "--resize-mode", help="shortest (crop, CLIP default) | squash | longest (pad)."),
+    synth: Optional[str] = TrainOptions.synth, synth_per_image: int = TrainOptions.synth_per_image,
+    resize_mode: str = typer.Option("squash", "--resize-mode", help="squash (whole image, default) | shortest (open_clip crop: cuts borders) | longest (pad)."),
     quiet: bool = QUIET,
 ) -> None:
     """Train CLIP-FSAC on 1-4 images of good parts; write a checkpoint (safetensors + JSON)."""
@@ -113,7 +121,8 @@ def train_command(
     from fsac.train.run import run_training
 
     cfg = build_train_config(mode, epochs1, epochs2, lr1, lr2, seed, alpha1, alpha2, beta1, beta2, tau,
-                             loss_temperature, no_cross_attention, normalize_image_feature, synth, synth_per_image)
+                             loss_temperature, no_cross_attention, normalize_image_feature, synth, synth_per_image,
+                             preset)
     if images:
         pool = training_images(list(images))
         default_object, where = guess_object_name(images[0]), ", ".join(map(str, images))
@@ -141,12 +150,13 @@ def eval_command(
     arch: str = ARCH, weights: str = WEIGHTS, device: Optional[str] = DEVICE,
     mode: str = TrainOptions.mode, epochs1: int = TrainOptions.epochs1, epochs2: int = TrainOptions.epochs2,
     lr1: float = TrainOptions.lr1, lr2: float = TrainOptions.lr2, alpha1: float = TrainOptions.alpha1,
-    alpha2: float = TrainOptions.alpha2, beta1: float = TrainOptions.beta1, beta2: float = TrainOptions.beta2,
+    alpha2: float = TrainOptions.alpha2, beta1: Optional[float] = TrainOptions.beta1,
+    beta2: Optional[float] = TrainOptions.beta2, preset: Optional[str] = TrainOptions.preset,
     tau: float = TrainOptions.tau, loss_temperature: float = TrainOptions.loss_temperature,
     no_cross_attention: bool = TrainOptions.no_cross_attention,
     normalize_image_feature: bool = TrainOptions.normalize_image_feature,
-    synth: str = TrainOptions.synth, synth_per_image: int = TrainOptions.synth_per_image,
-    resize_mode: str = typer.Option("shortest", "--resize-mode", help="shortest | squash | longest."),
+    synth: Optional[str] = TrainOptions.synth, synth_per_image: int = TrainOptions.synth_per_image,
+    resize_mode: str = typer.Option("squash", "--resize-mode", help="squash (default) | shortest (crop) | longest (pad)."),
     quiet: bool = QUIET,
 ) -> None:
     """Evaluate the few-shot protocol: I-AUROC, I-AUPR, F1-max per category, mean +- std over seeds."""
@@ -156,7 +166,8 @@ def eval_command(
     if seeds < 1:
         raise FsacError("--seeds must be >= 1")
     cfg = build_train_config(mode, epochs1, epochs2, lr1, lr2, 0, alpha1, alpha2, beta1, beta2, tau,
-                             loss_temperature, no_cross_attention, normalize_image_feature, synth, synth_per_image)
+                             loss_temperature, no_cross_attention, normalize_image_feature, synth, synth_per_image,
+                             preset)
     cats = find_categories(data, category) if data is not None else [embedded_dataset()]
     if max_test is not None:
         cats = [subsample(c, max_test, max_test) for c in cats]
@@ -195,15 +206,16 @@ def explain_command(
     smooth_sigma: float = typer.Option(0.0, "--smooth", help="Gaussian smoothing of the map in pixels (0 = raw)."),
     device: Optional[str] = DEVICE,
 ) -> None:
-    """Gradient map |dAS/dx| over the image (paper Fig. 5), saved as PNG."""
+    """Gradient map |dz/dx| of the anomaly logit over the image (paper Fig. 5), saved as PNG."""
     from fsac.train.checkpoint import load_checkpoint
+    from fsac.score import score_from_logit
     from fsac.train.explain import explain_image
 
     trained = load_checkpoint(model, weights=weights, device=device)
     note = "  |  RANDOM WEIGHTS: map meaningless" if trained.backbone.info.is_random else ""
     for img in images:
-        score, path = explain_image(trained, img, Path(out) / f"{Path(img).stem}_explain.png", smooth_sigma, note)
-        typer.echo(f"{img}: AS = {score:.4f} -> {path}")
+        logit, path = explain_image(trained, img, Path(out) / f"{Path(img).stem}_explain.png", smooth_sigma, note)
+        typer.echo(f"{img}: logit z = {logit:.4f}, AS = {score_from_logit(logit):.6g} -> {path}")
 
 
 def demo_command(

@@ -8,6 +8,7 @@ and runs once. Unreadable images are skipped and listed in the report, never sil
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -17,11 +18,12 @@ import numpy as np
 import torch
 
 from fsac.errors import FsacError, ImageDecodeError
-from fsac.preprocess import preprocess_file, stack
+from fsac.metrics import image_metrics
+from fsac.preprocess import geometry_warnings, image_sizes, preprocess_file, stack
+from fsac.score import score_from_logit
 from fsac.train.backbone import Backbone
 from fsac.train.checkpoint import versions
 from fsac.train.data import Category, TestItem
-from fsac.metrics import image_metrics
 from fsac.train.model import zero_shot_score
 from fsac.train.prompts import object_name_from_category
 from fsac.train.report import EvalReport, RunResult
@@ -81,6 +83,12 @@ def evaluate(backbone: Backbone, categories: list[Category], cfg: EvalConfig, qu
     cache = FeatureCache(backbone)
     for cat in categories:
         t_cat = time.perf_counter()
+        # Before any image is encoded: k larger than the pool of good images is a usage error.
+        too_many = [k for k in cfg.shots if k > len(cat.train_pool)]
+        if too_many:
+            raise FsacError(f"asked for {max(too_many)} shots but {cat.root} has only {len(cat.train_pool)} normal images")
+        for w in geometry_warnings(image_sizes([*cat.train_pool, *cat.all_test_paths()]), backbone.spec):
+            print(f"warning: {cat.name}: {w}", file=sys.stderr)
         obj = cfg.object_name or object_name_from_category(cat.name)
         text = text_features(backbone, obj)
         t_pos, t_neg, _ = text
@@ -103,16 +111,18 @@ def evaluate(backbone: Backbone, categories: list[Category], cfg: EvalConfig, qu
                 feats = cache.get([t.path for t in test])
                 if k == 0:
                     with torch.no_grad():
-                        scores = zero_shot_score(feats, t_pos, t_neg, cfg.train.head.tau)[0].numpy()
+                        out = zero_shot_score(feats, t_pos, t_neg, cfg.train.head.tau)
+                    logits = out.logit.double().numpy()
                     train_names: list[str] = []
                 else:
                     tcfg = replace(cfg.train, seed=seed, synth=replace(cfg.train.synth, seed=seed))
                     result = train(backbone, shots, obj, tcfg, quiet=quiet, cache=cache, text=text)
-                    scores = result.model.score_features(feats)[0]
+                    logits = result.model.score_features(feats)["logit"].astype(np.float64)
                     train_names = [str(p) for p in shots]
                 labels = np.array([t.label for t in test])
-                run = RunResult(category=cat.name, shots=k, seed=seed, metrics=image_metrics(labels, scores),
-                                scores=[float(s) for s in scores], labels=[int(x) for x in labels],
+                # Metrics rank the logit; the score shown beside it is sigmoid(z) in float64.
+                run = RunResult(category=cat.name, shots=k, seed=seed, metrics=image_metrics(labels, logits),
+                                logits=logits, scores=score_from_logit(logits), labels=[int(x) for x in labels],
                                 image_names=[_rel(t, cat.root) for t in test], train_images=train_names)
                 results.append(run)
                 if k > 0 and on_model is not None:

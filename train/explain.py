@@ -1,7 +1,11 @@
-"""`fsac explain`: where in the image the anomaly score comes from (paper Fig. 5).
+"""`fsac explain`: where in the image the anomaly evidence comes from (paper Fig. 5).
 
-grad_map = mean over colour channels of |d AS / d x|, with x the model's input pixels
-(S, S, 3) after `fsac.preprocess.resize_crop`, so the map lines up with the picture shown.
+grad_map = mean over colour channels of |d z / d x|, with z the anomaly logit and x the
+model's input pixels (S, S, 3) after `fsac.preprocess.resize_crop`, so the map lines up with
+the picture shown. The paper draws |d AS / d x|; since AS = sigmoid(z),
+d AS / dx = AS (1 - AS) dz/dx: the same map scaled by a factor that underflows to zero on any
+confidently scored image (AS = 1.0 in float32), which left the map blank. The logit's
+gradient has the paper's shape and survives confidence.
 """
 
 from __future__ import annotations
@@ -14,16 +18,17 @@ import torch
 
 from fsac.io import atomic_write_bytes
 from fsac.preprocess import preprocess_file
+from fsac.score import score_from_logit, verdict
 from fsac.train.checkpoint import TrainedModel
 
 
 def gradient_map(model: TrainedModel, pixels: np.ndarray) -> tuple[float, np.ndarray]:
-    """(S, S, 3) uint8 -> (AS, (S, S) float32 map of mean_c |d AS / d x|)."""
+    """(S, S, 3) uint8 -> (logit z, (S, S) float32 map of mean_c |d z / d x|)."""
     deploy = model.deploy_model()
     x = torch.tensor(pixels, dtype=torch.float32, device=model.backbone.device)[None].requires_grad_(True)
-    score = deploy(x)[0][0]
-    (grad,) = torch.autograd.grad(score, x)
-    return float(score.detach()), grad[0].abs().mean(dim=-1).cpu().numpy().astype(np.float32)
+    logit = deploy(x)[1][0]
+    (grad,) = torch.autograd.grad(logit, x)
+    return float(logit.detach()), grad[0].abs().mean(dim=-1).cpu().numpy().astype(np.float32)
 
 
 def smooth(grad: np.ndarray, sigma: float) -> np.ndarray:
@@ -35,7 +40,8 @@ def smooth(grad: np.ndarray, sigma: float) -> np.ndarray:
     return cv2.GaussianBlur(grad, (0, 0), sigmaX=sigma)
 
 
-def render(pixels: np.ndarray, grad: np.ndarray, score: float, title: str, threshold: float | None = None) -> bytes:
+def render(pixels: np.ndarray, grad: np.ndarray, logit: float, title: str,
+           logit_threshold: float | None = None) -> bytes:
     """PNG bytes: the input image, the gradient map, and the map over the image."""
     import matplotlib
 
@@ -47,11 +53,11 @@ def render(pixels: np.ndarray, grad: np.ndarray, score: float, title: str, thres
     axes[0].imshow(pixels)
     axes[0].set_title("model input")
     axes[1].imshow(g, cmap="inferno")
-    axes[1].set_title("|dAS/dx| (channel mean)")
+    axes[1].set_title("|dz/dx| (channel mean)")
     axes[2].imshow(pixels)
     axes[2].imshow(g, cmap="jet", alpha=0.45)
-    verdict = "" if threshold is None else (" defective" if score >= threshold else " good")
-    axes[2].set_title(f"AS = {score:.4f}{verdict}")
+    said = "" if logit_threshold is None else " " + verdict(logit, logit_threshold)
+    axes[2].set_title(f"z = {logit:.3f}, AS = {score_from_logit(logit):.6g}{said}")
     for ax in axes:
         ax.axis("off")
     fig.suptitle(title, fontsize=9)
@@ -64,9 +70,9 @@ def render(pixels: np.ndarray, grad: np.ndarray, score: float, title: str, thres
 
 def explain_image(model: TrainedModel, image: str | Path, out: str | Path, sigma: float = 0.0,
                   note: str = "") -> tuple[float, Path]:
-    """Score one image file and write its explanation PNG. -> (AS, path)."""
+    """Score one image file and write its explanation PNG. -> (logit z, path)."""
     pixels = preprocess_file(image, model.backbone.spec)
-    score, grad = gradient_map(model, pixels)
+    logit, grad = gradient_map(model, pixels)
     title = f"{Path(image).name}  |  {model.backbone.info.arch} / {model.backbone.info.weights_id}{note}"
-    path = atomic_write_bytes(out, render(pixels, smooth(grad, sigma), score, title))
-    return score, path
+    path = atomic_write_bytes(out, render(pixels, smooth(grad, sigma), logit, title))
+    return logit, path

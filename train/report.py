@@ -3,7 +3,9 @@ curves and score histograms.
 
 Units: metrics are stored as fractions in [0, 1] (`ImageMetrics`, `SummaryRow`, JSON) and
 shown in percent with one decimal in the table and Markdown ("95.5 ± 0.4", paper style).
-Scores are in the model's own units (higher = more anomalous).
+Every run keeps, per test image, the anomaly logit z (`logits`: what metrics, ROC curves,
+histograms and thresholds are computed from, see `fsac.score`) and the score AS = sigmoid(z)
+(`scores`, for people; it saturates at 0 and 1, so it is never ranked).
 
 Honesty rule: a run with a randomly initialised backbone (`EvalReport.random_weights`)
 only shows that the pipeline runs end to end. Every output (table, Markdown, JSON, figures)
@@ -52,7 +54,7 @@ RANDOM_WEIGHTS_WARNING = (
     "The backbone was randomly initialised; the figures only check that the pipeline runs "
     "end to end. Do not quote them as results."
 )
-REPORT_SCHEMA = "fsac.eval_report/1"
+REPORT_SCHEMA = "fsac.eval_report/2"
 AVERAGE = "average"  # category label of the per-shots average rows
 STD_DDOF = 0  # population std over the seeds actually run: one seed -> std 0, not NaN
 
@@ -62,8 +64,8 @@ class RunResult:
     """One evaluation run: one category, one shots setting, one seed.
 
     shots: reference images per category (0 = zero-shot baseline, no reference images).
-    scores, labels, image_names: one entry per test image, same order (labels 1 =
-    anomalous). image_names may be left empty. train_images: the few-shot reference images
+    logits, scores, labels, image_names: one entry per test image, same order (labels 1 =
+    anomalous); `metrics` were computed from the logits. image_names may be left empty. train_images: the few-shot reference images
     of this run (empty for shots = 0).
     """
 
@@ -71,6 +73,7 @@ class RunResult:
     shots: int
     seed: int
     metrics: ImageMetrics
+    logits: list[float]
     scores: list[float]
     labels: list[int]
     image_names: list[str] = field(default_factory=list)
@@ -80,13 +83,15 @@ class RunResult:
         # Accept numpy arrays / Paths from the caller, but store plain JSON-able lists.
         self.shots = int(self.shots)
         self.seed = int(self.seed)
+        self.logits = [float(v) for v in np.asarray(self.logits, dtype=np.float64).ravel()]
         self.scores = [float(v) for v in np.asarray(self.scores, dtype=np.float64).ravel()]
         self.labels = [int(v) for v in np.asarray(self.labels).ravel()]
         self.image_names = [str(v) for v in self.image_names]
         self.train_images = [str(v) for v in self.train_images]
         where = f"run {self.category}/{self.shots}-shot/seed {self.seed}"
-        if len(self.scores) != len(self.labels):
-            raise FsacError(f"{where}: {len(self.scores)} scores but {len(self.labels)} labels")
+        if len(self.scores) != len(self.labels) or len(self.logits) != len(self.labels):
+            raise FsacError(f"{where}: {len(self.logits)} logits and {len(self.scores)} scores but "
+                            f"{len(self.labels)} labels")
         if self.image_names and len(self.image_names) != len(self.scores):
             raise FsacError(
                 f"{where}: {len(self.image_names)} image names but {len(self.scores)} scores"
@@ -294,13 +299,14 @@ def _jsonable(obj: Any) -> Any:
 
 def to_json(report: EvalReport) -> dict:
     """Everything, as plain JSON types: warning (None unless random weights), meta, summary
-    rows (fractions), skipped files and every run with its per-image scores, labels and
+    rows (fractions), skipped files and every run with its per-image logits, scores, labels and
     names (so figures can be redrawn with `from_json`)."""
     return {
         "schema": REPORT_SCHEMA,
         "random_weights": bool(report.random_weights),
         "warning": RANDOM_WEIGHTS_WARNING if report.random_weights else None,
-        "units": "metrics are fractions in [0, 1]; std over seeds with ddof=0; shots 0 = zero-shot",
+        "units": "metrics are fractions in [0, 1], computed from the logits; std over seeds with ddof=0; "
+                 "shots 0 = zero-shot; logit z = (sim_anomalous - sim_normal) / tau, score = sigmoid(z)",
         "meta": _jsonable(report.meta),
         "summary": [asdict(r) for r in summarize(report)],
         "skipped": _jsonable(report.skipped),
@@ -313,6 +319,7 @@ def to_json(report: EvalReport) -> dict:
                 "train_images": list(r.train_images),
                 "image_names": list(r.image_names),
                 "labels": list(r.labels),
+                "logits": list(r.logits),
                 "scores": list(r.scores),
             }
             for r in report.results
@@ -331,6 +338,7 @@ def from_json(d: dict) -> EvalReport:
                 shots=r["shots"],
                 seed=r["seed"],
                 metrics=ImageMetrics.from_dict(r["metrics"]),
+                logits=r["logits"],
                 scores=r["scores"],
                 labels=r["labels"],
                 image_names=r.get("image_names", []),
@@ -397,7 +405,8 @@ def to_markdown(report: EvalReport) -> str:
                 f"| {_md_cell(r.category)} | {r.shots} | {r.seed} | {100 * m.auroc:.1f} | {100 * m.aupr:.1f} "
                 f"| {100 * m.f1_max:.1f} | {m.f1_threshold:.4g} | {m.n_normal} | {m.n_anomalous} |"
             )
-        md += ["", "Per-image scores and the reference images of each run are in report.json.", ""]
+        md += ["", "Per-image logits and scores, and the reference images of each run, are in report.json. "
+               "Metrics are computed from the logits (the score saturates).", ""]
 
     md += ["## Setup", ""]
     meta = _flatten(_jsonable(report.meta))
@@ -473,7 +482,7 @@ def plot_roc(report: EvalReport, path: str | os.PathLike, all_seeds: bool = True
             aucs = np.array([r.metrics.auroc for r in runs])
             label = f"{'zero-shot' if shots == 0 else f'{shots}-shot'}: AUROC {_pct(aucs.mean(), aucs.std(ddof=STD_DDOF))}"
             for i, r in enumerate(runs if all_seeds else runs[:1]):
-                fpr, tpr, _ = roc_curve(r.labels, r.scores)
+                fpr, tpr, _ = roc_curve(r.labels, r.logits)
                 ax.plot(fpr, tpr, color=colors[shots], lw=1.6 if i == 0 else 0.8,
                         alpha=1.0 if i == 0 else 0.3, label=label if i == 0 else None)
         ax.set_xlim(-0.01, 1.01)
@@ -492,7 +501,7 @@ def plot_roc(report: EvalReport, path: str | os.PathLike, all_seeds: bool = True
 def plot_score_histogram(
     report: EvalReport, path: str | os.PathLike, shots: int | None = None, seed: int | None = None
 ) -> Path:
-    """Histogram of anomaly scores, normal vs anomalous test images -> PNG at `path`.
+    """Histogram of anomaly logits, normal vs anomalous test images -> PNG at `path`.
 
     One panel per category (paper Fig. 7 style), for one shots setting (default: the
     largest) and one seed (default: the lowest run for that category); counts, shared
@@ -513,7 +522,7 @@ def plot_score_histogram(
         if run is None:
             _empty_panel(ax, f"{cat}: no run with seed {seed}")
             continue
-        s = np.asarray(run.scores)
+        s = np.asarray(run.logits)
         y = np.asarray(run.labels)
         finite = s[np.isfinite(s)]
         lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
@@ -527,14 +536,14 @@ def plot_score_histogram(
         if math.isfinite(run.metrics.f1_threshold):
             ax.axvline(run.metrics.f1_threshold, color="k", ls=":", lw=1, label="F1-max threshold")
         ax.set_title(f"{cat} (AUROC {100 * run.metrics.auroc:.1f}, seed {run.seed})", fontsize=9)
-        ax.set_xlabel("anomaly score", fontsize=8)
+        ax.set_xlabel("anomaly logit z", fontsize=8)
         ax.set_ylabel("images", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.legend(fontsize=7)
     for ax in axes[len(cats):]:
         ax.set_axis_off()
     label = "" if shots is None else (" (zero-shot)" if shots == 0 else f" ({shots}-shot)")
-    return _finish(fig, report, f"Anomaly scores of test images{label}", path)
+    return _finish(fig, report, f"Anomaly logits of test images{label}", path)
 
 
 def write_report(report: EvalReport, out_dir: str | os.PathLike) -> dict[str, Path]:

@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from fsac.errors import FsacError
+from fsac.preprocess import geometry_warnings, image_sizes
 from fsac.train.backbone import DEFAULT_WEIGHTS, RANDOM_WEIGHTS, Backbone, load_backbone
 from fsac.train.checkpoint import META_FILE, TENSORS_FILE, save_checkpoint
 from fsac.train.data import Category
@@ -33,6 +34,7 @@ def checkpoint_extra(result: TrainResult, cfg: TrainConfig) -> dict:
         "train": cfg.to_dict(),
         "prompts": result.model.meta.get("prompts"),
         "history": result.history,
+        "diagnostics": result.diagnostics,
         "timings": {k: round(v, 3) for k, v in result.timings.items()},
     }
 
@@ -66,17 +68,32 @@ def describe_training(result: TrainResult, cfg: TrainConfig, backbone: Backbone)
         if stage in h:
             lines.append(f"  {stage:<20} {epochs:4d} epochs               {t.get(stage + '_s', 0):6.2f} s   {loss(stage)}")
     lines.append(f"  total                                          {t.get('total_s', 0):6.2f} s")
+    d = result.diagnostics
+    if d:
+        ratio = d.get("adapter_ratio")
+        lines.append(f"  text prototypes      cos(T+, T-) {d['cos_t']:.3f} -> cos(AT+, AT-) {d['cos_at']:.3f}"
+                     + (f"; ||b1 A_g(T)|| / ||b2 T|| = {ratio['normal']:.3f} (normal), {ratio['anomalous']:.3f} "
+                        "(anomalous)" if ratio else " (no text adapter)"))
+        lines.append(f"  training pairs       logit gap {d['pair_gap']:.3f} (synthetic - normal, mean), "
+                     f"margin {d['pair_margin']:.3f}")
+    if cfg.preset:
+        lines.append(f"  preset               {cfg.preset} (beta {cfg.head.beta1:g}/{cfg.head.beta2:g}, "
+                     f"{cfg.synth.kind} synthetic anomalies)")
     return lines
 
 
 def run_training(shots: list[Path], object_name: str, out: Path, cfg: TrainConfig, arch: str, weights: str,
-                 device: str | None, force: bool = False, write_synth: bool = False, resize_mode: str = "shortest",
+                 device: str | None, force: bool = False, write_synth: bool = False, resize_mode: str = "squash",
                  quiet: bool = False) -> TrainResult:
     out = Path(out)
     if (out / META_FILE).exists() and not force:
         raise FsacError(f"{out} already holds a checkpoint; pass --force to overwrite it or choose --out")
     backbone = load_backbone(arch, weights, device=device, resize_mode=resize_mode)
+    for w in geometry_warnings(image_sizes(shots), backbone.spec):
+        print(f"warning: {w}", file=sys.stderr)
     result = train(backbone, shots, object_name, cfg, quiet=quiet)
+    for w in result.diagnostics.get("warnings", []):
+        print(f"warning: {w}", file=sys.stderr)
     save_trained(out, result, cfg, write_synth)
     _say(quiet, *describe_training(result, cfg, backbone),
          f"checkpoint: {out / META_FILE} + {out / TENSORS_FILE}" + (f" (synthetic anomalies in {out / 'synth'})"
@@ -88,7 +105,7 @@ def run_training(shots: list[Path], object_name: str, out: Path, cfg: TrainConfi
 
 def run_evaluation(categories: list[Category], shots: tuple[int, ...], seeds: tuple[int, ...], cfg: TrainConfig,
                    out: Path, arch: str, weights: str, device: str | None, object_name: str | None = None,
-                   resize_mode: str = "shortest", quiet: bool = False, backbone: Backbone | None = None,
+                   resize_mode: str = "squash", quiet: bool = False, backbone: Backbone | None = None,
                    on_model=None):
     from fsac.train.evaluate import EvalConfig, evaluate
     from fsac.train.report import format_table, write_report

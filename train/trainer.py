@@ -26,6 +26,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as Fn
 
 from fsac.errors import FsacError
 from fsac.io import sha256_file
@@ -49,6 +50,7 @@ class TrainConfig:
     seed: int = 0
     head: HeadConfig = field(default_factory=HeadConfig)
     synth: SynthConfig = field(default_factory=SynthConfig)
+    preset: str | None = None  # the benchmark preset these settings came from (train/presets.py)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -72,6 +74,47 @@ class TrainResult:
     train_images: list[dict]  # name + sha256 of each shot
     shot_pixels: np.ndarray  # (k, S, S, 3) uint8, the shots as the model saw them
     synth: list  # (k, m) SynthSample: the synthetic anomalies, for `--write-synth`
+    diagnostics: dict = field(default_factory=dict)  # `training_diagnostics`
+
+
+# Below this cosine the adapted prototypes point apart: A_g has overwhelmed the beta2 * T
+# residual that keeps the text side near CLIP's (seen: 0.991 -> -0.988 in a 4-shot run).
+MIN_PROTOTYPE_COSINE = 0.0
+
+
+@torch.no_grad()
+def training_diagnostics(head: FSACHead, use_text_adapter: bool, f_pos: torch.Tensor, f_neg: torch.Tensor) -> dict:
+    """What training did to the text side and how far apart it pushed the training pairs.
+
+    cos_t / cos_at     cos(T+, T-) from CLIP's prompts / cos(AT+, AT-) after the text adapter
+    adapter_ratio      ||beta1 A_g(T)|| / ||beta2 T|| for T+ and T- (1: adapter as large as the residual)
+    pair_gap           mean logit of the synthetic anomalies - mean logit of the normal shots
+    pair_margin        min synthetic logit - max normal logit (> 0: every pair separated)
+    """
+    cfg = head.cfg
+    at_pos, at_neg = head.adapted_text(use_text_adapter)
+    d: dict = {
+        "cos_t": float(Fn.cosine_similarity(head.t_pos, head.t_neg, dim=0)),
+        "cos_at": float(Fn.cosine_similarity(at_pos, at_neg, dim=0)),
+        "text_adapter_used": bool(use_text_adapter),
+    }
+    if use_text_adapter:
+        t = torch.stack([head.t_pos, head.t_neg])
+        ratio = (cfg.beta1 * head.text_adapter(t)).norm(dim=-1) / (cfg.beta2 * t).norm(dim=-1).clamp_min(1e-12)
+        d["adapter_ratio"] = {"normal": float(ratio[0]), "anomalous": float(ratio[1])}
+    head.eval()
+    z_pos = head(f_pos, use_text_adapter).logit.double()
+    z_neg = head(f_neg.reshape(-1, f_neg.shape[-1]), use_text_adapter).logit.double()
+    d["pair_gap"] = float(z_neg.mean() - z_pos.mean())
+    d["pair_margin"] = float(z_neg.min() - z_pos.max())
+    warnings = []
+    if d["cos_at"] < MIN_PROTOTYPE_COSINE:
+        warnings.append(
+            f"the text adapter has overwhelmed the residual: cos(AT+, AT-) = {d['cos_at']:.3f} (CLIP's prompts: "
+            f"{d['cos_t']:.3f}), so beta no longer keeps the text side near CLIP's; try a smaller --beta1, a larger "
+            "--beta2, fewer --epochs2 or --lr2")
+    d["warnings"] = warnings
+    return d
 
 
 Progress = Callable[[str, int], Callable[[int], None]]  # (description, total) -> update(n)
@@ -266,6 +309,7 @@ def train(backbone: Backbone, image_paths: list[Path], object_name: str, cfg: Tr
 
     head, use_text_adapter, history, stage_times = train_head(f_pos, f_neg, t_pos, t_neg, cfg, progress=progress)
     timings.update(stage_times)
+    diagnostics = training_diagnostics(head, use_text_adapter, f_pos, f_neg)
     timings["total_s"] = time.perf_counter() - t_start
     head = head.to(backbone.device)
     # The absolute path lets `fsac export` find the shots again for its parity check.
@@ -273,4 +317,4 @@ def train(backbone: Backbone, image_paths: list[Path], object_name: str, cfg: Tr
                     for p in image_paths]
     model = TrainedModel(backbone, head, use_text_adapter, object_name,
                          meta={"prompts": prompts})
-    return TrainResult(model, history, timings, train_images, pixels, synth)
+    return TrainResult(model, history, timings, train_images, pixels, synth, diagnostics)

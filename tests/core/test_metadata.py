@@ -31,10 +31,10 @@ def test_update_in_place_and_to_another_file(model_copy, tmp_path):
     from fsac.modelfile import load_model_file
 
     _, before = load_model_file(model_copy)
-    path, info = update_model_metadata(model_copy, {"fsac.threshold": "0.25", "fsac.head": None})
-    assert path == model_copy and info.threshold == 0.25 and info.seal != before.seal
+    path, info = update_model_metadata(model_copy, {"fsac.logit_threshold": "0.25", "fsac.head": None})
+    assert path == model_copy and info.logit_threshold == 0.25 and info.seal != before.seal
     _, reread = load_model_file(model_copy)
-    assert reread.threshold == 0.25
+    assert reread.logit_threshold == 0.25
     assert "fsac.head" not in reread.metadata and reread.metadata["fsac.object"] == "bottle"
     # Removing a key the contract requires gives a file the loader refuses: caught at once.
     with pytest.raises(FsacError, match="lacks fsac.object"):

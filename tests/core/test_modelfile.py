@@ -1,7 +1,7 @@
 """fsac.modelfile: the sealed ONNX model-file contract, read without onnx.
 
 The models here are built with onnx.helper (no torch): input "image" uint8 [N, 16, 16, 3],
-outputs score / sim_pos / sim_neg, every REQUIRED_KEYS entry in metadata_props.
+outputs score / logit / sim_normal / sim_anomalous, every REQUIRED_KEYS entry in metadata_props.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ WEIGHTS = (np.arange(S * S * 3, dtype=np.float32).reshape(S, S, 3) % 7 + 1) / 8.
 
 def base_metadata(**overrides) -> dict[str, str]:
     meta = {
-        "fsac.format_version": "1",
+        "fsac.format_version": "2",
         "fsac.version": "0.1.0",
         "fsac.arch": "ViT-B-16-plus-240-tiny",
         "fsac.weights_id": "random",
@@ -52,7 +52,7 @@ def base_metadata(**overrides) -> dict[str, str]:
         "fsac.outputs": json.dumps({n: {"dtype": "float32", "shape": ["N"]} for n in OUTPUT_NAMES}),
         "fsac.checkpoint_sha256": "ab" * 32,
         "fsac.precision": "fp32",
-        "fsac.threshold": "0.5",
+        "fsac.logit_threshold": "0.5",
         SEAL_KEY: "0" * 64,
     }
     meta.update(overrides)
@@ -60,21 +60,24 @@ def base_metadata(**overrides) -> dict[str, str]:
 
 
 def build_model(meta: dict[str, str] | None = None, extra_entries=(), big_initializer_bytes: int = 0) -> bytes:
-    """Serialized ModelProto. score = mean(x * W) / 255, sim_pos = mean(x)/255, sim_neg = 1 - sim_pos."""
+    """Serialized ModelProto. sim_normal = mean(x) / 255, sim_anomalous = mean(x * W) / 255,
+    logit = (sim_anomalous - sim_normal) * 100 (tau = 0.01), score = sigmoid(logit)."""
     x = helper.make_tensor_value_info(INPUT_NAME, TensorProto.UINT8, ["N", S, S, 3])
     outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N"]) for n in OUTPUT_NAMES]
     inits = [
         numpy_helper.from_array(WEIGHTS, "w"),
         numpy_helper.from_array(np.array(255.0, dtype=np.float32), "c255"),
-        numpy_helper.from_array(np.array(1.0, dtype=np.float32), "one"),
+        numpy_helper.from_array(np.array(100.0, dtype=np.float32), "inv_tau"),
     ]
     nodes = [
         helper.make_node("Cast", [INPUT_NAME], ["xf"], to=TensorProto.FLOAT),
         helper.make_node("Div", ["xf", "c255"], ["xn"]),
         helper.make_node("Mul", ["xn", "w"], ["xw"]),
-        helper.make_node("ReduceMean", ["xw"], ["score"], axes=[1, 2, 3], keepdims=0),
-        helper.make_node("ReduceMean", ["xn"], ["sim_pos"], axes=[1, 2, 3], keepdims=0),
-        helper.make_node("Sub", ["one", "sim_pos"], ["sim_neg"]),
+        helper.make_node("ReduceMean", ["xw"], ["sim_anomalous"], axes=[1, 2, 3], keepdims=0),
+        helper.make_node("ReduceMean", ["xn"], ["sim_normal"], axes=[1, 2, 3], keepdims=0),
+        helper.make_node("Sub", ["sim_anomalous", "sim_normal"], ["gap"]),
+        helper.make_node("Mul", ["gap", "inv_tau"], ["logit"]),
+        helper.make_node("Sigmoid", ["logit"], ["score"]),
     ]
     if big_initializer_bytes:
         rng = np.random.default_rng(0)
@@ -94,8 +97,11 @@ def build_model(meta: dict[str, str] | None = None, extra_entries=(), big_initia
 
 def expected_outputs(x: np.ndarray) -> dict[str, np.ndarray]:
     xn = x.astype(np.float32) / np.float32(255.0)
-    sim_pos = xn.mean(axis=(1, 2, 3))
-    return {"score": (xn * WEIGHTS).mean(axis=(1, 2, 3)), "sim_pos": sim_pos, "sim_neg": 1 - sim_pos}
+    sim_normal = xn.mean(axis=(1, 2, 3))
+    sim_anomalous = (xn * WEIGHTS).mean(axis=(1, 2, 3))
+    logit = (sim_anomalous - sim_normal) * np.float32(100.0)
+    return {"score": 1 / (1 + np.exp(-logit)), "logit": logit, "sim_normal": sim_normal,
+            "sim_anomalous": sim_anomalous}
 
 
 @pytest.fixture(scope="module")
@@ -129,14 +135,14 @@ def test_write_seals_and_load_parses(sealed, model_bytes):
     assert hashlib.sha256(raw[:off] + SEAL_PLACEHOLDER + raw[off + 64 :]).hexdigest() == info.seal
     assert raw[:off] + SEAL_PLACEHOLDER + raw[off + 64 :] == model_bytes  # nothing else changed
     assert info.seal != "0" * 64 and len(info.seal) == 64
-    assert info.format_version == 1
+    assert info.format_version == 2
     assert info.fsac_version == "0.1.0"
     assert info.arch == "ViT-B-16-plus-240-tiny"
     assert info.weights_id == "random"
     assert info.object_name == "bottle"
     assert info.precision == "fp32"
     assert info.checkpoint_sha256 == "ab" * 32
-    assert info.threshold == 0.5
+    assert info.logit_threshold == 0.5
     assert info.preprocess == PreprocessSpec(image_size=S)
     assert info.image_size == S
     assert info.name == "bottle.fsac.onnx"
@@ -189,7 +195,7 @@ def test_every_single_byte_flip_breaks_the_seal(sealed):
 
 def _positions(raw: bytes, info) -> dict[str, int]:
     w_at = raw.find(WEIGHTS.tobytes())
-    thr_key = raw.find(b"fsac.threshold")
+    thr_key = raw.find(b"fsac.logit_threshold")
     thr_val = raw.find(b"0.5", thr_key)
     seal_at = raw.find(info.seal.encode())
     assert min(w_at, thr_key, thr_val, seal_at) > 0
@@ -226,7 +232,7 @@ def test_changed_threshold_resealed_by_hand_needs_seal(tmp_path, sealed):
     bad = raw.replace(b"\x12\x030.5", b"\x12\x030.9")
     assert bad != raw and len(bad) == len(raw)
     p = _write_raw(tmp_path / "edited.onnx", bad)
-    assert {m.key: m.value for m in onnx.load(str(p)).metadata_props}["fsac.threshold"] == "0.9"
+    assert {m.key: m.value for m in onnx.load(str(p)).metadata_props}["fsac.logit_threshold"] == "0.9"
     with pytest.raises(FsacError, match="modified after export"):
         load_model_file(p)
 
@@ -280,11 +286,20 @@ def test_duplicated_seal_entry_is_refused(tmp_path):
 
 
 def test_duplicated_threshold_entry_is_refused(tmp_path):
-    data = build_model(extra_entries=[("fsac.threshold", "0.9")])
+    data = build_model(extra_entries=[("fsac.logit_threshold", "0.9")])
     p = write_model_file(tmp_path / "dupthr.onnx", data)  # the seal itself is fine
-    with pytest.raises(FsacError, match="'fsac.threshold' occurs more than once") as e:
+    with pytest.raises(FsacError, match="'fsac.logit_threshold' occurs more than once") as e:
         load_model_file(p)
     assert str(p) in str(e.value)
+
+
+def test_format_1_file_is_refused_with_a_re_export_line(tmp_path):
+    """A file from before the logit (outputs score/sim_pos/sim_neg, threshold in score units)."""
+    p = write_model_file(tmp_path / "v1.onnx", build_model(base_metadata(**{"fsac.format_version": "1"})))
+    with pytest.raises(FsacError, match=r"format version 1 was written by an older fsac.*Re-export it with `fsac export`"
+                       ) as e:
+        load_model_file(p)
+    assert str(p) in str(e.value) and "\n" not in str(e.value)
 
 
 def test_unknown_format_version_is_refused(tmp_path):
@@ -316,9 +331,9 @@ def test_missing_several_keys_names_them_all(tmp_path):
 @pytest.mark.parametrize(
     "override, match",
     [
-        ({"fsac.threshold": "abc"}, "bad fsac.threshold 'abc'"),
-        ({"fsac.threshold": "nan"}, "not a finite number"),
-        ({"fsac.threshold": "inf"}, "not a finite number"),
+        ({"fsac.logit_threshold": "abc"}, "bad fsac.logit_threshold 'abc'"),
+        ({"fsac.logit_threshold": "nan"}, "not a finite number"),
+        ({"fsac.logit_threshold": "inf"}, "not a finite number"),
         ({"fsac.preprocess": "{not json"}, "bad fsac.preprocess"),
         ({"fsac.preprocess": "[1, 2]"}, "bad fsac.preprocess"),
         ({"fsac.preprocess": json.dumps({"image_size": 8})}, "preprocess.image_size"),
@@ -335,9 +350,9 @@ def test_bad_metadata_values_are_refused(tmp_path, override, match):
 
 def test_threshold_absent_or_empty_is_none(tmp_path):
     for i, thr in enumerate([None, ""]):
-        p = write_model_file(tmp_path / f"uncal{i}.onnx", build_model(base_metadata(**{"fsac.threshold": thr})))
+        p = write_model_file(tmp_path / f"uncal{i}.onnx", build_model(base_metadata(**{"fsac.logit_threshold": thr})))
         _, info = load_model_file(p)
-        assert info.threshold is None
+        assert info.logit_threshold is None and info.threshold is None
 
 
 def test_load_missing_file_or_folder(tmp_path):
@@ -373,9 +388,9 @@ def test_write_refuses_existing_without_force(tmp_path, model_bytes):
     _, info = load_model_file(p)
     assert info.object_name == "bottle"
     # a second force write with other metadata replaces it
-    write_model_file(p, build_model(base_metadata(**{"fsac.threshold": "0.25"})), force=True)
+    write_model_file(p, build_model(base_metadata(**{"fsac.logit_threshold": "0.25"})), force=True)
     _, info2 = load_model_file(p)
-    assert info2.threshold == 0.25 and info2.seal != info.seal
+    assert info2.logit_threshold == 0.25 and info2.seal != info.seal
     assert sorted(x.name for x in tmp_path.iterdir()) == ["m.onnx"]
 
 
@@ -438,7 +453,7 @@ def test_engine_sidecar_round_trip(engine):
     assert data == engine.read_bytes()
     assert info.seal == hashlib.sha256(data).hexdigest() == sidecar["engine_sha256"]
     assert info.precision == "fp16"
-    assert info.threshold == 0.5
+    assert info.logit_threshold == 0.5
     assert info.preprocess == PreprocessSpec(image_size=S)
     assert info.source == str(engine)
     assert sidecar["tensorrt_version"] == "10.3.0" and sidecar["max_batch"] == 8
@@ -466,7 +481,7 @@ def test_engine_missing_sidecar_or_engine(engine, tmp_path):
 def test_engine_edited_sidecar_threshold_is_refused(engine):
     side = engine_sidecar_path(engine)
     obj = json.loads(side.read_text())
-    obj["metadata"]["fsac.threshold"] = "0.99"
+    obj["metadata"]["fsac.logit_threshold"] = "0.99"
     side.write_text(json.dumps(obj, indent=2))
     with pytest.raises(FsacError, match="edited after export") as e:
         load_engine_file(engine)
@@ -479,7 +494,7 @@ def test_engine_sidecar_reformatted_is_accepted(engine):
     obj = json.loads(side.read_text())
     side.write_text(json.dumps(dict(reversed(list(obj.items())))))
     _, info, _ = load_engine_file(engine)
-    assert info.threshold == 0.5
+    assert info.logit_threshold == 0.5
 
 
 @pytest.mark.parametrize("content", ["{broken", "[1, 2, 3]"])

@@ -588,12 +588,12 @@ def test_resize_matches_open_clip_on_raw_grey_image(shared_data, open_clip_trans
     with Image.open(p) as im:
         assert im.mode == "L"
         theirs = open_clip_transform()(im).numpy()
-    spec = PreprocessSpec()
+    spec = PreprocessSpec(resize_mode="shortest")
     assert np.abs(theirs - _normalise(preprocess_file(p, spec), spec)).max() < 1e-6
 
 
 def test_resize_matches_open_clip_small_target_bilinear(open_clip_transform):
-    spec = PreprocessSpec(image_size=64, interpolation="bilinear")
+    spec = PreprocessSpec(image_size=64, resize_mode="shortest", interpolation="bilinear")
     rgb = _smooth_random(301, 517, 7)
     theirs = open_clip_transform(64, "shortest", "bilinear")(Image.fromarray(rgb)).numpy()
     assert np.abs(theirs - _normalise(resize_crop(rgb, spec), spec)).max() < 1e-6
@@ -604,7 +604,7 @@ def test_resize_matches_open_clip_small_target_bilinear(open_clip_transform):
 
 def test_shortest_is_centre_crop_of_resized():
     rgb = _smooth_random(100, 160, 1)
-    spec = PreprocessSpec(image_size=50)
+    spec = PreprocessSpec(image_size=50, resize_mode="shortest")
     out = resize_crop(rgb, spec)
     _check_rgb(out, 50, 50)
     full = np.asarray(Image.fromarray(rgb).resize((80, 50), Image.BICUBIC))
@@ -613,7 +613,7 @@ def test_shortest_is_centre_crop_of_resized():
 
 def test_shortest_keeps_exact_size_image_unchanged():
     rgb = _smooth_random(240, 240, 2)
-    np.testing.assert_array_equal(resize_crop(rgb, PreprocessSpec()), rgb)
+    np.testing.assert_array_equal(resize_crop(rgb, PreprocessSpec(resize_mode="shortest")), rgb)
 
 
 def test_squash_keeps_every_pixel_column():
@@ -624,7 +624,7 @@ def test_squash_keeps_every_pixel_column():
     _check_rgb(out, 16, 16)
     assert (out[:, 0] == 255).all() and (out[:, -1] == 0).all()
     np.testing.assert_array_equal(out, np.asarray(Image.fromarray(rgb).resize((16, 16), Image.NEAREST)))
-    shortest = resize_crop(rgb, PreprocessSpec(image_size=16, interpolation="nearest"))
+    shortest = resize_crop(rgb, PreprocessSpec(image_size=16, resize_mode="shortest", interpolation="nearest"))
     assert (shortest == 0).all()
 
 
@@ -853,9 +853,9 @@ def test_frame_bad_channel_order():
 # --------------------------------------------------------------------------- PreprocessSpec
 
 
-def test_spec_defaults_match_open_clip_vit_b_16_plus_240():
+def test_spec_defaults_squash_with_open_clip_vit_b_16_plus_240_sizes():
     spec = PreprocessSpec()
-    assert spec.image_size == 240 and spec.resize_mode == "shortest" and spec.interpolation == "bicubic"
+    assert spec.image_size == 240 and spec.resize_mode == "squash" and spec.interpolation == "bicubic"
     assert spec.mean == (0.48145466, 0.4578275, 0.40821073)
     assert spec.std == (0.26862954, 0.26130258, 0.27577711)
     assert spec.layout == "NHWC-uint8-RGB"
@@ -970,3 +970,32 @@ def test_import_does_not_pull_in_torch():
             "assert not bad, bad")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
+
+
+def test_geometry_warnings_on_real_variable_size_images(shared_data, tmp_path):
+    """brain_mri holds mixed sizes (about 225-630 px, not square): shortest would crop them."""
+    from fsac.preprocess import geometry_warnings, image_sizes
+
+    paths = sorted((shared_data / "brain_mri" / "normal").iterdir())[:30]
+    sizes = image_sizes(paths)
+    assert len(sizes) == len(paths)
+    worst = max(max(w, h) / min(w, h) for _, w, h in sizes)
+    crop = geometry_warnings(sizes, PreprocessSpec(resize_mode="shortest"))
+    assert len(crop) == 1 and "crops away up to" in crop[0] and f"{1 - 1 / worst:.0%}" in crop[0]
+    assert geometry_warnings(sizes, PreprocessSpec(resize_mode="longest")) == []  # longest keeps everything
+
+
+def test_geometry_warnings_for_squash_distortion_and_small_images(tmp_path):
+    from fsac.preprocess import geometry_warnings, image_sizes
+
+    for name, size in (("wide.png", (900, 300)), ("square.png", (400, 400)), ("tiny.png", (60, 50))):
+        Image.new("RGB", size, (10, 20, 30)).save(tmp_path / name)
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    sizes = image_sizes(sorted(tmp_path.iterdir()))
+    assert [(n.split("/")[-1], w, h) for n, w, h in sizes] == [("square.png", 400, 400), ("tiny.png", 60, 50),
+                                                            ("wide.png", 900, 300)]
+    warns = geometry_warnings(sizes, PreprocessSpec())  # squash, 240
+    assert len(warns) == 2
+    assert "1 of 3 images are far from square" in warns[0] and "900x300" in warns[0] and "longest" in warns[0]
+    assert "1 of 3 images are much smaller" in warns[1] and "smallest side 50 px" in warns[1]
+    assert geometry_warnings([("a.png", 240, 240), ("b.png", 300, 200)], PreprocessSpec()) == []

@@ -31,7 +31,8 @@ def test_score_model_file_matches_session_and_hashes(exported_model, bottle):
     ref = run_session(make_session(data), load_pixels(imgs, info.preprocess), batch_size=5)
     np.testing.assert_allclose(s.score, ref["score"], atol=1e-6)
     assert len(s) == 5 and s.sha256 == [sha256_file(p) for p in imgs]
-    assert s.sim_pos.dtype == np.float32 and s.sim_neg.shape == (5,)
+    np.testing.assert_allclose(s.logit, ref["logit"], atol=1e-5)
+    assert s.sim_normal.dtype == np.float32 and s.sim_anomalous.shape == (5,) and s.logit.shape == (5,)
 
 
 def test_bad_images_are_named(exported_model, tmp_path):

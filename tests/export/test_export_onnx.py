@@ -29,7 +29,9 @@ def test_export_parity_on_real_images(tiny_export, tiny_checkpoint, bottle):
     path, result = tiny_export
     assert result["parity"]["passed"]
     assert result["parity"]["n_images"] >= 4  # 2 shots + held-out images from the same folder
-    assert result["parity_max_abs_diff"] <= 1e-4
+    # tiny checkpoint: tau = 0.05, so the logit is held to 1e-4 / 0.05 = 2e-3
+    assert result["parity_max_abs_diff_logit"] <= 2e-3 and result["parity"]["max_abs_diff_sim"] <= 1e-4
+    assert result["parity"]["logit_tolerance"] == pytest.approx(2e-3)
     names = [Path(n).name for n in result["parity"]["images"]]
     assert names[:2] == ["000.png", "001.png"] and len(set(names)) == len(names)
 
@@ -39,12 +41,15 @@ def test_export_parity_on_real_images(tiny_export, tiny_checkpoint, bottle):
     pixels = load_pixels(paths, info.preprocess)
     ref = _torch_scores(tiny_checkpoint, pixels)
     got = run_session(make_session(data), pixels, batch_size=3)
-    for k in ("score", "sim_pos", "sim_neg"):
+    for k, tol in (("score", 1e-4), ("logit", 2e-3), ("sim_normal", 1e-4), ("sim_anomalous", 1e-4)):
         assert got[k].shape == (3,)
-        assert np.max(np.abs(got[k] - ref[k])) <= 1e-4, k
+        assert np.max(np.abs(got[k] - ref[k])) <= tol, k
+    # The graph's logit is the similarity gap over tau, and its score is sigmoid(logit).
+    np.testing.assert_allclose(got["logit"], (got["sim_anomalous"] - got["sim_normal"]) / 0.05, atol=1e-4)
+    np.testing.assert_allclose(got["score"], 1 / (1 + np.exp(-got["logit"].astype(np.float64))), atol=1e-6)
     # Batch 1 and batch 3 agree (dynamic batch axis).
     single = run_session(make_session(data), pixels, batch_size=1)
-    assert np.max(np.abs(single["score"] - got["score"])) <= 1e-5
+    assert np.max(np.abs(single["logit"] - got["logit"])) <= 1e-4
 
 
 def test_metadata_round_trip(tiny_export, tiny_checkpoint):
@@ -61,15 +66,17 @@ def test_metadata_round_trip(tiny_export, tiny_checkpoint):
     assert info.weights_id == "random" and info.metadata["fsac.weights_random"] == "true"
     assert info.object_name == "bottle"
     assert info.precision == "fp32"
-    assert info.threshold is None
-    assert info.format_version == 1
+    assert info.threshold is None and info.logit_threshold is None
+    assert info.format_version == 2
     assert info.checkpoint_sha256 == checkpoint_sha256(tiny_checkpoint)
     assert info.preprocess == PreprocessSpec.from_dict(ck["preprocess"])
     assert info.seal == result["seal"]
     assert all(k in info.metadata for k in REQUIRED_KEYS)
-    assert float(info.metadata["fsac.parity_max_abs_diff"]) == pytest.approx(result["parity_max_abs_diff"])
+    assert float(info.metadata["fsac.parity_max_abs_diff_logit"]) == pytest.approx(result["parity_max_abs_diff_logit"])
+    assert float(info.metadata["fsac.tau"]) == pytest.approx(0.05)
+    assert info.metadata["fsac.threshold_rule"] == "logit >= logit_threshold => defective"
     assert json.loads(info.metadata["fsac.inputs"])[0]["dtype"] == "uint8"
-    assert [o["name"] for o in json.loads(info.metadata["fsac.outputs"])] == ["score", "sim_pos", "sim_neg"]
+    assert [o["name"] for o in json.loads(info.metadata["fsac.outputs"])] == ["score", "logit", "sim_normal", "sim_anomalous"]
     assert json.loads(info.metadata["fsac.head"])["tau"] == pytest.approx(0.05)
     assert json.loads(info.metadata["fsac.train_images"]) == ck["train_images"]
 
@@ -80,7 +87,7 @@ def test_metadata_round_trip(tiny_export, tiny_checkpoint):
     assert inp.name == "image" and inp.type.tensor_type.elem_type == onnx.TensorProto.UINT8
     dims = [d.dim_param or d.dim_value for d in inp.type.tensor_type.shape.dim]
     assert dims == ["batch", 240, 240, 3]
-    assert [o.name for o in m.graph.output] == ["score", "sim_pos", "sim_neg"]
+    assert [o.name for o in m.graph.output] == ["score", "logit", "sim_normal", "sim_anomalous"]
     # TensorRT wants the uint8 input to meet a Cast first.
     first = [n for n in m.graph.node if "image" in n.input]
     assert [n.op_type for n in first] == ["Cast"]
@@ -150,12 +157,18 @@ def test_parity_gate_fails_with_the_numbers(tiny_export, bottle):
     data, info = load_model_file(tiny_export[0])
     pixels = load_pixels([bottle / "test" / "good" / "001.png", bottle / "test" / "good" / "002.png"], info.preprocess)
     ref = run_session(make_session(data), pixels)
-    ok = check_parity(ref, data, pixels, ["a", "b"])
-    assert ok.passed and ok.max_abs_diff == 0.0
+    ok = check_parity(ref, data, pixels, ["a", "b"], tau=0.05)
+    assert ok.passed and ok.max_abs_diff_logit == 0.0 and ok.max_abs_diff_sim == 0.0
+    # A logit off by 3e-3 fails (its tolerance is 1e-4 / 0.05 = 2e-3), even with the score untouched.
     off = {k: v.copy() for k, v in ref.items()}
-    off["score"][1] += 3e-3
-    with pytest.raises(FsacError, match=r"max \|Δ score\| = 0\.003 \(on b\) exceeds the tolerance 0\.0001"):
-        check_parity(off, data, pixels, ["a", "b"])
+    off["logit"][1] += 3e-3
+    with pytest.raises(FsacError, match=r"max \|Δ logit\| = 0\.003 \(<= 0\.002\).*worst: b"):
+        check_parity(off, data, pixels, ["a", "b"], tau=0.05)
+    # A similarity off by 3e-4 fails too.
+    off = {k: v.copy() for k, v in ref.items()}
+    off["sim_anomalous"][0] += 3e-4
+    with pytest.raises(FsacError, match=r"max \|Δ similarity\| = 0\.0003 \(<= 0\.0001\)"):
+        check_parity(off, data, pixels, ["a", "b"], tau=0.05)
 
 
 def test_cast_before_transpose_keeps_the_function():

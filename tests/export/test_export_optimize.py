@@ -29,13 +29,13 @@ def test_slim_is_measured_and_keeps_parity(graph_and_pixels):
     seen = []
 
     def parity(data: bytes) -> float:
-        d = check_parity(ref, data, pixels, ["a", "b", "c"]).max_abs_diff
+        d = check_parity(ref, data, pixels, ["a", "b", "c"], tau=0.01).max_abs_diff_logit
         seen.append(d)
         return d
 
     n_before = len(model.graph.node)
     kept_model, rep = optimize_and_measure(model, "slim", pixels[:1], parity)
-    assert seen and seen[0] <= 1e-4  # parity was re-checked on the optimised graph
+    assert seen and seen[0] <= 1e-2  # parity (logit, tau 0.01) was re-checked on the optimised graph
     assert rep.nodes_before == n_before and rep.nodes_after < n_before  # onnxslim folds shape arithmetic
     assert rep.latency_before_s > 0 and rep.latency_after_s > 0 and rep.load_before_s > 0
     assert len(model.graph.node) == n_before  # the input graph was not changed in place

@@ -129,5 +129,5 @@ def test_truncated_text_encoding_equals_open_clip(tiny_backbone):
 
 def test_preprocess_spec_follows_open_clip_config(tiny_backbone):
     spec = tiny_backbone.spec
-    assert spec.image_size == 240 and spec.interpolation == "bicubic" and spec.resize_mode == "shortest"
+    assert spec.image_size == 240 and spec.interpolation == "bicubic" and spec.resize_mode == "squash"  # fsac default, not open_clip crop
     assert spec.mean == tuple(open_clip.OPENAI_DATASET_MEAN) and spec.std == tuple(open_clip.OPENAI_DATASET_STD)

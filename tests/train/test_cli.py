@@ -1,6 +1,7 @@
 """The `fsac` command line as a user runs it (subprocesses for exit codes and tracebacks)."""
 
 import json
+import math
 import subprocess
 import sys
 
@@ -26,6 +27,9 @@ def test_train_explain_and_overwrite_protection(bottle, tmp_path, capsys):
     assert main(["train", *map(str, shots), "--out", str(out), "--write-synth", "--synth", "mixed"] + FAST) == 0
     meta = json.loads((out / "model.json").read_text())
     assert meta["shots"] == 2 and meta["object_name"] == "bottle" and meta["train"]["synth"]["kind"] == "mixed"
+    d = meta["diagnostics"]
+    assert -1 <= d["cos_at"] <= 1 and -1 <= d["cos_t"] <= 1 and d["adapter_ratio"]["normal"] > 0
+    assert math.isfinite(d["pair_gap"]) and all("overwhelmed" in w for w in d["warnings"])
     assert (out / "synth" / "contact_sheet.png").exists()
     # A second run into the same folder needs --force: a trained model is not lost by accident.
     assert main(["train", *map(str, shots), "--out", str(out)] + FAST) == 2
@@ -37,14 +41,16 @@ def test_train_explain_and_overwrite_protection(bottle, tmp_path, capsys):
     assert main(["explain", str(img), "--model", str(out), "--out", str(tmp_path / "ex")]) == 0
     png = tmp_path / "ex" / f"{img.stem}_explain.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "AS = " in capsys.readouterr().out
+    assert "logit z = " in capsys.readouterr().out
 
 
 def test_shots_option_samples_from_a_folder(bottle, tmp_path):
     out = tmp_path / "k1"
-    assert main(["train", str(bottle), "--shots", "1", "--out", str(out)] + FAST) == 0
+    assert main(["train", str(bottle), "--shots", "1", "--out", str(out), "--preset", "visa"] + FAST) == 0
     meta = json.loads((out / "model.json").read_text())
     assert meta["shots"] == 1 and meta["object_name"] == "bottle"
+    assert meta["train"]["preset"] == "visa" and meta["train"]["synth"]["kind"] == "nsa"
+    assert meta["head"]["beta1"] == 1.0 and meta["head"]["beta2"] == 1.0
 
 
 def test_synth_command_writes_pngs(bottle, tmp_path):
@@ -58,3 +64,31 @@ def test_help_lists_commands():
     assert r.returncode == 0
     for cmd in ("train", "eval", "synth", "explain", "demo", "bench"):
         assert cmd in r.stdout
+
+
+import pytest  # noqa: E402
+
+
+@pytest.mark.parametrize("args, says", [
+    (["train", "--shot", "4"], "No such option: --shot"),
+    (["trian"], "No such command 'trian'. Did you mean 'train'?"),
+    (["calibrate"], "Missing argument 'model'"),
+    (["train", "--shots", "abc"], "Invalid value for '--shots'"),
+    (["eval", "{bottle}", "--shots", "abc"], "--shots must be a comma-separated list of integers, got 'abc'"),
+    (["train", "--no-such-option"], "No such option: --no-such-option"),
+])
+def test_usage_errors_are_one_line_and_exit_2(args, says, bottle):
+    """Whatever click typer vendors, a usage error is one line on stderr and exit status 2."""
+    r = _fsac(*[a.replace("{bottle}", str(bottle.parent)) for a in args])
+    assert r.returncode == 2, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip() and not ln.startswith("!!")]
+    assert len(lines) == 1, r.stderr
+    assert says in lines[0] and lines[0].startswith("fsac: error: ") and "Traceback" not in r.stderr
+    assert "python -m" not in lines[0]  # the hint names the command the user knows
+
+
+def test_eval_checks_shots_against_the_pool_before_encoding(bottle):
+    r = _fsac("eval", str(bottle.parent), "--shots", "300", "--arch", TINY_ARCH, "--weights", "random")
+    assert r.returncode == 2
+    assert "asked for 300 shots but" in r.stderr and "has only 209 normal images" in r.stderr
+    assert "encoding test images" not in r.stderr  # refused before any image was encoded

@@ -84,3 +84,27 @@ def test_bad_input_is_one_line_error(args, message, capsys):
     rc = main(args + ["--arch", TINY_ARCH, "--weights", "random"])
     err = capsys.readouterr().err
     assert rc == 2 and message in err and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_saturated_scores_are_ranked_by_the_logit(bottle, tiny_backbone):
+    """A trained tiny model at tau = 1e-5: most float32 scores tie at exactly 0 or 1, yet the
+    metrics come from the float64 logits and agree with scikit-learn on them."""
+    import numpy as np
+    from dataclasses import replace
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    from fsac.train.model import HeadConfig
+
+    cat = subsample(find_categories(bottle)[0], max_normal=20, max_anomalous=20)
+    train = TrainConfig(stage1_epochs=20, stage2_epochs=20)
+    train = replace(train, head=replace(HeadConfig(embed_dim=64), tau=1e-5))
+    report = evaluate(tiny_backbone, [cat], EvalConfig(shots=(1,), seeds=(0,), train=train), quiet=True)
+    run = report.results[0]
+    z = np.asarray(run.logits)
+    as32 = (1 / (1 + np.exp(-z))).astype(np.float32)
+    saturated = int(np.sum((as32 == 0.0) | (as32 == 1.0)))
+    assert saturated >= len(z) // 2, f"only {saturated} of {len(z)} scores saturate: the test lost its point"
+    assert len(np.unique(z)) >= len(z) - 1  # the logits still rank (nearly) every image
+    assert run.metrics.auroc == pytest.approx(roc_auc_score(run.labels, z), abs=1e-12)
+    assert run.metrics.aupr == pytest.approx(average_precision_score(run.labels, z), abs=1e-12)
+    np.testing.assert_allclose(run.scores, 1 / (1 + np.exp(-z)), rtol=1e-12)

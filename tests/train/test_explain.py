@@ -12,14 +12,36 @@ def test_gradient_map_is_abs_grad_mean_over_channels(tiny_backbone, bottle):
     t = torch.nn.functional.normalize(torch.randn(2, 64), dim=-1)
     model = TrainedModel(tiny_backbone, FSACHead(HeadConfig(embed_dim=64, tau=1.0), t[0], t[1]), True, "bottle")
     px = preprocess_file(next((bottle / "test" / "broken_large").glob("*.png")), tiny_backbone.spec)
-    score, grad = gradient_map(model, px)
+    logit, grad = gradient_map(model, px)
     assert grad.shape == (240, 240) and grad.dtype == np.float32
     assert (grad >= 0).all() and grad.max() > 0
     # Reference: autograd through the same deploy model, by hand.
     x = torch.tensor(px, dtype=torch.float32)[None].requires_grad_(True)
-    s = model.deploy_model()(x)[0][0]
-    s.backward()
+    z = model.deploy_model()(x)[1][0]  # the logit output
+    z.backward()
     assert np.allclose(grad, x.grad[0].abs().mean(-1).numpy(), atol=1e-9)
-    assert abs(score - s.item()) < 1e-6
-    png = render(px, smooth(grad, 2.0), score, "t")
+    assert abs(logit - z.item()) < 1e-6
+    png = render(px, smooth(grad, 2.0), logit, "t", logit_threshold=0.0)
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_map_is_not_blank_on_a_confidently_anomalous_image(tiny_backbone, bottle):
+    """A head whose score saturates: AS is exactly 1.0 in float32, |dAS/dx| is all zero, and
+    the map of the logit still shows where the evidence is."""
+    torch.manual_seed(0)
+    px = preprocess_file(next((bottle / "test" / "broken_large").glob("*.png")), tiny_backbone.spec)
+    with torch.no_grad():
+        f = tiny_backbone.encode_images(px[None])[0]
+    # T- along the image's own feature, T+ against it, tau tiny: a confident "anomalous".
+    t_anom = torch.nn.functional.normalize(f, dim=0)
+    head = FSACHead(HeadConfig(embed_dim=64, tau=0.001, use_cross_attention=False), -t_anom, t_anom)
+    torch.nn.init.zeros_(head.image_adapter[-1].weight)
+    torch.nn.init.zeros_(head.image_adapter[-1].bias)
+    model = TrainedModel(tiny_backbone, head, False, "bottle")
+    x = torch.tensor(px, dtype=torch.float32)[None].requires_grad_(True)
+    score = model.deploy_model()(x)[0][0]
+    assert score.item() == 1.0  # saturated in float32
+    (g_score,) = torch.autograd.grad(score, x)
+    assert float(g_score.abs().max()) == 0.0  # the old map: blank
+    logit, grad = gradient_map(model, px)
+    assert logit > 100 and grad.max() > 0 and np.count_nonzero(grad) > 0.5 * grad.size

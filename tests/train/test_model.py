@@ -93,7 +93,7 @@ def _cos(a, b):
 
 def test_eq10_12_anomaly_score(head):
     f = torch.tensor([[1.0, -1.0]])
-    score, s_pos, s_neg = head(f)
+    score, logit, s_pos, s_neg = head(f)
     att = _expected_attention()
     cf = [3.0 + att[0], -1.0 + att[1]]
     sp, sn = _cos(cf, [0.95, 0.1]), _cos(cf, [0.15, 0.9])
@@ -103,14 +103,25 @@ def test_eq10_12_anomaly_score(head):
     assert s_pos.item() == pytest.approx(sp, abs=1e-6)
     assert s_neg.item() == pytest.approx(sn, abs=1e-6)
     assert score.item() == pytest.approx(S_neg / (S_neg + S_pos), abs=1e-6)
+    assert logit.item() == pytest.approx((sn - sp) / tau, abs=1e-5)  # AS = sigmoid(z)
     assert 0.0 <= score.item() <= 1.0
+
+
+def test_logit_does_not_saturate_where_the_score_does():
+    """At tau = 0.01 a similarity gap of 0.5 rounds AS to exactly 1.0 in float32; z keeps ranking."""
+    at_pos, at_neg = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    cf = torch.tensor([[0.3, 1.0], [0.2, 1.0], [0.1, 1.0]])  # gaps ~0.66, 0.78, 0.89
+    out = anomaly_score(cf, at_pos, at_neg, tau=0.01)
+    assert torch.all(out.score == 1.0)  # three ties in the score ...
+    assert out.logit[0] < out.logit[1] < out.logit[2]  # ... three distinct, ordered logits
+    assert torch.allclose(out.logit, (out.sim_anomalous - out.sim_normal) / 0.01)
 
 
 def test_score_monotone_in_similarity_gap_and_tau():
     at_pos, at_neg = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
     cf = torch.tensor([[1.0, 0.2], [1.0, 1.0], [0.2, 1.0]])  # increasingly "anomalous"
-    s1, _, _ = anomaly_score(cf, at_pos, at_neg, tau=1.0)
-    s2, _, _ = anomaly_score(cf, at_pos, at_neg, tau=0.01)
+    s1 = anomaly_score(cf, at_pos, at_neg, tau=1.0).score
+    s2 = anomaly_score(cf, at_pos, at_neg, tau=0.01).score
     assert s1[0] < s1[1] < s1[2] and s2[0] < s2[1] < s2[2]
     assert s1[1].item() == pytest.approx(0.5) and s2[1].item() == pytest.approx(0.5)
     assert s2[2] > s1[2]  # a lower tau sharpens the score
@@ -119,7 +130,8 @@ def test_score_monotone_in_similarity_gap_and_tau():
 def test_zero_shot_is_eq12_on_raw_features():
     t_pos, t_neg = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
     f = torch.tensor([[3.0, 4.0]])  # cos with T+ = 0.6, with T- = 0.8
-    score, sp, sn = zero_shot_score(f, t_pos, t_neg, tau=0.1)
+    score, logit, sp, sn = zero_shot_score(f, t_pos, t_neg, tau=0.1)
+    assert logit.item() == pytest.approx(2.0, rel=1e-5)  # (0.8 - 0.6) / 0.1
     expected = math.exp(8) / (math.exp(6) + math.exp(8))
     assert sp.item() == pytest.approx(0.6) and sn.item() == pytest.approx(0.8)
     assert score.item() == pytest.approx(expected, rel=1e-6)

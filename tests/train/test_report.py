@@ -45,6 +45,7 @@ def _run(category, shots, seed, auroc, aupr, f1) -> RunResult:
         shots=shots,
         seed=seed,
         metrics=ImageMetrics(auroc, aupr, f1, f1_threshold=0.5, n_normal=2, n_anomalous=2),
+        logits=[-2.2, -0.85, 0.4, 2.2],
         scores=[0.1, 0.3, 0.6, 0.9],
         labels=[0, 0, 1, 1],
         image_names=["good/000.png", "good/001.png", "broken_large/000.png", "broken_small/000.png"],
@@ -85,7 +86,7 @@ def synthetic_report(random_weights: bool = False) -> EvalReport:
                 y = np.r_[np.zeros(n_norm, int), np.ones(n_anom, int)]
                 names = [f"good/{i:03d}.png" for i in range(n_norm)] + [f"defect/{i:03d}.png" for i in range(n_anom)]
                 results.append(
-                    RunResult(cat, shots, seed, image_metrics(y, s), s, y, names,
+                    RunResult(cat, shots, seed, image_metrics(y, s), s, 1 / (1 + np.exp(-s)), y, names,
                               [f"train/good/{seed * 10 + k:03d}.png" for k in range(shots)])
                 )
     return EvalReport(
@@ -163,13 +164,16 @@ def test_duplicate_run_is_an_error():
 
 def test_run_result_checks_lengths_and_converts_arrays():
     m = ImageMetrics(0.5, 0.5, 0.5, 0.0, 1, 1)
-    with pytest.raises(FsacError, match="3 scores but 2 labels"):
-        RunResult("bottle", 1, 0, m, [0.1, 0.2, 0.3], [0, 1])
+    with pytest.raises(FsacError, match="3 logits and 3 scores but 2 labels"):
+        RunResult("bottle", 1, 0, m, [1.0, 2.0, 3.0], [0.1, 0.2, 0.3], [0, 1])
+    with pytest.raises(FsacError, match="2 logits and 3 scores but 2 labels"):
+        RunResult("bottle", 1, 0, m, [1.0, 2.0], [0.1, 0.2, 0.3], [0, 1])
     with pytest.raises(FsacError, match="1 image names but 2 scores"):
-        RunResult("bottle", 1, 0, m, [0.1, 0.2], [0, 1], ["a.png"])
-    r = RunResult("bottle", np.int64(1), 0, m, np.array([0.1, 0.2], np.float32), np.array([0, 1]),
-                  train_images=[Path("x.png")])
+        RunResult("bottle", 1, 0, m, [1.0, 2.0], [0.1, 0.2], [0, 1], ["a.png"])
+    r = RunResult("bottle", np.int64(1), 0, m, np.array([1.0, 2.0], np.float32), np.array([0.1, 0.2], np.float32),
+                  np.array([0, 1]), train_images=[Path("x.png")])
     assert type(r.shots) is int and type(r.scores[0]) is float and type(r.labels[0]) is int
+    assert type(r.logits[0]) is float
     assert r.train_images == ["x.png"]
 
 
@@ -220,6 +224,7 @@ def test_json_round_trips():
     assert len(back["results"]) == 8
     r0 = back["results"][0]
     assert r0["scores"] == [0.1, 0.3, 0.6, 0.9] and r0["labels"] == [0, 0, 1, 1]
+    assert r0["logits"] == [-2.2, -0.85, 0.4, 2.2]
     assert r0["metrics"]["auroc"] == 0.9
     assert len(back["summary"]) == 6
     # from_json rebuilds the report (e.g. to redraw figures)

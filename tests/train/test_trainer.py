@@ -1,5 +1,7 @@
 """Two-stage training on cached features: stage separation, ablations, determinism."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -77,8 +79,8 @@ def test_training_separates_normal_from_synthetic_features():
     f_pos, f_neg, t_pos, t_neg = _features()
     head, use_text, hist, _ = train_head(f_pos, f_neg, t_pos, t_neg, _cfg(epochs=60))
     assert hist["stage1"][-1] < hist["stage1"][0]
-    s_pos = head(f_pos, use_text)[0]
-    s_neg = head(f_neg.reshape(-1, 16), use_text)[0]
+    s_pos = head(f_pos, use_text).logit
+    s_neg = head(f_neg.reshape(-1, 16), use_text).logit
     assert s_pos.max() < s_neg.min()
 
 
@@ -123,8 +125,9 @@ def test_train_on_real_images_encodes_each_image_once(tiny_backbone, bottle_shot
     calls.clear()
     train(tiny_backbone, bottle_shots[:2], "bottle", cfg, quiet=True, cache=cache)
     assert sum(calls) == 2 * 2  # shots come from the cache the second time
-    scores = result.model.score_features(cache.get(bottle_shots[:2]))[0]
-    assert scores.shape == (2,) and np.all((scores >= 0) & (scores <= 1))
+    out = result.model.score_features(cache.get(bottle_shots[:2]))
+    assert out["score"].shape == (2,) and np.all((out["score"] >= 0) & (out["score"] <= 1))
+    assert np.all(np.isfinite(out["logit"]))
 
 
 def test_corrupt_training_image_names_the_file(tiny_backbone, bottle_shots, tmp_path):
@@ -132,3 +135,47 @@ def test_corrupt_training_image_names_the_file(tiny_backbone, bottle_shots, tmp_
     bad.write_bytes(bottle_shots[0].read_bytes()[:300])
     with pytest.raises(FsacError, match="broken.png"):
         train(tiny_backbone, [bottle_shots[1], bad], "bottle", TrainConfig(stage1_epochs=1, stage2_epochs=1), quiet=True)
+
+
+def test_diagnostics_record_the_text_side_and_warn_when_the_adapter_overwhelms_it():
+    """C = 2 by hand: A_g maps T+ to 0 and T- to (-1.9, -0.336), so AT+ = (1, 0) and
+    AT- = (-1, 0.1) point apart although cos(T+, T-) = 0.9."""
+    from fsac.train.model import FSACHead, HeadConfig
+    from fsac.train.trainer import training_diagnostics
+
+    t_pos, t_neg = torch.tensor([1.0, 0.0]), torch.tensor([0.9, 0.43589])
+    head = FSACHead(HeadConfig(embed_dim=2, beta1=1.0, beta2=1.0, image_adapter_reduction=1), t_pos, t_neg)
+    with torch.no_grad():
+        head.text_adapter[0].weight.copy_(torch.tensor([[0.0, -1.9 / 0.43589], [0.0, -0.336 / 0.43589]]))
+        head.text_adapter[0].bias.zero_()
+    f_pos, f_neg = torch.tensor([[1.0, 0.0]]), torch.tensor([[[-1.0, 0.1]]])
+    d = training_diagnostics(head, True, f_pos, f_neg)
+    assert d["cos_t"] == pytest.approx(0.9, abs=1e-4)
+    assert d["cos_at"] == pytest.approx(-1.0 / math.sqrt(1.01), abs=1e-3)
+    assert d["adapter_ratio"]["normal"] == pytest.approx(0.0, abs=1e-6)
+    assert d["adapter_ratio"]["anomalous"] == pytest.approx(math.hypot(1.9, 0.336), rel=1e-3)
+    assert d["pair_gap"] > 0 and d["pair_margin"] == pytest.approx(d["pair_gap"])  # one pair
+    assert len(d["warnings"]) == 1 and "overwhelmed the residual" in d["warnings"][0]
+    # Without the text adapter nothing is overwhelmed.
+    d1 = training_diagnostics(head, False, f_pos, f_neg)
+    assert d1["cos_at"] == pytest.approx(0.9, abs=1e-4) and d1["warnings"] == [] and "adapter_ratio" not in d1
+
+
+def test_presets_set_the_paper_settings_and_explicit_options_win():
+    from fsac.train.cli import build_train_config
+
+    def cfg(preset, beta1=None, synth=None):
+        return build_train_config("two-stage", 1, 1, 5e-4, 1e-4, 0, 1.0, 1.0, beta1, None, 0.01, 1.0, False, False,
+                                  synth, 4, preset)
+
+    visa = cfg("visa")
+    assert (visa.head.beta1, visa.head.beta2, visa.synth.kind, visa.preset) == (1.0, 1.0, "nsa", "visa")
+    mvtec = cfg("mvtec")
+    assert (mvtec.head.beta1, mvtec.head.beta2, mvtec.synth.kind, mvtec.preset) == (0.1, 0.9, "gaussian", "mvtec")
+    none = cfg(None)
+    assert (none.head.beta1, none.head.beta2, none.synth.kind, none.preset) == (0.1, 0.9, "gaussian", None)
+    mixed = cfg("visa", beta1=0.5, synth="mixed")
+    assert (mixed.head.beta1, mixed.head.beta2, mixed.synth.kind) == (0.5, 1.0, "mixed")
+    assert mixed.to_dict()["preset"] == "visa"
+    with pytest.raises(FsacError, match="--preset must be one of mvtec, visa"):
+        cfg("cifar")
