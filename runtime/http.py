@@ -7,13 +7,29 @@
 
 Bound to 127.0.0.1 by default: the metrics name the model and the source, and nothing here
 is authenticated. Expose it through the box's firewall or a reverse proxy on purpose.
+
+Resource bounds (idle clients must not take the daemon's file descriptors, threads or a
+core): one thread waits on the listening socket and on accepted connections that have not
+sent anything yet (a selector, no thread each); a connection goes to the pool of WORKERS
+threads only once its request arrives, and every response closes it (no keep-alive). At
+most MAX_IDLE connections wait; one more closes the oldest waiting one, so a new client
+always gets in. A waiting or slow connection is closed after CONN_TIMEOUT_S. The listen
+backlog is LISTEN_BACKLOG. When accept() fails for lack of file descriptors (EMFILE /
+ENFILE) the server sleeps before trying again instead of spinning on a listening socket
+that stays readable.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import selectors
+import socket
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import time
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler
 from typing import Callable
 
 from fsac.errors import FsacError
@@ -21,6 +37,10 @@ from fsac.errors import FsacError
 log = logging.getLogger("fsac.runtime")
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+WORKERS = 4
+MAX_IDLE = 64
+CONN_TIMEOUT_S = 5.0
+LISTEN_BACKLOG = 64
 
 
 class StatusServer:
@@ -28,30 +48,108 @@ class StatusServer:
                  ready: Callable[[], tuple[bool, str]]) -> None:
         self._metrics = metrics
         self._ready = ready
-        handler = self._handler_class()
+        self._handler = self._handler_class()
+        self._timeout = CONN_TIMEOUT_S
         try:
-            self._server = ThreadingHTTPServer((host, port), handler)
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+            family, _, _, _, addr = infos[0]
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind(addr)
+                sock.listen(LISTEN_BACKLOG)
+            except OSError:
+                sock.close()
+                raise
         except OSError as e:
             raise FsacError(f"http.port: cannot listen on {host}:{port} ({e.strerror or e}); choose another "
                             "http.port or set http.enabled=false") from None
-        self._server.daemon_threads = True
+        sock.setblocking(False)
+        self._sock = sock
+        self._pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="fsac-http")
+        self._halt = threading.Event()
         self._thread: threading.Thread | None = None
+        self.refused = 0  # waiting connections closed to make room, or with every worker busy
+        self.accept_failures = 0  # accept() without a free file descriptor
+        self.server_name, self.server_port = host, port  # what BaseHTTPRequestHandler may ask
 
     @property
     def address(self) -> tuple[str, int]:
-        host, port = self._server.server_address[:2]
+        host, port = self._sock.getsockname()[:2]
         return str(host), int(port)
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2},
-                                        name="fsac-http", daemon=True)
+        self._thread = threading.Thread(target=self._serve, name="fsac-http", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
+        self._halt.set()
         if self._thread is not None:
-            self._server.shutdown()
             self._thread.join(timeout=2)
-        self._server.server_close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._sock.close()
+
+    def _serve(self) -> None:
+        sel = selectors.DefaultSelector()
+        sel.register(self._sock, selectors.EVENT_READ, None)
+        waiting: OrderedDict[socket.socket, float] = OrderedDict()  # accepted, nothing received yet
+
+        def drop(conn: socket.socket) -> None:
+            sel.unregister(conn)
+            waiting.pop(conn, None)
+            conn.close()
+
+        try:
+            while not self._halt.is_set():
+                for key, _ in sel.select(0.2):
+                    if key.data is None:
+                        self._accept(sel, waiting, drop)
+                        continue
+                    conn = key.fileobj
+                    sel.unregister(conn)
+                    waiting.pop(conn, None)
+                    conn.setblocking(True)
+                    conn.settimeout(self._timeout)  # a client that stalls mid-request is dropped
+                    try:
+                        self._pool.submit(self._work, conn, key.data)
+                    except RuntimeError:  # shutting down
+                        conn.close()
+                limit = time.monotonic() - self._timeout
+                while waiting and next(iter(waiting.values())) < limit:
+                    drop(next(iter(waiting)))
+        finally:
+            for conn in list(waiting):
+                drop(conn)
+            sel.close()
+
+    def _accept(self, sel, waiting, drop) -> None:
+        try:
+            conn, addr = self._sock.accept()
+        except BlockingIOError:
+            return
+        except OSError as e:
+            if e.errno in (errno.EMFILE, errno.ENFILE):
+                self.accept_failures += 1
+                time.sleep(0.2)  # the client waits in the backlog; no busy loop
+            return
+        if len(waiting) >= MAX_IDLE:
+            self.refused += 1
+            drop(next(iter(waiting)))
+        conn.setblocking(False)
+        waiting[conn] = time.monotonic()
+        sel.register(conn, selectors.EVENT_READ, addr)
+
+    def _work(self, conn: socket.socket, addr) -> None:
+        try:
+            self._handler(conn, addr, self)
+        except Exception:
+            log.debug("http: connection from %s failed", addr, exc_info=True)
+        finally:
+            try:
+                conn.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+            conn.close()
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         server = self
@@ -66,6 +164,8 @@ class StatusServer:
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(data)))
                 self.send_header("Cache-Control", "no-store")
+                self.send_header("Connection", "close")  # no keep-alive: a worker is never held idle
+                self.close_connection = True
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(data)

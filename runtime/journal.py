@@ -25,6 +25,7 @@ wins); what a sink had not yet read from a deleted segment is counted, exactly, 
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -73,6 +74,8 @@ class Journal:
         self.when_full = when_full
         self.cursor_interval_s = cursor_interval_s
         self._cond = threading.Condition()
+        self._wlock = threading.Lock()
+        self._gen = 0  # segment file generation: +1 per roll  # held around a write: close() never closes the fd under it
         self._closed = False
         self.blocked_s = 0.0  # time append() spent waiting for room (back-pressure)
         self.lost: dict[str, int] = {name: 0 for name in consumers}  # per sink, never delivered
@@ -200,6 +203,17 @@ class Journal:
                 self._roll_locked()
             seg = self.segments[-1]
             first = seg.end
+        with self._wlock:
+            if self._closed:  # a scorer that outlived the shutdown deadline: never write to a stale fd
+                raise FsacError(f"journal.dir: the journal in {self.folder} is closed")
+            self._write(data, seg)
+        with self._cond:
+            seg.count += n
+            seg.size += len(data)
+            self._cond.notify_all()
+        return first
+
+    def _write(self, data: bytes, seg: Segment) -> None:
         written = 0
         try:
             while written < len(data):  # one write() unless the kernel splits it
@@ -211,11 +225,6 @@ class Journal:
             except OSError as e:
                 log.error("journal: cannot cut a failed write off %s (%s); the next start repairs it", seg.path, e)
             raise
-        with self._cond:
-            seg.count += n
-            seg.size += len(data)
-            self._cond.notify_all()
-        return first
 
     def _full(self, nbytes: int, n: int) -> bool:
         if self.end == self.first:
@@ -228,9 +237,10 @@ class Journal:
             return
         fd = os.open(_seg_path(self.folder, last.end), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         if self.sync_enabled:
-            os.fdatasync(self._fd)
+            os.fdatasync(self._fd)  # what sync() may still be about to sync: done here
         os.close(self._fd)
         self._fd = fd
+        self._gen += 1
         self.segments.append(Segment(last.end, _seg_path(self.folder, last.end)))
 
     def _drop_oldest_locked(self) -> None:
@@ -256,9 +266,15 @@ class Journal:
     def sync(self) -> int:
         """fdatasync what was appended; returns the index up to which records are durable."""
         with self._cond:
-            end, fd = self.end, self._fd
+            end, fd, gen = self.end, self._fd, self._gen
         if self.sync_enabled and end > self.synced:
-            os.fdatasync(fd)
+            try:
+                os.fdatasync(fd)
+            except OSError as e:
+                with self._cond:
+                    rolled = self._gen != gen
+                if not (rolled and e.errno == errno.EBADF):  # rolled meanwhile: the roll synced it
+                    raise
         with self._cond:
             self.synced = max(self.synced, end)
         return end
@@ -347,7 +363,8 @@ class Journal:
             self.sync()
             self.housekeep(force=True)
         finally:
-            os.close(self._fd)
+            with self._wlock:
+                os.close(self._fd)
             self._lockfile.close()
 
 

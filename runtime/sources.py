@@ -223,6 +223,16 @@ class WatchSource(Source):
     decodes: a camera program that writes slowly, pauses, and writes again is caught by the
     decode check. A file that still does not decode `give_up_s` after it appeared is
     reported as an error record. Files starting with "." (temporary names) are ignored.
+
+    Claiming (processed: move): a file is renamed into `<folder>/.fsac-processing/` before
+    its frame is handed on, and the claimed file's device, inode, size and mtime must be
+    those of the bytes that were read. A producer that writes the same name again (a ring
+    of file names) creates a new file beside the claimed one, which is scored on its own;
+    a file replaced between the read and the claim is read again from the claim folder.
+    So only the version that was scored is ever moved to done_dir, and only after its
+    record is durable. Files left in the claim folder by a crash are scored again first.
+    With processed: leave, nothing is renamed and a file counts as new when its inode,
+    size or mtime changes.
     """
 
     kind = "watch"
@@ -231,6 +241,9 @@ class WatchSource(Source):
         super().__init__(cfg)
         self.folder = Path(cfg.uri)
         self.done_dir = Path(cfg.done_dir) if cfg.done_dir else self.folder / "done"
+        self.claim_dir = self.folder / ".fsac-processing"
+        self.claim = cfg.processed == "move"
+        self.replaced = 0  # files replaced between read and claim (read again)
 
     def open(self, create: bool = True) -> None:
         _require_folder(self.folder)
@@ -251,6 +264,11 @@ class WatchSource(Source):
             # Moving away the files we watch needs write access to the watched folder too.
             if not os.access(self.folder, os.W_OK):
                 raise FsacError(f"source.processed=move: cannot remove files from {self.folder} (permissions)")
+            if create:
+                try:
+                    self.claim_dir.mkdir(exist_ok=True)
+                except OSError as e:
+                    raise FsacError(f"source.uri: cannot create {self.claim_dir}: {e.strerror or e}") from None
         self.connected = True
 
     def check(self) -> str:
@@ -279,9 +297,15 @@ class WatchSource(Source):
     def frames(self, stop: threading.Event) -> Iterator[Frame]:
         settle, give_up = self.cfg.settle_s, self.cfg.give_up_s
         pending: dict[str, _Candidate] = {}
-        done: set[tuple[str, int, int]] = set()  # (name, size, mtime_ns): scored, do not score again
+        done: set[tuple[str, int, int, int]] = set()  # (name, inode, size, mtime_ns): scored already
         if self.cfg.existing == "skip":
-            done = {(n, st.st_size, st.st_mtime_ns) for n, st in self._scan().items()}
+            done = {(n, st.st_ino, st.st_size, st.st_mtime_ns) for n, st in self._scan().items()}
+        if self.claim:  # claimed by a run that died before their records were durable
+            for path in sorted(self.claim_dir.iterdir()) if self.claim_dir.is_dir() else []:
+                if stop.is_set():
+                    return
+                log.warning("watch: %s was claimed by an earlier run and not finished; scoring it again", path.name)
+                yield self._read_claimed(path)
         while not stop.is_set():
             now = time.monotonic()
             found = self._scan()
@@ -293,7 +317,7 @@ class WatchSource(Source):
                 if stop.is_set():
                     break
                 st = found[name]
-                key = (name, st.st_size, st.st_mtime_ns)
+                key = (name, st.st_ino, st.st_size, st.st_mtime_ns)
                 if key in done:
                     continue
                 cand = pending.get(name)
@@ -307,6 +331,10 @@ class WatchSource(Source):
                     continue
                 pending.pop(name, None)
                 done.add(key)
+                if self.claim:
+                    frame = self._claim(frame, st)
+                    if frame is None:
+                        continue
                 yield frame
             stop.wait(self.cfg.poll_s)
 
@@ -323,6 +351,9 @@ class WatchSource(Source):
         if (st.st_size, st.st_mtime_ns) != (cand.size, cand.mtime_ns) or len(data) != st.st_size:
             cand.size, cand.mtime_ns, cand.stable_since = st.st_size, st.st_mtime_ns, now
             return None  # still being written
+        too_big = check_frame_pixels(data, str(path), self.cfg.max_frame_pixels)
+        if too_big:  # refused from its header, before the watch source decodes it
+            return self._frame(None, name, ENCODED, error=too_big, path=path)
         try:
             rgb = decode_image_bytes(data, str(path))
         except ImageDecodeError as e:
@@ -337,12 +368,50 @@ class WatchSource(Source):
         cand.stable_since = now
         return None
 
+    def _claim(self, frame: Frame, st: os.stat_result) -> Frame | None:
+        """Rename the file just read into the claim folder; hand on the frame only if the file
+        claimed is the file read (same device, inode, size, mtime)."""
+        src = frame.path
+        target = self.claim_dir / f"{frame.frame_id:010d}-{src.name}"
+        try:
+            os.rename(src, target)
+            now = os.stat(target)
+        except FileNotFoundError:
+            self._next_id -= 1  # gone before the claim (moved or deleted by someone else): not ours
+            return None
+        except OSError as e:
+            log.warning("watch: cannot claim %s (%s); scoring it in place", src, e)
+            return frame
+        same = (now.st_dev, now.st_ino, now.st_size, now.st_mtime_ns) == (st.st_dev, st.st_ino, st.st_size,
+                                                                          st.st_mtime_ns)
+        if same:
+            frame.path = target
+            return frame
+        # Replaced between our read and the rename: what we claimed is a newer version. Read it.
+        self.replaced += 1
+        log.info("watch: %s was replaced while being read; scoring the new version", src.name)
+        self._next_id -= 1
+        return self._read_claimed(target, src.name)
+
+    def _read_claimed(self, path: Path, name: str | None = None) -> Frame:
+        name = name or path.name.split("-", 1)[-1]
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            return self._frame(None, name, ENCODED, error=f"cannot read image {path}: {e.strerror or e}", path=path)
+        try:
+            rgb = decode_image_bytes(data, str(path))
+        except ImageDecodeError as e:
+            return self._frame(data, name, ENCODED, error=str(e), path=path)
+        return self._frame(rgb, name, RGB, path=path)
+
     def on_result(self, frame: Frame, record: dict[str, Any]) -> None:
         if self.cfg.processed != "move" or frame.path is None:
             return
-        target = self.done_dir / frame.path.name
+        target = self.done_dir / (frame.name or frame.path.name)
         if target.exists():
-            target = self.done_dir / f"{frame.path.stem}.{frame.frame_id}{frame.path.suffix}"
+            stem, suffix = os.path.splitext(frame.name or frame.path.name)
+            target = self.done_dir / f"{stem}.{record.get('run_id', '')}.{frame.frame_id}{suffix}"
         try:
             shutil.move(str(frame.path), str(target))
         except FileNotFoundError:

@@ -104,3 +104,86 @@ def test_sd_notify_datagrams(tmp_path, monkeypatch):
     monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "missing.sock"))
     assert sd_notify("WATCHDOG=1") is False  # never raises
     sock.close()
+
+
+def test_idle_connections_cannot_exhaust_the_status_server(monkeypatch):
+
+
+    from fsac.runtime import http as http_mod
+
+    monkeypatch.setattr(http_mod, "CONN_TIMEOUT_S", 2.0)
+    server = StatusServer("127.0.0.1", 0, metrics=lambda: "", ready=lambda: (True, ""))
+    server.start()
+    host, port = server.address
+    n = http_mod.MAX_IDLE + 40
+    idle = [socket.create_connection((host, port), timeout=5) for _ in range(n)]  # connect, say nothing
+    try:
+        wait_until = time.monotonic() + 3
+        while server.refused < 40 and time.monotonic() < wait_until:
+            time.sleep(0.01)
+        assert server.refused == 40  # the oldest waiting ones made room; no thread per connection
+        t0 = time.monotonic()
+        with urllib.request.urlopen(f"http://{host}:{port}/healthz", timeout=10) as r:
+            assert r.status == 200 and r.headers["Connection"] == "close"
+        assert time.monotonic() - t0 < 1.0
+        assert threading.active_count() < 40
+        for s in idle:  # every idle connection is closed by the server within its timeout
+            s.settimeout(5)
+            assert s.recv(1) == b""
+    finally:
+        for s in idle:
+            s.close()
+        server.stop()
+
+
+SPIN_CHILD = """
+import os, resource, sys, time
+resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128))
+from fsac.runtime.http import StatusServer
+server = StatusServer("127.0.0.1", 0, metrics=lambda: "", ready=lambda: (True, ""))
+server.start()
+print(server.address[1], flush=True)
+sys.stdin.readline()
+fds = []
+try:
+    while True:
+        fds.append(os.open("/dev/null", os.O_RDONLY))
+except OSError:
+    pass
+print("HOGGED", flush=True)
+sys.stdin.readline()  # the test connects clients now: accept() fails with EMFILE
+t0, c0 = time.monotonic(), time.process_time()
+time.sleep(1.5)
+print("CPU", time.process_time() - c0, time.monotonic() - t0, server.accept_failures, flush=True)
+for fd in fds:
+    os.close(fd)
+sys.stdin.readline()
+"""
+
+
+def test_no_busy_loop_when_accept_hits_the_fd_limit():
+
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", SPIN_CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        port = int(proc.stdout.readline())
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline().strip() == "HOGGED"
+        clients = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(3)]
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        _, cpu, wall, failures = proc.stdout.readline().split()
+        assert int(failures) >= 1  # accept() really failed for lack of descriptors
+        assert float(cpu) < 0.3 * float(wall), f"{cpu} s CPU in {wall} s: the server spins"
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as r:
+            assert r.status == 200  # answers again once descriptors are free
+        for c in clients:
+            c.close()
+    finally:
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        proc.wait(10)
