@@ -38,7 +38,7 @@ from typing import Any, Dict, List, Optional, Union, get_args, get_origin, get_t
 from fsac.errors import FsacError
 
 SOURCE_KINDS = ("auto", "folder", "watch", "video", "camera", "rtsp", "http", "gstreamer")
-SOURCE_MODES = ("every-frame", "latest-frame")
+SOURCE_MODES = ("every-frame", "latest-frame", "trigger")
 BACKENDS = ("auto", "onnxruntime", "tensorrt")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -81,7 +81,8 @@ class SourceConfig:
                     "or GStreamer pipeline ending in appsink")
     mode: str = _opt("every-frame", choices=SOURCE_MODES,
                      doc="every-frame: no frame skipped, the reader waits (back-pressure); latest-frame: "
-                     "stale frames are dropped and counted")
+                     "stale frames are dropped and counted; trigger: one frame per inspection request "
+                     "(section trigger, runtime/trigger.py)")
     queue_size: int = _opt(8, min=1, max=10000, doc="frames read but not yet scored")
     decode_workers: int = _opt(2, min=1, max=64, doc="threads decoding and resizing frames beside inference")
     reconnect_min_s: float = _opt(0.5, min=0.01, doc="first wait before reopening a lost stream")
@@ -150,6 +151,21 @@ class HttpConfig:
 
 
 @dataclass
+class TriggerConfig:
+    deadline_s: float = _opt(1.0, min=0.001, max=3600.0, doc="source.mode=trigger: a request not answered within "
+                             "this long gets verdict error (the line treats it as reject)")
+    max_pending: int = _opt(64, min=1, max=100000, doc="requests waiting for a frame; one more is answered "
+                            "with an error at once")
+    token_env: str = _opt("FSAC_TRIGGER_TOKEN", doc="NAME of the environment variable holding the bearer token "
+                          "POST /v1/inspect requires when http.host is not loopback")
+    max_image_bytes: int = _opt(32 * 1024 * 1024, size=True, min=1024, doc="largest image sent with a request")
+    remember: int = _opt(10000, min=1, doc="request ids remembered to answer a duplicated request once")
+    mqtt_command_topic: Optional[str] = _opt(None, doc="MQTT topic (under sinks.mqtt.topic_prefix) taking "
+                                             "inspection requests as JSON; results go to the results topic; "
+                                             "null: MQTT requests off")
+
+
+@dataclass
 class DaemonConfig:
     shutdown_timeout_s: float = _opt(10.0, min=0.5, doc="SIGTERM: drain and flush within this long")
     drain_timeout_s: float = _opt(60.0, min=0.0, doc="end of a folder or video source: wait this long for the "
@@ -168,6 +184,7 @@ class RuntimeConfig:
     sinks: SinksConfig = _opt(factory=SinksConfig)
     journal: JournalConfig = _opt(factory=JournalConfig)
     http: HttpConfig = _opt(factory=HttpConfig)
+    trigger: TriggerConfig = _opt(factory=TriggerConfig)
     daemon: DaemonConfig = _opt(factory=DaemonConfig)
     logging: LoggingConfig = _opt(factory=LoggingConfig)
 
@@ -449,7 +466,7 @@ def validate(cfg: RuntimeConfig) -> None:
     """Checks that involve more than one setting."""
     if not cfg.model.path:
         raise FsacError("model.path: not set; pass --model PATH or set model.path in the config file")
-    if not cfg.source.uri:
+    if not cfg.source.uri and cfg.source.mode != "trigger":  # trigger: images may come with the requests
         raise FsacError("source.uri: not set; pass --source FOLDER|VIDEO|CAMERA|URL or set source.uri")
     if cfg.source.reconnect_min_s > cfg.source.reconnect_max_s:
         raise FsacError(f"source.reconnect_min_s ({cfg.source.reconnect_min_s}) must not exceed "

@@ -217,7 +217,12 @@ class Daemon:
         self.sinks: list[Any] = []
         self.journal: Journal | None = None
         try:
-            self.source = source if source is not None else make_source(cfg.source)
+            self.source = source if source is not None or not cfg.source.uri else make_source(cfg.source)
+            self.trigger = None
+            if cfg.source.mode == "trigger":  # one frame per inspection request (runtime/trigger.py)
+                from .trigger_io import attach_trigger
+
+                self.trigger, self.source = attach_trigger(self, self.source)
             self.sinks = list(sinks) if sinks is not None else build_sinks(cfg.sinks)
             self.durable = [s for s in self.sinks if getattr(s, "durable", False)]
             self.live = [s for s in self.sinks if not getattr(s, "durable", False)]
@@ -235,6 +240,7 @@ class Daemon:
         self.deliveries = [Delivery(s, self.journal) for s in self.durable]
         self.run_id = new_run_id()
         self._seq = 0
+        self._append_lock = threading.Lock()  # seq order == journal order (the trigger deadline appends too)
         # Decoded pixels are kept only if some sink saves them (memory: queue_size frames).
         self.keep_rgb = any(getattr(s, "needs_images", False) for s in self.live)
         self._flushers = [_batch_flusher(s) for s in self.live]
@@ -330,7 +336,14 @@ class Daemon:
 
         return self.metrics.render(queue_depth=len(self.queue), reconnects=self.source.reconnects, ready=ok,
                                    source_connected=bool(self.source.connected), model_info=info,
-                                   sink_stats=self.sink_stats(), extra=journal_metrics)
+                                   sink_stats=self.sink_stats(), extra=self._extra_metrics(journal_metrics))
+
+    def _extra_metrics(self, journal_metrics: Any) -> Any:
+        if self.trigger is None:
+            return journal_metrics
+        from .trigger_io import trigger_metrics
+
+        return lambda e: (journal_metrics(e), trigger_metrics(e, self.trigger))
 
     # ---------------------------------------------------------------- run
 
@@ -352,7 +365,7 @@ class Daemon:
         self.source.open()
         if self.cfg.http.enabled:
             self.http = StatusServer(self.cfg.http.host, self.cfg.http.port, metrics=self.render_metrics,
-                                     ready=self.ready)
+                                     ready=self.ready, post=self._post_routes())
             self.http.start()
             host, port = self.http.address
             if self.cfg.http.host not in ("127.0.0.1", "localhost", "::1"):
@@ -360,6 +373,8 @@ class Daemon:
             log.info("http: /healthz /readyz /metrics on http://%s:%d", host, port)
         for d in self.deliveries:
             d.start()
+        if self.trigger is not None:
+            self.trigger.start()
         self._jthread = threading.Thread(target=self._journal_loop, name="fsac-journal", daemon=True)
         self._jthread.start()
         self._reader = threading.Thread(target=self._read_loop, name="fsac-reader", daemon=True)
@@ -377,6 +392,13 @@ class Daemon:
         log.info("journal: %s, run %s, %d records kept (%s when full)%s", j.folder, self.run_id, j.end - j.first,
                  j.when_full, "; replaying " + ", ".join(f"{n} to {k}" for k, n in backlog.items()) if backlog else "")
         sd_notify(f"READY=1\nSTATUS=scoring {self.source.kind} {self.source.label}")
+
+    def _post_routes(self) -> dict[str, Any]:
+        if self.trigger is None:
+            return {}
+        from .trigger_io import http_inspect
+
+        return {"/v1/inspect": lambda headers, body: http_inspect(self.trigger, self.cfg, headers, body)}
 
     def _install_signal_handlers(self) -> dict[int, Any]:
         if not self.install_signals or threading.current_thread() is not threading.main_thread():
@@ -527,6 +549,8 @@ class Daemon:
                 log.error("closing the journal %s failed: %s", self.journal.folder, e)
         if self.http is not None:
             self.http.stop()
+        if self.trigger is not None:
+            self.trigger.stop()
         try:
             self.source.close()
         except Exception:
@@ -645,7 +669,7 @@ class Daemon:
         for i, item in enumerate(batch):
             frame = item.frame
             latency = t_done - frame.t_mono
-            seq, self._seq = self._seq, self._seq + 1
+            seq = 0  # numbered when appended
             if i in results and all(math.isfinite(results[i][k]) for k in ("logit", "sim_normal", "sim_anomalous")):
                 record = make_record(frame, model, latency, results[i], run_id=self.run_id, seq=seq)
             else:
@@ -654,13 +678,13 @@ class Daemon:
                                    error)
                 record = make_record(frame, model, latency, error=error, run_id=self.run_id, seq=seq)
             records.append(record)
+        if self.trigger is not None:  # exactly one result per request: drop those the deadline answered
+            from .trigger_io import settle_batch
+
+            batch, records, preps = settle_batch(self, batch, records, preps)
         # Durable first: the journal holds the batch before any input is acknowledged.
-        end = self._journal_append([encode_record(r) for r in records])
-        if end is None:
+        if records and not self.journal_records([(item.frame, r) for item, r in zip(batch, records)]):
             return
-        with self._ack_lock:
-            self._acks.append((end, [(item.frame, r) for item, r in zip(batch, records)]))
-        self._jwake.set()
         for i, (item, record) in enumerate(zip(batch, records)):
             frame = item.frame
             if self.live:
@@ -682,6 +706,19 @@ class Daemon:
                 self.metrics.sink_error(getattr(sink, "name", "?"))
                 self._sink_errors(logging.ERROR, "sink %s flush failed: %s", getattr(sink, "name", sink), e)
         self.last_written = time.monotonic()
+
+    def journal_records(self, pairs: list[tuple[Frame, dict[str, Any]]]) -> bool:
+        """Number, append and queue for acknowledgement (after fdatasync) a batch of records."""
+        with self._append_lock:
+            for _, record in pairs:
+                record["seq"], self._seq = self._seq, self._seq + 1
+            end = self._journal_append([encode_record(r) for _, r in pairs])
+            if end is None:
+                return False
+            with self._ack_lock:
+                self._acks.append((end, pairs))
+        self._jwake.set()
+        return True
 
     def _journal_append(self, lines: list[bytes]) -> int | None:
         """Append a batch; retries a failing disk (the input waits: back-pressure) until the

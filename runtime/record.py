@@ -51,6 +51,10 @@ FIELDS: tuple[tuple[str, dict[str, Any], str], ...] = (
     ("model_sha256", {"type": "string", "pattern": "^[0-9a-f]{64}$"},
      "Content hash (seal) of that model file; changes on reload."),
     ("error", {"type": ["string", "null"]}, "Why the frame could not be scored; null otherwise."),
+    ("part_id", {"type": ["string", "null"]},
+     "source.mode=trigger: the part the inspection request named (echoed); null for other modes."),
+    ("request_id", {"type": ["string", "null"]},
+     "source.mode=trigger: the request's id (given, or generated); a duplicated request id is answered once."),
 )
 FIELD_NAMES = tuple(name for name, _, _ in FIELDS)
 
@@ -113,7 +117,8 @@ def make_record(frame: Any, model: Any, latency_s: float, outputs: dict[str, flo
         error = error or "no score"
     values = (RECORD_SCHEMA, run_id, seq, iso_utc(frame.t_captured), frame.source, frame.frame_id, frame.name,
               score, logit, sim_normal, sim_anomalous, model.threshold, model.logit_threshold, result,
-              round(max(0.0, latency_s) * 1000.0, 3), model.name, model.sha256, error)
+              round(max(0.0, latency_s) * 1000.0, 3), model.name, model.sha256, error,
+              getattr(frame, "part_id", None), getattr(frame, "request_id", None))
     return dict(zip(FIELD_NAMES, values))
 
 

@@ -1,0 +1,108 @@
+"""Trigger mode: real HTTP requests to an in-process fsac-run scoring real images; exactly one
+journaled record per request, part_id echoed, duplicates answered once, the deadline's
+fail-safe error, and the latency histogram."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import urllib.error
+import urllib.request
+from collections import Counter
+
+import numpy as np
+from PIL import Image
+
+from fsac.runtime.daemon import Daemon
+from fsac_run_helpers import expected_logit, free_port, read_jsonl, wait_for
+from test_daemon import VALIDATOR, config, slow_handle
+
+
+def post(port: int, body: dict, timeout: float = 10.0) -> tuple[int, dict]:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/inspect", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"}, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def start(cfg, **kw):
+    daemon = Daemon(cfg, install_signals=False, **kw)
+    result = {}
+    t = threading.Thread(target=lambda: result.setdefault("code", daemon.run()), daemon=True)
+    t.start()
+    wait_for(lambda: daemon.ready()[0], what="daemon ready")
+    return daemon, t, result
+
+
+def stop(daemon, t, result) -> int:
+    daemon.request_stop()
+    t.join(30)
+    assert not t.is_alive()
+    return result["code"]
+
+
+def test_http_trigger_scores_the_next_frame_and_answers_each_request_once(tmp_path, model_file, image_folder,
+                                                                          bottle_images):
+    out = tmp_path / "r.jsonl"
+    port = free_port()
+    cfg = config(model_file, str(image_folder), out, "source.mode=trigger", "http.enabled=true",
+                 f"http.port={port}", "trigger.deadline_s=5")
+    daemon, t, result = start(cfg)
+    answers = [post(port, {"part_id": f"P-{i}", "request_id": f"r{i}"}) for i in range(3)]
+    for i, (code, rec) in enumerate(answers):
+        assert code == 200 and rec["part_id"] == f"P-{i}" and rec["request_id"] == f"r{i}"
+        rgb = np.asarray(Image.open(bottle_images[i]).convert("RGB"))
+        assert rec["verdict"] in ("good", "defective") and abs(rec["logit"] - expected_logit(rgb)) < 1e-4
+        assert rec["name"] == f"img_{i:03d}.png"
+    # A duplicated request id gets the very same answer, and no second frame is taken.
+    code, again = post(port, {"part_id": "P-1", "request_id": "r1"})
+    assert code == 200 and again == answers[1][1]
+    # An image sent with the request is scored instead of the source's next frame.
+    dark = Image.new("RGB", (96, 96), (20, 20, 20))
+    import io
+
+    buf = io.BytesIO()
+    dark.save(buf, "PNG")
+    code, rec = post(port, {"part_id": "P-img", "image": base64.b64encode(buf.getvalue()).decode()})
+    assert code == 200 and rec["verdict"] == "good" and abs(rec["logit"] - (2 * 20 / 255 - 1)) < 1e-3
+    code, bad = post(port, {"part": "x"})
+    assert code == 400 and "unknown field 'part'" in bad["error"]
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+    assert "fsac_trigger_latency_seconds_count 4" in metrics
+    assert "fsac_trigger_duplicates_total 1" in metrics
+    assert stop(daemon, t, result) == 0
+    records = read_jsonl(out)
+    assert [r["part_id"] for r in records] == ["P-0", "P-1", "P-2", "P-img"]
+    assert [r["seq"] for r in records] == [0, 1, 2, 3]
+    for r in records:
+        VALIDATOR.validate(r)
+
+
+def test_deadline_answers_error_once_and_the_late_frame_gets_no_second_record(tmp_path, model_file, image_folder):
+    out = tmp_path / "r.jsonl"
+    port = free_port()
+    cfg = config(model_file, str(image_folder), out, "source.mode=trigger", "http.enabled=true",
+                 f"http.port={port}", "trigger.deadline_s=0.25", "model.batch_size=1")
+    daemon, t, result = start(cfg, handle=slow_handle(cfg, 0.6))  # every inference takes 0.6 s
+    answers = []
+    threads = [threading.Thread(target=lambda i=i: answers.append(post(port, {"part_id": f"P-{i}"})))
+               for i in range(3)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(15)
+    assert len(answers) == 3
+    for code, rec in answers:
+        assert code == 200 and rec["verdict"] == "error" and rec["error"].startswith("deadline exceeded")
+        assert rec["latency_ms"] < 600  # answered at the deadline, not when the model finished
+    wait_for(lambda: daemon.metrics.frames.value >= 1, what="the late frame settled")
+    assert stop(daemon, t, result) == 0
+    records = read_jsonl(out)
+    per_part = Counter(r["part_id"] for r in records)
+    assert per_part == {"P-0": 1, "P-1": 1, "P-2": 1}  # exactly one record per request
+    assert all(r["verdict"] == "error" for r in records)
+    assert sorted(r["seq"] for r in records) == [0, 1, 2]
