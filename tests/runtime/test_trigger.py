@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections import Counter
@@ -106,3 +107,42 @@ def test_deadline_answers_error_once_and_the_late_frame_gets_no_second_record(tm
     assert per_part == {"P-0": 1, "P-1": 1, "P-2": 1}  # exactly one record per request
     assert all(r["verdict"] == "error" for r in records)
     assert sorted(r["seq"] for r in records) == [0, 1, 2]
+
+
+def test_mqtt_command_topic_answers_on_the_results_topic_once_per_request(tmp_path, model_file, image_folder):
+    import paho.mqtt.client as mqtt
+    import pytest
+    from mosquitto_helper import Collector, Mosquitto, find_mosquitto
+
+    if find_mosquitto() is None:
+        pytest.skip("mosquitto is not installed (apt-get install mosquitto); .ci/run installs it")
+    broker = Mosquitto(tmp_path / "broker").start()
+    try:
+        out = tmp_path / "r.jsonl"
+        cfg = config(model_file, str(image_folder), out, "source.mode=trigger", "trigger.deadline_s=5",
+                     "trigger.mqtt_command_topic=inspect", "sinks.mqtt.host=127.0.0.1",
+                     f"sinks.mqtt.port={broker.port}", "sinks.mqtt.client_id=st1",
+                     "sinks.mqtt.topic_prefix=fsac/site1/line3/st1")
+        results = Collector(broker.port, ["fsac/site1/line3/st1/results"]).start()
+        results.wait_subscribed()
+        daemon, t, result = start(cfg)
+        wait_for(lambda: daemon.trigger.inputs[0].client.is_connected(), what="command client connected")
+        time.sleep(0.2)  # the subscription is sent from on_connect
+        cmd = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="plc")
+        cmd.connect("127.0.0.1", broker.port)
+        cmd.loop_start()
+        for body in ({"part_id": "P-1", "request_id": "a"}, {"part_id": "P-1", "request_id": "a"},
+                     {"part_id": "P-2", "request_id": "b"}, {"part_id": 7}):
+            cmd.publish("fsac/site1/line3/st1/inspect", json.dumps(body), qos=1).wait_for_publish(5)
+        got = [json.loads(p) for p in results.wait_count("fsac/site1/line3/st1/results", 2)]
+        assert [(r["part_id"], r["request_id"]) for r in got] == [("P-1", "a"), ("P-2", "b")]
+        assert got[0]["name"] == "img_000.png" and got[1]["name"] == "img_001.png"
+        time.sleep(0.3)
+        assert len(results.on("fsac/site1/line3/st1/results")) == 2  # the duplicate got no second answer
+        assert daemon.trigger.inputs[0].errors == 1  # part_id 7 refused, logged and counted
+        cmd.loop_stop()
+        cmd.disconnect()
+        assert stop(daemon, t, result) == 0
+        results.stop()
+    finally:
+        broker.stop(kill=True)
