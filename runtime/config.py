@@ -166,6 +166,14 @@ class TriggerConfig:
 
 
 @dataclass
+class StationConfig:
+    site: str = _opt("", doc="plant or site name, in every record and the default MQTT topics")
+    line: str = _opt("", doc="production line name")
+    station: str = _opt("", doc="station name; with site and line set, sinks.mqtt.topic_prefix defaults to "
+                        "fsac/<site>/<line>/<station>")
+
+
+@dataclass
 class DaemonConfig:
     shutdown_timeout_s: float = _opt(10.0, min=0.5, doc="SIGTERM: drain and flush within this long")
     drain_timeout_s: float = _opt(60.0, min=0.0, doc="end of a folder or video source: wait this long for the "
@@ -185,6 +193,7 @@ class RuntimeConfig:
     journal: JournalConfig = _opt(factory=JournalConfig)
     http: HttpConfig = _opt(factory=HttpConfig)
     trigger: TriggerConfig = _opt(factory=TriggerConfig)
+    station: StationConfig = _opt(factory=StationConfig)
     daemon: DaemonConfig = _opt(factory=DaemonConfig)
     logging: LoggingConfig = _opt(factory=LoggingConfig)
 
@@ -474,6 +483,13 @@ def validate(cfg: RuntimeConfig) -> None:
     fs = cfg.source.frame_size
     if fs is not None and (len(fs) != 2 or min(fs) < 1):
         raise FsacError(f"source.frame_size: expected [width, height] with positive sizes, got {fs}")
+    st = cfg.station
+    for key in ("site", "line", "station"):
+        if any(c in getattr(st, key) for c in "/+#\x00"):
+            raise FsacError(f"station.{key}: {getattr(st, key)!r} must not contain '/', '+' or '#' (MQTT topics)")
+    if st.site and st.line and st.station and isinstance(cfg.sinks.mqtt, dict) \
+            and "topic_prefix" not in cfg.sinks.mqtt:  # the fleet layout: one broker, many stations
+        cfg.sinks.mqtt["topic_prefix"] = f"fsac/{st.site}/{st.line}/{st.station}"
     for name in ("mqtt", "frames"):
         section = getattr(cfg.sinks, name)
         if section is not None and "enabled" in section and not isinstance(section["enabled"], bool):

@@ -240,6 +240,7 @@ class Daemon:
         self.deliveries = [Delivery(s, self.journal) for s in self.durable]
         self.run_id = new_run_id()
         self._seq = 0
+        self.station = (cfg.station.site, cfg.station.line, cfg.station.station)
         self._append_lock = threading.Lock()  # seq order == journal order (the trigger deadline appends too)
         # Decoded pixels are kept only if some sink saves them (memory: queue_size frames).
         self.keep_rgb = any(getattr(s, "needs_images", False) for s in self.live)
@@ -671,12 +672,14 @@ class Daemon:
             latency = t_done - frame.t_mono
             seq = 0  # numbered when appended
             if i in results and all(math.isfinite(results[i][k]) for k in ("logit", "sim_normal", "sim_anomalous")):
-                record = make_record(frame, model, latency, results[i], run_id=self.run_id, seq=seq)
+                record = make_record(frame, model, latency, results[i], run_id=self.run_id, seq=seq,
+                                     station=self.station)
             else:
                 error = errors[i] or "model returned a non-finite score"
                 self._frame_errors(logging.WARNING, "frame %d (%s): %s", frame.frame_id, frame.name or frame.source,
                                    error)
-                record = make_record(frame, model, latency, error=error, run_id=self.run_id, seq=seq)
+                record = make_record(frame, model, latency, error=error, run_id=self.run_id, seq=seq,
+                                     station=self.station)
             records.append(record)
         if self.trigger is not None:  # exactly one result per request: drop those the deadline answered
             from .trigger_io import settle_batch

@@ -57,7 +57,8 @@ def fail_safe(daemon: Any, req: Request, reason: str) -> None:
     frame = TriggerFrame(frame_id=req.frame_id, source=daemon.source.label, data=None, t_captured=req.t_wall,
                          error=reason, t_mono=req.t_mono, part_id=req.part_id, request_id=req.request_id,
                          request=req)
-    record = make_record(frame, model, time.monotonic() - req.t_mono, error=reason, run_id=daemon.run_id)
+    record = make_record(frame, model, time.monotonic() - req.t_mono, error=reason, run_id=daemon.run_id,
+                         station=daemon.station)
     log.warning("part %s (request %s): %s", req.part_id, req.request_id, reason)
     if not daemon.journal_records([(frame, record)]):
         raise FsacError(f"journal {daemon.journal.folder}: the fail-safe record was not journaled")
@@ -85,7 +86,8 @@ def settle_batch(daemon: Any, batch: list[Any], records: list[dict[str, Any]], p
             late_ms = (now - req.t_mono) * 1000.0
             record = make_record(item.frame, daemon.handle.current, now - req.t_mono,
                                  error=f"deadline exceeded: scored after {late_ms:.0f} ms, trigger.deadline_s="
-                                 f"{daemon.cfg.trigger.deadline_s:g}s", run_id=daemon.run_id)
+                                 f"{daemon.cfg.trigger.deadline_s:g}s", run_id=daemon.run_id,
+                                 station=daemon.station)
         keep_b.append(item), keep_r.append(record), keep_p.append(prep)
     return keep_b, keep_r, keep_p
 

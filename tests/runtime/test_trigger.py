@@ -122,7 +122,7 @@ def test_mqtt_command_topic_answers_on_the_results_topic_once_per_request(tmp_pa
         cfg = config(model_file, str(image_folder), out, "source.mode=trigger", "trigger.deadline_s=5",
                      "trigger.mqtt_command_topic=inspect", "sinks.mqtt.host=127.0.0.1",
                      f"sinks.mqtt.port={broker.port}", "sinks.mqtt.client_id=st1",
-                     "sinks.mqtt.topic_prefix=fsac/site1/line3/st1")
+                     "station.site=site1", "station.line=line3", "station.station=st1")
         results = Collector(broker.port, ["fsac/site1/line3/st1/results"]).start()
         results.wait_subscribed()
         daemon, t, result = start(cfg)
@@ -137,6 +137,7 @@ def test_mqtt_command_topic_answers_on_the_results_topic_once_per_request(tmp_pa
         got = [json.loads(p) for p in results.wait_count("fsac/site1/line3/st1/results", 2)]
         assert [(r["part_id"], r["request_id"]) for r in got] == [("P-1", "a"), ("P-2", "b")]
         assert got[0]["name"] == "img_000.png" and got[1]["name"] == "img_001.png"
+        assert (got[0]["site"], got[0]["line"], got[0]["station"]) == ("site1", "line3", "st1")
         time.sleep(0.3)
         assert len(results.on("fsac/site1/line3/st1/results")) == 2  # the duplicate got no second answer
         assert daemon.trigger.inputs[0].errors == 1  # part_id 7 refused, logged and counted
