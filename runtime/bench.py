@@ -19,7 +19,14 @@ memory (VmHWM, reported by the process at exit), compared with the model's size 
 and with a bare backend loop measured the same way (the difference is the daemon's own
 cost; what the model needs for weights and activations is in both).
 
-Target (issue): daemon >= 95 % of the bare backend's throughput in every-frame mode. The
+Storage: the daemon passes run with the JSON-lines sink and, when a `mosquitto` binary is
+on PATH, the MQTT sink against a private broker (default settings otherwise: journal fsync
+before acknowledgements, JSONL fsync per delivery). The bytes the process caused to be
+written to storage (`write_bytes` in /proc/self/io, counted when pages are dirtied: the
+journal, the JSONL file, the cursors) are divided by the records written.
+
+Targets (issue 8): at most 4 KB written per record; daemon >= 95 % of the bare backend's
+throughput in every-frame mode. The
 daemon decodes and resizes every frame and the bare backend does not, so the target is only
 reachable when inference takes longer than decoding + resizing (the real CLIP model on an
 edge CPU/GPU). With a toy model that takes microseconds the ratio measures the decoder, not
@@ -109,8 +116,48 @@ class _Bare:
         return time.perf_counter() - t0, latencies
 
 
+def _write_bytes() -> int | None:
+    """Bytes this process caused to be written to storage so far (Linux /proc/self/io)."""
+    try:
+        text = Path("/proc/self/io").read_text()
+    except OSError:
+        return None
+    m = re.search(r"^write_bytes: (\d+)$", text, re.M)
+    return int(m.group(1)) if m else None
+
+
+class _Broker:
+    """A private mosquitto for the MQTT sink's share of the storage and CPU cost (if installed)."""
+
+    def __init__(self, folder: Path) -> None:
+        import socket
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        conf = folder / "mosquitto.conf"
+        conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+        self.proc = subprocess.Popen([shutil.which("mosquitto") or "mosquitto", "-c", str(conf)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.05)
+        self.stop()
+        raise FsacError("bench: mosquitto did not start")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
 def _daemon_pass(model_path: Path, folder: Path, out: Path, batch_size: int, providers: list[str], threads: int,
-                 workers: int, queue_size: int, spin_wait: bool) -> dict[str, Any]:
+                 workers: int, queue_size: int, spin_wait: bool, mqtt_port: int | None = None) -> dict[str, Any]:
     """One run of the real pipeline over the folder, in this process; model load not timed."""
     import logging
 
@@ -120,8 +167,12 @@ def _daemon_pass(model_path: Path, folder: Path, out: Path, batch_size: int, pro
     cfg.source = SourceConfig(kind="folder", uri=str(folder), mode="every-frame", decode_workers=workers,
                               queue_size=queue_size)
     cfg.sinks.jsonl.path = str(out)
+    cfg.journal.dir = str(out.parent / f"{out.stem}.journal")
+    if mqtt_port is not None:
+        cfg.sinks.mqtt = {"host": "127.0.0.1", "port": mqtt_port, "client_id": f"fsac-bench-{out.stem}"}
     cfg.http.enabled = False
     validate(cfg)
+    before = _write_bytes()
     daemon = Daemon(cfg, install_signals=False)
     logger = logging.getLogger("fsac.runtime")
     level = logger.level
@@ -130,12 +181,15 @@ def _daemon_pass(model_path: Path, folder: Path, out: Path, batch_size: int, pro
         code = daemon.run()
     finally:
         logger.setLevel(level)
+    after = _write_bytes()
     if code != 0:
         raise FsacError(f"the daemon run exited with {code}")
     records = [json.loads(line) for line in out.read_text().splitlines()]
     return {"seconds": (daemon.last_written or 0) - (daemon.first_read or 0), "frames": len(records),
             "latencies": [r["latency_ms"] for r in records], "errors": daemon.metrics.errors.value,
-            "batches": daemon.metrics.batches.value}
+            "batches": daemon.metrics.batches.value,
+            "written_bytes": None if before is None or after is None else after - before,
+            "delivered": {d.name: d.delivered for d in daemon.deliveries}}
 
 
 def _rss_subprocess(model_path: Path, folder: Path, workdir: Path, batch_size: int, providers: list[str],
@@ -223,13 +277,25 @@ def bench_runtime(model: str | os.PathLike, images: str | os.PathLike, n_frames:
         # Alternate the two measurements so that load from other processes (a shared CPU)
         # falls on both alike.
         bare_s, bare_lat, runs = 0.0, [], []
-        for i in range(rounds):
-            seconds, lat = bare.run()
-            bare_s += seconds
-            bare_lat += lat
-            runs.append(_daemon_pass(model, work / "frames", work / f"daemon{i}.jsonl", batch_size, providers,
-                                     threads, workers, queue_size, spin_wait))
+        broker = _Broker(work) if shutil.which("mosquitto") else None
+        try:
+            for i in range(rounds):
+                seconds, lat = bare.run()
+                bare_s += seconds
+                bare_lat += lat
+                runs.append(_daemon_pass(model, work / "frames", work / f"daemon{i}.jsonl", batch_size, providers,
+                                         threads, workers, queue_size, spin_wait,
+                                         broker.port if broker is not None else None))
+        finally:
+            if broker is not None:
+                broker.stop()
         bare.model.backend.close()
+        result["sinks"] = "jsonl+mqtt" if broker is not None else "jsonl (no mosquitto on PATH)"
+        written = [r["written_bytes"] for r in runs]
+        if all(w is not None for w in written):
+            result["bytes_written_per_record"] = sum(written) / max(1, sum(r["frames"] for r in runs))
+            result["meets_4kb_target"] = bool(result["bytes_written_per_record"] <= 4096)
+        result["delivered"] = {k: sum(r["delivered"].get(k, 0) for r in runs) for k in runs[0]["delivered"]}
         daemon_s = sum(r["seconds"] for r in runs)
         n_scored = sum(r["frames"] for r in runs)
         batches = sum(r["batches"] for r in runs)
@@ -268,6 +334,11 @@ def format_table(r: dict[str, Any]) -> str:
     lines += [f"  {a:<{w}}  {b:>16}  {c:>14}  {d:>14}" for a, b, c, d in rows]
     lines.append(f"  daemon / bare throughput: {r['ratio'] * 100:.1f} % (target >= 95 %: "
                  f"{'met' if r['meets_95pct_target'] else 'NOT met'}); mean batch {r['daemon_mean_batch']:.2f}")
+    if "bytes_written_per_record" in r:
+        lines.append(f"  storage written per record (sinks {r['sinks']}, /proc/self/io write_bytes): "
+                     f"{r['bytes_written_per_record']:.0f} B (target <= 4 KB: "
+                     f"{'met' if r['meets_4kb_target'] else 'NOT met'}); delivered "
+                     + ", ".join(f"{k} {v}" for k, v in r["delivered"].items()))
     if "rss_peak_bytes" in r:
         lines.append(f"  fsac-run peak RSS: {r['rss_peak_bytes'] / mb:.1f} MB (budget model + 300 MB = "
                      f"{r['rss_budget_bytes'] / mb:.1f} MB: {'within' if r['rss_within_budget'] else 'OVER'}); "

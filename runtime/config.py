@@ -138,6 +138,11 @@ class JournalConfig:
                           "drop-oldest for camera/rtsp/http/gstreamer sources, block otherwise")
     sync: bool = _opt(True, doc="fdatasync the journal before an input is acknowledged (survives power "
                       "loss); false: the OS page cache only (survives a daemon crash or kill)")
+    commit_interval_s: float = _opt(0.05, min=0.0, max=10.0,
+                                    doc="group commit: the journal is fdatasynced (and inputs acknowledged) at "
+                                    "most this often, and each durable sink delivers at most this often, so one "
+                                    "fsync covers every record of the interval (storage writes per record); "
+                                    "adds up to this much latency to acknowledgements and deliveries")
     cursor_interval_s: float = _opt(1.0, min=0.01, max=3600.0,
                                     doc="how often the sinks' cursors are saved; a later save only means "
                                     "records are delivered again after a crash")

@@ -237,7 +237,7 @@ class Daemon:
             self._close_sinks(time.monotonic() + 1.0)
             self._close_backend()
             raise
-        self.deliveries = [Delivery(s, self.journal) for s in self.durable]
+        self.deliveries = [Delivery(s, self.journal, linger_s=cfg.journal.commit_interval_s) for s in self.durable]
         self.run_id = new_run_id()
         self._seq = 0
         self.station = (cfg.station.site, cfg.station.line, cfg.station.station)
@@ -720,7 +720,8 @@ class Daemon:
                 return False
             with self._ack_lock:
                 self._acks.append((end, pairs))
-        self._jwake.set()
+        if self.trigger is not None:  # a waiting request: commit now rather than at the group-commit interval
+            self._jwake.set()
         return True
 
     def _journal_append(self, lines: list[bytes]) -> int | None:
@@ -747,8 +748,9 @@ class Daemon:
 
     def _journal_loop(self) -> None:
         """fdatasync, then acknowledge the inputs whose records are durable; save cursors, trim."""
+        interval = max(0.005, self.cfg.journal.commit_interval_s)
         while True:
-            self._jwake.wait(0.05)
+            self._jwake.wait(interval)  # group commit: one fdatasync for every batch of the interval
             self._jwake.clear()
             stopping = self._jstop.is_set()
             with self._ack_lock:

@@ -24,11 +24,12 @@ BATCH_MAX = 512  # lines per delivery: one fsync / one PUBACK wait amortized ove
 
 
 class Delivery:
-    def __init__(self, sink: Any, journal: Journal, batch_max: int = BATCH_MAX) -> None:
+    def __init__(self, sink: Any, journal: Journal, batch_max: int = BATCH_MAX, linger_s: float = 0.0) -> None:
         self.sink = sink
         self.name = getattr(sink, "name", type(sink).__name__)
         self.journal = journal
         self.batch_max = int(getattr(sink, "batch_max", batch_max))
+        self.linger_s = linger_s  # at most one delivery per linger_s: one fsync / PUBACK wait for many records
         self.delivered = 0
         self.errors = 0
         self.failing_since: float | None = None
@@ -51,7 +52,12 @@ class Delivery:
     def _run(self) -> None:
         pos = self.journal.cursors[self.name]
         backoff = 0.2
+        last = 0.0
         while not self._halt.is_set():
+            wait = last + self.linger_s - time.monotonic()
+            if wait > 0 and self._halt.wait(wait):
+                break
+            last = time.monotonic()
             try:
                 pos, lines = self.journal.read(self.name, pos, self.batch_max, 0.2)
             except Exception as e:  # EMFILE opening a segment, EIO: like a failed delivery; never die

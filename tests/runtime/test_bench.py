@@ -25,3 +25,8 @@ def test_bench_runtime_command(tmp_path, model_file, image_folder):
                 "daemon_p99_ms", "rss_peak_bytes", "rss_budget_bytes", "model_bytes"):
         assert r[key] == r[key] and r[key] > 0, key  # present, not NaN
     assert r["daemon_frames"] == 24 * r["rounds"] and r["daemon_errors"] == 0 and r["frames"] == 24
+    assert "storage written per record" in result.output
+    assert r["bytes_written_per_record"] > 0  # the journal and JSONL reach the disk (tmp is not tmpfs here)
+    assert r["delivered"]["jsonl"] == 24 * r["rounds"]
+    if r["sinks"] == "jsonl+mqtt":
+        assert r["delivered"]["mqtt"] == 24 * r["rounds"]
