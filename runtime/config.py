@@ -199,6 +199,9 @@ class RuntimeConfig:
     http: HttpConfig = _opt(factory=HttpConfig)
     trigger: TriggerConfig = _opt(factory=TriggerConfig)
     station: StationConfig = _opt(factory=StationConfig)
+    recipes: Optional[Dict[str, Any]] = _opt(None, doc="more sealed models by recipe name: {name: {path, "
+                                             "logit_threshold?, threshold?}}; model.path is recipe default "
+                                             "(runtime/recipes.py)")
     daemon: DaemonConfig = _opt(factory=DaemonConfig)
     logging: LoggingConfig = _opt(factory=LoggingConfig)
 
@@ -488,6 +491,9 @@ def validate(cfg: RuntimeConfig) -> None:
     fs = cfg.source.frame_size
     if fs is not None and (len(fs) != 2 or min(fs) < 1):
         raise FsacError(f"source.frame_size: expected [width, height] with positive sizes, got {fs}")
+    from .recipes import validate_recipes
+
+    validate_recipes(cfg.recipes)
     st = cfg.station
     for key in ("site", "line", "station"):
         if any(c in getattr(st, key) for c in "/+#\x00"):

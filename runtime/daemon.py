@@ -240,6 +240,9 @@ class Daemon:
         self.deliveries = [Delivery(s, self.journal, linger_s=cfg.journal.commit_interval_s) for s in self.durable]
         self.run_id = new_run_id()
         self._seq = 0
+        from .recipes import RecipeBook
+
+        self.recipes = RecipeBook(self)
         self.station = (cfg.station.site, cfg.station.line, cfg.station.station)
         self._append_lock = threading.Lock()  # seq order == journal order (the trigger deadline appends too)
         # Decoded pixels are kept only if some sink saves them (memory: queue_size frames).
@@ -395,11 +398,12 @@ class Daemon:
         sd_notify(f"READY=1\nSTATUS=scoring {self.source.kind} {self.source.label}")
 
     def _post_routes(self) -> dict[str, Any]:
+        routes = {"/v1/recipe": self.recipes.http_switch}
         if self.trigger is None:
-            return {}
+            return routes
         from .trigger_io import http_inspect
 
-        return {"/v1/inspect": lambda headers, body: http_inspect(self.trigger, self.cfg, headers, body)}
+        return {**routes, "/v1/inspect": lambda headers, body: http_inspect(self.trigger, self.cfg, headers, body)}
 
     def _install_signal_handlers(self) -> dict[int, Any]:
         if not self.install_signals or threading.current_thread() is not threading.main_thread():
@@ -617,7 +621,8 @@ class Daemon:
                     return
                 if item is None:
                     continue
-                model = self.handle.current  # one model per batch: a reload swaps between batches
+                handle = self.handle  # one model per batch: a reload or recipe switch lands between batches
+                model = handle.current
                 self._prepared(item)  # the oldest frame first: waiting for it is unavoidable
                 more = self.queue.take_ready(model.backend.max_batch - 1, lambda p: p.future.done())
                 self._score_batch([item, *more], model)
@@ -681,6 +686,9 @@ class Daemon:
                 record = make_record(frame, model, latency, error=error, run_id=self.run_id, seq=seq,
                                      station=self.station)
             records.append(record)
+        recipe = self.recipes.name_of(model)
+        for record in records:
+            record["recipe"] = recipe
         if self.trigger is not None:  # exactly one result per request: drop those the deadline answered
             from .trigger_io import settle_batch
 

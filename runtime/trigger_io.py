@@ -59,6 +59,7 @@ def fail_safe(daemon: Any, req: Request, reason: str) -> None:
                          request=req)
     record = make_record(frame, model, time.monotonic() - req.t_mono, error=reason, run_id=daemon.run_id,
                          station=daemon.station)
+    record["recipe"] = daemon.recipes.active
     log.warning("part %s (request %s): %s", req.part_id, req.request_id, reason)
     if not daemon.journal_records([(frame, record)]):
         raise FsacError(f"journal {daemon.journal.folder}: the fail-safe record was not journaled")
@@ -88,6 +89,7 @@ def settle_batch(daemon: Any, batch: list[Any], records: list[dict[str, Any]], p
                                  error=f"deadline exceeded: scored after {late_ms:.0f} ms, trigger.deadline_s="
                                  f"{daemon.cfg.trigger.deadline_s:g}s", run_id=daemon.run_id,
                                  station=daemon.station)
+            record["recipe"] = daemon.recipes.active
         keep_b.append(item), keep_r.append(record), keep_p.append(prep)
     return keep_b, keep_r, keep_p
 

@@ -147,3 +147,35 @@ def test_mqtt_command_topic_answers_on_the_results_topic_once_per_request(tmp_pa
         results.stop()
     finally:
         broker.stop(kill=True)
+
+
+def test_recipe_switch_refuses_an_invalid_file_and_lands_between_requests(tmp_path, make_model, model_file,
+                                                                          image_folder):
+    cap = make_model("cap.fsac.onnx", scale=0.5)  # logit = m - 1: a different model, a different hash
+    broken = tmp_path / "broken.fsac.onnx"
+    data = bytearray(model_file.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte: the seal no longer matches
+    broken.write_bytes(bytes(data))
+    out = tmp_path / "r.jsonl"
+    port = free_port()
+    cfg = config(model_file, str(image_folder), out, "source.mode=trigger", "http.enabled=true",
+                 f"http.port={port}", "trigger.deadline_s=5", f"recipes.cap.path={cap}",
+                 f"recipes.broken.path={broken}", "recipes.cap.logit_threshold=0.9")
+    daemon, t, result = start(cfg)
+    _, first = post(port, {"part_id": "P-0"})
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/recipe", data=b'{"recipe": "broken"}', method="POST")
+    try:
+        urllib.request.urlopen(req, timeout=10)
+        raise AssertionError("the broken recipe was accepted")
+    except urllib.error.HTTPError as e:
+        assert e.code == 409 and "recipe 'broken' refused" in json.loads(e.read())["error"]
+    _, second = post(port, {"part_id": "P-1"})
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/recipe", data=b'{"recipe": "cap"}', method="POST")
+    with urllib.request.urlopen(req, timeout=10) as r:
+        switched = json.loads(r.read())
+    _, third = post(port, {"part_id": "P-2"})
+    assert stop(daemon, t, result) == 0
+    assert first["recipe"] == second["recipe"] == "default" and second["model_sha256"] == first["model_sha256"]
+    assert third["recipe"] == "cap" and third["model_sha256"] == switched["model_sha256"] != first["model_sha256"]
+    assert third["logit_threshold"] == 0.9 and first["logit_threshold"] == 0.0
+    assert [r["recipe"] for r in read_jsonl(out)] == ["default", "default", "cap"]
