@@ -621,16 +621,21 @@ class Daemon:
                     return
                 if item is None:
                     continue
-                handle = self.handle  # one model per batch: a reload or recipe switch lands between batches
-                model = handle.current
+                handle = self._handle_for(item)  # one model per batch: reloads and recipe switches land
+                model = handle.current            # between batches
                 self._prepared(item)  # the oldest frame first: waiting for it is unavoidable
-                more = self.queue.take_ready(model.backend.max_batch - 1, lambda p: p.future.done())
+                more = self.queue.take_ready(model.backend.max_batch - 1, lambda p: p.future.done() and self._handle_for(p) is handle)
                 self._score_batch([item, *more], model)
         except Exception as e:
             log.exception("scoring failed")
             self._failure = f"scoring failed: {type(e).__name__}: {e}"
             self._stop.set()
             self.queue.close()
+
+    def _handle_for(self, item: Pending) -> Any:
+        """The model a frame is scored with: its request's recipe (trigger mode), else the active one."""
+        recipe = getattr(item.frame, "recipe", None)
+        return self.recipes.handle(recipe) if recipe else self.handle
 
     @staticmethod
     def _prepared(item: Pending) -> Prepared:

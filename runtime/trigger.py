@@ -50,6 +50,7 @@ class Request:
     t_mono: float
     t_wall: float
     deadline: float  # monotonic
+    recipe: str | None = None  # scored with this recipe's model instead of the active one
     state: str = PENDING
     record: dict[str, Any] | None = None
     done: threading.Event = field(default_factory=threading.Event)
@@ -61,6 +62,7 @@ class TriggerFrame(Frame):
 
     part_id: str | None = None
     request_id: str | None = None
+    recipe: str | None = None
     request: Request | None = None
     inner: Frame | None = None  # the source's own frame (its on_result hook acknowledges it)
 
@@ -94,6 +96,8 @@ class TriggerHub:
         self._stop = threading.Event()
         self._watcher = threading.Thread(target=self._watch, name="fsac-trigger", daemon=True)
         self.source_state: Callable[[], str] = lambda: ""
+        self.resolve_recipe: Callable[[str], Any] = lambda name: None  # raises FsacError if unusable
+        self.switch_recipe: Callable[[str], Any] = lambda name: None  # an MQTT {"recipe": NAME} command
         self.inputs: list[Any] = []  # request inputs started and stopped with the hub (MQTT commands)
 
     def start(self) -> None:
@@ -113,9 +117,13 @@ class TriggerHub:
 
     # ------------------------------------------------------------- requests in
 
-    def submit(self, part_id: Any, request_id: Any = None, image: bytes | None = None) -> tuple[Request, bool]:
+    def submit(self, part_id: Any, request_id: Any = None, image: bytes | None = None,
+               recipe: Any = None) -> tuple[Request, bool]:
         """Accept a request; returns (request, duplicate). Raises FsacError for a bad request."""
         part_id = _text(part_id, "part_id")
+        if recipe is not None:
+            recipe = _text(recipe, "recipe")
+            self.resolve_recipe(recipe)  # loaded and verified now, not on the scoring path
         request_id = _text(request_id, "request_id") if request_id is not None else uuid.uuid4().hex
         if image is not None and len(image) > self.cfg.max_image_bytes:
             raise FsacError(f"image: {len(image)} bytes, above trigger.max_image_bytes={self.cfg.max_image_bytes}")
@@ -125,7 +133,8 @@ class TriggerHub:
             if old is not None:
                 self.duplicates += 1
                 return old, True
-            req = Request(request_id, part_id, image, self._next_frame, now, time.time(), now + self.cfg.deadline_s)
+            req = Request(request_id, part_id, image, self._next_frame, now, time.time(), now + self.cfg.deadline_s,
+                          recipe)
             self._next_frame += 1
             self.requests += 1
             self._seen[request_id] = req
@@ -281,7 +290,7 @@ class TriggerSource(Source):
                             t_captured=inner.t_captured if inner else time.time(),
                             name=inner.name if inner else None, error=inner.error if inner else None, kind=kind,
                             path=inner.path if inner else None, t_mono=req.t_mono, part_id=req.part_id,
-                            request_id=req.request_id, request=req, inner=inner)
+                            request_id=req.request_id, recipe=req.recipe, request=req, inner=inner)
 
     def on_result(self, frame: Frame, record: dict[str, Any]) -> None:
         inner = getattr(frame, "inner", None)

@@ -38,6 +38,8 @@ def attach_trigger(daemon: Any, inner: Source | None) -> tuple[TriggerHub, Trigg
         return f"{len(daemon.queue)} frames queued"
 
     hub.source_state = state
+    hub.resolve_recipe = lambda name: daemon.recipes.handle(name)
+    hub.switch_recipe = lambda name: daemon.recipes.switch(name)
     topic = daemon.cfg.trigger.mqtt_command_topic
     if topic:
         from .config import sink_section_enabled, sink_section_settings
@@ -59,7 +61,7 @@ def fail_safe(daemon: Any, req: Request, reason: str) -> None:
                          request=req)
     record = make_record(frame, model, time.monotonic() - req.t_mono, error=reason, run_id=daemon.run_id,
                          station=daemon.station)
-    record["recipe"] = daemon.recipes.active
+    record["recipe"] = req.recipe or daemon.recipes.active
     log.warning("part %s (request %s): %s", req.part_id, req.request_id, reason)
     if not daemon.journal_records([(frame, record)]):
         raise FsacError(f"journal {daemon.journal.folder}: the fail-safe record was not journaled")
@@ -89,7 +91,7 @@ def settle_batch(daemon: Any, batch: list[Any], records: list[dict[str, Any]], p
                                  error=f"deadline exceeded: scored after {late_ms:.0f} ms, trigger.deadline_s="
                                  f"{daemon.cfg.trigger.deadline_s:g}s", run_id=daemon.run_id,
                                  station=daemon.station)
-            record["recipe"] = daemon.recipes.active
+            record["recipe"] = req.recipe or daemon.recipes.active
         keep_b.append(item), keep_r.append(record), keep_p.append(prep)
     return keep_b, keep_r, keep_p
 
@@ -117,9 +119,9 @@ def parse_request(payload: bytes) -> dict[str, Any]:
         raise FsacError(f"request: not JSON ({e})") from None
     if not isinstance(data, dict):
         raise FsacError("request: expected a JSON object with part_id")
-    unknown = sorted(set(data) - {"part_id", "request_id", "image"})
+    unknown = sorted(set(data) - {"part_id", "request_id", "image", "recipe"})
     if unknown:
-        raise FsacError(f"request: unknown field {unknown[0]!r} (known: part_id, request_id, image)")
+        raise FsacError(f"request: unknown field {unknown[0]!r} (known: part_id, request_id, image, recipe)")
     if "part_id" not in data:
         raise FsacError("request: part_id is required")
     image = data.get("image")
@@ -130,7 +132,8 @@ def parse_request(payload: bytes) -> dict[str, Any]:
             image = base64.b64decode(image, validate=True)
         except (binascii.Error, ValueError) as e:
             raise FsacError(f"image: not valid base64 ({e})") from None
-    return {"part_id": data["part_id"], "request_id": data.get("request_id"), "image": image}
+    return {"part_id": data["part_id"], "request_id": data.get("request_id"), "image": image,
+            "recipe": data.get("recipe")}
 
 
 def check_token(cfg: Any, headers: Any) -> str | None:
@@ -204,7 +207,17 @@ class MqttCommands:
 
     def _on_message(self, client, userdata, msg) -> None:
         try:
+            data = json.loads(msg.payload) if msg.payload[:1] == b"{" else None
+            if isinstance(data, dict) and set(data) == {"recipe"}:  # {"recipe": NAME}: switch the active one
+                self.hub.switch_recipe(_recipe_name(data["recipe"]))
+                return
             self.hub.submit(**parse_request(msg.payload))  # answered on the results topic
-        except FsacError as e:
+        except (FsacError, ValueError) as e:
             self.errors += 1
             log.error("mqtt %s: request refused: %s", msg.topic, e)
+
+
+def _recipe_name(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise FsacError(f"recipe: expected a recipe name, got {value!r:.60}")
+    return value

@@ -132,7 +132,7 @@ def test_mqtt_command_topic_answers_on_the_results_topic_once_per_request(tmp_pa
         cmd.connect("127.0.0.1", broker.port)
         cmd.loop_start()
         for body in ({"part_id": "P-1", "request_id": "a"}, {"part_id": "P-1", "request_id": "a"},
-                     {"part_id": "P-2", "request_id": "b"}, {"part_id": 7}):
+                     {"part_id": "P-2", "request_id": "b"}, {"part_id": 7}, {"recipe": "nope"}):
             cmd.publish("fsac/site1/line3/st1/inspect", json.dumps(body), qos=1).wait_for_publish(5)
         got = [json.loads(p) for p in results.wait_count("fsac/site1/line3/st1/results", 2)]
         assert [(r["part_id"], r["request_id"]) for r in got] == [("P-1", "a"), ("P-2", "b")]
@@ -140,7 +140,8 @@ def test_mqtt_command_topic_answers_on_the_results_topic_once_per_request(tmp_pa
         assert (got[0]["site"], got[0]["line"], got[0]["station"]) == ("site1", "line3", "st1")
         time.sleep(0.3)
         assert len(results.on("fsac/site1/line3/st1/results")) == 2  # the duplicate got no second answer
-        assert daemon.trigger.inputs[0].errors == 1  # part_id 7 refused, logged and counted
+        assert daemon.trigger.inputs[0].errors == 2  # part_id 7 and recipe nope refused, logged and counted
+        assert daemon.recipes.active == "default"
         cmd.loop_stop()
         cmd.disconnect()
         assert stop(daemon, t, result) == 0
@@ -174,8 +175,14 @@ def test_recipe_switch_refuses_an_invalid_file_and_lands_between_requests(tmp_pa
     with urllib.request.urlopen(req, timeout=10) as r:
         switched = json.loads(r.read())
     _, third = post(port, {"part_id": "P-2"})
+    _, fourth = post(port, {"part_id": "P-3", "recipe": "default"})  # per request, the active one stays cap
+    code, nope = post(port, {"part_id": "P-4", "recipe": "nope"})
+    assert code == 400 and "recipe 'nope': not configured" in nope["error"]
+    _, fifth = post(port, {"part_id": "P-5"})
     assert stop(daemon, t, result) == 0
+    assert fourth["recipe"] == "default" and fourth["model_sha256"] == first["model_sha256"]
+    assert fifth["recipe"] == "cap"
     assert first["recipe"] == second["recipe"] == "default" and second["model_sha256"] == first["model_sha256"]
     assert third["recipe"] == "cap" and third["model_sha256"] == switched["model_sha256"] != first["model_sha256"]
     assert third["logit_threshold"] == 0.9 and first["logit_threshold"] == 0.0
-    assert [r["recipe"] for r in read_jsonl(out)] == ["default", "default", "cap"]
+    assert [r["recipe"] for r in read_jsonl(out)] == ["default", "default", "cap", "default", "cap"]
