@@ -92,7 +92,8 @@ def check(cfg) -> list[str]:
             raise FsacError(f"sinks.jsonl.path: cannot write {path} (permissions)")
         jl = cfg.sinks.jsonl
         lines.append(f"sink jsonl: {path} (rotate at {jl.max_bytes} bytes, keep {jl.backups})")
-    for section, module, cls in (("mqtt", "mqtt", "MqttSink"), ("frames", "frames", "FramesSink")):
+    for section, module, cls in (("mqtt", "mqtt", "MqttSink"), ("frames", "frames", "FramesSink"),
+                                 ("webhook", "webhook", "WebhookSink")):
         settings = getattr(cfg.sinks, section)
         if not sink_section_enabled(settings):
             continue

@@ -120,6 +120,7 @@ class SinksConfig:
     jsonl: JsonlConfig = _opt(factory=JsonlConfig)
     mqtt: Optional[Dict[str, Any]] = _opt(None, doc="settings passed to fsac.runtime.sinks.mqtt.MqttSink")
     frames: Optional[Dict[str, Any]] = _opt(None, doc="settings passed to fsac.runtime.sinks.frames.FramesSink")
+    webhook: Optional[Dict[str, Any]] = _opt(None, doc="settings passed to fsac.runtime.sinks.webhook.WebhookSink")
 
 
 JOURNAL_WHEN_FULL = ("auto", "block", "drop-oldest")
@@ -501,13 +502,14 @@ def validate(cfg: RuntimeConfig) -> None:
     if st.site and st.line and st.station and isinstance(cfg.sinks.mqtt, dict) \
             and "topic_prefix" not in cfg.sinks.mqtt:  # the fleet layout: one broker, many stations
         cfg.sinks.mqtt["topic_prefix"] = f"fsac/{st.site}/{st.line}/{st.station}"
-    for name in ("mqtt", "frames"):
+    for name in ("mqtt", "frames", "webhook"):
         section = getattr(cfg.sinks, name)
         if section is not None and "enabled" in section and not isinstance(section["enabled"], bool):
             raise FsacError(f"sinks.{name}.enabled: expected true or false, got {_describe(section['enabled'])}")
         if sink_section_enabled(section):
             check_sink_section(name, sink_section_settings(section))
-    if not (cfg.sinks.jsonl.path or sink_section_enabled(cfg.sinks.mqtt) or sink_section_enabled(cfg.sinks.frames)):
+    if not (cfg.sinks.jsonl.path or sink_section_enabled(cfg.sinks.mqtt) or sink_section_enabled(cfg.sinks.frames)
+            or sink_section_enabled(cfg.sinks.webhook)):
         raise FsacError("sinks: no result sink configured; set sinks.jsonl.path (or --jsonl FILE), "
                         "sinks.mqtt or sinks.frames")
     if not cfg.journal.dir:

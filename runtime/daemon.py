@@ -128,7 +128,8 @@ def build_sinks(cfg: SinksConfig) -> list[Any]:
             from .sinks.jsonl import JsonlSink
 
             sinks.append(JsonlSink(cfg.jsonl.path, cfg.jsonl.max_bytes, cfg.jsonl.backups))
-        for section, module, cls in (("mqtt", "mqtt", "MqttSink"), ("frames", "frames", "FramesSink")):
+        for section, module, cls in (("mqtt", "mqtt", "MqttSink"), ("frames", "frames", "FramesSink"),
+                                     ("webhook", "webhook", "WebhookSink")):
             settings = getattr(cfg, section)
             if not sink_section_enabled(settings):
                 continue
