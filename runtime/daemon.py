@@ -244,6 +244,9 @@ class Daemon:
         from .recipes import RecipeBook
 
         self.recipes = RecipeBook(self)
+        from .health import HealthMonitor
+
+        self.health = HealthMonitor()
         self.station = (cfg.station.site, cfg.station.line, cfg.station.station)
         self._append_lock = threading.Lock()  # seq order == journal order (the trigger deadline appends too)
         # Decoded pixels are kept only if some sink saves them (memory: queue_size frames).
@@ -344,11 +347,10 @@ class Daemon:
                                    sink_stats=self.sink_stats(), extra=self._extra_metrics(journal_metrics))
 
     def _extra_metrics(self, journal_metrics: Any) -> Any:
-        if self.trigger is None:
-            return journal_metrics
         from .trigger_io import trigger_metrics
 
-        return lambda e: (journal_metrics(e), trigger_metrics(e, self.trigger))
+        return lambda e: (journal_metrics(e), self.health.metrics(e),
+                          trigger_metrics(e, self.trigger) if self.trigger is not None else None)
 
     # ---------------------------------------------------------------- run
 
@@ -695,6 +697,7 @@ class Daemon:
         recipe = self.recipes.name_of(model)
         for record in records:
             record["recipe"] = recipe
+        self.health.annotate(records, preps, model)
         if self.trigger is not None:  # exactly one result per request: drop those the deadline answered
             from .trigger_io import settle_batch
 

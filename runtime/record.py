@@ -59,6 +59,10 @@ FIELDS: tuple[tuple[str, dict[str, Any], str], ...] = (
     ("line", {"type": "string"}, "station.line: the production line (empty when not configured)."),
     ("station", {"type": "string"}, "station.station: the inspection station (empty when not configured)."),
     ("recipe", {"type": "string"}, "The recipe whose model scored the frame (default: model.path)."),
+    ("health", {"type": "array", "items": {"enum": ["lens_blocked", "lighting_changed", "focus_lost",
+                                                    "reject_rate_high"]}},
+     "Input-health alarms this frame raised (runtime/health.py); empty when all is well or the model file "
+     "has no calibration image statistics."),
 )
 FIELD_NAMES = tuple(name for name, _, _ in FIELDS)
 
@@ -123,7 +127,7 @@ def make_record(frame: Any, model: Any, latency_s: float, outputs: dict[str, flo
     values = (RECORD_SCHEMA, run_id, seq, iso_utc(frame.t_captured), frame.source, frame.frame_id, frame.name,
               score, logit, sim_normal, sim_anomalous, model.threshold, model.logit_threshold, result,
               round(max(0.0, latency_s) * 1000.0, 3), model.name, model.sha256, error,
-              getattr(frame, "part_id", None), getattr(frame, "request_id", None), *station, "default")
+              getattr(frame, "part_id", None), getattr(frame, "request_id", None), *station, "default", [])
     return dict(zip(FIELD_NAMES, values))
 
 
