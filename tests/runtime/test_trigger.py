@@ -186,3 +186,16 @@ def test_recipe_switch_refuses_an_invalid_file_and_lands_between_requests(tmp_pa
     assert third["recipe"] == "cap" and third["model_sha256"] == switched["model_sha256"] != first["model_sha256"]
     assert third["logit_threshold"] == 0.9 and first["logit_threshold"] == 0.0
     assert [r["recipe"] for r in read_jsonl(out)] == ["default", "default", "cap", "default", "cap"]
+
+
+def test_inspect_off_loopback_needs_the_token_from_the_environment(tmp_path, model_file, monkeypatch):
+    from fsac.runtime.trigger_io import check_token
+
+    cfg = config(model_file, "", tmp_path / "r.jsonl", "source.mode=trigger", "http.host=0.0.0.0")
+    monkeypatch.delenv("FSAC_TRIGGER_TOKEN", raising=False)
+    assert "FSAC_TRIGGER_TOKEN (trigger.token_env) holds no token" in check_token(cfg, {})
+    monkeypatch.setenv("FSAC_TRIGGER_TOKEN", "t0k")
+    assert check_token(cfg, {"Authorization": "Bearer nope"}) == "missing or wrong bearer token"
+    assert check_token(cfg, {"Authorization": "Bearer t0k"}) is None
+    loop = config(model_file, "", tmp_path / "r.jsonl", "source.mode=trigger")
+    assert check_token(loop, {}) is None
