@@ -78,11 +78,14 @@ def check(cfg) -> list[str]:
     model = load_model(cfg.model)
     lines.append(f"model: {model.describe()}")
     model.backend.close()
-    source = make_source(cfg.source)
-    try:
-        lines.append(f"source: {source.check()}, mode {cfg.source.mode}")
-    finally:
-        source.close()
+    if cfg.source.uri:
+        source = make_source(cfg.source)
+        try:
+            lines.append(f"source: {source.check()}, mode {cfg.source.mode}")
+        finally:
+            source.close()
+    else:  # trigger mode without a source: the images come with the requests
+        lines.append("source: none, mode trigger (images sent with the requests)")
     if cfg.sinks.jsonl.path:
         path = Path(cfg.sinks.jsonl.path)
         parent = path.parent

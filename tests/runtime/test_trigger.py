@@ -199,3 +199,20 @@ def test_inspect_off_loopback_needs_the_token_from_the_environment(tmp_path, mod
     assert check_token(cfg, {"Authorization": "Bearer t0k"}) is None
     loop = config(model_file, "", tmp_path / "r.jsonl", "source.mode=trigger")
     assert check_token(loop, {}) is None
+
+
+def test_trigger_without_a_source_scores_the_images_sent_and_refuses_requests_without_one(tmp_path, model_file):
+    import io
+
+    out = tmp_path / "r.jsonl"
+    port = free_port()
+    cfg = config(model_file, "", out, "source.mode=trigger", "http.enabled=true", f"http.port={port}")
+    daemon, t, result = start(cfg)
+    buf = io.BytesIO()
+    Image.new("RGB", (80, 80), (200, 200, 200)).save(buf, "PNG")
+    code, rec = post(port, {"part_id": "P-9", "image": base64.b64encode(buf.getvalue()).decode()})
+    assert code == 200 and rec["verdict"] == "defective" and rec["part_id"] == "P-9"
+    code, none = post(port, {"part_id": "P-10"})
+    assert code == 200 and none["verdict"] == "error" and "no image sent with the request" in none["error"]
+    assert stop(daemon, t, result) == 0
+    assert [r["part_id"] for r in read_jsonl(out)] == ["P-9", "P-10"]
