@@ -247,6 +247,11 @@ class Daemon:
         from .health import HealthMonitor
 
         self.health = HealthMonitor()
+        self._health_pub = None
+        if sink_section_enabled(cfg.sinks.mqtt):  # alarms as retained MQTT status events
+            from .health_mqtt import HealthPublisher
+
+            self._health_pub = self.health.on_change = HealthPublisher(sink_section_settings(cfg.sinks.mqtt))
         self.station = (cfg.station.site, cfg.station.line, cfg.station.station)
         self._append_lock = threading.Lock()  # seq order == journal order (the trigger deadline appends too)
         # Decoded pixels are kept only if some sink saves them (memory: queue_size frames).
@@ -559,6 +564,8 @@ class Daemon:
             self.http.stop()
         if self.trigger is not None:
             self.trigger.stop()
+        if self._health_pub is not None:
+            self._health_pub.close(timeout=max(0.5, min(5.0, deadline - time.monotonic())))
         try:
             self.source.close()
         except Exception:

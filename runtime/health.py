@@ -72,6 +72,8 @@ class HealthMonitor:
         self._lock = threading.Lock()
         self.active: dict[str, int] = {a: 0 for a in ALARMS}  # 1 if the last frame raised it
         self.counts: dict[str, int] = {a: 0 for a in ALARMS}  # frames that raised it
+        self.on_change: Any = None  # called (alarms, record) when the set of active alarms changes
+        self._last: list[str] = []
 
     def _ref(self, model: Any) -> dict[str, Any] | None:
         if model.sha256 not in self._refs:
@@ -96,6 +98,14 @@ class HealthMonitor:
                     if sum(self._verdicts) / len(self._verdicts) > max(3.0 * rate, rate + 0.1):
                         alarms.append("reject_rate_high")
                 record["health"] = alarms
+                if alarms != self._last and self.on_change is not None:
+                    try:
+                        self.on_change(alarms, record)
+                    except Exception as e:  # a status event must not stop scoring; the record has it
+                        import logging
+
+                        logging.getLogger("fsac.runtime").warning("health status event failed: %s", e)
+                self._last = alarms
                 for a in ALARMS:
                     self.active[a] = int(a in alarms)
                     self.counts[a] += int(a in alarms)
