@@ -44,6 +44,16 @@ def _with_suffix(model: Path, suffix: str) -> Path:
     return model.with_name(name + suffix)
 
 
+def _image_stats(names: list[str], spec, false_alarm_rate) -> dict:
+    """Brightness, contrast and sharpness of the normal images, on the model's own input,
+    for fsac-run's input-health alarms (runtime/health.py)."""
+    from fsac.preprocess import decode_image_bytes, resize_crop
+    from fsac.runtime.health import reference_stats
+
+    inputs = [resize_crop(decode_image_bytes(Path(n).read_bytes(), str(n), spec), spec) for n in names]
+    return reference_stats(inputs, false_alarm_rate)
+
+
 def calibrate_command(
     model: Annotated[Path, typer.Argument(help="fsac model file (from `fsac export` or `fsac quantize`)")],
     normal_images: Annotated[list[Path], typer.Option(
@@ -145,7 +155,8 @@ def calibrate_command(
         threshold_info["notes"].append("RANDOM backbone weights: this threshold is meaningless outside pipeline tests")
     written, new_info = update_model_metadata(
         model, {"fsac.logit_threshold": repr(float(res.threshold)), "fsac.threshold": repr(res.score_threshold),
-                "fsac.threshold_info": json.dumps(threshold_info)},
+                "fsac.threshold_info": json.dumps(threshold_info),
+                "fsac.image_stats": json.dumps(_image_stats(neg.names, info.preprocess, res.fpr))},
         out=target, force=force)
 
     plot = Path(plot) if plot is not None else _with_suffix(target, ".scores.png")

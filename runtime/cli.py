@@ -78,11 +78,14 @@ def check(cfg) -> list[str]:
     model = load_model(cfg.model)
     lines.append(f"model: {model.describe()}")
     model.backend.close()
-    source = make_source(cfg.source)
-    try:
-        lines.append(f"source: {source.check()}, mode {cfg.source.mode}")
-    finally:
-        source.close()
+    if cfg.source.uri:
+        source = make_source(cfg.source)
+        try:
+            lines.append(f"source: {source.check()}, mode {cfg.source.mode}")
+        finally:
+            source.close()
+    else:  # trigger mode without a source: the images come with the requests
+        lines.append("source: none, mode trigger (images sent with the requests)")
     if cfg.sinks.jsonl.path:
         path = Path(cfg.sinks.jsonl.path)
         parent = path.parent
@@ -92,7 +95,8 @@ def check(cfg) -> list[str]:
             raise FsacError(f"sinks.jsonl.path: cannot write {path} (permissions)")
         jl = cfg.sinks.jsonl
         lines.append(f"sink jsonl: {path} (rotate at {jl.max_bytes} bytes, keep {jl.backups})")
-    for section, module, cls in (("mqtt", "mqtt", "MqttSink"), ("frames", "frames", "FramesSink")):
+    for section, module, cls in (("mqtt", "mqtt", "MqttSink"), ("frames", "frames", "FramesSink"),
+                                 ("webhook", "webhook", "WebhookSink")):
         settings = getattr(cfg.sinks, section)
         if not sink_section_enabled(settings):
             continue

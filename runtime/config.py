@@ -38,7 +38,7 @@ from typing import Any, Dict, List, Optional, Union, get_args, get_origin, get_t
 from fsac.errors import FsacError
 
 SOURCE_KINDS = ("auto", "folder", "watch", "video", "camera", "rtsp", "http", "gstreamer")
-SOURCE_MODES = ("every-frame", "latest-frame")
+SOURCE_MODES = ("every-frame", "latest-frame", "trigger")
 BACKENDS = ("auto", "onnxruntime", "tensorrt", "openvino")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -98,7 +98,8 @@ class SourceConfig:
                     "or GStreamer pipeline ending in appsink")
     mode: str = _opt("every-frame", choices=SOURCE_MODES,
                      doc="every-frame: no frame skipped, the reader waits (back-pressure); latest-frame: "
-                     "stale frames are dropped and counted")
+                     "stale frames are dropped and counted; trigger: one frame per inspection request "
+                     "(section trigger, runtime/trigger.py)")
     queue_size: int = _opt(8, min=1, max=10000, doc="frames read but not yet scored")
     decode_workers: int = _opt(2, min=1, max=64, doc="threads decoding and resizing frames beside inference")
     reconnect_min_s: float = _opt(0.5, min=0.01, doc="first wait before reopening a lost stream")
@@ -136,6 +137,7 @@ class SinksConfig:
     jsonl: JsonlConfig = _opt(factory=JsonlConfig)
     mqtt: Optional[Dict[str, Any]] = _opt(None, doc="settings passed to fsac.runtime.sinks.mqtt.MqttSink")
     frames: Optional[Dict[str, Any]] = _opt(None, doc="settings passed to fsac.runtime.sinks.frames.FramesSink")
+    webhook: Optional[Dict[str, Any]] = _opt(None, doc="settings passed to fsac.runtime.sinks.webhook.WebhookSink")
 
 
 JOURNAL_WHEN_FULL = ("auto", "block", "drop-oldest")
@@ -190,6 +192,29 @@ class LiveConfig:
 
 
 @dataclass
+class TriggerConfig:
+    deadline_s: float = _opt(1.0, min=0.001, max=3600.0, doc="source.mode=trigger: a request not answered within "
+                             "this long gets verdict error (the line treats it as reject)")
+    max_pending: int = _opt(64, min=1, max=100000, doc="requests waiting for a frame; one more is answered "
+                            "with an error at once")
+    token_env: str = _opt("FSAC_TRIGGER_TOKEN", doc="NAME of the environment variable holding the bearer token "
+                          "POST /v1/inspect requires when http.host is not loopback")
+    max_image_bytes: int = _opt(32 * 1024 * 1024, size=True, min=1024, doc="largest image sent with a request")
+    remember: int = _opt(10000, min=1, doc="request ids remembered to answer a duplicated request once")
+    mqtt_command_topic: Optional[str] = _opt(None, doc="MQTT topic (under sinks.mqtt.topic_prefix) taking "
+                                             "inspection requests as JSON; results go to the results topic; "
+                                             "null: MQTT requests off")
+
+
+@dataclass
+class StationConfig:
+    site: str = _opt("", doc="plant or site name, in every record and the default MQTT topics")
+    line: str = _opt("", doc="production line name")
+    station: str = _opt("", doc="station name; with site and line set, sinks.mqtt.topic_prefix defaults to "
+                        "fsac/<site>/<line>/<station>")
+
+
+@dataclass
 class DaemonConfig:
     shutdown_timeout_s: float = _opt(10.0, min=0.5, doc="SIGTERM: drain and flush within this long")
     drain_timeout_s: float = _opt(60.0, min=0.0, doc="end of a folder or video source: wait this long for the "
@@ -209,6 +234,11 @@ class RuntimeConfig:
     journal: JournalConfig = _opt(factory=JournalConfig)
     http: HttpConfig = _opt(factory=HttpConfig)
     live: LiveConfig = _opt(factory=LiveConfig)
+    trigger: TriggerConfig = _opt(factory=TriggerConfig)
+    station: StationConfig = _opt(factory=StationConfig)
+    recipes: Optional[Dict[str, Any]] = _opt(None, doc="more sealed models by recipe name: {name: {path, "
+                                             "logit_threshold?, threshold?}}; model.path is recipe default "
+                                             "(runtime/recipes.py)")
     daemon: DaemonConfig = _opt(factory=DaemonConfig)
     logging: LoggingConfig = _opt(factory=LoggingConfig)
 
@@ -498,7 +528,7 @@ def validate(cfg: RuntimeConfig) -> None:
     """Checks that involve more than one setting."""
     if not cfg.model.path:
         raise FsacError("model.path: not set; pass --model PATH or set model.path in the config file")
-    if not cfg.source.uri:
+    if not cfg.source.uri and cfg.source.mode != "trigger":  # trigger: images may come with the requests
         raise FsacError("source.uri: not set; pass --source FOLDER|VIDEO|CAMERA|URL or set source.uri")
     if cfg.source.reconnect_min_s > cfg.source.reconnect_max_s:
         raise FsacError(f"source.reconnect_min_s ({cfg.source.reconnect_min_s}) must not exceed "
@@ -506,13 +536,24 @@ def validate(cfg: RuntimeConfig) -> None:
     fs = cfg.source.frame_size
     if fs is not None and (len(fs) != 2 or min(fs) < 1):
         raise FsacError(f"source.frame_size: expected [width, height] with positive sizes, got {fs}")
-    for name in ("mqtt", "frames"):
+    from .recipes import validate_recipes
+
+    validate_recipes(cfg.recipes)
+    st = cfg.station
+    for key in ("site", "line", "station"):
+        if any(c in getattr(st, key) for c in "/+#\x00"):
+            raise FsacError(f"station.{key}: {getattr(st, key)!r} must not contain '/', '+' or '#' (MQTT topics)")
+    if st.site and st.line and st.station and isinstance(cfg.sinks.mqtt, dict) \
+            and "topic_prefix" not in cfg.sinks.mqtt:  # the fleet layout: one broker, many stations
+        cfg.sinks.mqtt["topic_prefix"] = f"fsac/{st.site}/{st.line}/{st.station}"
+    for name in ("mqtt", "frames", "webhook"):
         section = getattr(cfg.sinks, name)
         if section is not None and "enabled" in section and not isinstance(section["enabled"], bool):
             raise FsacError(f"sinks.{name}.enabled: expected true or false, got {_describe(section['enabled'])}")
         if sink_section_enabled(section):
             check_sink_section(name, sink_section_settings(section))
-    if not (cfg.sinks.jsonl.path or sink_section_enabled(cfg.sinks.mqtt) or sink_section_enabled(cfg.sinks.frames)):
+    if not (cfg.sinks.jsonl.path or sink_section_enabled(cfg.sinks.mqtt) or sink_section_enabled(cfg.sinks.frames)
+            or sink_section_enabled(cfg.sinks.webhook)):
         raise FsacError("sinks: no result sink configured; set sinks.jsonl.path (or --jsonl FILE), "
                         "sinks.mqtt or sinks.frames")
     if not cfg.journal.dir:

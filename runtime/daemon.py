@@ -128,7 +128,8 @@ def build_sinks(cfg: SinksConfig) -> list[Any]:
             from .sinks.jsonl import JsonlSink
 
             sinks.append(JsonlSink(cfg.jsonl.path, cfg.jsonl.max_bytes, cfg.jsonl.backups))
-        for section, module, cls in (("mqtt", "mqtt", "MqttSink"), ("frames", "frames", "FramesSink")):
+        for section, module, cls in (("mqtt", "mqtt", "MqttSink"), ("frames", "frames", "FramesSink"),
+                                     ("webhook", "webhook", "WebhookSink")):
             settings = getattr(cfg, section)
             if not sink_section_enabled(settings):
                 continue
@@ -217,7 +218,12 @@ class Daemon:
         self.sinks: list[Any] = []
         self.journal: Journal | None = None
         try:
-            self.source = source if source is not None else make_source(cfg.source)
+            self.source = source if source is not None or not cfg.source.uri else make_source(cfg.source)
+            self.trigger = None
+            if cfg.source.mode == "trigger":  # one frame per inspection request (runtime/trigger.py)
+                from .trigger_io import attach_trigger
+
+                self.trigger, self.source = attach_trigger(self, self.source)
             self.sinks = list(sinks) if sinks is not None else build_sinks(cfg.sinks)
             self.durable = [s for s in self.sinks if getattr(s, "durable", False)]
             self.live = [s for s in self.sinks if not getattr(s, "durable", False)]
@@ -236,6 +242,19 @@ class Daemon:
         self.deliveries = [Delivery(s, self.journal, linger_s=cfg.journal.commit_interval_s) for s in self.durable]
         self.run_id = new_run_id()
         self._seq = 0
+        from .recipes import RecipeBook
+
+        self.recipes = RecipeBook(self)
+        from .health import HealthMonitor
+
+        self.health = HealthMonitor()
+        self._health_pub = None
+        if sink_section_enabled(cfg.sinks.mqtt):  # alarms as retained MQTT status events
+            from .health_mqtt import HealthPublisher
+
+            self._health_pub = self.health.on_change = HealthPublisher(sink_section_settings(cfg.sinks.mqtt))
+        self.station = (cfg.station.site, cfg.station.line, cfg.station.station)
+        self._append_lock = threading.Lock()  # seq order == journal order (the trigger deadline appends too)
         # Decoded pixels are kept only if some sink saves them (memory: queue_size frames).
         self.keep_rgb = any(getattr(s, "needs_images", False) for s in self.live)
         self._flushers = [_batch_flusher(s) for s in self.live]
@@ -356,7 +375,13 @@ class Daemon:
 
         return self.metrics.render(queue_depth=len(self.queue), reconnects=self.source.reconnects, ready=ok,
                                    source_connected=bool(self.source.connected), model_info=info,
-                                   sink_stats=self.sink_stats(), extra=journal_metrics)
+                                   sink_stats=self.sink_stats(), extra=self._extra_metrics(journal_metrics))
+
+    def _extra_metrics(self, journal_metrics: Any) -> Any:
+        from .trigger_io import trigger_metrics
+
+        return lambda e: (journal_metrics(e), self.health.metrics(e),
+                          trigger_metrics(e, self.trigger) if self.trigger is not None else None)
 
     # ---------------------------------------------------------------- run
 
@@ -378,7 +403,7 @@ class Daemon:
         self.source.open()
         if self.cfg.http.enabled:
             self.http = StatusServer(self.cfg.http.host, self.cfg.http.port, metrics=self.render_metrics,
-                                     ready=self.ready, app=self.webui)
+                                     ready=self.ready, app=self.webui, post=self._post_routes())
             self.http.start()
             host, port = self.http.address
             if self.webui is not None:
@@ -389,6 +414,8 @@ class Daemon:
             log.info("http: /healthz /readyz /metrics on http://%s:%d", host, port)
         for d in self.deliveries:
             d.start()
+        if self.trigger is not None:
+            self.trigger.start()
         self._jthread = threading.Thread(target=self._journal_loop, name="fsac-journal", daemon=True)
         self._jthread.start()
         self._reader = threading.Thread(target=self._read_loop, name="fsac-reader", daemon=True)
@@ -406,6 +433,14 @@ class Daemon:
         log.info("journal: %s, run %s, %d records kept (%s when full)%s", j.folder, self.run_id, j.end - j.first,
                  j.when_full, "; replaying " + ", ".join(f"{n} to {k}" for k, n in backlog.items()) if backlog else "")
         sd_notify(f"READY=1\nSTATUS=scoring {self.source.kind} {self.source.label}")
+
+    def _post_routes(self) -> dict[str, Any]:
+        routes = {"/v1/recipe": self.recipes.http_switch}
+        if self.trigger is None:
+            return routes
+        from .trigger_io import http_inspect
+
+        return {**routes, "/v1/inspect": lambda headers, body: http_inspect(self.trigger, self.cfg, headers, body)}
 
     def _install_signal_handlers(self) -> dict[int, Any]:
         if not self.install_signals or threading.current_thread() is not threading.main_thread():
@@ -558,6 +593,10 @@ class Daemon:
             self.webui.close()
         if self.http is not None:
             self.http.stop()
+        if self.trigger is not None:
+            self.trigger.stop()
+        if self._health_pub is not None:
+            self._health_pub.close(timeout=max(0.5, min(5.0, deadline - time.monotonic())))
         try:
             self.source.close()
         except Exception:
@@ -626,15 +665,21 @@ class Daemon:
                     return
                 if item is None:
                     continue
-                model = self.handle.current  # one model per batch: a reload swaps between batches
+                handle = self._handle_for(item)  # one model per batch: reloads and recipe switches land
+                model = handle.current            # between batches
                 self._prepared(item)  # the oldest frame first: waiting for it is unavoidable
-                more = self.queue.take_ready(model.backend.max_batch - 1, lambda p: p.future.done())
+                more = self.queue.take_ready(model.backend.max_batch - 1, lambda p: p.future.done() and self._handle_for(p) is handle)
                 self._score_batch([item, *more], model)
         except Exception as e:
             log.exception("scoring failed")
             self._failure = f"scoring failed: {type(e).__name__}: {e}"
             self._stop.set()
             self.queue.close()
+
+    def _handle_for(self, item: Pending) -> Any:
+        """The model a frame is scored with: its request's recipe (trigger mode), else the active one."""
+        recipe = getattr(item.frame, "recipe", None)
+        return self.recipes.handle(recipe) if recipe else self.handle
 
     @staticmethod
     def _prepared(item: Pending) -> Prepared:
@@ -679,21 +724,28 @@ class Daemon:
         for i, item in enumerate(batch):
             frame = item.frame
             latency = t_done - frame.t_mono
-            seq, self._seq = self._seq, self._seq + 1
+            seq = 0  # numbered when appended
             if i in results and all(math.isfinite(results[i][k]) for k in ("logit", "sim_normal", "sim_anomalous")):
-                record = make_record(frame, model, latency, results[i], run_id=self.run_id, seq=seq)
+                record = make_record(frame, model, latency, results[i], run_id=self.run_id, seq=seq,
+                                     station=self.station)
             else:
                 error = errors[i] or "model returned a non-finite score"
                 self._frame_errors(logging.WARNING, "frame %d (%s): %s", frame.frame_id, frame.name or frame.source,
                                    error)
-                record = make_record(frame, model, latency, error=error, run_id=self.run_id, seq=seq)
+                record = make_record(frame, model, latency, error=error, run_id=self.run_id, seq=seq,
+                                     station=self.station)
             records.append(record)
+        recipe = self.recipes.name_of(model)
+        for record in records:
+            record["recipe"] = recipe
+        self.health.annotate(records, preps, model)
+        if self.trigger is not None:  # exactly one result per request: drop those the deadline answered
+            from .trigger_io import settle_batch
+
+            batch, records, preps = settle_batch(self, batch, records, preps)
         # Durable first: the journal holds the batch before any input is acknowledged.
-        end = self._journal_append([encode_record(r) for r in records])
-        if end is None:
+        if records and not self.journal_records([(item.frame, r) for item, r in zip(batch, records)]):
             return
-        with self._ack_lock:
-            self._acks.append((end, [(item.frame, r) for item, r in zip(batch, records)]))
         for i, (item, record) in enumerate(zip(batch, records)):
             frame = item.frame
             if self.live:
@@ -715,6 +767,20 @@ class Daemon:
                 self.metrics.sink_error(getattr(sink, "name", "?"))
                 self._sink_errors(logging.ERROR, "sink %s flush failed: %s", getattr(sink, "name", sink), e)
         self.last_written = time.monotonic()
+
+    def journal_records(self, pairs: list[tuple[Frame, dict[str, Any]]]) -> bool:
+        """Number, append and queue for acknowledgement (after fdatasync) a batch of records."""
+        with self._append_lock:
+            for _, record in pairs:
+                record["seq"], self._seq = self._seq, self._seq + 1
+            end = self._journal_append([encode_record(r) for _, r in pairs])
+            if end is None:
+                return False
+            with self._ack_lock:
+                self._acks.append((end, pairs))
+        if self.trigger is not None:  # a waiting request: commit now rather than at the group-commit interval
+            self._jwake.set()
+        return True
 
     def _journal_append(self, lines: list[bytes]) -> int | None:
         """Append a batch; retries a failing disk (the input waits: back-pressure) until the

@@ -41,13 +41,16 @@ WORKERS = 4
 MAX_IDLE = 64
 CONN_TIMEOUT_S = 5.0
 LISTEN_BACKLOG = 64
+MAX_POST_BYTES = 48 * 1024 * 1024  # an inspection request with an image (base64) fits
 
 
 class StatusServer:
     def __init__(self, host: str, port: int, *, metrics: Callable[[], str],
-                 ready: Callable[[], tuple[bool, str]], app: Any = None) -> None:
+                 ready: Callable[[], tuple[bool, str]], app: Any = None,
+                 post: dict[str, Callable[[Any, bytes], tuple[int, str]]] | None = None) -> None:
         self._metrics = metrics
         self._app = app  # the live view (runtime/webui.py): serves / and its API when set
+        self._post = dict(post or {})  # path -> handler(headers, body) -> (status, JSON text)
         self._ready = ready
         self._handler = self._handler_class()
         self._timeout = CONN_TIMEOUT_S
@@ -196,14 +199,28 @@ class StatusServer:
 
             do_HEAD = do_GET
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:  # noqa: N802 (http.server naming)
+                path = self.path.split("?", 1)[0]
+                route = server._post.get(path)
                 try:
-                    if server._app is None or not server._app.handle(self, "POST", self.path):
-                        self._send(404, "not found\n")
-                except (BrokenPipeError, ConnectionResetError):
+                    if route is None:  # not a trigger/recipe route: the live view's API, if any
+                        if server._app is None or not server._app.handle(self, "POST", self.path):
+                            self._send(404, "not found\n")
+                        return
+                    try:
+                        n = int(self.headers.get("Content-Length", ""))
+                    except ValueError:
+                        self._send(411, "Content-Length required\n")
+                        return
+                    if n < 0 or n > MAX_POST_BYTES:
+                        self._send(413, f"request body above {MAX_POST_BYTES} bytes\n")
+                        return
+                    code, body = route(self.headers, self.rfile.read(n))
+                    self._send(code, body, "application/json")
+                except (BrokenPipeError, ConnectionResetError, TimeoutError):
                     pass
                 except Exception as e:
-                    log.exception("http POST %s failed", self.path)
+                    log.exception("http POST %s failed", path)
                     try:
                         self._send(500, f"internal error: {type(e).__name__}\n")
                     except OSError:

@@ -51,6 +51,18 @@ FIELDS: tuple[tuple[str, dict[str, Any], str], ...] = (
     ("model_sha256", {"type": "string", "pattern": "^[0-9a-f]{64}$"},
      "Content hash (seal) of that model file; changes on reload."),
     ("error", {"type": ["string", "null"]}, "Why the frame could not be scored; null otherwise."),
+    ("part_id", {"type": ["string", "null"]},
+     "source.mode=trigger: the part the inspection request named (echoed); null for other modes."),
+    ("request_id", {"type": ["string", "null"]},
+     "source.mode=trigger: the request's id (given, or generated); a duplicated request id is answered once."),
+    ("site", {"type": "string"}, "station.site: the plant (empty when not configured)."),
+    ("line", {"type": "string"}, "station.line: the production line (empty when not configured)."),
+    ("station", {"type": "string"}, "station.station: the inspection station (empty when not configured)."),
+    ("recipe", {"type": "string"}, "The recipe whose model scored the frame (default: model.path)."),
+    ("health", {"type": "array", "items": {"enum": ["lens_blocked", "lighting_changed", "focus_lost",
+                                                    "reject_rate_high"]}},
+     "Input-health alarms this frame raised (runtime/health.py); empty when all is well or the model file "
+     "has no calibration image statistics."),
 )
 FIELD_NAMES = tuple(name for name, _, _ in FIELDS)
 
@@ -96,7 +108,8 @@ def encode_record(record: dict[str, Any]) -> bytes:
 
 
 def make_record(frame: Any, model: Any, latency_s: float, outputs: dict[str, float] | None = None,
-                error: str | None = None, run_id: str = "", seq: int = 0) -> dict[str, Any]:
+                error: str | None = None, run_id: str = "", seq: int = 0,
+                station: tuple[str, str, str] = ("", "", "")) -> dict[str, Any]:
     """The result record of one frame (keys in FIELDS order).
 
     `outputs` holds the model's logit and similarities for this frame. The verdict is the
@@ -113,7 +126,8 @@ def make_record(frame: Any, model: Any, latency_s: float, outputs: dict[str, flo
         error = error or "no score"
     values = (RECORD_SCHEMA, run_id, seq, iso_utc(frame.t_captured), frame.source, frame.frame_id, frame.name,
               score, logit, sim_normal, sim_anomalous, model.threshold, model.logit_threshold, result,
-              round(max(0.0, latency_s) * 1000.0, 3), model.name, model.sha256, error)
+              round(max(0.0, latency_s) * 1000.0, 3), model.name, model.sha256, error,
+              getattr(frame, "part_id", None), getattr(frame, "request_id", None), *station, "default", [])
     return dict(zip(FIELD_NAMES, values))
 
 

@@ -79,7 +79,7 @@ def test_check_names_bad_settings(tmp_path, model_file):
                    "sinks: {jsonl: {path: r.jsonl}}\n")
     proc = run_check("--config", str(cfg))
     assert proc.returncode == 2
-    assert "source.mode: must be one of every-frame, latest-frame; got 'every'" in proc.stderr
+    assert "source.mode: must be one of every-frame, latest-frame, trigger; got 'every'" in proc.stderr
     proc = run_check("--config", str(cfg), "--set", "source.mode=every-frame", "--source", str(tmp_path / "gone"))
     assert proc.returncode == 2 and "source.uri:" in proc.stderr and "does not exist" in proc.stderr
 

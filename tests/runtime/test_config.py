@@ -73,7 +73,7 @@ def test_type_and_choice_errors_name_the_setting():
     base = ["model.path=m.onnx", "source.uri=f", "sinks.jsonl.path=r.jsonl"]
     with pytest.raises(FsacError, match=r"source\.queue_size: expected an integer, got 'many'"):
         load_config(None, base + ["source.queue_size=many"])
-    with pytest.raises(FsacError, match=r"source\.mode: must be one of every-frame, latest-frame; got 'latest' "
+    with pytest.raises(FsacError, match=r"source\.mode: must be one of every-frame, latest-frame, trigger; got 'latest' "
                                         r"\(did you mean latest-frame\?\)"):
         load_config(None, base + ["source.mode=latest"])
     with pytest.raises(FsacError, match=r"model\.batch_size: must be >= 1, got 0"):

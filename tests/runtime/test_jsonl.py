@@ -21,7 +21,8 @@ def record(i: int, verdict: str = "good") -> dict:
             "name": f"{i:04d}.png", "score": None if err else 0.25, "logit": None if err else -1.0986,
             "sim_normal": None if err else 0.61, "sim_anomalous": None if err else 0.60, "threshold": 0.5,
             "logit_threshold": 0.0, "verdict": verdict, "latency_ms": 3.5, "model": "m.onnx", "model_sha256": "a" * 64,
-            "error": "cannot read image" if err else None}
+            "error": "cannot read image" if err else None, "part_id": None, "request_id": None,
+            "site": "", "line": "", "station": "", "recipe": "default", "health": []}
 
 
 def line(i: int, verdict: str = "good") -> bytes:

@@ -1,0 +1,119 @@
+"""Input health: cheap per-frame image statistics against those of the calibration images.
+
+`fsac calibrate` stores, in the model file (`fsac.image_stats`), the mean and spread of three
+numbers over its normal images, each taken on the model's own input (the preprocessed
+S x S image, so any source resolution compares): brightness (mean gray level), contrast (std
+of gray levels) and sharpness (variance of the 4-neighbour Laplacian over that of the gray levels), plus the false-alarm
+rate of the calibrated threshold. fsac-run compares every frame with them and names the
+alarms on the frame's record (`health`, empty when all is well):
+
+  lens_blocked      dark and flat (covered lens, dead lamp): brightness and contrast both low
+  lighting_changed  brightness outside the calibrated band
+  focus_lost        sharpness far below the calibrated images'
+  reject_rate_high  defective verdicts over the last WINDOW frames far above the calibrated
+                    false-alarm rate (with a floor, so a small rate does not alarm on noise)
+
+Bands are wide on purpose (K spreads, with absolute floors): an alarm means "the picture
+itself went wrong", not "this part is unusual" (that is the model's job).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import deque
+from typing import Any
+
+import numpy as np
+
+STATS = ("brightness", "contrast", "sharpness")
+K = 4.0  # spreads of the calibration images' statistic
+WINDOW = 200
+ALARMS = ("lens_blocked", "lighting_changed", "focus_lost", "reject_rate_high")
+
+
+def image_stats(x: np.ndarray) -> dict[str, float]:
+    """Brightness, contrast and Laplacian variance of an (S, S, 3) uint8 model input."""
+    g = x.astype(np.float32).mean(axis=2)
+    lap = (g[1:-1, :-2] + g[1:-1, 2:] + g[:-2, 1:-1] + g[2:, 1:-1]) - 4.0 * g[1:-1, 1:-1]
+    # Sharpness is the Laplacian's variance relative to the gray-level variance: a darker
+    # (lower-contrast) picture of the same sharp scene must not read as "focus lost".
+    return {"brightness": float(g.mean()), "contrast": float(g.std()),
+            "sharpness": float(lap.var() / (g.var() + 1.0))}
+
+
+def reference_stats(inputs: list[np.ndarray], false_alarm_rate: float | None) -> dict[str, Any]:
+    """What `fsac calibrate` stores: per statistic mean and std over the calibration inputs."""
+    rows = [image_stats(x) for x in inputs]
+    out: dict[str, Any] = {k: {"mean": float(np.mean([r[k] for r in rows])), "std": float(np.std([r[k] for r in rows]))}
+                           for k in STATS}
+    out["n"] = len(rows)
+    out["false_alarm_rate"] = false_alarm_rate
+    return out
+
+
+def frame_alarms(s: dict[str, float], ref: dict[str, Any]) -> list[str]:
+    b, c, sh = ref["brightness"], ref["contrast"], ref["sharpness"]
+    alarms = []
+    dark_flat = s["brightness"] < b["mean"] - max(K * b["std"], 40.0) and s["contrast"] < max(0.25 * c["mean"], 4.0)
+    if dark_flat:
+        alarms.append("lens_blocked")
+    elif abs(s["brightness"] - b["mean"]) > max(K * b["std"], 25.0):
+        alarms.append("lighting_changed")
+    if not dark_flat and s["sharpness"] < min(sh["mean"] - K * sh["std"], 0.25 * sh["mean"]):
+        alarms.append("focus_lost")
+    return alarms
+
+
+class HealthMonitor:
+    def __init__(self) -> None:
+        self._refs: dict[str, dict[str, Any] | None] = {}  # model sha256 -> parsed fsac.image_stats
+        self._verdicts: deque[bool] = deque(maxlen=WINDOW)
+        self._lock = threading.Lock()
+        self.active: dict[str, int] = {a: 0 for a in ALARMS}  # 1 if the last frame raised it
+        self.counts: dict[str, int] = {a: 0 for a in ALARMS}  # frames that raised it
+        self.on_change: Any = None  # called (alarms, record) when the set of active alarms changes
+        self._last: list[str] = []
+
+    def _ref(self, model: Any) -> dict[str, Any] | None:
+        if model.sha256 not in self._refs:
+            text = model.info.metadata.get("fsac.image_stats") if hasattr(model.info, "metadata") else None
+            try:
+                self._refs[model.sha256] = json.loads(text) if text else None
+            except (TypeError, ValueError):
+                self._refs[model.sha256] = None
+        return self._refs[model.sha256]
+
+    def annotate(self, records: list[dict[str, Any]], preps: list[Any], model: Any) -> None:
+        ref = self._ref(model)
+        with self._lock:
+            for record, prep in zip(records, preps):
+                alarms: list[str] = []
+                if ref is not None and getattr(prep, "x", None) is not None:
+                    alarms = frame_alarms(image_stats(prep.x), ref)
+                if record["verdict"] != "error":
+                    self._verdicts.append(record["verdict"] == "defective")
+                rate = ref.get("false_alarm_rate") if ref else None
+                if rate is not None and len(self._verdicts) >= 50:
+                    if sum(self._verdicts) / len(self._verdicts) > max(3.0 * rate, rate + 0.1):
+                        alarms.append("reject_rate_high")
+                record["health"] = alarms
+                if alarms != self._last and self.on_change is not None:
+                    try:
+                        self.on_change(alarms, record)
+                    except Exception as e:  # a status event must not stop scoring; the record has it
+                        import logging
+
+                        logging.getLogger("fsac.runtime").warning("health status event failed: %s", e)
+                self._last = alarms
+                for a in ALARMS:
+                    self.active[a] = int(a in alarms)
+                    self.counts[a] += int(a in alarms)
+
+    def metrics(self, e: Any) -> None:
+        e.family("fsac_health_alarm", "gauge", "1 while the last frame raised the input-health alarm.")
+        for a in ALARMS:
+            e.sample("fsac_health_alarm", self.active[a], {"alarm": a})
+        e.family("fsac_health_alarm_frames_total", "counter", "Frames that raised the input-health alarm.")
+        for a in ALARMS:
+            e.sample("fsac_health_alarm_frames_total", self.counts[a], {"alarm": a})

@@ -1,0 +1,78 @@
+"""Input health on real images: calibration statistics stored in the model file, then a
+darkened, a blurred and a covered frame raise the right alarm and ordinary frames none."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import urllib.request
+
+import numpy as np
+from PIL import Image, ImageEnhance, ImageFilter
+
+from fsac.metadata import update_model_metadata
+from fsac.preprocess import PreprocessSpec, resize_crop
+from fsac.runtime.daemon import Daemon
+from fsac.runtime.health import reference_stats
+from fsac_run_helpers import S, read_jsonl
+from test_daemon import config
+
+
+def make_inputs(tmp_path, model_file, bottle_images, bottle):
+    spec = PreprocessSpec(image_size=S)
+    calib = sorted((bottle / "train" / "good").glob("*.png"))[:20]
+    ref = reference_stats([resize_crop(np.asarray(Image.open(p).convert("RGB")), spec) for p in calib], 0.05)
+    model = tmp_path / "m.fsac.onnx"
+    shutil.copy(model_file, model)
+    update_model_metadata(model, {"fsac.image_stats": json.dumps(ref)})
+    folder = tmp_path / "in"
+    folder.mkdir()
+    good = [Image.open(p).convert("RGB") for p in bottle_images[:4]]
+    for i, im in enumerate(good):
+        im.save(folder / f"a_good_{i}.png")
+    ImageEnhance.Brightness(good[0]).enhance(0.3).save(folder / "b_dark.png")
+    good[1].filter(ImageFilter.GaussianBlur(16)).save(folder / "c_blurred.png")
+    Image.new("RGB", good[2].size, (12, 12, 12)).save(folder / "d_covered.png")
+    return model, folder
+
+
+EXPECTED = {"a_good_0.png": [], "a_good_1.png": [], "a_good_2.png": [], "a_good_3.png": [],
+            "b_dark.png": ["lighting_changed"], "c_blurred.png": ["focus_lost"], "d_covered.png": ["lens_blocked"]}
+
+
+def test_dark_blurred_and_covered_frames_raise_their_alarms(tmp_path, model_file, bottle_images, bottle):
+    model, folder = make_inputs(tmp_path, model_file, bottle_images, bottle)
+    out = tmp_path / "r.jsonl"
+    cfg = config(model, str(folder), out)
+    daemon = Daemon(cfg, install_signals=False)
+    assert daemon.run() == 0
+    health = {r["name"]: r["health"] for r in read_jsonl(out)}
+    assert health == EXPECTED
+    assert daemon.health.counts["lens_blocked"] == 1 and daemon.health.counts["focus_lost"] == 1
+    assert 'fsac_health_alarm_frames_total{alarm="lighting_changed"} 1' in daemon.render_metrics()
+
+
+def test_alarm_changes_are_retained_mqtt_status_events(tmp_path, model_file, bottle_images, bottle):
+    import pytest
+    from mosquitto_helper import Collector, Mosquitto, find_mosquitto
+
+    if find_mosquitto() is None:
+        pytest.skip("mosquitto is not installed (apt-get install mosquitto); .ci/run installs it")
+    model, folder = make_inputs(tmp_path, model_file, bottle_images, bottle)
+    broker = Mosquitto(tmp_path / "broker").start()
+    try:
+        topic = "fsac/s/l/st/health"
+        sub = Collector(broker.port, [topic]).start()
+        sub.wait_subscribed()
+        cfg = config(model, str(folder), tmp_path / "r.jsonl", "sinks.mqtt.host=127.0.0.1",
+                     f"sinks.mqtt.port={broker.port}", "station.site=s", "station.line=l", "station.station=st")
+        assert Daemon(cfg, install_signals=False).run() == 0
+        events = [json.loads(p) for p in sub.wait_count(topic, 3)]
+        assert [e["alarms"] for e in events] == [["lighting_changed"], ["focus_lost"], ["lens_blocked"]]
+        late = Collector(broker.port, [topic]).start()  # a late subscriber gets the current state
+        retained = late.wait_count(topic, 1)
+        assert json.loads(retained[0])["alarms"] == ["lens_blocked"]
+        late.stop()
+        sub.stop()
+    finally:
+        broker.stop(kill=True)
