@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -10,6 +9,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # works with any pytest import mode
 import fsac_run_helpers as h  # noqa: E402
+
+from tests.conftest import _helpers  # noqa: E402  (the export-models helper, loaded once by path)
 
 
 @pytest.fixture(scope="session")
@@ -51,17 +52,6 @@ def image_folder(tmp_path_factory, bottle_images) -> Path:
     return folder
 
 
-def _export_helpers():
-    name = "fsac_tests_export_models"
-    if name not in sys.modules:
-        path = Path(__file__).resolve().parents[1] / "export" / "_models.py"
-        spec = importlib.util.spec_from_file_location(name, path)
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[name]
-
-
 @pytest.fixture(scope="session")
 def tiny_files(tmp_path_factory, bottle):
     """(fp32 model file, INT8 QDQ model file) of a tiny random-weight checkpoint."""
@@ -72,7 +62,7 @@ def tiny_files(tmp_path_factory, bottle):
     from fsac.modelfile import inspect_model_file
     from fsac.preprocess import load_image, resize_crop
 
-    models = _export_helpers()
+    models = _helpers()
     shots = sorted((bottle / "train" / "good").glob("*.png"))[:2]
     root = tmp_path_factory.mktemp("ov-model")
     ck = models.make_checkpoint(root / "ck", models.TINY_ARCH, shots)

@@ -27,6 +27,8 @@ from fsac.modelfile import OUTPUT_NAMES
 from fsac.preprocess import PreprocessSpec, resize_crop
 from fsac.score import score_from_logit
 
+from mosquitto_helper import free_port  # noqa: F401  (one port picker: below the ephemeral range)
+
 S = 64
 W_VALUE = 1.0 / (3 * 255.0)
 
@@ -102,11 +104,6 @@ def read_jsonl(path: Path) -> list[dict]:
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def fsac_run(*args: str, env: dict | None = None, **kw) -> subprocess.Popen:

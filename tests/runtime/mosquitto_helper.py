@@ -45,9 +45,30 @@ def find_mosquitto_passwd() -> str | None:
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback port BELOW the kernel's ephemeral range.
+
+    A client that connects to a loopback port nobody listens on can be given that very port
+    as its own source port and connect to itself (TCP simultaneous open). With a broker that
+    a test stops and restarts, the MQTT client's retries then occupy the broker's port
+    ("Address already in use", paho reading its own CONNECT). Source ports come only from
+    the ephemeral range, so a port below it can never be taken that way.
+    """
+    import random
+
+    try:
+        low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(10000, max(10001, low))
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free loopback port below the ephemeral range")
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
