@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
 import time
 from typing import Any
 
@@ -18,23 +16,13 @@ log = logging.getLogger("fsac.runtime")
 
 class HealthPublisher:
     def __init__(self, mqtt_settings: dict[str, Any], topic: str = "health") -> None:
-        import paho.mqtt.client as mqtt
+        from .sinks.mqtt import side_client
 
-        from .sinks.mqtt_config import validate_mqtt_config
-
-        c = validate_mqtt_config(mqtt_settings)
-        client_id = c["client_id"] or f"fsac-{socket.gethostname()}"
-        prefix = c["topic_prefix"].replace("{client_id}", client_id)
+        self.client, c, prefix = side_client(mqtt_settings, "health")
         self.topic = f"{prefix}/{topic}" if prefix else topic
         self.qos = c["qos"]
         self.published = 0
         self._infos: list[Any] = []
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id + "-health")
-        if c["username_env"]:
-            self.client.username_pw_set(os.environ.get(c["username_env"], ""),
-                                        os.environ.get(c["password_env"], "") if c["password_env"] else None)
-        if c["tls"]:
-            self.client.tls_set(ca_certs=c["ca_certs"], certfile=c["certfile"], keyfile=c["keyfile"])
         self.client.connect_async(c["host"], c["port"], keepalive=c["keepalive"])
         self.client.loop_start()
 

@@ -170,26 +170,13 @@ class MqttCommands:
     one request, answered on the results topic through the journal."""
 
     def __init__(self, hub: TriggerHub, mqtt_settings: dict[str, Any], topic: str) -> None:
-        import paho.mqtt.client as mqtt
+        from .sinks.mqtt import side_client
 
-        from .sinks.mqtt_config import validate_mqtt_config
-
-        c = validate_mqtt_config(mqtt_settings)
-        import socket
-
-        client_id = (c["client_id"] or f"fsac-{socket.gethostname()}")
-        prefix = c["topic_prefix"].replace("{client_id}", client_id)
+        self.client, c, prefix = side_client(mqtt_settings, "cmd")
         self.topic = f"{prefix}/{topic}" if prefix else topic
         self.hub = hub
         self.qos = c["qos"]
         self.errors = 0
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id + "-cmd")
-        if c["username_env"]:
-            self.client.username_pw_set(os.environ.get(c["username_env"], ""),
-                                        os.environ.get(c["password_env"], "") if c["password_env"] else None)
-        if c["tls"]:
-            self.client.tls_set(ca_certs=c["ca_certs"], certfile=c["certfile"], keyfile=c["keyfile"])
-        self.client.reconnect_delay_set(int(max(1, c["reconnect_min_delay"])), int(max(1, c["reconnect_max_delay"])))
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.connect_async(c["host"], c["port"], keepalive=c["keepalive"])

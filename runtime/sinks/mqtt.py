@@ -61,6 +61,51 @@ _STATUS_ONLINE = b"online"
 _STATUS_OFFLINE = b"offline"
 
 
+def broker_credentials(c: dict[str, Any]) -> tuple[str | None, str | None]:
+    """(username, password) from the environment variables the settings name; a named
+    variable that is not set, or a TLS file that does not exist, is an error naming the setting."""
+    username = password = None
+    if c["username_env"] is not None:
+        username = os.environ.get(c["username_env"])
+        if username is None:
+            raise _err("username_env", f"environment variable {c['username_env']} is not set")
+    if c["password_env"] is not None:
+        password = os.environ.get(c["password_env"])
+        if password is None:
+            raise _err("password_env", f"environment variable {c['password_env']} is not set")
+    for key in ("ca_certs", "certfile", "keyfile"):
+        if c[key] is not None and not os.path.isfile(c[key]):
+            raise _err(key, f"file not found: {c[key]}")
+    return username, password
+
+
+def apply_broker_auth(client: Any, c: dict[str, Any], username: str | None, password: str | None) -> None:
+    """Credentials and TLS on a paho client, the same for every connection of the station."""
+    if username is not None:
+        client.username_pw_set(username, password)
+    if c["tls"]:
+        try:
+            client.tls_set(ca_certs=c["ca_certs"], certfile=c["certfile"], keyfile=c["keyfile"],
+                           cert_reqs=ssl.CERT_REQUIRED)
+        except (ssl.SSLError, OSError, ValueError) as e:
+            raise _err("certfile" if c["certfile"] else "ca_certs", f"cannot load TLS files: {e}") from e
+        client.tls_insecure_set(c["tls_insecure"])
+
+
+def side_client(settings: dict[str, Any] | None, suffix: str) -> tuple[Any, dict[str, Any], str]:
+    """A second connection to the sink's broker (health events, trigger commands): the same
+    host, credentials, TLS and reconnect backoff as the results sink, client id <id>-<suffix>.
+    -> (paho client, validated settings, topic prefix with {client_id} filled in)."""
+    import paho.mqtt.client as mqtt
+
+    c = validate_mqtt_config(settings)
+    client_id = c["client_id"] or f"fsac-{socket.gethostname()}"
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{client_id}-{suffix}")
+    apply_broker_auth(client, c, *broker_credentials(c))
+    client.reconnect_delay_set(int(max(1, c["reconnect_min_delay"])), int(max(1, c["reconnect_max_delay"])))
+    return client, c, c["topic_prefix"].replace("{client_id}", client_id)
+
+
 class MqttSink:
     """Publishes result records to an MQTT broker; see the module docstring."""
 
@@ -89,18 +134,7 @@ class MqttSink:
         self.qos = c["qos"]
         self.endpoint = f"{c['host']}:{c['port']}"
 
-        username = password = None
-        if c["username_env"] is not None:
-            username = os.environ.get(c["username_env"])
-            if username is None:
-                raise _err("username_env", f"environment variable {c['username_env']} is not set")
-        if c["password_env"] is not None:
-            password = os.environ.get(c["password_env"])
-            if password is None:
-                raise _err("password_env", f"environment variable {c['password_env']} is not set")
-        for key in ("ca_certs", "certfile", "keyfile"):
-            if c[key] is not None and not os.path.isfile(c[key]):
-                raise _err(key, f"file not found: {c[key]}")
+        username, password = broker_credentials(c)
 
         self._state = threading.Lock()  # guards the counters and flags below
         self._published = 0
@@ -121,15 +155,7 @@ class MqttSink:
         client.max_queued_messages_set(0)
         client.reconnect_delay_set(c["reconnect_min_delay"], c["reconnect_max_delay"])
         client.connect_timeout = float(c["connect_timeout"])
-        if username is not None:
-            client.username_pw_set(username, password)
-        if c["tls"]:
-            try:
-                client.tls_set(ca_certs=c["ca_certs"], certfile=c["certfile"], keyfile=c["keyfile"],
-                               cert_reqs=ssl.CERT_REQUIRED)
-            except (ssl.SSLError, OSError, ValueError) as e:
-                raise _err("certfile" if c["certfile"] else "ca_certs", f"cannot load TLS files: {e}") from e
-            client.tls_insecure_set(c["tls_insecure"])
+        apply_broker_auth(client, c, username, password)
         client.will_set(self.status_topic, _STATUS_OFFLINE, qos=self.qos, retain=True)
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
