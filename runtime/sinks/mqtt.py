@@ -139,6 +139,7 @@ class MqttSink:
         self._state = threading.Lock()  # guards the counters and flags below
         self._published = 0
         self._connected = False
+        self._answered = threading.Event()  # a connection attempt got its answer (CONNACK, refusal or failure)
         self._connections = 0  # successful CONNACKs
         self._ever_connected = False
         self._outage_logged = False
@@ -169,6 +170,12 @@ class MqttSink:
     # ----------------------------------------------------------------- paho callbacks
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        try:
+            self._connect_answer(client, reason_code)
+        finally:
+            self._answered.set()  # after _connected / last_error are set, which deliver() reads next
+
+    def _connect_answer(self, client, reason_code) -> None:
         if reason_code.is_failure:
             msg = f"MQTT broker {self.endpoint} refused the connection: {reason_code}"
             if self.cfg["username_env"]:
@@ -199,6 +206,7 @@ class MqttSink:
             self.last_error = f"MQTT broker {self.endpoint} unreachable"
             first = not self._outage_logged
             self._outage_logged = True
+        self._answered.set()
         if first:
             log.warning("MQTT broker %s unreachable; results wait in the journal", self.endpoint)
 
@@ -231,6 +239,10 @@ class MqttSink:
         with self._deliver_lock:
             if self._closed:
                 raise RuntimeError("MqttSink is closed")
+            if not self._connected and self.last_error is None:
+                # Records reach the journal before the first connection attempt has its answer:
+                # wait for that answer rather than count a delivery error against a broker that is up.
+                self._answered.wait(min(2.0, float(self.cfg["publish_timeout"])))
             deadline = time.monotonic() + self.cfg["publish_timeout"]
             window: list[Any] = []
             for line in lines:
