@@ -483,10 +483,8 @@ class ModelHandle:
     def switch(self, path: str) -> bool:
         """Serve another model file (the live view's re-calibrated model), checked as `reload`
         checks: the old model keeps running if the new file is refused. Later reloads read it."""
-        import dataclasses
-
         old_cfg = self.cfg
-        self.cfg = dataclasses.replace(old_cfg, path=str(path))
+        self.cfg = old_cfg.model_copy(update={"path": str(path)})
         if self.reload():
             return True
         self.cfg = old_cfg

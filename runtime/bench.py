@@ -55,6 +55,7 @@ from fsac.preprocess import list_images, load_image, resize_crop
 from .backends import load_model
 from .config import ModelConfig, RuntimeConfig, SourceConfig, validate
 from .daemon import Daemon
+from .sinks.mqtt_config import MqttSettings
 
 RSS_ALLOWANCE = 300 * 1024 * 1024
 
@@ -195,7 +196,7 @@ def _daemon_pass(model_path: Path, folder: Path, out: Path, batch_size: int, pro
     cfg.sinks.jsonl.path = str(out)
     cfg.journal.dir = str(out.parent / f"{out.stem}.journal")
     if mqtt_port is not None:
-        cfg.sinks.mqtt = {"host": "127.0.0.1", "port": mqtt_port, "client_id": f"fsac-bench-{out.stem}"}
+        cfg.sinks.mqtt = MqttSettings(host="127.0.0.1", port=mqtt_port, client_id=f"fsac-bench-{out.stem}")
     cfg.http.enabled = page
     cfg.http.port = 0
     validate(cfg)

@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override any setting, e.g. --set source.mode=latest-frame (repeatable)")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="sets logging.level")
     p.add_argument("--check", action="store_true", help="validate config, model, source and sinks, then exit")
+    p.add_argument("--config-schema", action="store_true", help="print the JSON Schema of the config file and exit "
+                   "(the same as runtime/schema/config.schema.json)")
     p.add_argument("--version", action="version", version=f"fsac-run {__version__}")
     return p
 
@@ -71,7 +73,7 @@ def _abs(path: str | None) -> str | None:
 def check(cfg) -> list[str]:
     """What `--check` verifies: everything the daemon would refuse at start, without scoring."""
     from .backends import load_model
-    from .daemon import load_sink_class
+    from .sinks import SINKS
     from .sources import make_source
 
     lines = []
@@ -95,13 +97,11 @@ def check(cfg) -> list[str]:
             raise FsacError(f"sinks.jsonl.path: cannot write {path} (permissions)")
         jl = cfg.sinks.jsonl
         lines.append(f"sink jsonl: {path} (rotate at {jl.max_bytes} bytes, keep {jl.backups})")
-    for section, module, cls in (("mqtt", "mqtt", "MqttSink"), ("frames", "frames", "FramesSink"),
-                                 ("webhook", "webhook", "WebhookSink")):
-        settings = getattr(cfg.sinks, section)
-        if not sink_section_enabled(settings):
+    for spec in SINKS:
+        if spec.always_present or not sink_section_enabled(getattr(cfg.sinks, spec.name)):
             continue
-        load_sink_class(section, module, cls)  # importable; its settings were validated with the config
-        lines.append(f"sink {section}: settings valid (the destination itself is contacted only when running)")
+        spec.importable()  # its settings were validated with the config
+        lines.append(f"sink {spec.name}: settings valid (the destination itself is contacted only when running)")
     if cfg.http.enabled:
         lines.append(f"http: http://{cfg.http.host}:{cfg.http.port}/metrics")
     if cfg.http.enabled and cfg.live.enabled:
@@ -114,6 +114,11 @@ def check(cfg) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.config_schema:
+        from .config import config_schema_text
+
+        sys.stdout.write(config_schema_text())
+        return 0
     try:
         overrides = list(args.overrides)
         if args.log_level:

@@ -55,7 +55,8 @@ from fsac.errors import FsacError
 from fsac.preprocess import PreprocessSpec, decode_image_bytes, frame_to_rgb, resize_crop
 
 from .backends import LoadedModel, ModelHandle
-from .config import RuntimeConfig, SinksConfig, sink_section_enabled, sink_section_settings
+from .config import RuntimeConfig, sink_section_enabled, sink_section_settings
+from .sinks import SINKS
 from .delivery import Delivery
 from .framequeue import CLOSED, FrameQueue
 from .http import StatusServer
@@ -120,21 +121,14 @@ class Pending:
 # --------------------------------------------------------------------------- sinks
 
 
-def build_sinks(cfg: SinksConfig) -> list[Any]:
-    """The configured sinks, in the order records reach them: jsonl, mqtt, frames."""
+def build_sinks(cfg: Any) -> list[Any]:
+    """The configured sinks (runtime/sinks/__init__.py: SINKS), in the order records reach them."""
     sinks: list[Any] = []
     try:
-        if cfg.jsonl.path:
-            from .sinks.jsonl import JsonlSink
-
-            sinks.append(JsonlSink(cfg.jsonl.path, cfg.jsonl.max_bytes, cfg.jsonl.backups))
-        for section, module, cls in (("mqtt", "mqtt", "MqttSink"), ("frames", "frames", "FramesSink"),
-                                     ("webhook", "webhook", "WebhookSink")):
-            settings = getattr(cfg, section)
-            if not sink_section_enabled(settings):
-                continue
-            sink_cls = load_sink_class(section, module, cls)
-            sinks.append(sink_cls(sink_section_settings(settings)))
+        for spec in SINKS:
+            settings = getattr(cfg, spec.name)
+            if sink_section_enabled(settings):
+                sinks.append(spec.build(settings))
     except BaseException:
         for sink in sinks:
             try:
@@ -143,20 +137,6 @@ def build_sinks(cfg: SinksConfig) -> list[Any]:
                 pass
         raise
     return sinks
-
-
-def load_sink_class(section: str, module: str, cls: str) -> Any:
-    import importlib
-
-    try:
-        mod = importlib.import_module(f"fsac.runtime.sinks.{module}")
-    except ImportError as e:
-        raise FsacError(f"sinks.{section}: the {section} sink cannot be loaded ({e}); install fsac[runtime] "
-                        f"or remove the sinks.{section} section") from None
-    try:
-        return getattr(mod, cls)
-    except AttributeError:
-        raise FsacError(f"sinks.{section}: fsac.runtime.sinks.{module} has no {cls}") from None
 
 
 def _batch_flusher(sink: Any):

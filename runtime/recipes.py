@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from dataclasses import replace
 from typing import Any
 
 from fsac.errors import FsacError
@@ -26,23 +25,12 @@ from .backends import ModelHandle
 log = logging.getLogger("fsac.runtime")
 
 DEFAULT = "default"
-RECIPE_KEYS = ("path", "logit_threshold", "threshold")
 
 
 def validate_recipes(recipes: dict[str, Any] | None) -> None:
-    for name, entry in (recipes or {}).items():
-        where = f"recipes.{name}"
-        if name == DEFAULT:
-            raise FsacError(f"{where}: 'default' is model.path's recipe; choose another name")
-        if not isinstance(entry, dict) or not isinstance(entry.get("path"), str) or not entry["path"]:
-            raise FsacError(f"{where}: expected {{path: MODEL_FILE[, logit_threshold: X]}}")
-        unknown = sorted(set(entry) - set(RECIPE_KEYS))
-        if unknown:
-            raise FsacError(f"{where}.{unknown[0]}: unknown setting (known: {', '.join(RECIPE_KEYS)})")
-        for key in ("logit_threshold", "threshold"):
-            v = entry.get(key)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
-                raise FsacError(f"{where}.{key}: expected a number, got {v!r}")
+    """What the settings model (config_model.RecipeConfig) cannot say: the reserved name."""
+    if recipes and DEFAULT in recipes:
+        raise FsacError(f"recipes.{DEFAULT}: 'default' is model.path's recipe; choose another name")
 
 
 class RecipeBook:
@@ -64,8 +52,8 @@ class RecipeBook:
             if name not in self.entries:
                 raise FsacError(f"recipe {name!r}: not configured (recipes: {', '.join([DEFAULT, *self.entries])})")
             e = self.entries[name]
-            cfg = replace(self.daemon.cfg.model, path=e["path"], logit_threshold=e.get("logit_threshold"),
-                          threshold=e.get("threshold"))
+            cfg = self.daemon.cfg.model.model_copy(update={
+                "path": e.path, "logit_threshold": e.logit_threshold, "threshold": e.threshold})
             try:
                 handle = ModelHandle(cfg)
             except FsacError as err:

@@ -38,83 +38,70 @@ import time
 from collections import OrderedDict
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Optional
 
 import numpy as np
 
+from pydantic import BeforeValidator, Field, model_validator
+from typing_extensions import Annotated
+
 from fsac.errors import FsacError
 from fsac.io import atomic_write_bytes
+from fsac.runtime.settings_base import OptionalSize, Settings, check, setting_error
 from fsac.runtime.sinks.base import json_default
 
 log = logging.getLogger("fsac.runtime.sinks.frames")
 
 SECTION = "sinks.frames"
 
-FRAMES_DEFAULTS: dict[str, Any] = {
-    "dir": "/var/lib/fsac/frames",
-    "format": "png",  # "png" (lossless) or "jpeg"
-    "jpeg_quality": 90,  # 1..100
-    "png_compression": 3,  # 0..9 (cv2 IMWRITE_PNG_COMPRESSION)
-    "save_defective": True,
-    "sample_normal": 0.0,  # probability of keeping a non-defective frame, 0..1
-    "seed": 0,
-    "save_errors": False,
-    "max_files": 10_000,  # image+JSON pairs; None = no count bound
-    "max_bytes": 2 * 1024**3,  # None = no size bound (one of the two must be set)
-    "queue_size": 16,
-}
-
 _STEM_RE = re.compile(r"^(\d{8}T\d{6}\.\d{6}Z_[A-Za-z0-9._-]+)\.(png|jpg|json|bmp|tif|bin)$")
 _TMP_RE = re.compile(r"^\.\d{8}T\d{6}\.\d{6}Z_.*\.tmp$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-def _err(key: str, msg: str) -> FsacError:
-    return FsacError(f"{SECTION}.{key}: {msg}")
+def _format(value: Any) -> Any:
+    if isinstance(value, str) and value.lower() in ("png", "jpeg", "jpg"):
+        return "png" if value.lower() == "png" else "jpeg"
+    return value
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+class FramesSettings(Settings):
+    """sinks.frames: keep the images of defective (and a sample of normal) frames beside their records."""
+
+    enabled: bool = Field(True, description="false: the section stays in the file but the sink is off")
+    dir: str = Field("/var/lib/fsac/frames", min_length=1, description="folder of the saved frames")
+    format: Annotated[Literal["png", "jpeg"], BeforeValidator(_format)] = Field(
+        "png", description="png (lossless) or jpeg")
+    jpeg_quality: int = Field(90, ge=1, le=100)
+    png_compression: int = Field(3, ge=0, le=9, description="cv2 IMWRITE_PNG_COMPRESSION")
+    save_defective: bool = True
+    sample_normal: float = Field(0.0, ge=0.0, le=1.0, description="probability of keeping a non-defective frame")
+    seed: int = 0
+    save_errors: bool = Field(False, description="keep the bytes of frames that could not be decoded")
+    max_files: Optional[int] = Field(10_000, ge=1, description="image+JSON pairs kept; null = no count bound")
+    max_bytes: OptionalSize = Field(2 * 1024**3, ge=1, description="null = no size bound (one of the two must be set)")
+    queue_size: int = Field(16, ge=1, le=1024, description="frames waiting to be written")
+    path_settings = ("dir",)
+
+    @model_validator(mode="after")
+    def _bounded(self) -> "FramesSettings":
+        if self.max_files is None and self.max_bytes is None:
+            raise setting_error("max_files", "set max_files and/or max_bytes: the saved frames must not fill the disk")
+        return self
 
 
-def validate_frames_config(cfg: dict[str, Any] | None) -> dict[str, Any]:
-    """Check the `sinks.frames` section and return it with defaults filled in (pure)."""
-    if cfg is None:
-        cfg = {}
-    if not isinstance(cfg, dict):
-        raise FsacError(f"{SECTION}: must be a mapping of settings, got {type(cfg).__name__}")
-    unknown = sorted(set(cfg) - set(FRAMES_DEFAULTS))
-    if unknown:
-        raise _err(unknown[0], f"unknown setting (known: {', '.join(FRAMES_DEFAULTS)})")
-    out = {**FRAMES_DEFAULTS, **cfg}
-    if not isinstance(out["dir"], str) or not out["dir"]:
-        raise _err("dir", f"must be a folder path, got {out['dir']!r}")
-    fmt = out["format"]
-    if not isinstance(fmt, str) or fmt.lower() not in ("png", "jpeg", "jpg"):
-        raise _err("format", f"must be 'png' or 'jpeg', got {fmt!r}")
-    out["format"] = "png" if fmt.lower() == "png" else "jpeg"
-    if not _is_int(out["jpeg_quality"]) or not 1 <= out["jpeg_quality"] <= 100:
-        raise _err("jpeg_quality", f"must be an integer 1..100, got {out['jpeg_quality']!r}")
-    if not _is_int(out["png_compression"]) or not 0 <= out["png_compression"] <= 9:
-        raise _err("png_compression", f"must be an integer 0..9, got {out['png_compression']!r}")
-    for key in ("save_defective", "save_errors"):
-        if not isinstance(out[key], bool):
-            raise _err(key, f"must be true or false, got {out[key]!r}")
-    p = out["sample_normal"]
-    if isinstance(p, bool) or not isinstance(p, (int, float)) or not math.isfinite(p) or not 0 <= p <= 1:
-        raise _err("sample_normal", f"must be a probability 0..1 (e.g. 0.01), got {p!r}")
-    out["sample_normal"] = float(p)
-    if not _is_int(out["seed"]):
-        raise _err("seed", f"must be an integer, got {out['seed']!r}")
-    for key in ("max_files", "max_bytes"):
-        v = out[key]
-        if v is not None and (not _is_int(v) or v < 1):
-            raise _err(key, f"must be a positive integer or null, got {v!r}")
-    if out["max_files"] is None and out["max_bytes"] is None:
-        raise _err("max_files", "set max_files and/or max_bytes: the saved frames must not fill the disk")
-    if not _is_int(out["queue_size"]) or not 1 <= out["queue_size"] <= 1024:
-        raise _err("queue_size", f"must be an integer 1..1024, got {out['queue_size']!r}")
-    return out
+FRAMES_DEFAULTS: dict[str, Any] = FramesSettings().model_dump(exclude={"enabled"})
+
+
+def validate_frames_config(cfg: Any) -> dict[str, Any]:
+    """Check the `sinks.frames` section and return it as a dict with defaults filled in (pure)."""
+    if isinstance(cfg, FramesSettings):
+        return cfg.model_dump(exclude={"enabled"})
+    return check(FramesSettings, cfg, SECTION).model_dump(exclude={"enabled"})
+
+
+def build(settings: FramesSettings) -> "FramesSink":
+    return FramesSink(settings)
 
 
 def _safe_id(frame_id: Any) -> str:
@@ -155,7 +142,7 @@ class FramesSink:
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise _err("dir", f"cannot create {self.dir}: {e}") from e
+            raise FsacError(f"{SECTION}.dir: cannot create {self.dir}: {e}") from e
         self._rng = random.Random(c["seed"])
         self._lock = threading.Lock()
         self._written = 0

@@ -23,9 +23,30 @@ import os
 import threading
 from pathlib import Path
 
+from pydantic import Field
+
 from fsac.errors import FsacError
 
+from ..settings_base import Settings, Size
+
 log = logging.getLogger("fsac.runtime")
+
+
+class JsonlSettings(Settings):
+    """sinks.jsonl: one JSON line per result, rotated by size. On once `path` is set."""
+
+    enabled: bool = Field(True, description="false: off even with a path")
+    path: str = Field("", description="JSON-lines result file (empty: disabled)")
+    max_bytes: Size = Field(100 * 1024 * 1024, ge=1024, description="rotate when the file would exceed this")
+    backups: int = Field(5, ge=0, le=1000, description="rotated files kept as path.1 ... path.N")
+    path_settings = ("path",)
+
+    def active(self) -> bool:
+        return self.enabled and bool(self.path)
+
+
+def build(settings: JsonlSettings) -> "JsonlSink":
+    return JsonlSink(settings.path, settings.max_bytes, settings.backups)
 
 
 class JsonlSink:

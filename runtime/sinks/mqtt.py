@@ -308,3 +308,7 @@ class MqttSink:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def build(settings: Any) -> MqttSink:
+    return MqttSink(settings)

@@ -13,48 +13,53 @@ not this machine needs https or a token.
 
 from __future__ import annotations
 
-import difflib
 import os
 import urllib.error
 import urllib.request
-from typing import Any
+from typing import Any, Dict, Optional
 from urllib.parse import urlsplit
+
+from pydantic import Field, model_validator
 
 from fsac.errors import FsacError
 
+from ..settings_base import EnvName, Settings, check, setting_error
+
 SECTION = "sinks.webhook"
-DEFAULTS: dict[str, Any] = {"url": None, "token_env": None, "headers_env": {}, "timeout": 5.0, "batch_max": 100}
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-def validate_webhook_config(cfg: dict[str, Any] | None) -> dict[str, Any]:
-    cfg = dict(cfg or {})
-    unknown = sorted(set(cfg) - set(DEFAULTS))
-    if unknown:
-        close = difflib.get_close_matches(unknown[0], list(DEFAULTS), n=1)
-        hint = f"did you mean {close[0]}?" if close else f"known: {', '.join(DEFAULTS)}"
-        raise FsacError(f"{SECTION}.{unknown[0]}: unknown setting ({hint})")
-    out = {**DEFAULTS, **cfg}
-    url = out["url"]
-    parts = urlsplit(url) if isinstance(url, str) else None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-        raise FsacError(f"{SECTION}.url: expected an http:// or https:// URL, got {url!r}")
-    if parts.hostname not in LOOPBACK and parts.scheme != "https" and not out["token_env"]:
-        raise FsacError(f"{SECTION}.url: {parts.hostname} is not this machine; use https or set token_env")
-    for key in ("token_env",):
-        v = out[key]
-        if v is not None and (not isinstance(v, str) or not v or "=" in v):
-            raise FsacError(f"{SECTION}.{key}: must be the NAME of an environment variable, got {v!r}")
-    if not isinstance(out["headers_env"], dict) or not all(
-            isinstance(k, str) and isinstance(v, str) and v for k, v in out["headers_env"].items()):
-        raise FsacError(f"{SECTION}.headers_env: expected {{Header-Name: ENV_VAR_NAME}}")
-    t = out["timeout"]
-    if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t <= 600:
-        raise FsacError(f"{SECTION}.timeout: expected seconds in (0, 600], got {t!r}")
-    b = out["batch_max"]
-    if isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= 10000:
-        raise FsacError(f"{SECTION}.batch_max: expected an integer 1..10000, got {b!r}")
-    return out
+class WebhookSettings(Settings):
+    """sinks.webhook: POST each batch of records (JSON lines) to a URL, at least once."""
+
+    enabled: bool = Field(True, description="false: the section stays in the file but the sink is off")
+    url: Optional[str] = Field(None, description="http(s) URL; plain http only to this machine or with token_env")
+    token_env: EnvName = Field(None, description="NAME of the environment variable holding the bearer token")
+    headers_env: Dict[str, str] = Field(default_factory=dict, description="{Header-Name: ENV_VAR_NAME}: more "
+                                        "headers, their values read from the environment")
+    timeout: float = Field(5.0, gt=0, le=600, description="seconds per POST")
+    batch_max: int = Field(100, ge=1, le=10000, description="records per POST")
+
+    @model_validator(mode="after")
+    def _url(self) -> "WebhookSettings":
+        parts = urlsplit(self.url) if isinstance(self.url, str) else None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+            raise setting_error("url", f"expected an http:// or https:// URL, got {self.url!r}")
+        if parts.hostname not in LOOPBACK and parts.scheme != "https" and not self.token_env:
+            raise setting_error("url", f"{parts.hostname} is not this machine; use https or set token_env")
+        if not all(k and v for k, v in self.headers_env.items()):
+            raise setting_error("headers_env", "expected {Header-Name: ENV_VAR_NAME}")
+        return self
+
+
+def validate_webhook_config(cfg: Any) -> dict[str, Any]:
+    if isinstance(cfg, WebhookSettings):
+        return cfg.model_dump(exclude={"enabled"})
+    return check(WebhookSettings, cfg, SECTION).model_dump(exclude={"enabled"})
+
+
+def build(settings: WebhookSettings) -> "WebhookSink":
+    return WebhookSink(settings)
 
 
 class WebhookSink:

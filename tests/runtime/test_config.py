@@ -112,14 +112,22 @@ def test_sink_sections_are_validated_by_their_modules():
     pytest.importorskip("fsac.runtime.sinks.mqtt")
     base = ["model.path=m", "source.uri=x", "journal.dir=/j"]
     cfg = load_config(None, base + ["sinks.mqtt.host=broker", "sinks.mqtt.qos=1"])
-    assert cfg.sinks.mqtt == {"host": "broker", "qos": 1}
+    assert cfg.sinks.mqtt.host == "broker" and cfg.sinks.mqtt.qos == 1 and cfg.sinks.mqtt.port == 1883
+    assert cfg.sinks.mqtt.model_fields_set == {"host", "qos"}
+    with pytest.raises(FsacError, match=r"^sinks\.mqtt\.hots: unknown setting \(did you mean host\?\)"):
+        load_config(None, base + ["sinks.mqtt.hots=broker"])
+    with pytest.raises(FsacError, match=r"^sinks\.mqtt\.qos: must be one of 0, 1, 2; got 7"):
+        load_config(None, base + ["sinks.mqtt.qos=7"])
     # Without a JSONL path to put it beside, the journal's folder must be named.
     with pytest.raises(FsacError, match=r"^journal\.dir: not set"):
         load_config(None, ["model.path=m", "source.uri=x", "sinks.mqtt.host=broker"])
     with pytest.raises(FsacError, match=r"sinks\.mqtt\.qos"):
         load_config(None, base + ["sinks.mqtt.host=broker", "sinks.mqtt.qos=7"])
-    # enabled: false switches a section off without deleting it
+    # enabled: false switches a section off without deleting it; it is still checked, so a typo
+    # shows now rather than on the day it is switched back on
     with pytest.raises(FsacError, match="no result sink"):
+        load_config(None, base + ["sinks.mqtt.enabled=false", "sinks.mqtt.qos=2"])
+    with pytest.raises(FsacError, match=r"^sinks\.mqtt\.qos"):
         load_config(None, base + ["sinks.mqtt.enabled=false", "sinks.mqtt.qos=7"])
 
 
@@ -164,3 +172,85 @@ def test_journal_settings(tmp_path):
         load_config(None, ["model.path=m", "source.uri=x", "sinks.jsonl.path=r", "journal.max_byte=1"])
     with pytest.raises(FsacError, match=r"^sinks\.jsonl\.fsync: unknown setting"):  # the journal decides now
         load_config(None, ["model.path=m", "source.uri=x", "sinks.jsonl.path=r", "sinks.jsonl.fsync=batch"])
+
+
+def test_recipes_are_settings_too(tmp_path):
+    base = ["model.path=m", "source.uri=x", "sinks.jsonl.path=r"]
+    cfg_file = write(tmp_path / "run.yaml", "model: {path: m}\nsource: {uri: x}\nsinks: {jsonl: {path: r.jsonl}}\n"
+                     "recipes: {cap: {path: models/cap.onnx, logit_threshold: 1.5}}\n")
+    cfg = load_config(cfg_file)
+    assert cfg.recipes["cap"].path == str(tmp_path / "models" / "cap.onnx")  # relative to the file
+    assert cfg.recipes["cap"].logit_threshold == 1.5
+    with pytest.raises(FsacError, match=r"^recipes\.cap\.logit_treshold: unknown setting \(did you mean "
+                                        r"logit_threshold\?\)"):
+        load_config(None, base + ["recipes.cap.path=c.onnx", "recipes.cap.logit_treshold=1"])
+    with pytest.raises(FsacError, match=r"^recipes\.cap\.path: a value is required"):
+        load_config(None, base + ["recipes.cap.threshold=0.5"])
+    with pytest.raises(FsacError, match=r"^recipes\.default: 'default' is model\.path's recipe"):
+        load_config(None, base + ["recipes.default.path=c.onnx"])
+
+
+def test_strict_values_in_files(tmp_path):
+    """A quoted number is not a number and 1 is not true: what a YAML typo looks like."""
+    cfg_file = write(tmp_path / "run.yaml", "model: {path: m, batch_size: '4'}\nsource: {uri: x}\n"
+                     "sinks: {jsonl: {path: r.jsonl}}\n")
+    with pytest.raises(FsacError, match=r"^model\.batch_size: expected an integer, got '4'"):
+        load_config(cfg_file)
+    cfg_file.write_text("model: {path: m}\nsource: {uri: 0}\nsinks: {jsonl: {path: r.jsonl}}\nhttp: {enabled: 1}\n")
+    with pytest.raises(FsacError, match=r"^http\.enabled: expected true or false, got 1"):
+        load_config(cfg_file)
+    cfg_file.write_text("model: {path: m}\nsource: {uri: 0}\nsinks: {jsonl: {path: r.jsonl, max_bytes: 2GiB}}\n")
+    cfg = load_config(cfg_file)
+    assert cfg.source.uri == "0" and cfg.sinks.jsonl.max_bytes == 2 * 1024**3  # a camera index stays text
+    with pytest.raises(FsacError, match=r"^sinks\.jsonl\.max_bytes: expected a size in bytes like 100MB"):
+        load_config(None, ["model.path=m", "source.uri=x", "sinks.jsonl.path=r", "sinks.jsonl.max_bytes=lots"])
+
+
+def test_schema_in_the_repo_is_the_generated_one():
+    import json
+    from pathlib import Path
+
+    from fsac.runtime.config import config_schema_text
+
+    kept = Path(__file__).resolve().parents[2] / "runtime" / "schema" / "config.schema.json"
+    assert kept.read_text() == config_schema_text(), \
+        "runtime/schema/config.schema.json is stale: fsac-run --config-schema > runtime/schema/config.schema.json"
+    schema = json.loads(kept.read_text())
+    assert schema["additionalProperties"] is False
+    assert set(schema["properties"]) >= {"model", "source", "sinks", "journal", "http", "trigger", "recipes"}
+    sinks = schema["$defs"]["SinksConfig"]["properties"]
+    from fsac.runtime.sinks import SINK_NAMES
+
+    assert sorted(sinks) == sorted(SINK_NAMES)  # every registered sink has its section
+
+
+def test_schema_accepts_what_the_loader_accepts_and_refuses_typos(tmp_path):
+    jsonschema = pytest.importorskip("jsonschema")
+    from fsac.runtime.config import config_schema, read_config_file
+
+    schema = config_schema()
+    cfg_file = write(tmp_path / "run.yaml", """
+model: {path: m.onnx, batch_size: 2, openvino: {precision: bf16}}
+source: {kind: watch, uri: drop, processed: move}
+sinks:
+  jsonl: {path: r.jsonl, max_bytes: 10MB}
+  mqtt: {host: broker, qos: 2, username_env: FSAC_MQTT_USER}
+  frames: {dir: frames, format: jpeg, max_files: 100}
+journal: {dir: j, when_full: block}
+recipes: {cap: {path: cap.onnx}}
+""")
+    data = read_config_file(cfg_file)
+    jsonschema.validate(data, schema)  # an editor with the schema accepts it ...
+    load_config(cfg_file)  # ... and so does fsac-run
+    data["sinks"]["mqtt"]["hots"] = "x"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(data, schema)
+
+
+def test_config_schema_flag(capsys):
+    import json
+
+    from fsac.runtime.cli import main
+
+    assert main(["--config-schema"]) == 0
+    assert json.loads(capsys.readouterr().out)["title"] == "fsac-run configuration"

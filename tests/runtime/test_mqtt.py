@@ -534,7 +534,7 @@ def test_bad_config_names_the_setting(cfg, setting):
 
 
 def test_config_not_a_mapping():
-    with pytest.raises(FsacError, match=r"^sinks\.mqtt: must be a mapping"):
+    with pytest.raises(FsacError, match=r"^sinks\.mqtt: expected a table of settings"):
         validate_mqtt_config(["host", "localhost"])
 
 

@@ -1,0 +1,214 @@
+"""The settings tree of fsac-run: every section a validated pydantic model.
+
+These classes *are* the documentation of what may be written in a config file: each field's
+description is what `fsac-run --config-schema` prints, and the schema in
+`runtime/schema/config.schema.json` is generated from them (tests check it is current).
+The sinks' sections come from the sink registry (runtime/sinks/__init__.py): a new sink
+adds its own model there, not here. Loading, overrides and cross-setting checks live in
+runtime/config.py.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Literal, Optional
+
+from pydantic import Field, create_model
+
+from .settings_base import Settings, Size, TextOrIndex
+from .sinks import SINKS
+
+SourceKind = Literal["auto", "folder", "watch", "video", "camera", "rtsp", "http", "gstreamer"]
+SOURCE_KINDS = SourceKind.__args__
+SourceMode = Literal["every-frame", "latest-frame", "trigger"]
+SOURCE_MODES = SourceMode.__args__
+Backend = Literal["auto", "onnxruntime", "tensorrt", "openvino"]
+BACKENDS = Backend.__args__
+JournalWhenFull = Literal["auto", "block", "drop-oldest"]
+JOURNAL_WHEN_FULL = JournalWhenFull.__args__
+LogLevel = Literal["debug", "info", "warning", "error"]
+LOG_LEVELS = LogLevel.__args__
+
+
+class OpenVinoConfig(Settings):
+    precision: Literal["auto", "f32", "bf16", "int8"] = Field(
+        "auto", description="auto: int8 for a QDQ file, else bf16 where the device has it, else f32")
+    device: str = Field("CPU", description="OpenVINO device: CPU, GPU (GPU.N), or AUTO")
+    streams: int = Field(0, ge=0, le=64, description="OpenVINO NUM_STREAMS (0: one, the latency hint)")
+    cache_dir: str = Field("", description="OpenVINO compiled-model cache folder (empty: compile at every start)")
+    path_settings = ("cache_dir",)
+
+
+class ModelConfig(Settings):
+    path: str = Field("", description="sealed fsac model file (.onnx) or TensorRT engine (.engine/.plan + .json "
+                      "sidecar)")
+    backend: Backend = Field("auto", description="auto: tensorrt for .engine/.plan/.trt, else onnxruntime; with "
+                             "model.calibration_images set, auto times the backends and precisions on this machine "
+                             "and serves the fastest whose logits agree with fp32 (fsac.runtime.policy); openvino: "
+                             "Intel's runtime (model.openvino)")
+    openvino: OpenVinoConfig = Field(default_factory=OpenVinoConfig)
+    int8_path: str = Field("", description="INT8 QDQ file quantized from model.path (`fsac quantize`) that backend: "
+                           "auto may serve instead, if it is faster and its logits agree with fp32")
+    calibration_images: str = Field("", description="folder of normal images for backend: auto to measure each "
+                                    "candidate's agreement with fp32 on (empty: auto is onnxruntime fp32)")
+    providers: List[str] = Field(default_factory=list, description="onnxruntime execution providers in order "
+                                 "(tensorrt, cuda, cpu or full names); empty: TensorRT -> CUDA -> CPU, whichever "
+                                 "this onnxruntime offers")
+    logit_threshold: Optional[float] = Field(None, description="override the calibrated threshold, in logit units "
+                                             "(defective iff logit >= logit_threshold)")
+    threshold: Optional[float] = Field(None, description="override the calibrated threshold in score units "
+                                       "(0 < t < 1); converted to a logit threshold. Prefer model.logit_threshold")
+    batch_size: int = Field(4, ge=1, le=256, description="most frames scored in one call when frames queue up")
+    threads: int = Field(0, ge=0, le=256, description="onnxruntime intra-op / OpenVINO inference threads (0: the "
+                         "runtime decides)")
+    spin_wait: bool = Field(False, description="let onnxruntime's CPU threads busy-wait between operators: a "
+                            "little faster on cores nothing else uses, much slower when decoding shares the CPU")
+    cpu_prepack: bool = Field(False, description="let onnxruntime's CPU provider keep a second, pre-packed copy of "
+                              "the weights: measured ~16 % faster at batch 1 on a 2-core x86 CPU, ~280 MB more "
+                              "memory for ViT-B-16-plus-240 (off: fsac-run stays within model size + 300 MB)")
+    image_size: Optional[int] = Field(None, ge=16, le=4096, description="if set, refuse a model whose input size "
+                                      "differs (guards against deploying the wrong export)")
+    path_settings = ("path", "calibration_images", "int8_path")
+
+
+class SourceConfig(Settings):
+    kind: SourceKind = Field("auto", description="auto: decided from uri")
+    uri: TextOrIndex = Field("", description="folder, video file, camera index or /dev/videoN, rtsp/http URL, or "
+                             "GStreamer pipeline ending in appsink")
+    mode: SourceMode = Field("every-frame", description="every-frame: no frame skipped, the reader waits "
+                             "(back-pressure); latest-frame: stale frames are dropped and counted; trigger: one "
+                             "frame per inspection request (section trigger, runtime/trigger.py)")
+    queue_size: int = Field(8, ge=1, le=10000, description="frames read but not yet scored")
+    decode_workers: int = Field(2, ge=1, le=64, description="threads decoding and resizing frames beside inference")
+    reconnect_min_s: float = Field(0.5, ge=0.01, description="first wait before reopening a lost stream")
+    reconnect_max_s: float = Field(30.0, ge=0.01, description="longest wait between reconnect attempts")
+    read_timeout_s: float = Field(10.0, ge=0.1, description="stream open/read timeout where OpenCV supports it")
+    settle_s: float = Field(0.5, ge=0.0, description="watch: a file is complete once its size and mtime have not "
+                            "changed for this long and it decodes")
+    poll_s: float = Field(0.2, ge=0.01, description="watch: folder scan interval")
+    give_up_s: float = Field(30.0, ge=0.0, description="watch: a file that still does not decode this long after "
+                             "it appeared is reported as an error record")
+    existing: Literal["process", "skip"] = Field("process", description="watch: score files already in the folder "
+                                                 "at start, or only new ones (with processed: leave, a restart "
+                                                 "scores the files still there again)")
+    processed: Literal["leave", "move"] = Field("leave", description="watch: leave scored files in place or move "
+                                                "them to done_dir")
+    done_dir: str = Field("", description="watch: where processed files go (default <folder>/done)")
+    channel_order: Literal["bgr", "rgb"] = Field("bgr", description="channel order of decoded video frames "
+                                                 "(OpenCV delivers bgr)")
+    frame_size: Optional[List[int]] = Field(None, description="[width, height] every frame must have; other frames "
+                                            "become error records (null: any size)")
+    max_frame_pixels: int = Field(40_000_000, ge=1, description="an encoded frame whose header says width x height "
+                                  "exceeds this becomes an error record before it is decoded (40 MP = 120 MB "
+                                  "decoded; decode_workers x that must fit the box's memory)")
+    path_settings = ("done_dir",)
+    maybe_path_settings = ("uri",)
+
+
+# sinks.<name> for every registered sink, in registry order; jsonl is always there (its
+# `path` switches it on), the others are absent until configured.
+SinksConfig = create_model(
+    "SinksConfig", __base__=Settings, __module__=__name__,
+    **{s.name: ((s.settings, Field(default_factory=s.settings)) if s.always_present
+                else (Optional[s.settings], Field(None, description=s.description))) for s in SINKS})
+
+
+class JournalConfig(Settings):
+    dir: str = Field("", description="folder of the durable result journal and the sinks' cursors (empty: "
+                     "<folder of sinks.jsonl.path>/.fsac-journal); one daemon per folder")
+    max_bytes: Size = Field(256 * 1024 * 1024, ge=16 * 1024, description="journal bound: records kept for sinks "
+                            "that have not delivered them yet")
+    max_records: int = Field(1_000_000, ge=16, description="journal bound, in records")
+    when_full: JournalWhenFull = Field("auto", description="at the bound: block (stop consuming input: file, "
+                                       "folder, watch, video) or drop-oldest (live streams: oldest undelivered "
+                                       "records deleted and counted); auto: drop-oldest for camera/rtsp/http/"
+                                       "gstreamer sources, block otherwise")
+    sync: bool = Field(True, description="fdatasync the journal before an input is acknowledged (survives power "
+                       "loss); false: the OS page cache only (survives a daemon crash or kill)")
+    commit_interval_s: float = Field(0.05, ge=0.0, le=10.0, description="group commit: the journal is fdatasynced "
+                                     "(and inputs acknowledged) at most this often, and each durable sink delivers "
+                                     "at most this often, so one fsync covers every record of the interval "
+                                     "(storage writes per record); adds up to this much latency to "
+                                     "acknowledgements and deliveries")
+    cursor_interval_s: float = Field(1.0, ge=0.01, le=3600.0, description="how often the sinks' cursors are saved; "
+                                     "a later save only means records are delivered again after a crash")
+    path_settings = ("dir",)
+
+
+class HttpConfig(Settings):
+    enabled: bool = True
+    host: str = Field("127.0.0.1", description="bind address; keep the loopback default unless a firewall guards it")
+    port: int = Field(9108, ge=0, le=65535, description="0: any free port (logged)")
+
+
+class LiveConfig(Settings):
+    """The operator page at http://<http.host>:<http.port>/ (runtime/webui.py)."""
+
+    enabled: bool = Field(True, description="serve the live view at / (needs http.enabled; off http.host loopback, "
+                          "the token in FSAC_RUN_TOKEN is required)")
+    feedback_dir: str = Field("", description="where frames marked False alarm / Confirmed defect go (empty: "
+                              "<folder of journal.dir>/fsac-feedback)")
+    feedback_max_files: int = Field(1000, ge=1, description="marked frames kept per label; the oldest deleted first")
+    calibration_images: List[str] = Field(default_factory=list, description="the original calibration images "
+                                          "(files or folders) on this box, for re-calibration from the page")
+    alpha: Optional[float] = Field(None, description="target false-alarm rate of a re-calibration (default: the "
+                                   "model's own calibration alpha, else 0.01)")
+    frames_in_memory: int = Field(16, ge=1, le=1000, description="recent frames whose pixels the page can show or "
+                                  "mark (plus the last 12 defective ones)")
+    max_frame_bytes: Size = Field(64 * 1024 * 1024, ge=1024 * 1024, description="bound on the memory those frames "
+                                  "take")
+    path_settings = ("feedback_dir", "calibration_images")
+
+
+class TriggerConfig(Settings):
+    deadline_s: float = Field(1.0, ge=0.001, le=3600.0, description="source.mode=trigger: a request not answered "
+                              "within this long gets verdict error (the line treats it as reject)")
+    max_pending: int = Field(64, ge=1, le=100000, description="requests waiting for a frame; one more is answered "
+                             "with an error at once")
+    token_env: str = Field("FSAC_TRIGGER_TOKEN", description="NAME of the environment variable holding the bearer "
+                           "token POST /v1/inspect requires when http.host is not loopback")
+    max_image_bytes: Size = Field(32 * 1024 * 1024, ge=1024, description="largest image sent with a request")
+    remember: int = Field(10000, ge=1, description="request ids remembered to answer a duplicated request once")
+    mqtt_command_topic: Optional[str] = Field(None, description="MQTT topic (under sinks.mqtt.topic_prefix) taking "
+                                              "inspection requests as JSON; results go to the results topic; "
+                                              "null: MQTT requests off")
+
+
+class StationConfig(Settings):
+    site: str = Field("", description="plant or site name, in every record and the default MQTT topics")
+    line: str = Field("", description="production line name")
+    station: str = Field("", description="station name; with site and line set, sinks.mqtt.topic_prefix defaults "
+                         "to fsac/<site>/<line>/<station>")
+
+
+class RecipeConfig(Settings):
+    path: str = Field(description="the recipe's sealed model file")
+    logit_threshold: Optional[float] = Field(None, description="override its calibrated threshold, in logit units")
+    threshold: Optional[float] = Field(None, description="override it in score units (prefer logit_threshold)")
+    path_settings = ("path",)
+
+
+class DaemonConfig(Settings):
+    shutdown_timeout_s: float = Field(10.0, ge=0.5, description="SIGTERM: drain and flush within this long")
+    drain_timeout_s: float = Field(60.0, ge=0.0, description="end of a folder or video source: wait this long for "
+                                   "the durable sinks to deliver everything, then report what is pending")
+
+
+class LoggingConfig(Settings):
+    level: LogLevel = "info"
+
+
+class RuntimeConfig(Settings):
+    """fsac-run's whole configuration (one YAML or TOML file plus command-line overrides)."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    source: SourceConfig = Field(default_factory=SourceConfig)
+    sinks: SinksConfig = Field(default_factory=SinksConfig)  # type: ignore[valid-type]
+    journal: JournalConfig = Field(default_factory=JournalConfig)
+    http: HttpConfig = Field(default_factory=HttpConfig)
+    live: LiveConfig = Field(default_factory=LiveConfig)
+    trigger: TriggerConfig = Field(default_factory=TriggerConfig)
+    station: StationConfig = Field(default_factory=StationConfig)
+    recipes: Optional[Dict[str, RecipeConfig]] = Field(None, description="more sealed models by recipe name; "
+                                                       "model.path is recipe default (runtime/recipes.py)")
+    daemon: DaemonConfig = Field(default_factory=DaemonConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
