@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterator
 from fsac.errors import FsacError
 
 from .config import TriggerConfig
-from .metrics import Histogram
+from .metrics import histogram
 from .sources import ENCODED, STREAM_KINDS, Frame, Source
 
 log = logging.getLogger("fsac.runtime")
@@ -87,7 +87,8 @@ class TriggerHub:
         self._open: dict[str, Request] = {}  # not answered yet (deadline watch)
         self._seen: OrderedDict[str, Request] = OrderedDict()  # dedup: the last cfg.remember ids
         self._next_frame = 0
-        self.latency = Histogram(TRIGGER_BUCKETS)
+        self.latency = histogram("fsac_trigger_latency_seconds", "Seconds from inspection request to answer (record "
+                                 "durable).", TRIGGER_BUCKETS)
         self.requests = 0
         self.duplicates = 0
         self.timeouts = 0

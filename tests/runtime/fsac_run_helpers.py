@@ -188,3 +188,15 @@ class Feed:
         self.left = self.delivery.pending()
         self.sink.close(timeout=timeout)
         self.journal.close()
+
+
+def metric_value(text: str, metric: str, **labels: str) -> float | None:
+    """A sample of a /metrics page, read with Prometheus's own text parser (so the page must
+    parse); None when absent."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == metric and all(s.labels.get(k) == v for k, v in labels.items()):
+                return s.value
+    return None

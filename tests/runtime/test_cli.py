@@ -216,8 +216,11 @@ def test_watch_daemon_http_sighup_notify_and_sigterm(tmp_path, bottle_images):
         assert metric(text, "fsac_queue_depth") == 0 and metric(text, "fsac_reconnects_total") == 0
         assert metric(text, "fsac_dropped_frames_total") == 0 and metric(text, 'fsac_latency_seconds_count') == 5
         assert metric(text, 'fsac_latency_seconds_bucket{le="+Inf"}') == 5
-        assert re.search(r'^fsac_model_info\{name="live.onnx",sha256="[0-9a-f]{64}",arch="test-mean-pixel",'
-                         r'.*logit_threshold="0.6".*\} 1$', text, re.M)
+        from prometheus_client.parser import text_string_to_metric_families
+
+        (info,) = [s for f in text_string_to_metric_families(text) for s in f.samples if s.name == "fsac_model_info"]
+        assert info.value == 1 and info.labels["name"] == "live.onnx" and info.labels["arch"] == "test-mean-pixel"
+        assert re.fullmatch(r"[0-9a-f]{64}", info.labels["sha256"]) and info.labels["logit_threshold"] == "0.6"
         assert "# TYPE fsac_latency_seconds histogram" in text
         assert metric(text, 'fsac_sink_written{sink="jsonl"}') == 5
     finally:

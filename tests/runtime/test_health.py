@@ -14,7 +14,7 @@ from fsac.metadata import update_model_metadata
 from fsac.preprocess import PreprocessSpec, resize_crop
 from fsac.runtime.daemon import Daemon
 from fsac.runtime.health import reference_stats
-from fsac_run_helpers import S, read_jsonl
+from fsac_run_helpers import S, metric_value, read_jsonl
 from test_daemon import config
 
 
@@ -49,7 +49,7 @@ def test_dark_blurred_and_covered_frames_raise_their_alarms(tmp_path, model_file
     health = {r["name"]: r["health"] for r in read_jsonl(out)}
     assert health == EXPECTED
     assert daemon.health.counts["lens_blocked"] == 1 and daemon.health.counts["focus_lost"] == 1
-    assert 'fsac_health_alarm_frames_total{alarm="lighting_changed"} 1' in daemon.render_metrics()
+    assert metric_value(daemon.render_metrics(), "fsac_health_alarm_frames_total", alarm="lighting_changed") == 1
 
 
 def test_alarm_changes_are_retained_mqtt_status_events(tmp_path, model_file, bottle_images, bottle):

@@ -13,34 +13,38 @@ import pytest
 from fsac.errors import FsacError
 from fsac.runtime.framequeue import CLOSED, FrameQueue
 from fsac.runtime.http import StatusServer
-from fsac.runtime.metrics import Histogram, RuntimeMetrics
+from fsac.runtime.metrics import RuntimeMetrics
+
+from fsac_run_helpers import metric_value
 from fsac.runtime.notify import sd_notify, watchdog_interval
 
 
-def test_histogram_is_cumulative_and_rendered_in_prometheus_format():
-    h = Histogram((0.01, 0.1, 1.0))
-    for v in (0.005, 0.01, 0.05, 0.5, 3.0):
-        h.observe(v)
-    buckets, total, n = h.snapshot()
-    assert [c for _, c in buckets] == [2, 3, 4, 5] and n == 5 and total == pytest.approx(3.565)
+def test_metrics_page_parses_with_prometheus_and_counts_exactly():
+    from prometheus_client.parser import text_string_to_metric_families
+
     m = RuntimeMetrics()
     m.frames.inc(3)
-    m.latency.observe(0.02)
+    for v in (0.005, 0.01, 0.02, 0.5, 30.0):
+        m.latency.observe(v)
+    m.sink_error("mqtt")
     text = m.render(queue_depth=2, reconnects=1, ready=True, source_connected=True,
-                    model_info={"name": 'we"ird\\name', "sha256": "ab"}, sink_stats={"jsonl": {"written": 3}})
-    lines = text.splitlines()
-    assert "fsac_frames_total 3" in lines and "fsac_queue_depth 2" in lines and "fsac_reconnects_total 1" in lines
-    assert 'fsac_model_info{name="we\\"ird\\\\name",sha256="ab"} 1' in lines
-    assert 'fsac_latency_seconds_bucket{le="0.025"} 1' in lines
-    assert 'fsac_latency_seconds_bucket{le="+Inf"} 1' in lines
-    assert 'fsac_sink_written{sink="jsonl"} 3.0' in lines
-    # every sample line is "name{labels} value" and every family is declared once
-    types = [line.split()[2] for line in lines if line.startswith("# TYPE")]
-    assert len(types) == len(set(types))
-    for line in lines:
-        if not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            float(value.replace("+Inf", "inf"))
+                    model_info={"name": 'we"ird\\name', "sha256": "ab"}, sink_stats={"jsonl": {"written": 3}},
+                    extra=lambda e: e.scalar("fsac_extra_total", "counter", "An extra counter.", 7))
+    assert m.frames.value == 3
+    assert metric_value(text, "fsac_frames_total") == 3 and metric_value(text, "fsac_queue_depth") == 2
+    assert metric_value(text, "fsac_reconnects_total") == 1 and metric_value(text, "fsac_extra_total") == 7
+    assert metric_value(text, "fsac_model_info", name='we"ird\\name', sha256="ab") == 1  # escaping round-trips
+    assert metric_value(text, "fsac_latency_seconds_bucket", le="0.01") == 2  # cumulative; le is inclusive
+    assert metric_value(text, "fsac_latency_seconds_bucket", le="0.025") == 3
+    assert metric_value(text, "fsac_latency_seconds_bucket", le="+Inf") == 5
+    assert metric_value(text, "fsac_latency_seconds_count") == 5
+    assert metric_value(text, "fsac_latency_seconds_sum") == pytest.approx(30.535)
+    assert metric_value(text, "fsac_sink_written", sink="jsonl") == 3
+    assert metric_value(text, "fsac_sink_errors_total", sink="mqtt") == 1
+    assert metric_value(text, "fsac_sink_errors_total", sink="jsonl") == 0  # shown before its first error
+    families = [f.name for f in text_string_to_metric_families(text)]
+    assert len(families) == len(set(families))  # every family declared once
+    assert "_created" not in text
 
 
 def test_status_server_readiness_and_port_conflict():
