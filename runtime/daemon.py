@@ -47,140 +47,34 @@ import time
 from collections import deque
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from fsac.errors import FsacError
-from fsac.preprocess import PreprocessSpec, decode_image_bytes, frame_to_rgb, resize_crop
 
 from .backends import LoadedModel, ModelHandle
+from .commit import journal_loop, journal_records
 from .config import RuntimeConfig, sink_section_enabled, sink_section_settings
-from .sinks import SINKS
+from .exit_report import exit_report
+from .prepare import Prepared, prepare
+from .sink_set import accepts_raw_bytes, batch_flusher, build_sinks
+from .throttle import Throttle
 from .delivery import Delivery
 from .framequeue import CLOSED, FrameQueue
 from .http import StatusServer
 from .journal import BLOCK, DROP_OLDEST, Journal
 from .metrics import RuntimeMetrics
 from .notify import sd_notify, watchdog_interval
-from .record import encode_record, make_record, new_run_id
-from .sources import ENCODED, RGB, STREAM_KINDS, Frame, Source, check_frame_pixels, make_source
+from .record import make_record, new_run_id
+from .sources import STREAM_KINDS, Frame, Source, make_source
 
 log = logging.getLogger("fsac.runtime")
-
-
-# --------------------------------------------------------------------------- preprocessing
-
-
-@dataclass
-class Prepared:
-    x: np.ndarray | None  # (S, S, 3) uint8 model input
-    rgb: np.ndarray | None  # decoded frame, kept only when a sink wants pixels
-    spec: PreprocessSpec | None
-    error: str | None = None
-
-
-def prepare(frame: Frame, spec: PreprocessSpec, channel_order: str = "bgr",
-            frame_size: Sequence[int] | None = None, keep_rgb: bool = False,
-            max_pixels: int | None = None) -> Prepared:
-    """Frame -> model input. Never raises: every problem becomes Prepared.error."""
-    if frame.error is not None:
-        return Prepared(None, None, None, frame.error)
-    where = frame.name or f"{frame.source} frame {frame.frame_id}"
-    try:
-        if frame.kind == ENCODED:
-            too_big = check_frame_pixels(frame.data, where, max_pixels)
-            if too_big:  # refused from the header: a 12000x12000 frame is never decoded
-                return Prepared(None, None, None, too_big)
-            rgb = decode_image_bytes(frame.data, where, spec)
-        elif frame.kind == RGB:
-            rgb = frame.data
-        else:
-            rgb = frame_to_rgb(frame.data, channel_order, where)
-        if frame_size is not None:
-            h, w = rgb.shape[:2]
-            if (w, h) != (frame_size[0], frame_size[1]):
-                return Prepared(None, None, None, f"frame {where} is {w}x{h}, expected {frame_size[0]}x{frame_size[1]} "
-                                "(source.frame_size)")
-        x = resize_crop(rgb, spec)
-        return Prepared(x, rgb if keep_rgb else None, spec)
-    except FsacError as e:
-        return Prepared(None, None, None, str(e))
-    except MemoryError:
-        return Prepared(None, None, None, f"frame {where} is too large to decode (out of memory)")
-    except Exception as e:  # a decoder bug on one odd frame must not stop the line
-        return Prepared(None, None, None, f"cannot process frame {where}: {type(e).__name__}: {e}")
 
 
 @dataclass
 class Pending:
     frame: Frame
     future: Future
-
-
-# --------------------------------------------------------------------------- sinks
-
-
-def build_sinks(cfg: Any) -> list[Any]:
-    """The configured sinks (runtime/sinks/__init__.py: SINKS), in the order records reach them."""
-    sinks: list[Any] = []
-    try:
-        for spec in SINKS:
-            settings = getattr(cfg, spec.name)
-            if sink_section_enabled(settings):
-                sinks.append(spec.build(settings))
-    except BaseException:
-        for sink in sinks:
-            try:
-                sink.close(timeout=1.0)
-            except Exception:
-                pass
-        raise
-    return sinks
-
-
-def _batch_flusher(sink: Any):
-    """The per-batch flush of a sink, without waiting.
-
-    Sinks that deliver from their own thread (MQTT, saved frames) take `flush(timeout)` and
-    would otherwise wait for their destination after every batch; the scoring loop only
-    asks them to push on, with timeout 0. Their write() already made the record durable.
-    """
-    import inspect
-
-    try:
-        params = inspect.signature(sink.flush).parameters
-    except (TypeError, ValueError):
-        params = {}
-    if "timeout" in params:
-        return lambda: sink.flush(timeout=0.0)
-    return sink.flush
-
-
-def _accepts_raw_bytes(sink: Any) -> bool:
-    """Whether an error record may carry the undecodable file's bytes as `image` (the saved-
-    frames sink keeps them for inspection); other sinks get None, as base.Sink says."""
-    return bool(getattr(sink, "accepts_raw_bytes", False))
-
-
-class _Throttle:
-    """At most one log line per interval for a repeating problem (a camera sending garbage at
-    30 fps must not fill the disk with logs); the count of the suppressed ones is reported."""
-
-    def __init__(self, interval: float = 2.0) -> None:
-        self.interval = interval
-        self.last = -math.inf
-        self.suppressed = 0
-
-    def __call__(self, level: int, msg: str, *args: Any) -> None:
-        now = time.monotonic()
-        if now - self.last < self.interval:
-            self.suppressed += 1
-            return
-        if self.suppressed:
-            msg += f" (+{self.suppressed} similar messages suppressed)"
-        log.log(level, msg, *args)
-        self.last, self.suppressed = now, 0
 
 
 # --------------------------------------------------------------------------- daemon
@@ -237,8 +131,8 @@ class Daemon:
         self._append_lock = threading.Lock()  # seq order == journal order (the trigger deadline appends too)
         # Decoded pixels are kept only if some sink saves them (memory: queue_size frames).
         self.keep_rgb = any(getattr(s, "needs_images", False) for s in self.live)
-        self._flushers = [_batch_flusher(s) for s in self.live]
-        self._takes_raw = [_accepts_raw_bytes(s) for s in self.live]
+        self._flushers = [batch_flusher(s) for s in self.live]
+        self._takes_raw = [accepts_raw_bytes(s) for s in self.live]
         self.queue = FrameQueue(cfg.source.queue_size, drop_oldest=cfg.source.mode == "latest-frame")
         self.install_signals = install_signals
         self.http: StatusServer | None = None
@@ -262,10 +156,10 @@ class Daemon:
         self.journal_error: str | None = None
         self._started = False
         self._stopping = False
-        self._frame_errors = _Throttle()
-        self._sink_errors = _Throttle()
-        self._infer_errors = _Throttle()
-        self._journal_errors = _Throttle(10.0)
+        self._frame_errors = Throttle()
+        self._sink_errors = Throttle()
+        self._infer_errors = Throttle()
+        self._journal_errors = Throttle(10.0)
         self.first_read: float | None = None
         self.last_written: float | None = None
 
@@ -511,47 +405,7 @@ class Daemon:
             d.stop(timeout=max(0.1, deadline - time.monotonic()))
         pending = {d.name: d.pending() for d in self.deliveries}
         self._close_all(max(deadline, time.monotonic() + 1.0))
-        read = self.metrics.frames_read.value
-        written = self.metrics.frames.value
-        dropped = self.metrics.dropped.value
-        elapsed = (self.last_written - self.first_read) if self.first_read and self.last_written else 0.0
-        rate = f", {written / elapsed:.1f} frames/s" if elapsed > 0 else ""
-        delivered = ", ".join(f"{d.name} {d.delivered}" for d in self.deliveries) or "no durable sink"
-        j = self.journal
-        sink_lost = {k: v for k, v in j.lost.items() if v}
-        log.info("stopped: %d frames read, %d results written (%d defective, %d errors), %d dropped, "
-                 "%d reconnects%s; delivered: %s; inputs acknowledged %d; run %s", read, written,
-                 self.metrics.anomalies.value, self.metrics.errors.value, dropped, self.source.reconnects, rate,
-                 delivered, self.acked, self.run_id)
-        code = 0
-        unscored = read - dropped - written
-        if unscored > 0:
-            log.error("%d frames were read but have no result (%d abandoned at shutdown, %d records not "
-                      "journaled)", unscored, lost, self.abandoned)
-            code = 1
-        if sink_lost:
-            log.error("records lost: deleted from the full journal before delivery (journal.when_full="
-                      "drop-oldest): %s", ", ".join(f"{k} {v}" for k, v in sorted(sink_lost.items())))
-            code = 1
-        waiting = {k: v for k, v in pending.items() if v}
-        if waiting:
-            what = ", ".join(f"{k} {v}" for k, v in sorted(waiting.items()))
-            if ended:
-                log.error("not delivered within daemon.drain_timeout_s=%gs: %s records (kept in the journal %s, "
-                          "delivered on the next start)", self.cfg.daemon.drain_timeout_s, what, j.folder)
-                code = 1
-            else:
-                log.warning("pending in the journal %s: %s records (delivered on the next start)", j.folder, what)
-        for d in self.deliveries:
-            if d.errors:
-                log.warning("sink %s: %d failed delivery attempts during the run%s", d.name, d.errors,
-                            f" (last: {d.last_error})" if d.failing else "; it recovered")
-        if self._failure:
-            log.error("exiting after a failure: %s", self._failure)
-            code = 1
-        if self._timed_out:
-            code = 1
-        return code
+        return exit_report(self, pending, lost, ended)
 
     def _close_all(self, deadline: float) -> None:
         self._stop.set()
@@ -750,77 +604,10 @@ class Daemon:
 
     def journal_records(self, pairs: list[tuple[Frame, dict[str, Any]]]) -> bool:
         """Number, append and queue for acknowledgement (after fdatasync) a batch of records."""
-        with self._append_lock:
-            for _, record in pairs:
-                record["seq"], self._seq = self._seq, self._seq + 1
-            end = self._journal_append([encode_record(r) for _, r in pairs])
-            if end is None:
-                return False
-            with self._ack_lock:
-                self._acks.append((end, pairs))
-        if self.trigger is not None:  # a waiting request: commit now rather than at the group-commit interval
-            self._jwake.set()
-        return True
-
-    def _journal_append(self, lines: list[bytes]) -> int | None:
-        """Append a batch; retries a failing disk (the input waits: back-pressure) until the
-        shutdown deadline, then counts the batch as abandoned. Returns the end index or None."""
-        while True:
-            try:
-                end = self.journal.append(lines, self._hard_stop) + len(lines)
-                if self.journal_error:
-                    log.warning("journal %s writable again", self.journal.folder)
-                    self.journal_error = None
-                return end
-            except OSError as e:
-                self.journal_error = e.strerror or str(e)
-                self._journal_errors(logging.ERROR, "journal %s: cannot append %d records (%s); inputs wait, "
-                                     "retrying", self.journal.folder, len(lines), self.journal_error)
-            except FsacError as e:  # full and stopping
-                self._journal_errors(logging.ERROR, "%s", e)
-            if self._hard_stop.wait(0.2):
-                self.abandoned += len(lines)
-                log.error("%d records abandoned: the journal did not take them before the shutdown deadline",
-                          len(lines))
-                return None
+        return journal_records(self, pairs)
 
     def _journal_loop(self) -> None:
-        """fdatasync, then acknowledge the inputs whose records are durable; save cursors, trim."""
-        interval = max(0.005, self.cfg.journal.commit_interval_s)
-        while True:
-            self._jwake.wait(interval)  # group commit: one fdatasync for every batch of the interval
-            self._jwake.clear()
-            stopping = self._jstop.is_set()
-            with self._ack_lock:
-                have = bool(self._acks)
-            if have:
-                try:
-                    durable = self.journal.sync()
-                except OSError as e:
-                    self._journal_errors(logging.ERROR, "journal %s: fdatasync failed (%s); inputs wait",
-                                         self.journal.folder, e)
-                    if stopping and self._hard_stop.is_set():
-                        return
-                    time.sleep(0.2)
-                    continue
-                done: list[tuple[Frame, dict[str, Any]]] = []
-                with self._ack_lock:
-                    while self._acks and self._acks[0][0] <= durable:
-                        done += self._acks.popleft()[1]
-                for frame, record in done:
-                    try:
-                        self.source.on_result(frame, record)
-                    except Exception as e:
-                        log.warning("source hook failed for frame %d: %s", frame.frame_id, e)
-                self.acked += len(done)
-            try:
-                self.journal.housekeep()
-            except Exception:
-                log.exception("journal housekeeping failed")
-            if stopping:
-                with self._ack_lock:
-                    if not self._acks:
-                        return
+        journal_loop(self)
 
     def _emit(self, record: dict[str, Any], image: np.ndarray | None, raw: bytes | None = None) -> None:
         """Hand a record to the live (non-journal) sinks: saved frames, which need the pixels."""

@@ -240,7 +240,7 @@ def _message(err: dict[str, Any], tp: Any, holder: Any, name: str) -> str:
     if kind in ("list_type", "tuple_type"):
         return f"expected a list, got {got}"
     if kind == "none_required" or (kind.endswith("_type") and value is None):
-        return f"a value is required here (got null)"
+        return "a value is required here (got null)"
     for k, op in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
         if k in ctx and kind.startswith(("greater", "less")):
             return f"must be {op} {ctx[k]}, got {value}"

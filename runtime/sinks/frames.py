@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import queue
 import random
 import re
