@@ -37,7 +37,7 @@ from typing import Any, Dict, List, Optional, Union, get_args, get_origin, get_t
 
 from fsac.errors import FsacError
 
-SOURCE_KINDS = ("auto", "folder", "watch", "video", "camera", "rtsp", "http", "gstreamer")
+SOURCE_KINDS = ("auto", "folder", "watch", "video", "camera", "rtsp", "http", "gstreamer", "gige")
 SOURCE_MODES = ("every-frame", "latest-frame", "trigger")
 BACKENDS = ("auto", "onnxruntime", "tensorrt", "openvino")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -123,6 +123,9 @@ class SourceConfig:
     max_frame_pixels: int = _opt(40_000_000, min=1, doc="an encoded frame whose header says width x height "
                                  "exceeds this becomes an error record before it is decoded (40 MP = 120 MB "
                                  "decoded; decode_workers x that must fit the box's memory)")
+    gige: Optional[Dict[str, Any]] = _opt(None, doc="kind gige (GigE Vision / GenICam camera through Aravis; uri: "
+                                          "camera id or auto): pixel_format, exposure_us, gain_db, acquisition, "
+                                          "... (runtime/gige_settings.py)")
 
 
 @dataclass
@@ -443,7 +446,8 @@ def _resolve_relative(data: dict[str, Any], base: Path) -> None:
         fix(model, "calibration_images")
         fix(model, "int8_path")
     if isinstance(source, dict):
-        fix(source, "uri", _looks_like_path)
+        if source.get("kind") != "gige":  # a camera id (an IP address, a name) is no path
+            fix(source, "uri", _looks_like_path)
         fix(source, "done_dir")
     if isinstance(sinks, dict):
         if isinstance(sinks.get("jsonl"), dict):
@@ -533,6 +537,10 @@ def validate(cfg: RuntimeConfig) -> None:
     if cfg.source.reconnect_min_s > cfg.source.reconnect_max_s:
         raise FsacError(f"source.reconnect_min_s ({cfg.source.reconnect_min_s}) must not exceed "
                         f"source.reconnect_max_s ({cfg.source.reconnect_max_s})")
+    if cfg.source.kind == "gige" or cfg.source.gige is not None:  # pydantic is imported only then
+        from .gige_settings import check_gige_source
+
+        check_gige_source(cfg.source)
     fs = cfg.source.frame_size
     if fs is not None and (len(fs) != 2 or min(fs) < 1):
         raise FsacError(f"source.frame_size: expected [width, height] with positive sizes, got {fs}")
