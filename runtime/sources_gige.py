@@ -151,8 +151,15 @@ class GigeSource(Source):
                 if s.packet_size is not None:
                     self._set("packet_size", lambda: cam.gv_set_packet_size(s.packet_size))
             self._configure(cam)
-            stream = cam.create_stream(None, None)
             payload = cam.get_payload()
+            stream = cam.create_stream(None, None)
+            if isinstance(stream, Aravis.GvStream):
+                # Room for a few frames in the receive buffer: with the kernel's default (~200 KB)
+                # the packets of a large frame, arriving at once, overflow it and frames come
+                # incomplete. (Aravis's "auto" sets one payload, too small once the kernel counts
+                # its per-packet overhead. The kernel caps the size at net.core.rmem_max.)
+                stream.set_property("socket-buffer", Aravis.GvStreamSocketBuffer.FIXED)
+                stream.set_property("socket-buffer-size", max(4 * payload, 1 << 20))
             for _ in range(s.buffers):
                 stream.push_buffer(Aravis.Buffer.new_allocate(payload))
             cam.start_acquisition()
@@ -277,6 +284,7 @@ class GigeSource(Source):
         """Frames from the open camera until it is lost (_Lost) or stop is set."""
         s, GLib = self.settings, self._glib
         cam, stream = self._cam, self._stream
+        last_good = time.monotonic()  # free-run: a stream of incomplete frames is a lost camera too
         while not stop.is_set():
             t_fire = None
             if s.acquisition == "software":
@@ -287,7 +295,9 @@ class GigeSource(Source):
                     raise _Lost(f"software trigger failed: {e.message}") from None
                 self.triggers += 1
                 t_fire = time.monotonic()
-            buf = self._pop(stream, stop, None if s.acquisition == "hardware" else s.timeout_s)
+            wait = {"hardware": None, "software": s.timeout_s}.get(s.acquisition,
+                                                                   last_good + s.timeout_s - time.monotonic())
+            buf = self._pop(stream, stop, wait)
             if buf is None:
                 if stop.is_set():
                     return
@@ -295,12 +305,13 @@ class GigeSource(Source):
                     yield self._error_frame(f"no frame from gige camera {self.label} within "
                                             f"source.gige.timeout_s={s.timeout_s:g}s after the software trigger")
                     raise _Lost("no frame after a software trigger")
-                raise _Lost(f"no frame within source.gige.timeout_s={s.timeout_s:g}s")
+                raise _Lost(f"no complete frame within source.gige.timeout_s={s.timeout_s:g}s")
             try:
                 frame = self._to_frame(buf, t_fire)
             finally:
                 stream.push_buffer(buf)
             if frame is not None:
+                last_good = time.monotonic()
                 yield frame
 
     def _pop(self, stream: Any, stop: threading.Event, timeout_s: float | None) -> Any:
