@@ -122,11 +122,16 @@ class GigeSource(Source):
         self.open()
         if self._cam is None:
             raise FsacError(f"source.uri: cannot open gige camera {self.label}")
+        if self.settings.acquisition == "hardware":  # a frame needs a pulse on the line: don't wait for one
+            self._disconnect()
+            return f"gige {self.label} ({self.description} on {self.settings.trigger_source})"
+        frames = self._acquire(threading.Event())
         try:
-            frame = next(self._acquire(threading.Event()))
+            frame = next(frames)
         except _Lost as e:
             raise FsacError(f"source.uri: opened gige camera {self.label} but got no frame ({e})") from None
         finally:
+            frames.close()  # its references to the camera go before _disconnect drops ours
             self._disconnect()
         extra = f", first frame: {frame.error}" if frame.error else ""
         return f"gige {self.label} ({self.description}{extra})"

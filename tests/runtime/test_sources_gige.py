@@ -13,6 +13,8 @@ import fcntl
 import shutil
 import signal
 import subprocess
+import threading
+import time
 import urllib.request
 from pathlib import Path
 
@@ -191,3 +193,30 @@ def test_trigger_mode_fires_one_software_trigger_per_request(fake_camera, tmp_pa
     assert blocks == list(range(blocks[0], blocks[0] + 5))  # one frame per trigger: none captured in between
     records = read_jsonl(tmp_path / "r.jsonl")
     assert [r["part_id"] for r in records] == [f"P-{i}" for i in range(5)]
+
+
+def test_hardware_trigger_waits_for_pulses_and_notices_a_dead_camera_by_its_heartbeat(fake_camera, tmp_path,
+                                                                                        model_file):
+    from fsac.runtime.sources import make_source
+
+    cfg = config_with(tmp_path, model_file, "source.reconnect_min_s=0.2", "source.reconnect_max_s=1",
+                      gige={"acquisition": "hardware", "trigger_source": "Line0", "timeout_s": 0.5})
+    source = make_source(cfg.source)
+    # The fake camera sends nothing without a pulse on Line0, and --check does not wait for one.
+    assert source.check().endswith(", Mono8 64x64, hardware on Line0)")
+    source.open()
+    stop, frames = threading.Event(), []
+    reader = threading.Thread(target=lambda: frames.extend(source.frames(stop)), daemon=True)
+    reader.start()
+    try:
+        wait_for(lambda: source.connected, what="the camera open")
+        time.sleep(1.0)  # twice timeout_s: waiting for a pulse is no reason to reconnect
+        assert source.reconnects == 0 and source.connected
+        fake_camera.kill()
+        wait_for(lambda: source.reconnects >= 1, timeout=30, what="the lost heartbeat noticed")
+        fake_camera.start()
+        wait_for(lambda: source.connected, timeout=20, what="the camera open again")
+    finally:
+        stop.set()
+        reader.join(10)
+    assert frames == [] and not reader.is_alive()
