@@ -290,6 +290,7 @@ class GigeSource(Source):
         s, GLib = self.settings, self._glib
         cam, stream = self._cam, self._stream
         last_good = time.monotonic()  # free-run: a stream of incomplete frames is a lost camera too
+        retried = False
         while not stop.is_set():
             t_fire = None
             if s.acquisition == "software":
@@ -311,6 +312,14 @@ class GigeSource(Source):
                                             f"source.gige.timeout_s={s.timeout_s:g}s after the software trigger")
                     raise _Lost("no frame after a software trigger")
                 raise _Lost(f"no complete frame within source.gige.timeout_s={s.timeout_s:g}s")
+            if s.acquisition == "software" and not retried and buf.get_status() != self._aravis.BufferStatus.SUCCESS:
+                # Packets lost (seen on the first frame after the stream starts): the part is
+                # still in front of the camera, so trigger once more before reporting an error.
+                self.incomplete += 1
+                stream.push_buffer(buf)
+                retried = True
+                continue
+            retried = False
             try:
                 frame = self._to_frame(buf, t_fire)
             finally:

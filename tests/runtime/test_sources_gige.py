@@ -81,6 +81,10 @@ def fake_camera(tmp_path_factory):
         pytest.skip(missing)
     with open("/tmp/fsac-fake-gige-camera.lock", "w") as lock:  # one fake camera on 127.0.0.1:3956 at a time
         fcntl.flock(lock, fcntl.LOCK_EX)
+        from fsac.runtime.sources_gige import list_cameras
+
+        other = [c["id"] for c in list_cameras() if c["address"] == "127.0.0.1"]
+        assert not other, f"a camera not started by these tests answers on 127.0.0.1 ({other}); stop it first"
         cam = FakeCamera(f"FSAC{tmp_path_factory.getbasetemp().name[-6:]}")
         try:
             yield cam.start()
@@ -184,13 +188,15 @@ def test_trigger_mode_fires_one_software_trigger_per_request(fake_camera, tmp_pa
     answers = [post(port, {"part_id": f"P-{i}", "request_id": f"r{i}"}) for i in range(5)]
     code, again = post(port, {"part_id": "P-2", "request_id": "r2"})  # a duplicate takes no frame
     assert code == 200 and again == answers[2][1]
-    assert camera.triggers == 5 and camera.reconnects == 0
+    # One trigger per request; a buffer that came incomplete is triggered once more (counted).
+    assert camera.triggers == 5 + camera.incomplete and camera.reconnects == 0 and camera.incomplete <= 1
     assert stop(daemon, t, result) == 0
     for i, (code, rec) in enumerate(answers):
         assert code == 200 and rec["part_id"] == f"P-{i}" and rec["error"] is None
         assert abs(rec["logit"] - expected_logit(ramp(block_of(rec)))) < 1e-4
     blocks = [block_of(rec) for _, rec in answers]
-    assert blocks == list(range(blocks[0], blocks[0] + 5))  # one frame per trigger: none captured in between
+    # One frame per trigger, none captured in between (the camera numbers every frame it sends).
+    assert blocks == sorted(set(blocks)) and blocks[-1] - blocks[0] in (4, 4 + camera.incomplete)
     records = read_jsonl(tmp_path / "r.jsonl")
     assert [r["part_id"] for r in records] == [f"P-{i}" for i in range(5)]
 
