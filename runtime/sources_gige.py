@@ -147,11 +147,10 @@ class GigeSource(Source):
         try:
             self._control_lost.clear()
             device = cam.get_device()
-            if hasattr(device, "connect") and isinstance(device, Aravis.GvDevice):
+            if isinstance(device, Aravis.GvDevice):
                 device.connect("control-lost", lambda *_: self._on_control_lost())
-                address = device.get_device_address()
-                use_packet_socket = s.packet_socket if s.packet_socket is not None else not address.get_address().get_is_loopback()
-                if not use_packet_socket:
+                loopback = device.get_device_address().get_address().get_is_loopback()
+                if not (s.packet_socket if s.packet_socket is not None else not loopback):
                     device.set_stream_options(Aravis.GvStreamOption.PACKET_SOCKET_DISABLED)
                 if s.packet_size is not None:
                     self._set("packet_size", lambda: cam.gv_set_packet_size(s.packet_size))
@@ -170,7 +169,7 @@ class GigeSource(Source):
             cam.start_acquisition()
         except GLib.Error as e:
             raise _Lost(e.message) from None
-        x, y, w, h = cam.get_region()
+        _, _, w, h = cam.get_region()
         self.description = (f"{cam.get_vendor_name()} {cam.get_model_name()} {cam.get_device_id()}, "
                             f"{cam.get_pixel_format_as_string()} {w}x{h}, {s.acquisition}")
         self._cam, self._stream = cam, stream
@@ -179,11 +178,16 @@ class GigeSource(Source):
 
     def _set(self, name: str, fn: Any) -> None:
         """Apply one setting; the camera's refusal becomes an error naming the setting."""
-        GLib = self._glib
+        Aravis, GLib = self._aravis, self._glib
         try:
             fn()
         except GLib.Error as e:
-            if e.domain == "arv-device-error-quark" and e.code in (5, 6):  # TIMEOUT, NOT_CONNECTED (transport)
+            # The link or the camera's state (a timeout, gone, another controller): retry. The
+            # rest is about the feature itself (unknown, wrong type, not an entry, read-only).
+            transient = (Aravis.DeviceError.NOT_CONNECTED, Aravis.DeviceError.TRANSFER_ERROR,
+                         Aravis.DeviceError.TIMEOUT, Aravis.DeviceError.NOT_FOUND, Aravis.DeviceError.NOT_CONTROLLER,
+                         Aravis.DeviceError.PROTOCOL_ERROR_BUSY)
+            if e.domain == "arv-device-error-quark" and e.code in {int(c) for c in transient}:
                 raise _Lost(e.message) from None
             raise FsacError(f"source.gige.{name}: the camera refused it ({e.message})") from None
 

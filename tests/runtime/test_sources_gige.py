@@ -131,7 +131,18 @@ def test_fake_camera_is_listed_and_checked(fake_camera, tmp_path, model_file):
     found = [c for c in list_cameras() if c["serial"] == fake_camera.serial]
     assert found and found[0]["id"] == f"Aravis-Fake-{fake_camera.serial}" and found[0]["address"] == "127.0.0.1"
     cfg = config_with(tmp_path, model_file)
-    assert make_source(cfg.source).check() == f"gige 127.0.0.1 (Aravis Fake {fake_camera.serial}, Mono8 64x64, free-run)"
+    described = f"gige 127.0.0.1 (Aravis Fake {fake_camera.serial}, Mono8 64x64, free-run)"
+    assert make_source(cfg.source).check() == described
+    # A setting the camera refuses stops the start, naming the setting.
+    refusals = [({"features": {"NoSuchFeature": 1}}, "source.gige.features.NoSuchFeature: the camera refused it"),
+                ({"features": {"TriggerActivation": "Sideways"}}, "source.gige.features.TriggerActivation: the camera"),
+                ({"pixel_format": "BGR8"}, "source.gige.pixel_format: camera 127.0.0.1 has no BGR8 (it offers "),
+                ({"acquisition": "hardware", "trigger_source": "Line7"}, "source.gige.trigger_source: camera "
+                 "127.0.0.1 has no trigger source Line7 (it offers Line0, Software)")]
+    for gige, message in refusals:
+        with pytest.raises(FsacError) as e:
+            make_source(config_with(tmp_path, model_file, gige=gige).source).check()
+        assert str(e.value).startswith(message), str(e.value)
 
 
 def _metric(port: int, name: str) -> float:
