@@ -19,6 +19,11 @@ memory (VmHWM, reported by the process at exit), compared with the model's size 
 and with a bare backend loop measured the same way (the difference is the daemon's own
 cost; what the model needs for weights and activations is in both).
 
+Trigger mode: N inspection requests one after the other through `POST /v1/inspect`, timed
+from request to answer (p50/p95/max), with the image in the request and, where Aravis's fake
+GigE Vision camera is installed, from that camera with a software trigger per request
+(runtime/bench_trigger.py).
+
 Storage: the daemon passes run with the JSON-lines sink and, when a `mosquitto` binary is
 on PATH, the MQTT sink against a private broker (default settings otherwise: journal fsync
 before acknowledgements, JSONL fsync per delivery). The bytes the process caused to be
@@ -308,7 +313,7 @@ def bench_runtime(model: str | os.PathLike, images: str | os.PathLike, n_frames:
                   out_json: str | os.PathLike | None = None, *, providers: list[str] | None = None,
                   threads: int = 0, workers: int = 2, queue_size: int = 8, measure_rss: bool = True,
                   spin_wait: bool = False, rounds: int = 2, backend: str = "", precision: str = "",
-                  peaks: bool = True, page_client: bool = False) -> dict[str, Any]:
+                  peaks: bool = True, page_client: bool = False, trigger_requests: int = 50) -> dict[str, Any]:
     """Bare backend vs daemon on the same frames; returns (and optionally writes) the figures."""
     bk = {"backend": backend, "precision": precision}
     model, images = Path(model), Path(images)
@@ -379,6 +384,12 @@ def bench_runtime(model: str | os.PathLike, images: str | os.PathLike, n_frames:
             result.update(_rss_subprocess(model, work / "frames", work, batch_size, providers, threads, workers,
                                           spin_wait, bk, live=page_client))
             result["rss_within_budget"] = bool(result["rss_peak_bytes"] <= result["rss_budget_bytes"])
+        if trigger_requests:  # request -> answer in trigger mode (runtime/bench_trigger.py)
+            from .bench_trigger import bench_trigger
+
+            (work / "trigger").mkdir()
+            result["trigger"] = bench_trigger(model, list_images(images)[0], trigger_requests, work / "trigger",
+                                              batch_size=batch_size, threads=threads)
     if peaks:
         from fsac.peaks import measure_peaks
 
@@ -452,6 +463,10 @@ def format_table(r: dict[str, Any]) -> str:
                      f"{r['rss_budget_bytes'] / mb:.1f} MB: {'within' if r['rss_within_budget'] else 'OVER'}); "
                      f"bare backend loop: {r['bare_rss_peak_bytes'] / mb:.1f} MB, so the daemon adds "
                      f"{(r['rss_peak_bytes'] - r['bare_rss_peak_bytes']) / mb:.1f} MB")
+    if "trigger" in r:
+        from .bench_trigger import format_rows
+
+        lines += format_rows(r["trigger"])
     if r.get("rss_live_peak_bytes"):
         lines.append(f"  fsac-run peak RSS with the live view on: {r['rss_live_peak_bytes'] / mb:.1f} MB")
     if r["bare_fps"] > 2 * r["serial_fps"]:
@@ -491,12 +506,16 @@ try:  # typer is a base dependency; the runtime itself does not need it
         page_client: Annotated[bool, typer.Option("--page-client/--no-page-client",
                                                   help="also time the daemon with the live view on and a page "
                                                        "client connected (events + frame images)")] = False,
+        trigger_requests: Annotated[int, typer.Option("--trigger-requests", min=0,
+                                                      help="inspection requests per trigger latency row "
+                                                           "(POST /v1/inspect; 0: skip)")] = 50,
     ) -> None:
         """Daemon throughput and p50/p99 latency against the bare backend on the same frames."""
         result = bench_runtime(model, images, frames, batch_size, out,
                                providers=[p for p in (providers or "").split(",") if p], threads=threads,
                                workers=workers, measure_rss=rss, spin_wait=spin_wait, rounds=rounds,
-                               backend=backend, precision=precision, peaks=peaks, page_client=page_client)
+                               backend=backend, precision=precision, peaks=peaks, page_client=page_client,
+                               trigger_requests=trigger_requests)
         typer.echo(format_table(result))
         if out is not None:
             typer.echo(f"wrote {out}")

@@ -110,6 +110,8 @@ def _resolve_relative(data: Any, model: type, base: Path) -> None:
         if key in data:
             data[key] = fixed(data[key], False)
     for key in getattr(model, "maybe_path_settings", ()):
+        if model is SourceConfig and data.get("kind") == "gige":  # a camera id (an IP address) is no path
+            continue
         if key in data:
             data[key] = fixed(data[key], True)
     for key, value in data.items():
@@ -181,6 +183,10 @@ def validate(cfg: RuntimeConfig) -> None:
     if cfg.source.reconnect_min_s > cfg.source.reconnect_max_s:
         raise FsacError(f"source.reconnect_min_s ({cfg.source.reconnect_min_s}) must not exceed "
                         f"source.reconnect_max_s ({cfg.source.reconnect_max_s})")
+    if cfg.source.kind == "gige" or cfg.source.gige is not None:
+        from .gige_settings import check_gige_source
+
+        check_gige_source(cfg.source)
     fs = cfg.source.frame_size
     if fs is not None and (len(fs) != 2 or min(fs) < 1):
         raise FsacError(f"source.frame_size: expected [width, height] with positive sizes, got {fs}")

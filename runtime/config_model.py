@@ -14,10 +14,11 @@ from typing import Dict, List, Literal, Optional
 
 from pydantic import Field, create_model
 
+from .gige_settings import GigeSettings
 from .settings_base import Settings, Size, TextOrIndex
 from .sinks import SINKS
 
-SourceKind = Literal["auto", "folder", "watch", "video", "camera", "rtsp", "http", "gstreamer"]
+SourceKind = Literal["auto", "folder", "watch", "video", "camera", "rtsp", "http", "gstreamer", "gige"]
 SOURCE_KINDS = SourceKind.__args__
 SourceMode = Literal["every-frame", "latest-frame", "trigger"]
 SOURCE_MODES = SourceMode.__args__
@@ -100,6 +101,9 @@ class SourceConfig(Settings):
     max_frame_pixels: int = Field(40_000_000, ge=1, description="an encoded frame whose header says width x height "
                                   "exceeds this becomes an error record before it is decoded (40 MP = 120 MB "
                                   "decoded; decode_workers x that must fit the box's memory)")
+    gige: Optional[GigeSettings] = Field(None, description="kind gige (GigE Vision / GenICam camera through "
+                                         "Aravis; uri: camera id or auto): pixel_format, exposure_us, gain_db, "
+                                         "acquisition, ... (runtime/gige_settings.py)")
     path_settings = ("done_dir",)
     maybe_path_settings = ("uri",)
 
@@ -120,8 +124,8 @@ class JournalConfig(Settings):
     max_records: int = Field(1_000_000, ge=16, description="journal bound, in records")
     when_full: JournalWhenFull = Field("auto", description="at the bound: block (stop consuming input: file, "
                                        "folder, watch, video) or drop-oldest (live streams: oldest undelivered "
-                                       "records deleted and counted); auto: drop-oldest for camera/rtsp/http/"
-                                       "gstreamer sources, block otherwise")
+                                       "records deleted and counted); auto: drop-oldest for live sources "
+                                       "(camera/rtsp/http/gstreamer/gige), block otherwise")
     sync: bool = Field(True, description="fdatasync the journal before an input is acknowledged (survives power "
                        "loss); false: the OS page cache only (survives a daemon crash or kill)")
     commit_interval_s: float = Field(0.05, ge=0.0, le=10.0, description="group commit: the journal is fdatasynced "

@@ -39,7 +39,7 @@ log = logging.getLogger("fsac.runtime")
 
 VIDEO_SUFFIXES = (".avi", ".mp4", ".mkv", ".mov", ".m4v", ".webm", ".mjpg", ".mjpeg", ".ts", ".mpg", ".mpeg",
                   ".h264", ".h265", ".wmv", ".flv")
-STREAM_KINDS = ("camera", "rtsp", "http", "gstreamer")
+STREAM_KINDS = ("camera", "rtsp", "http", "gstreamer", "gige")  # live: never end
 
 # Frame payload kinds: encoded file bytes, a decoded (H, W, 3) RGB array, or a raw video
 # frame in the source's channel order (OpenCV: BGR).
@@ -125,6 +125,10 @@ def make_source(cfg: SourceConfig) -> "Source":
         return WatchSource(cfg)
     if kind == "video":
         return VideoSource(cfg)
+    if kind == "gige":
+        from .sources_gige import GigeSource  # Aravis is imported only for this kind
+
+        return GigeSource(cfg)
     return StreamSource(cfg, kind)
 
 

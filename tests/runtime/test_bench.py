@@ -16,7 +16,8 @@ def test_bench_runtime_command(tmp_path, model_file, image_folder):
     app.command("other")(lambda: None)  # so "runtime" is a subcommand, as under `fsac bench`
     out = tmp_path / "bench.json"
     result = CliRunner().invoke(app, ["runtime", "--model", str(model_file), "--images", str(image_folder),
-                                      "--frames", "24", "--batch-size", "4", "--out", str(out)])
+                                      "--frames", "24", "--batch-size", "4", "--out", str(out),
+                                      "--trigger-requests", "8"])
     assert result.exit_code == 0, result.output
     for text in ("bare backend", "serial loop", "daemon (every-frame)", "daemon / bare throughput", "peak RSS"):
         assert text in result.output
@@ -28,5 +29,11 @@ def test_bench_runtime_command(tmp_path, model_file, image_folder):
     assert "storage written per record" in result.output
     assert r["bytes_written_per_record"] > 0  # the journal and JSONL reach the disk (tmp is not tmpfs here)
     assert r["delivered"]["jsonl"] == 24 * r["rounds"]
+    row = r["trigger"]["http_image"]
+    assert row["requests"] == 8 and row["errors"] == 0 and 0 < row["p50_ms"] <= row["p95_ms"] <= row["max_ms"]
+    assert "trigger latency (POST /v1/inspect, image in the request), request -> answer over 8" in result.output
+    gige = r["trigger"]["gige_software"]
+    if "skipped" not in gige:  # Aravis and its fake camera installed
+        assert gige["requests"] == 8 and gige["errors"] == 0 and gige["p50_ms"] > 0
     if r["sinks"] == "jsonl+mqtt":
         assert r["delivered"]["mqtt"] == 24 * r["rounds"]
