@@ -239,6 +239,9 @@ class RuntimeConfig:
     recipes: Optional[Dict[str, Any]] = _opt(None, doc="more sealed models by recipe name: {name: {path, "
                                              "logit_threshold?, threshold?}}; model.path is recipe default "
                                              "(runtime/recipes.py)")
+    opcua: Optional[Dict[str, Any]] = _opt(None, doc="OPC UA server exposing the station (enabled, host, port, "
+                                           "namespace, username_env, password_env, certificate, private_key, "
+                                           "security_policies; runtime/opcua_settings.py)")
     daemon: DaemonConfig = _opt(factory=DaemonConfig)
     logging: LoggingConfig = _opt(factory=LoggingConfig)
 
@@ -539,6 +542,9 @@ def validate(cfg: RuntimeConfig) -> None:
     from .recipes import validate_recipes
 
     validate_recipes(cfg.recipes)
+    from .opcua_settings import validate_opcua
+
+    validate_opcua(cfg.opcua)
     st = cfg.station
     for key in ("site", "line", "station"):
         if any(c in getattr(st, key) for c in "/+#\x00"):
