@@ -3,7 +3,7 @@ Inspect method (a trigger request) and SelectRecipe.
 
 Address space, under Objects (plain browse names in the `opcua.namespace` namespace):
 
-    <site.line.station>            (or `Station` when no station names are set)
+    <site>_<line>_<station>        (the names that are set; `Station` when none is)
       PartId RequestId Verdict Score Logit Threshold Error Time Recipe Model ModelHash
       FrameId Seq RunId            the last result, exactly as journaled (Threshold: logit units)
       State                        starting, running, paused, stopping
@@ -48,7 +48,8 @@ COUNTERS = ("Frames", "Good", "Defective", "Errors")
 
 
 def station_name(station: tuple[str, str, str]) -> str:
-    return ".".join(p for p in station if p) or "Station"
+    # Not "." or "/": those separate the elements of an OPC UA relative path (browse paths).
+    return "_".join(p for p in station if p) or "Station"
 
 
 class OpcuaServer:
