@@ -32,7 +32,7 @@ from typing import Any
 from fsac.errors import FsacError
 
 from .health import ALARMS
-from .opcua_settings import credentials
+from .opcua_settings import LOOPBACK, credentials
 
 log = logging.getLogger("fsac.runtime")
 
@@ -79,6 +79,9 @@ class OpcuaServer:
                 raise FsacError(f"opcua.port: cannot listen on {self.s.host}:{self.s.port}: "
                                 f"{e.strerror or e}") from None
             raise FsacError(f"opcua: the server did not start: {type(e).__name__}: {e}") from None
+        if self.creds and self.s.security_policies == ["None"] and self.s.host not in LOOPBACK:
+            log.warning("opcua: without a signed and encrypted security policy (opcua.certificate, "
+                        "opcua.security_policies) the password crosses the network in plain text")
         log.info("opcua: opc.tcp://%s:%d/fsac/ (station %s, %s)", self.s.host, self.s.port,
                  station_name(self.daemon.station), "anonymous allowed" if self.s.allow_anonymous else
                  "user name and password required")
@@ -150,10 +153,13 @@ class OpcuaServer:
         await server.init()
         server.set_endpoint(f"opc.tcp://{self.s.host}:{self.s.port}/fsac/")
         server.set_server_name(f"fsac-run {station_name(self.daemon.station)}")
-        tokens = [ua.UserNameIdentityToken] if self.creds else []
-        if self.s.allow_anonymous:
-            tokens.append(ua.AnonymousIdentityToken)
-        server.set_identity_tokens(tokens)
+        # Offer only the identity tokens that can succeed: a client then sees at once that it needs a login.
+        if hasattr(server, "set_identity_tokens"):  # asyncua 2.x
+            tokens = [ua.UserNameIdentityToken] if self.creds else []
+            server.set_identity_tokens(tokens + ([ua.AnonymousIdentityToken] if self.s.allow_anonymous else []))
+        else:  # asyncua 1.x
+            server.set_security_IDs((["Username"] if self.creds else []) + (["Anonymous"] if self.s.allow_anonymous
+                                                                             else []))
         server.set_security_policy([getattr(ua.SecurityPolicyType, "NoSecurity" if p == "None" else p)
                                     for p in self.s.security_policies])
         if self.s.certificate:
