@@ -179,10 +179,12 @@ def test_credentials_are_required_and_inspect_needs_trigger_mode(tmp_path, model
                 await node.call_method(f"{idx}:Inspect", "P-1", "")
             return no_trigger.value.code, await read(node, idx, "Verdict")
 
-        with pytest.raises(Exception):  # anonymous: refused although on loopback, credentials are set
+        with pytest.raises(ua.UaStatusCodeError) as anon:  # refused although on loopback: credentials are set
             opc(port, steps)
-        with pytest.raises(Exception):
+        assert anon.value.code == ua.StatusCodes.BadIdentityTokenRejected
+        with pytest.raises(ua.UaStatusCodeError) as wrong:
             opc(port, steps, user="line3", password="wrong")
+        assert wrong.value.code == ua.StatusCodes.BadUserAccessDenied
         code, verdict = opc(port, steps, user="line3", password="s3cret-pw")
         assert code == ua.StatusCodes.BadInvalidState and verdict == ""
     finally:
@@ -216,3 +218,47 @@ def test_a_port_in_use_is_a_start_error_naming_opcua_port(tmp_path, model_file):
         daemon = Daemon(cfg, install_signals=False)
         with pytest.raises(FsacError, match=rf"opcua.port: cannot listen on 127.0.0.1:{port}"):
             daemon.run()
+
+
+def test_certificate_security_refuses_plain_sessions(tmp_path, model_file, monkeypatch):
+    from asyncua.crypto.cert_gen import setup_self_signed_certificate
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    async def certs():
+        for who, use in (("server", ExtendedKeyUsageOID.SERVER_AUTH), ("client", ExtendedKeyUsageOID.CLIENT_AUTH)):
+            await setup_self_signed_certificate(tmp_path / f"{who}.pem", tmp_path / f"{who}.der",
+                                                f"urn:freeopcua:python:{who}", "localhost", [use],
+                                                {"commonName": f"fsac test {who}"})
+
+    asyncio.run(certs())
+    monkeypatch.setenv("T_OPC_USER", "line3")
+    monkeypatch.setenv("T_OPC_PASS", "s3cret-pw")
+    watched = tmp_path / "in"
+    watched.mkdir()
+    port = free_port()
+    cfg = config(model_file, str(watched), tmp_path / "r.jsonl", "source.kind=watch", f"opcua.port={port}",
+                 "opcua.username_env=T_OPC_USER", "opcua.password_env=T_OPC_PASS",
+                 f"opcua.certificate={tmp_path / 'server.der'}", f"opcua.private_key={tmp_path / 'server.pem'}",
+                 "opcua.security_policies=[Basic256Sha256_SignAndEncrypt]")
+    daemon, t, result = start(cfg)
+    try:
+        async def state(client, node, idx):
+            return await read(node, idx, "State")
+
+        with pytest.raises(ua.UaError, match="No matching endpoints"):  # the server offers no plain endpoint
+            opc(port, state, user="line3", password="s3cret-pw")
+
+        async def secure():
+            client = Client(f"opc.tcp://127.0.0.1:{port}/fsac/", timeout=20)
+            client.application_uri = "urn:freeopcua:python:client"
+            await client.set_security_string(f"Basic256Sha256,SignAndEncrypt,{tmp_path / 'client.der'},"
+                                             f"{tmp_path / 'client.pem'}")
+            client.set_user("line3")
+            client.set_password("s3cret-pw")
+            async with client:
+                idx = await client.get_namespace_index(NS)
+                return await read(await client.nodes.objects.get_child(f"{idx}:Station"), idx, "State")
+
+        assert asyncio.run(secure()) in ("starting", "running")
+    finally:
+        assert stop(daemon, t, result) == 0
