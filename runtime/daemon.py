@@ -837,13 +837,13 @@ class Daemon:
                 with self._ack_lock:
                     while self._acks and self._acks[0][0] <= durable:
                         done += self._acks.popleft()[1]
+                if self.opcua is not None:  # durable now; before the answers, so a client sees it after Inspect
+                    self.opcua.publish([record for _, record in done])
                 for frame, record in done:
                     try:
                         self.source.on_result(frame, record)
                     except Exception as e:
                         log.warning("source hook failed for frame %d: %s", frame.frame_id, e)
-                if self.opcua is not None:  # durable now: the station's nodes may show it
-                    self.opcua.publish([record for _, record in done])
                 self.acked += len(done)
             try:
                 self.journal.housekeep()
