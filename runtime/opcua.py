@@ -200,10 +200,11 @@ class OpcuaServer:
                 await self._set(name, absent if value is None else value, type_name)
             for name in COUNTERS:
                 await self._set(name, counts[name], "UInt64")
-            alarms = list(record.get("health") or [])
-            await self._set("Alarms", alarms, "String")
-            for a in ALARMS:
-                await self._set(a, a in alarms, "Boolean")
+            if "health" in record:  # a fail-safe record (deadline) saw no image: the alarms stand
+                alarms = list(record["health"] or [])
+                await self._set("Alarms", alarms, "String")
+                for a in ALARMS:
+                    await self._set(a, a in alarms, "Boolean")
         except Exception as e:
             log.warning("opcua: updating the result nodes failed: %s", e)
 

@@ -45,7 +45,7 @@ def _model() -> Any:
     return OpcuaSettings
 
 
-def _one_line(err: Any, given: dict[str, Any], fields: list[str]) -> str:
+def _one_line(err: Any, fields: list[str]) -> str:
     e = err.errors()[0]
     where = ".".join(str(p) for p in e.get("loc", ())) or "?"
     if e.get("type") == "extra_forbidden":
@@ -66,7 +66,7 @@ def parse_opcua(section: dict[str, Any] | None) -> Any:
     try:
         s = cls.model_validate(section)
     except ValidationError as e:
-        raise FsacError(_one_line(e, section, list(cls.model_fields))) from None
+        raise FsacError(_one_line(e, list(cls.model_fields))) from None
     if not s.enabled:
         return None
     for p in s.security_policies:

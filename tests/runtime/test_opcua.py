@@ -262,3 +262,16 @@ def test_certificate_security_refuses_plain_sessions(tmp_path, model_file, monke
         assert asyncio.run(secure()) in ("starting", "running")
     finally:
         assert stop(daemon, t, result) == 0
+
+
+def test_the_runtime_imports_neither_asyncua_nor_pydantic_without_an_opcua_section(tmp_path, model_file):
+    import subprocess
+    import sys
+
+    code = ("import sys; from fsac.runtime.config import load_config; import fsac.runtime.daemon; "
+            f"load_config(None, ['http.enabled=false'], model={str(model_file)!r}, source={str(tmp_path)!r}, "
+            f"jsonl={str(tmp_path / 'r.jsonl')!r}); "
+            "print(sorted(m for m in ('asyncua', 'pydantic', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
