@@ -79,6 +79,8 @@ def journal_loop(d: Any) -> None:
             with d._ack_lock:
                 while d._acks and d._acks[0][0] <= durable:
                     done += d._acks.popleft()[1]
+            if d.opcua is not None:  # durable now; before the answers, so a client sees it after Inspect
+                d.opcua.publish([record for _, record in done])
             for frame, record in done:
                 try:
                     d.source.on_result(frame, record)

@@ -193,6 +193,9 @@ def validate(cfg: RuntimeConfig) -> None:
     from .recipes import validate_recipes
 
     validate_recipes(cfg.recipes)
+    from .opcua_settings import validate_opcua
+
+    validate_opcua(cfg.opcua)
     st = cfg.station
     for key in ("site", "line", "station"):
         if any(c in getattr(st, key) for c in "/+#\x00"):

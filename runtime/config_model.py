@@ -15,6 +15,7 @@ from typing import Dict, List, Literal, Optional
 from pydantic import Field, create_model
 
 from .gige_settings import GigeSettings
+from .opcua_settings import OpcuaSettings
 from .settings_base import Settings, Size, TextOrIndex
 from .sinks import SINKS
 
@@ -214,5 +215,7 @@ class RuntimeConfig(Settings):
     station: StationConfig = Field(default_factory=StationConfig)
     recipes: Optional[Dict[str, RecipeConfig]] = Field(None, description="more sealed models by recipe name; "
                                                        "model.path is recipe default (runtime/recipes.py)")
+    opcua: Optional[OpcuaSettings] = Field(None, description="OPC UA server exposing the station "
+                                           "(runtime/opcua.py)")
     daemon: DaemonConfig = Field(default_factory=DaemonConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)

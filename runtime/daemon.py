@@ -136,6 +136,7 @@ class Daemon:
         self.queue = FrameQueue(cfg.source.queue_size, drop_oldest=cfg.source.mode == "latest-frame")
         self.install_signals = install_signals
         self.http: StatusServer | None = None
+        self.opcua: Any = None  # runtime/opcua.py, when opcua.enabled
         self._pool = ThreadPoolExecutor(max_workers=cfg.source.decode_workers, thread_name_prefix="fsac-prep")
         self._stop = threading.Event()  # tells the reader (and the source) to stop reading
         self._hard_stop = threading.Event()  # past the drain deadline: a blocked journal append gives up
@@ -288,6 +289,13 @@ class Daemon:
             log.info("http: /healthz /readyz /metrics on http://%s:%d", host, port)
         for d in self.deliveries:
             d.start()
+        from .opcua_settings import parse_opcua
+
+        if (opcua := parse_opcua(self.cfg.opcua)) is not None:
+            from .opcua import OpcuaServer
+
+            self.opcua = OpcuaServer(self, opcua)
+            self.opcua.start()
         if self.trigger is not None:
             self.trigger.start()
         self._jthread = threading.Thread(target=self._journal_loop, name="fsac-journal", daemon=True)
@@ -427,6 +435,8 @@ class Daemon:
             self.webui.close()
         if self.http is not None:
             self.http.stop()
+        if self.opcua is not None:
+            self.opcua.stop(timeout=max(0.5, min(5.0, deadline - time.monotonic())))
         if self.trigger is not None:
             self.trigger.stop()
         if self._health_pub is not None:

@@ -112,7 +112,8 @@ class Delivery:
 
     def stop(self, timeout: float) -> None:
         self._halt.set()
-        self._thread.join(timeout=max(0.1, timeout))
+        if self._thread.ident is not None:  # a start that failed earlier never started it
+            self._thread.join(timeout=max(0.1, timeout))
 
     def stats(self) -> dict[str, float]:
         out = {"delivered": self.delivered, "pending": self.pending(), "delivery_errors": self.errors,

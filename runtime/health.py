@@ -84,6 +84,11 @@ class HealthMonitor:
                 self._refs[model.sha256] = None
         return self._refs[model.sha256]
 
+    def current(self) -> list[str]:
+        """The alarms in force (those of the last frame), for a record without a frame of its own."""
+        with self._lock:
+            return list(self._last)
+
     def annotate(self, records: list[dict[str, Any]], preps: list[Any], model: Any) -> None:
         ref = self._ref(model)
         with self._lock:

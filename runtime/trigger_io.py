@@ -62,6 +62,7 @@ def fail_safe(daemon: Any, req: Request, reason: str) -> None:
     record = make_record(frame, model, time.monotonic() - req.t_mono, error=reason, run_id=daemon.run_id,
                          station=daemon.station)
     record["recipe"] = req.recipe or daemon.recipes.active
+    record["health"] = daemon.health.current()  # no frame of its own: the alarms in force
     log.warning("part %s (request %s): %s", req.part_id, req.request_id, reason)
     if not daemon.journal_records([(frame, record)]):
         raise FsacError(f"journal {daemon.journal.folder}: the fail-safe record was not journaled")

@@ -13,6 +13,7 @@ import urllib.request
 from collections import Counter
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from fsac.runtime.daemon import Daemon
@@ -107,6 +108,28 @@ def test_deadline_answers_error_once_and_the_late_frame_gets_no_second_record(tm
     assert per_part == {"P-0": 1, "P-1": 1, "P-2": 1}  # exactly one record per request
     assert all(r["verdict"] == "error" for r in records)
     assert sorted(r["seq"] for r in records) == [0, 1, 2]
+    assert all(r["health"] == [] for r in records)  # a field of every record, fail-safe ones too
+    for r in records:
+        VALIDATOR.validate(r)
+
+
+def test_a_failed_start_reports_its_own_error(tmp_path, model_file, image_folder):
+    """The HTTP port taken: the start fails with that error, not with one from tearing down
+    threads that never started."""
+    import socket
+
+    from fsac.errors import FsacError
+
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen(1)
+    port = blocker.getsockname()[1]
+    try:
+        cfg = config(model_file, str(image_folder), tmp_path / "r.jsonl", "http.enabled=true", f"http.port={port}")
+        with pytest.raises(FsacError, match=rf"http\.port: cannot listen on 127\.0\.0\.1:{port}"):
+            Daemon(cfg, install_signals=False).run()
+    finally:
+        blocker.close()
 
 
 def test_mqtt_command_topic_answers_on_the_results_topic_once_per_request(tmp_path, model_file, image_folder):
