@@ -130,7 +130,10 @@ class Daemon:
         self.station = (cfg.station.site, cfg.station.line, cfg.station.station)
         self._append_lock = threading.Lock()  # seq order == journal order (the trigger deadline appends too)
         # Decoded pixels are kept only if some sink saves them (memory: queue_size frames).
-        self.keep_rgb = any(getattr(s, "needs_images", False) for s in self.live)
+        self.keep_rgb = any(getattr(s, "needs_images", False) for s in self.sinks)
+        # Durable sinks that want pixels (saved frames) get them staged before the record is
+        # journaled, so their cursor finds them when it reaches the record.
+        self._stagers = [s for s in self.durable if callable(getattr(s, "stage", None))]
         self._flushers = [batch_flusher(s) for s in self.live]
         self._takes_raw = [accepts_raw_bytes(s) for s in self.live]
         self.queue = FrameQueue(cfg.source.queue_size, drop_oldest=cfg.source.mode == "latest-frame")
@@ -587,6 +590,15 @@ class Daemon:
             from .trigger_io import settle_batch
 
             batch, records, preps = settle_batch(self, batch, records, preps)
+        for sink in self._stagers:
+            for item, record, prep in zip(batch, records, preps):
+                raw = item.frame.data if isinstance(item.frame.data, (bytes, bytearray)) else None
+                try:
+                    sink.stage(record, prep.rgb if record["verdict"] != "error" else raw)
+                except Exception as e:
+                    self.metrics.sink_error(sink.name)
+                    self._sink_errors(logging.ERROR, "sink %s cannot stage frame %d: %s", sink.name,
+                                      record["frame_id"], e)
         # Durable first: the journal holds the batch before any input is acknowledged.
         if records and not self.journal_records([(item.frame, r) for item, r in zip(batch, records)]):
             return

@@ -19,10 +19,17 @@ Retention: `max_files` (image+JSON pairs) and/or `max_bytes` (both files counted
 oldest pairs are deleted first. The sink scans the folder at start, so the bounds hold
 across restarts. The newest pair is never deleted, even if it alone exceeds `max_bytes`.
 
-Overload: encoding and writing happen on the sink's own thread behind a bounded queue
-(`queue_size` frames). If the disk cannot keep up, new frames are SKIPPED (this is a sample
-store, not an archive) and counted in `stats()["dropped"]`; the result records themselves
-travel through the other sinks and are never affected.
+In fsac-run the sink is a cursor over the journal like JSONL and MQTT: the daemon stages the
+pixels of each wanted frame (`stage`) before its record is journaled, and `deliver` saves
+them when the sink's cursor reaches the record; a failing folder (full disk, gone) makes the
+delivery fail and retry from the cursor, and nothing staged is lost while it recovers.
+The pixels live in memory only: after a restart the journal replays records whose pixels are
+gone; those are counted in `stats()["images_missing"]` (the records themselves are in the
+journal and every other sink).
+
+Overload: at most `queue_size` frames wait staged (or, used on its own through `write`, in
+the writer thread's queue). If the disk cannot keep up, the oldest staged (or newest written)
+frames are SKIPPED, as a sample store, not an archive, and counted in `stats()["dropped"]`.
 """
 
 from __future__ import annotations
@@ -129,6 +136,7 @@ def _raw_ext(data: bytes) -> str:
 
 class FramesSink:
     name = "frames"
+    durable = True  # in fsac-run: a cursor over the journal (deliver); the pixels are staged first
     needs_images = True  # it saves the decoded frame
     accepts_raw_bytes = True  # and, for undecodable frames, the raw file bytes
 
@@ -157,6 +165,11 @@ class FramesSink:
         self._total_bytes = 0
         self._scan()
         self._enforce_retention(keep=None)
+        # (run_id, frame_id) -> pixels of a wanted frame, staged by the daemon before the record
+        # is journaled; deliver() saves them when the record comes through its cursor.
+        self._staged: OrderedDict[tuple[Any, Any], Any] = OrderedDict()
+        self._missing = 0  # wanted records delivered with no pixels staged (replay after a restart)
+        self._saved_keys: OrderedDict[tuple[Any, Any], None] = OrderedDict()  # a retried batch: not missing
         self._queue: queue.Queue = queue.Queue(maxsize=c["queue_size"])
         self._worker = threading.Thread(target=self._worker_main, name="fsac-frames", daemon=True)
         self._worker.start()
@@ -316,6 +329,46 @@ class FramesSink:
                 log.warning("frames sink: disk too slow, skipped frame %r (%d skipped so far; "
                             "queue_size=%d)", record.get("frame_id"), dropped, self.cfg["queue_size"])
 
+    # ----------------------------------------------------------------- journal consumer
+
+    def stage(self, record: dict[str, Any], image: np.ndarray | bytes | None) -> None:
+        """fsac-run, before the record is journaled: keep the pixels of a wanted frame until
+        deliver() reaches its record. Bounded by queue_size frames: past it the oldest staged
+        frame is skipped and counted (a sample store, not an archive; the record itself is in
+        the journal and reaches every sink)."""
+        if not self._wanted(record, image):
+            return
+        data = image.copy() if isinstance(image, np.ndarray) else bytes(image)
+        with self._lock:
+            self._staged[(record.get("run_id"), record.get("frame_id"))] = data
+            while len(self._staged) > self.cfg["queue_size"]:
+                self._staged.popitem(last=False)
+                self._dropped += 1
+
+    def deliver(self, lines: list[bytes]) -> None:
+        """Save the staged frames of these journal lines; returns once they are on disk
+        (atomic writes), raises otherwise, and the delivery retries from the cursor. A frame
+        saved before a failure in the same batch is not saved twice: it is no longer staged."""
+        for line in lines:
+            record = json.loads(line)
+            key = (record.get("run_id"), record.get("frame_id"))
+            with self._lock:
+                image = self._staged.get(key)
+                again = key in self._saved_keys
+            if again:
+                continue
+            if image is None:
+                if record.get("verdict") == "defective" and self.cfg["save_defective"]:
+                    with self._lock:
+                        self._missing += 1  # replayed after a restart: its pixels died with the process
+                continue
+            self._save(record, image, time.time())
+            with self._lock:
+                self._staged.pop(key, None)
+                self._saved_keys[key] = None
+                while len(self._saved_keys) > 4096:
+                    self._saved_keys.popitem(last=False)
+
     def flush(self, timeout: float = 10.0) -> None:
         """Wait (up to `timeout` s) until every queued frame is on disk."""
         deadline = time.monotonic() + timeout
@@ -343,7 +396,8 @@ class FramesSink:
                 "dropped": self._dropped,
                 "deleted": self._deleted,
                 "errors": self._errors,
-                "queued": self._queue.unfinished_tasks,
+                "queued": self._queue.unfinished_tasks + len(self._staged),
+                "images_missing": self._missing,
                 "files": len(self._index),
                 "bytes": self._total_bytes,
             }

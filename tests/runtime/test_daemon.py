@@ -297,11 +297,16 @@ def test_frames_and_mqtt_sinks_are_wired_in_by_config(tmp_path, model_file, imag
                  "sinks.frames.format=png")
     daemon = Daemon(cfg, install_signals=False)
     assert [s.name for s in daemon.sinks] == ["jsonl", "frames"]
+    assert [d.name for d in daemon.deliveries] == ["jsonl", "frames"]  # both are cursors over the journal
     assert daemon.keep_rgb
     assert daemon.run() == 0
     defective = [r for r in read_jsonl(out) if r["verdict"] == "defective"]
     saved = sorted((tmp_path / "saved").glob("*.png"))
     assert len(saved) == len(defective) > 0
+    saved_records = [json.loads(p.with_suffix(".json").read_text()) for p in saved]
+    assert sorted(r["seq"] for r in saved_records) == sorted(r["seq"] for r in defective)  # the journaled records
+    cursors = json.loads((Path(cfg.journal.dir) / "cursors.json").read_text())
+    assert cursors["frames"] == cursors["jsonl"] == len(read_jsonl(out))
     pytest.importorskip("fsac.runtime.sinks.mqtt")
     pytest.importorskip("paho.mqtt.client")
     cfg = config(model_file, str(image_folder), out, "sinks.mqtt.host=127.0.0.1", "sinks.mqtt.port=9")

@@ -260,3 +260,50 @@ def test_unusable_dir_names_the_setting(tmp_path):
     blocker.write_text("x")
     with pytest.raises(FsacError, match=r"^sinks\.frames\.dir"):
         FramesSink({"dir": str(blocker / "sub")})
+
+
+# ------------------------------------------------------------------ journal consumer (fsac-run)
+
+
+def line(record: dict) -> bytes:
+    return json.dumps({**record, "run_id": "r1"}).encode() + b"\n"
+
+
+def test_deliver_saves_the_staged_frames_and_recovers_from_a_failing_folder(tmp_path):
+    folder = tmp_path / "saved"
+    sink = FramesSink({"dir": str(folder), "sample_normal": 0.0})
+    try:
+        records = [{**rec(i, "defective" if i % 2 else "good"), "run_id": "r1"} for i in range(6)]
+        for i, r in enumerate(records):
+            sink.stage(r, img(i))
+        assert sink.stats()["queued"] == 3  # only the wanted (defective) frames are staged
+        # A real fault: the folder is replaced by a file, so every atomic write fails.
+        folder.rename(tmp_path / "moved")
+        folder.write_text("not a folder")
+        with pytest.raises(OSError):
+            sink.deliver([line(r) for r in records])
+        assert sink.stats()["written"] == 0 and sink.stats()["queued"] == 3  # nothing consumed
+        folder.unlink()
+        (tmp_path / "moved").rename(folder)
+        sink.deliver([line(r) for r in records[:2]])  # frame 1 saved ...
+        sink.deliver([line(r) for r in records])  # ... then the batch again, as a retry would
+        assert saved_ids(folder) == [1, 3, 5]  # each once, none twice
+        assert sink.stats()["written"] == 3 and sink.stats()["queued"] == 0
+        # After a restart the journal replays records whose pixels died with the old process.
+        sink.deliver([line(rec(7))])
+        assert sink.stats()["images_missing"] == 1 and saved_ids(folder) == [1, 3, 5]
+    finally:
+        sink.close(timeout=1.0)
+
+
+def test_staging_is_bounded_and_counts_what_it_skips(tmp_path):
+    sink = FramesSink({"dir": str(tmp_path / "s"), "queue_size": 2})
+    try:
+        for i in range(5):
+            sink.stage({**rec(i), "run_id": "r1"}, img(i))
+        st = sink.stats()
+        assert st["queued"] == 2 and st["dropped"] == 3
+        sink.deliver([line(rec(i)) for i in range(5)])
+        assert saved_ids(tmp_path / "s") == [3, 4]  # the newest kept, the oldest skipped and counted
+    finally:
+        sink.close(timeout=1.0)
