@@ -134,7 +134,7 @@ class JournalConfig(Settings):
                                      "at most this often, so one fsync covers every record of the interval "
                                      "(storage writes per record); adds up to this much latency to "
                                      "acknowledgements and deliveries")
-    cursor_interval_s: float = Field(1.0, ge=0.01, le=3600.0, description="how often the sinks' cursors are saved; "
+    cursor_interval_s: float = Field(5.0, ge=0.01, le=3600.0, description="how often the sinks' cursors are saved; "
                                      "a later save only means records are delivered again after a crash")
     path_settings = ("dir",)
 
