@@ -41,7 +41,7 @@ from .config_model import (BACKENDS, JOURNAL_WHEN_FULL, LOG_LEVELS, SOURCE_KINDS
                            DaemonConfig, HttpConfig, JournalConfig, LiveConfig, LoggingConfig, ModelConfig,
                            OpenVinoConfig, RecipeConfig, RuntimeConfig, SinksConfig, SourceConfig, StationConfig,
                            TriggerConfig)
-from .settings_base import CliValue, _unwrap, check, sink_settings_active  # noqa: F401
+from .settings_base import CliValue, _unwrap, check, sink_settings_active  # noqa: F401 (CliValue: API)
 from .sinks import SINKS
 
 
@@ -163,15 +163,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     return cfg
 
 
-def sink_section_enabled(section: Any) -> bool:
-    return sink_settings_active(section)
-
-
-def sink_section_settings(section: Any) -> dict[str, Any]:
-    """A sink's section as plain settings, without our `enabled` switch."""
-    if isinstance(section, BaseModel):
-        return section.model_dump(exclude={"enabled"})
-    return {k: v for k, v in (section or {}).items() if k != "enabled"}
+# A sink section switches on by being present, unless it says `enabled: false`.
+sink_section_enabled = sink_settings_active
 
 
 def validate(cfg: RuntimeConfig) -> None:
@@ -204,7 +197,7 @@ def validate(cfg: RuntimeConfig) -> None:
     if st.site and st.line and st.station and mqtt is not None \
             and "topic_prefix" not in mqtt.model_fields_set:  # the fleet layout: one broker, many stations
         mqtt.topic_prefix = f"fsac/{st.site}/{st.line}/{st.station}"
-    if not any(sink_settings_active(getattr(cfg.sinks, s.name)) for s in SINKS):
+    if not any(sink_section_enabled(getattr(cfg.sinks, s.name)) for s in SINKS):
         raise FsacError("sinks: no result sink configured; set sinks.jsonl.path (or --jsonl FILE), "
                         + ", ".join(f"sinks.{s.name}" for s in SINKS if not s.always_present))
     if not cfg.journal.dir:

@@ -54,7 +54,7 @@ import numpy as np
 
 from .backends import LoadedModel, ModelHandle
 from .commit import journal_loop, journal_records
-from .config import RuntimeConfig, sink_section_enabled, sink_section_settings
+from .config import RuntimeConfig, sink_section_enabled
 from .exit_report import exit_report
 from .prepare import Prepared, prepare
 from .sink_set import accepts_raw_bytes, batch_flusher, build_sinks
@@ -78,6 +78,11 @@ class Pending:
 
 
 # --------------------------------------------------------------------------- daemon
+
+
+def _raw_bytes(frame: Frame) -> bytes | None:
+    """An undecodable frame's file bytes, which the saved-frames sink keeps for error records."""
+    return frame.data if isinstance(frame.data, (bytes, bytearray)) else None
 
 
 class Daemon:
@@ -126,7 +131,7 @@ class Daemon:
         if sink_section_enabled(cfg.sinks.mqtt):  # alarms as retained MQTT status events
             from .health_mqtt import HealthPublisher
 
-            self._health_pub = self.health.on_change = HealthPublisher(sink_section_settings(cfg.sinks.mqtt))
+            self._health_pub = self.health.on_change = HealthPublisher(cfg.sinks.mqtt)
         self.station = (cfg.station.site, cfg.station.line, cfg.station.station)
         self._append_lock = threading.Lock()  # seq order == journal order (the trigger deadline appends too)
         # Decoded pixels are kept only if some sink saves them (memory: queue_size frames).
@@ -590,15 +595,7 @@ class Daemon:
             from .trigger_io import settle_batch
 
             batch, records, preps = settle_batch(self, batch, records, preps)
-        for sink in self._stagers:
-            for item, record, prep in zip(batch, records, preps):
-                raw = item.frame.data if isinstance(item.frame.data, (bytes, bytearray)) else None
-                try:
-                    sink.stage(record, prep.rgb if record["verdict"] != "error" else raw)
-                except Exception as e:
-                    self.metrics.sink_error(sink.name)
-                    self._sink_errors(logging.ERROR, "sink %s cannot stage frame %d: %s", sink.name,
-                                      record["frame_id"], e)
+        self._stage(batch, records, preps)
         # Durable first: the journal holds the batch before any input is acknowledged.
         if records and not self.journal_records([(item.frame, r) for item, r in zip(batch, records)]):
             return
@@ -608,8 +605,7 @@ class Daemon:
                 if record["verdict"] != "error":
                     self._emit(record, preps[i].rgb)
                 else:
-                    raw = frame.data if isinstance(frame.data, (bytes, bytearray)) else None
-                    self._emit(record, None, raw)
+                    self._emit(record, None, _raw_bytes(frame))
             self.metrics.frames.inc()
             if record["verdict"] == "defective":
                 self.metrics.anomalies.inc()
@@ -623,6 +619,17 @@ class Daemon:
                 self.metrics.sink_error(getattr(sink, "name", "?"))
                 self._sink_errors(logging.ERROR, "sink %s flush failed: %s", getattr(sink, "name", sink), e)
         self.last_written = time.monotonic()
+
+    def _stage(self, batch: list[Pending], records: list[dict[str, Any]], preps: list[Prepared]) -> None:
+        """Hand the pixels to the durable sinks that save them, before the records are journaled."""
+        for sink in self._stagers:
+            for item, record, prep in zip(batch, records, preps):
+                try:
+                    sink.stage(record, prep.rgb if record["verdict"] != "error" else _raw_bytes(item.frame))
+                except Exception as e:
+                    self.metrics.sink_error(sink.name)
+                    self._sink_errors(logging.ERROR, "sink %s cannot stage frame %d: %s", sink.name,
+                                      record["frame_id"], e)
 
     def journal_records(self, pairs: list[tuple[Frame, dict[str, Any]]]) -> bool:
         """Number, append and queue for acknowledgement (after fdatasync) a batch of records."""

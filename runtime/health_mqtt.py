@@ -15,7 +15,7 @@ log = logging.getLogger("fsac.runtime")
 
 
 class HealthPublisher:
-    def __init__(self, mqtt_settings: dict[str, Any], topic: str = "health") -> None:
+    def __init__(self, mqtt_settings: Any, topic: str = "health") -> None:
         from .sinks.mqtt import side_client
 
         self.client, c, prefix = side_client(mqtt_settings, "health")

@@ -157,6 +157,14 @@ class Settings(BaseModel):
                 for k, v in data.items()}
 
 
+def section_dict(model: type[BaseModel], section: Any, prefix: str) -> dict[str, Any]:
+    """A section (its model, or raw data checked as `model`) as the plain dict a sink's
+    constructor reads, without our `enabled` switch."""
+    if not isinstance(section, model):
+        section = check(model, section, prefix)
+    return section.model_dump(exclude={"enabled"})
+
+
 def sink_settings_active(section: Any) -> bool:
     """A sink section switches on by being present, unless it says `enabled: false`."""
     if section is None:

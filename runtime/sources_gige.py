@@ -191,13 +191,16 @@ class GigeSource(Source):
                 raise _Lost(e.message) from None
             raise FsacError(f"source.gige.{name}: the camera refused it ({e.message})") from None
 
+    def _require_offered(self, name: str, value: str, offered: Any, what: str = "") -> None:
+        offered = list(offered)
+        if value not in offered:
+            raise FsacError(f"source.gige.{name}: camera {self.label} has no {what}{value} "
+                            f"(it offers {', '.join(offered)})")
+
     def _configure(self, cam: Any) -> None:
         Aravis, s = self._aravis, self.settings
         if s.pixel_format is not None:
-            available = list(cam.dup_available_pixel_formats_as_strings())
-            if s.pixel_format not in available:
-                raise FsacError(f"source.gige.pixel_format: camera {self.label} has no {s.pixel_format} "
-                                f"(it offers {', '.join(available)})")
+            self._require_offered("pixel_format", s.pixel_format, cam.dup_available_pixel_formats_as_strings())
             self._set("pixel_format", lambda: cam.set_pixel_format_from_string(s.pixel_format))
         if s.region is not None:
             self._set("region", lambda: cam.set_region(*s.region))
@@ -217,10 +220,8 @@ class GigeSource(Source):
         elif s.acquisition == "software":
             self._set("acquisition", lambda: cam.set_trigger("Software"))
         else:
-            sources = list(cam.dup_available_trigger_sources())
-            if s.trigger_source not in sources:
-                raise FsacError(f"source.gige.trigger_source: camera {self.label} has no trigger source "
-                                f"{s.trigger_source} (it offers {', '.join(sources)})")
+            self._require_offered("trigger_source", s.trigger_source, cam.dup_available_trigger_sources(),
+                                  "trigger source ")
             self._set("trigger_source", lambda: cam.set_trigger(s.trigger_source))
             if s.trigger_activation is not None:
                 self._set("trigger_activation", lambda: cam.set_string("TriggerActivation", s.trigger_activation))

@@ -42,13 +42,13 @@ def attach_trigger(daemon: Any, inner: Source | None) -> tuple[TriggerHub, Trigg
     hub.switch_recipe = lambda name: daemon.recipes.switch(name)
     topic = daemon.cfg.trigger.mqtt_command_topic
     if topic:
-        from .config import sink_section_enabled, sink_section_settings
+        from .config import sink_section_enabled
 
         mqtt = daemon.cfg.sinks.mqtt
         if not sink_section_enabled(mqtt):
             raise FsacError("trigger.mqtt_command_topic: needs sinks.mqtt (the broker, and the results topic "
                             "the answers go to)")
-        hub.inputs.append(MqttCommands(hub, sink_section_settings(mqtt), topic))
+        hub.inputs.append(MqttCommands(hub, mqtt, topic))
     return hub, source
 
 
@@ -170,7 +170,7 @@ class MqttCommands:
     """Subscribes to the command topic with the MQTT sink's broker settings; each message is
     one request, answered on the results topic through the journal."""
 
-    def __init__(self, hub: TriggerHub, mqtt_settings: dict[str, Any], topic: str) -> None:
+    def __init__(self, hub: TriggerHub, mqtt_settings: Any, topic: str) -> None:
         from .sinks.mqtt import side_client
 
         self.client, c, prefix = side_client(mqtt_settings, "cmd")

@@ -53,7 +53,7 @@ from typing_extensions import Annotated
 
 from fsac.errors import FsacError
 from fsac.io import atomic_write_bytes
-from fsac.runtime.settings_base import OptionalSize, Settings, check, setting_error
+from fsac.runtime.settings_base import OptionalSize, Settings, section_dict, setting_error
 from fsac.runtime.sinks.base import json_default
 
 log = logging.getLogger("fsac.runtime.sinks.frames")
@@ -101,9 +101,7 @@ FRAMES_DEFAULTS: dict[str, Any] = FramesSettings().model_dump(exclude={"enabled"
 
 def validate_frames_config(cfg: Any) -> dict[str, Any]:
     """Check the `sinks.frames` section and return it as a dict with defaults filled in (pure)."""
-    if isinstance(cfg, FramesSettings):
-        return cfg.model_dump(exclude={"enabled"})
-    return check(FramesSettings, cfg, SECTION).model_dump(exclude={"enabled"})
+    return section_dict(FramesSettings, cfg, SECTION)
 
 
 def build(settings: FramesSettings) -> "FramesSink":

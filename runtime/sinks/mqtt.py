@@ -92,7 +92,7 @@ def apply_broker_auth(client: Any, c: dict[str, Any], username: str | None, pass
         client.tls_insecure_set(c["tls_insecure"])
 
 
-def side_client(settings: dict[str, Any] | None, suffix: str) -> tuple[Any, dict[str, Any], str]:
+def side_client(settings: Any, suffix: str) -> tuple[Any, dict[str, Any], str]:
     """A second connection to the sink's broker (health events, trigger commands): the same
     host, credentials, TLS and reconnect backoff as the results sink, client id <id>-<suffix>.
     -> (paho client, validated settings, topic prefix with {client_id} filled in)."""

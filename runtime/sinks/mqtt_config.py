@@ -12,7 +12,7 @@ from typing_extensions import Annotated
 
 from fsac.errors import FsacError
 
-from ..settings_base import EnvName, Settings, check, setting_error
+from ..settings_base import EnvName, Settings, section_dict, setting_error
 
 SECTION = "sinks.mqtt"
 
@@ -118,9 +118,7 @@ def validate_mqtt_config(cfg: Any) -> dict[str, Any]:
     Pure: reads neither disk nor environment (the sink does that when it starts). Raises
     FsacError naming the setting, e.g. "sinks.mqtt.qos: must be one of 0, 1, 2; got 3".
     """
-    if isinstance(cfg, MqttSettings):
-        return cfg.model_dump(exclude={"enabled"})
-    return check(MqttSettings, cfg, SECTION).model_dump(exclude={"enabled"})
+    return section_dict(MqttSettings, cfg, SECTION)
 
 
 def _check_topic(key: str, value: Any, allow_none: bool, allow_empty: bool = False) -> None:

@@ -23,7 +23,7 @@ from pydantic import Field, model_validator
 
 from fsac.errors import FsacError
 
-from ..settings_base import EnvName, Settings, check, setting_error
+from ..settings_base import EnvName, Settings, section_dict, setting_error
 
 SECTION = "sinks.webhook"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -53,9 +53,7 @@ class WebhookSettings(Settings):
 
 
 def validate_webhook_config(cfg: Any) -> dict[str, Any]:
-    if isinstance(cfg, WebhookSettings):
-        return cfg.model_dump(exclude={"enabled"})
-    return check(WebhookSettings, cfg, SECTION).model_dump(exclude={"enabled"})
+    return section_dict(WebhookSettings, cfg, SECTION)
 
 
 def build(settings: WebhookSettings) -> "WebhookSink":

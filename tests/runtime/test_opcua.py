@@ -16,7 +16,7 @@ from asyncua import Client, ua  # noqa: E402
 
 from fsac.errors import FsacError  # noqa: E402
 from fsac.runtime.daemon import Daemon  # noqa: E402
-from fsac_run_helpers import free_port, read_jsonl, wait_for  # noqa: E402
+from fsac_run_helpers import free_port, read_jsonl  # noqa: E402
 from test_daemon import config, slow_handle  # noqa: E402
 from test_health import make_inputs  # noqa: E402
 from test_trigger import start, stop  # noqa: E402
@@ -164,14 +164,19 @@ def test_health_alarm_nodes_follow_the_frames(tmp_path, model_file, bottle_image
     assert seen[5] == (["focus_lost"], {**none, "focus_lost": True})  # c_blurred.png: the dark alarm cleared
 
 
-def test_credentials_are_required_and_inspect_needs_trigger_mode(tmp_path, model_file, monkeypatch):
+def login_config(tmp_path, model_file, monkeypatch, *extra):
+    """A watch-mode daemon whose OPC UA server requires the login line3 / s3cret-pw."""
     monkeypatch.setenv("T_OPC_USER", "line3")
     monkeypatch.setenv("T_OPC_PASS", "s3cret-pw")
     watched = tmp_path / "in"
     watched.mkdir()
     port = free_port()
-    cfg = config(model_file, str(watched), tmp_path / "r.jsonl", "source.kind=watch", f"opcua.port={port}",
-                 "opcua.username_env=T_OPC_USER", "opcua.password_env=T_OPC_PASS")
+    return port, config(model_file, str(watched), tmp_path / "r.jsonl", "source.kind=watch", f"opcua.port={port}",
+                        "opcua.username_env=T_OPC_USER", "opcua.password_env=T_OPC_PASS", *extra)
+
+
+def test_credentials_are_required_and_inspect_needs_trigger_mode(tmp_path, model_file, monkeypatch):
+    port, cfg = login_config(tmp_path, model_file, monkeypatch)
     daemon, t, result = start(cfg)
     try:
         async def steps(client, node, idx):
@@ -231,14 +236,8 @@ def test_certificate_security_refuses_plain_sessions(tmp_path, model_file, monke
                                                 {"commonName": f"fsac test {who}"})
 
     asyncio.run(certs())
-    monkeypatch.setenv("T_OPC_USER", "line3")
-    monkeypatch.setenv("T_OPC_PASS", "s3cret-pw")
-    watched = tmp_path / "in"
-    watched.mkdir()
-    port = free_port()
-    cfg = config(model_file, str(watched), tmp_path / "r.jsonl", "source.kind=watch", f"opcua.port={port}",
-                 "opcua.username_env=T_OPC_USER", "opcua.password_env=T_OPC_PASS",
-                 f"opcua.certificate={tmp_path / 'server.der'}", f"opcua.private_key={tmp_path / 'server.pem'}",
+    port, cfg = login_config(tmp_path, model_file, monkeypatch,
+                             f"opcua.certificate={tmp_path / 'server.der'}", f"opcua.private_key={tmp_path / 'server.pem'}",
                  "opcua.security_policies=[Basic256Sha256_SignAndEncrypt]")
     daemon, t, result = start(cfg)
     try:
