@@ -136,15 +136,30 @@ def expected_false_alarms(metadata: dict[str, str]) -> float | None:
     return None
 
 
+# The daemon's own input-health alarms (runtime/health.py: each frame against the calibration
+# images' statistics), as the operator reads them.
+HEALTH_TEXT = {
+    "lens_blocked": ("input", "lens blocked or covered: the last frame is dark and flat compared with the "
+                              "calibration images"),
+    "lighting_changed": ("input", "lighting changed: the last frame's brightness is far from the calibration "
+                                  "images'"),
+    "focus_lost": ("input", "focus lost: the last frame is much less sharp than the calibration images"),
+    "reject_rate_high": ("drift", "reject rate high: far more defective verdicts in the last frames than the "
+                                  "threshold's false-alarm rate allows"),
+}
+
+
 def alarms(records: list[dict[str, Any]], expected_fpr: float | None, source_connected: bool,
-           dropped_recent: int) -> list[dict[str, str]]:
+           dropped_recent: int, health: list[str] | tuple[str, ...] = ()) -> list[dict[str, str]]:
     """Drift and input-health alarms from the last records. Simple rules that say what they
     saw, so an operator can judge them:
+      health  the daemon's input-health alarms in force (lens blocked, lighting, focus, reject rate)
       input   more than 10 % error records, the source closed, frames dropped in the last minute
       drift   the defect rate far above the false-alarm rate the threshold was set for (a light,
               camera or product change makes good parts look anomalous) once 50 frames are in
     """
-    out = []
+    out = [{"kind": HEALTH_TEXT.get(a, ("input", a))[0], "text": HEALTH_TEXT.get(a, ("input", a))[1]}
+           for a in health]
     if not source_connected:
         out.append({"kind": "input", "text": "source is not open (reconnecting)"})
     if dropped_recent:

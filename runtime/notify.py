@@ -27,7 +27,10 @@ def sd_notify(message: str) -> bool:
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
             sock.connect(address)
-            sock.sendall(message.encode("utf-8"))
+            # Non-blocking: a supervisor that stops reading its socket (a full datagram queue,
+            # net.unix.max_dgram_qlen is 10 on many systems) must not stall the daemon's main
+            # loop; the message is dropped and the watchdog decides.
+            sock.send(message.encode("utf-8"), socket.MSG_DONTWAIT)
         return True
     except OSError as e:
         # Never let a notification problem stop scoring; systemd will notice on its own.

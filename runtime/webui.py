@@ -79,6 +79,12 @@ def dumps(obj: Any) -> bytes:
         return json.dumps(_finite(obj), allow_nan=False, default=str).encode()
 
 
+def _same_token(given: str, token: str) -> bool:
+    """Constant-time comparison; as bytes, because compare_digest refuses non-ASCII text (a
+    wrong token with an accent must be a 401, not an exception)."""
+    return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), token.encode("utf-8", "surrogateescape"))
+
+
 class WebUI:
     def __init__(self, daemon: Any, cfg: Any, token: str | None) -> None:
         self.daemon = daemon
@@ -140,18 +146,21 @@ class WebUI:
             "latest_index": view["latest_index"], "points": view["points"], "defects": view["defects"],
             "counts": {"read": m.frames_read.value, "frames": written, "defects": m.anomalies.value,
                        "errors": m.errors.value, "dropped": m.dropped.value, "fps": fps,
+                       "dropped_rate": m.dropped.value / m.frames_read.value if m.frames_read.value else 0.0,
                        "defect_rate": m.anomalies.value / written if written else 0.0,
                        "error_rate": m.errors.value / written if written else 0.0},
             "model": {"name": model.name, "sha256": model.sha256, "object": model.info.object_name,
                       "arch": model.info.arch, "precision": model.info.precision,
-                      "recipe": meta.get("fsac.train_preset") or meta.get("fsac.head") or "",
+                      "recipe": d.recipes.active,  # the runtime recipe in force (runtime/recipes.py)
+                      "preset": meta.get("fsac.train_preset") or meta.get("fsac.head") or "",
                       "logit_threshold": model.logit_threshold, "threshold": model.threshold,
                       "threshold_source": model.threshold_source, "expected_fpr": expected,
                       "backend": model.backend.name},
             "source": {"label": d.source.label, "kind": d.source.kind, "connected": bool(d.source.connected),
                        "reconnects": d.source.reconnects},
             "sinks": sinks, "journal_fill": d.journal.fill(),
-            "alarms": alarms(view["window"], expected, bool(d.source.connected), dropped_recent),
+            "alarms": alarms(view["window"], expected, bool(d.source.connected), dropped_recent,
+                             d.health.current()),
             "feedback": dict(self._feedback), "recalibration": self.job.snapshot(),
             "can_recalibrate": bool(self.cfg.calibration_images),
         }
@@ -163,14 +172,14 @@ class WebUI:
         if self.token is None:
             return True, False
         given = (query.get("token") or [""])[0]
-        if given and hmac.compare_digest(given, self.token):
+        if given and _same_token(given, self.token):
             return True, True
         auth = handler.headers.get("Authorization", "")
-        if auth.startswith("Bearer ") and hmac.compare_digest(auth[7:].strip(), self.token):
+        if auth.startswith("Bearer ") and _same_token(auth[7:].strip(), self.token):
             return True, False
         for part in handler.headers.get("Cookie", "").split(";"):
             name, _, value = part.strip().partition("=")
-            if name == "fsac_token" and hmac.compare_digest(value, self.token):
+            if name == "fsac_token" and _same_token(value, self.token):
                 return True, False
         return False, False
 

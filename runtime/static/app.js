@@ -60,7 +60,7 @@ function showLatest(s) {
   const v = $("verdict");
   v.textContent = r.verdict; v.className = "verdict " + r.verdict;
   $("score").textContent = fmt(r.score); $("logit").textContent = fmt(r.logit);
-  $("part").textContent = r.name ?? `frame ${r.frame_id}`;
+  $("part").textContent = r.part_id ?? r.name ?? `frame ${r.frame_id}`;
   $("latest-time").textContent = r.time; $("latest-error").textContent = r.error || "";
   const now = Date.now();
   if (s.latest_key !== latestKey && now - latestShownAt > 500) {  // at most 2 images a second
@@ -73,7 +73,7 @@ function showLatest(s) {
 function showDefects(list) {
   const html = list.map((d) => {
     const r = d.record, img = d.has_image ? `<img loading="lazy" src="frame/${d.key}.jpg?w=180" alt="">` : "<div class=small>no image</div>";
-    return `<figure data-key="${esc(d.key)}">${img}<figcaption>${esc(r.name ?? r.frame_id)} · ${fmt(r.logit, 3)}</figcaption></figure>`;
+    return `<figure data-key="${esc(d.key)}">${img}<figcaption>${esc(r.part_id ?? r.name ?? r.frame_id)} · ${fmt(r.logit, 3)}</figcaption></figure>`;
   }).join("");
   if ($("defects").dataset.html !== html) { $("defects").innerHTML = html; $("defects").dataset.html = html; }
 }
@@ -114,11 +114,11 @@ function render(s) {
   showDefects(s.defects);
   const c = s.counts;
   rows("counts", [["frames", c.frames], ["rate", `${c.fps.toFixed(1)} frames/s`], ["defects", `${c.defects} (${pct(c.defect_rate)})`],
-                  ["errors", `${c.errors} (${pct(c.error_rate)})`], ["dropped", c.dropped], ["read", c.read]]);
+                  ["errors", `${c.errors} (${pct(c.error_rate)})`], ["dropped", `${c.dropped} (${pct(c.dropped_rate)} of read)`], ["read", c.read]]);
   const m = s.model;
   $("model-name").textContent = `· ${m.object} · ${m.name}`;
   rows("model", [["file", m.name], ["sha256", m.sha256.slice(0, 16) + "…"], ["object", m.object], ["arch", m.arch],
-                 ["recipe", [m.recipe, m.precision].filter(Boolean).join(", ")],
+                 ["recipe", m.recipe], ["trained as", [m.preset, m.precision].filter(Boolean).join(", ")],
                  ["logit threshold", `${fmt(m.logit_threshold, 6)} (${m.threshold_source})`],
                  ["score threshold", fmt(m.threshold, 6)], ["expected false alarms", pct(m.expected_fpr)], ["backend", m.backend]]);
   const src = s.source;

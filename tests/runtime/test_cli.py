@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -159,13 +160,23 @@ def test_watch_daemon_http_sighup_notify_and_sigterm(tmp_path, bottle_images):
     notify.bind(sock_path)
     notify.settimeout(0.2)
     messages: list[str] = []
+    reading = threading.Event()
 
-    def drain_notify():
-        while True:
+    def read_notify():  # as systemd does: read while the service runs (the queue holds ~10)
+        while not reading.is_set():
             try:
                 messages.append(notify.recv(4096).decode())
             except (socket.timeout, BlockingIOError):
-                return messages
+                pass
+
+    reader = threading.Thread(target=read_notify, daemon=True)
+    reader.start()
+
+    def drain_notify():
+        time.sleep(0.3)
+        reading.set()
+        reader.join(2)
+        return messages
 
     cfg = tmp_path / "run.yaml"
     cfg.write_text(textwrap.dedent(f"""

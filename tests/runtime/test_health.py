@@ -12,6 +12,7 @@ from PIL import Image, ImageEnhance, ImageFilter
 
 from fsac.metadata import update_model_metadata
 from fsac.preprocess import PreprocessSpec, resize_crop
+from fsac.runtime.config import load_config
 from fsac.runtime.daemon import Daemon
 from fsac.runtime.health import reference_stats
 from fsac_run_helpers import S, metric_value, read_jsonl
@@ -76,3 +77,21 @@ def test_alarm_changes_are_retained_mqtt_status_events(tmp_path, model_file, bot
         sub.stop()
     finally:
         broker.stop(kill=True)
+
+
+def test_the_live_view_shows_the_daemons_input_health_alarms(tmp_path, model_file, bottle_images, bottle):
+    """The page's alarm list carries the alarm in force (the covered lens, the folder's last
+    frame), in words, beside the page's own rules; and its model table names the recipe."""
+    from fsac_run_helpers import free_port
+
+    model, folder = make_inputs(tmp_path, model_file, bottle_images, bottle)
+    port = free_port()
+    cfg = load_config(None, ["http.enabled=true", f"http.port={port}"], model=str(model), source=str(folder),
+                      jsonl=str(tmp_path / "r.jsonl"))
+    daemon = Daemon(cfg, install_signals=False)
+    assert daemon.run() == 0
+    state = daemon.webui.snapshot()
+    texts = [a["text"] for a in state["alarms"] if a["kind"] == "input"]
+    assert any(t.startswith("lens blocked") for t in texts), state["alarms"]
+    assert state["model"]["recipe"] == "default"
+    assert state["counts"]["dropped_rate"] == 0.0 and state["counts"]["frames"] == len(EXPECTED)

@@ -65,6 +65,9 @@ def test_alarms_name_what_they_saw():
     assert kinds == ["input", "input", "input"]
     assert "cannot decode x.png" in alarms(broken, 0.01, True, 0)[0]["text"]
     assert alarms(good[:10] + drifting[40:], 0.01, True, 0) == []  # under 50 scored frames: no verdict yet
+    # The daemon's own input-health alarms in force come first, in words.
+    health = alarms(good, 0.01, True, 0, ["lens_blocked", "reject_rate_high"])
+    assert [a["kind"] for a in health] == ["input", "drift"] and health[0]["text"].startswith("lens blocked")
 
 
 def test_token_required_off_loopback_only():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -199,6 +200,7 @@ def test_live_view_follows_the_line_marks_recalibrates_and_activates(browser, li
     assert float(_text(d, "recal-new")) == pytest.approx(new_t, rel=1e-5)
     assert float(_text(d, "recal-old")) == 0.0
     assert _text(d, "recal-fpr") == "4.5 % (n = 21)"  # (n + 1 - k) / (n + 1) = 1 / 22, n = 20 + 1
+    assert _text(d, "recal-old-fpr") == "–"  # the file in use was never calibrated: no rate to show
     # Activate: the daemon now serves the new file; the same part is good under it.
     d.find_element("id", "btn-activate").click()
     _wait_text(d, "model", lambda t: new_path.name in t, "new model shown as active")
@@ -236,6 +238,9 @@ def test_live_view_follows_the_line_marks_recalibrates_and_activates(browser, li
     h.wait_for(lambda: len(h.read_jsonl(line["jsonl"])) == 64, 10, what="64 records")
     assert _points(d) == 64
     assert _text(d, "alarms") == ""
+    health, model_table = _text(d, "health"), _text(d, "model")
+    assert re.search(r"sink jsonl ok, \d+ pending", health) and "source state open" in health, health
+    assert "recipe default" in model_table and re.search(r"dropped 0 \(0\.00 % of read\)", _text(d, "counts"))
     # Corrupt files: error records, an input-health alarm naming the file's problem.
     for i in range(8):
         (line["root"] / f"bad{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
@@ -320,6 +325,7 @@ def test_token_required_off_loopback(browser, tmp_path, make_model):
         assert proc.poll() is None, (tmp_path / "token.log").read_text()
         assert _get(url + "/")[0] == 401 and _get(url + "/api/state")[0] == 401
         assert _get(url + "/?token=wrong")[0] == 401
+        assert _get(url + "/?token=%C3%A9t%C3%A9")[0] == 401  # a non-ASCII guess is refused, not an error
         assert _get(url + "/api/state", {"Authorization": f"Bearer {token}"})[0] == 200
         code, _, headers = _get(url + f"/?token={token}")
         assert code == 200 and "fsac_token=" in headers.get("Set-Cookie", "")

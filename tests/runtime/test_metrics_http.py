@@ -110,6 +110,25 @@ def test_sd_notify_datagrams(tmp_path, monkeypatch):
     sock.close()
 
 
+def test_sd_notify_never_blocks_on_a_supervisor_that_stopped_reading(tmp_path, monkeypatch):
+    """A full datagram queue (max_dgram_qlen, 10 on many systems) drops the message; it must
+    not block the daemon's main loop, which is what sends the watchdog pings."""
+    path = str(tmp_path / "n.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)  # never read until the end
+    monkeypatch.setenv("NOTIFY_SOCKET", path)
+    outcome: list[bool] = []
+    sender = threading.Thread(target=lambda: outcome.extend(sd_notify("WATCHDOG=1") for _ in range(2000)),
+                              daemon=True)
+    sender.start()
+    sender.join(10)
+    assert not sender.is_alive(), "sd_notify blocked on a full notify socket"
+    assert outcome.count(False) > 0 and outcome[0] is True  # the queue filled, later ones were dropped
+    sock.setblocking(False)
+    assert sock.recv(100) == b"WATCHDOG=1"
+    sock.close()
+
+
 def test_idle_connections_cannot_exhaust_the_status_server(monkeypatch):
 
 
