@@ -313,7 +313,8 @@ def bench_runtime(model: str | os.PathLike, images: str | os.PathLike, n_frames:
                   out_json: str | os.PathLike | None = None, *, providers: list[str] | None = None,
                   threads: int = 0, workers: int = 2, queue_size: int = 8, measure_rss: bool = True,
                   spin_wait: bool = False, rounds: int = 2, backend: str = "", precision: str = "",
-                  peaks: bool = True, page_client: bool = False, trigger_requests: int = 50) -> dict[str, Any]:
+                  peaks: bool = True, page_client: bool = False, trigger_requests: int = 50,
+                  paced_fps: float = 0.0, paced_seconds: float = 15.0) -> dict[str, Any]:
     """Bare backend vs daemon on the same frames; returns (and optionally writes) the figures."""
     bk = {"backend": backend, "precision": precision}
     model, images = Path(model), Path(images)
@@ -350,6 +351,14 @@ def bench_runtime(model: str | os.PathLike, images: str | os.PathLike, n_frames:
                     page_runs.append(_daemon_pass(model, work / "frames", work / f"page{i}.jsonl", batch_size,
                                                   providers, threads, workers, queue_size, spin_wait,
                                                   broker.port if broker is not None else None, bk, page=True))
+            if paced_seconds > 0:  # frames at a camera's pace: batches of one (runtime/bench_paced.py)
+                from .bench_paced import bench_paced
+
+                run_s = sum(r["seconds"] for r in runs)
+                fps = paced_fps or min(30.0, max(0.5, 0.5 * sum(r["frames"] for r in runs) / run_s if run_s else 1))
+                result["paced"] = bench_paced(model, files, round(fps, 1), paced_seconds, work / "paced",
+                                              mqtt_port=broker.port if broker is not None else None,
+                                              batch_size=batch_size, threads=threads)
         finally:
             if broker is not None:
                 broker.stop()
@@ -458,6 +467,10 @@ def format_table(r: dict[str, Any]) -> str:
                      f"{r['bytes_written_per_record']:.0f} B (target <= 4 KB: "
                      f"{'met' if r['meets_4kb_target'] else 'NOT met'}); delivered "
                      + ", ".join(f"{k} {v}" for k, v in r["delivered"].items()))
+    if "paced" in r:
+        from .bench_paced import format_row
+
+        lines.append(format_row(r["paced"]))
     if "rss_peak_bytes" in r:
         lines.append(f"  fsac-run peak RSS: {r['rss_peak_bytes'] / mb:.1f} MB (budget model + 300 MB = "
                      f"{r['rss_budget_bytes'] / mb:.1f} MB: {'within' if r['rss_within_budget'] else 'OVER'}); "
@@ -509,13 +522,19 @@ try:  # typer is a base dependency; the runtime itself does not need it
         trigger_requests: Annotated[int, typer.Option("--trigger-requests", min=0,
                                                       help="inspection requests per trigger latency row "
                                                            "(POST /v1/inspect; 0: skip)")] = 50,
+        paced_fps: Annotated[float, typer.Option("--paced-fps", min=0.0,
+                                                 help="frame rate of the paced (camera-like) storage pass "
+                                                      "(0: half the daemon's measured throughput, at most 30)")] = 0.0,
+        paced_seconds: Annotated[float, typer.Option("--paced-seconds", min=0.0,
+                                                     help="length of the paced storage pass (0: skip)")] = 15.0,
     ) -> None:
         """Daemon throughput and p50/p99 latency against the bare backend on the same frames."""
         result = bench_runtime(model, images, frames, batch_size, out,
                                providers=[p for p in (providers or "").split(",") if p], threads=threads,
                                workers=workers, measure_rss=rss, spin_wait=spin_wait, rounds=rounds,
                                backend=backend, precision=precision, peaks=peaks, page_client=page_client,
-                               trigger_requests=trigger_requests)
+                               trigger_requests=trigger_requests, paced_fps=paced_fps,
+                               paced_seconds=paced_seconds)
         typer.echo(format_table(result))
         if out is not None:
             typer.echo(f"wrote {out}")

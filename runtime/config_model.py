@@ -129,11 +129,14 @@ class JournalConfig(Settings):
                                        "(camera/rtsp/http/gstreamer/gige), block otherwise")
     sync: bool = Field(True, description="fdatasync the journal before an input is acknowledged (survives power "
                        "loss); false: the OS page cache only (survives a daemon crash or kill)")
-    commit_interval_s: float = Field(0.05, ge=0.0, le=10.0, description="group commit: the journal is fdatasynced "
-                                     "(and inputs acknowledged) at most this often, and each durable sink delivers "
-                                     "at most this often, so one fsync covers every record of the interval "
-                                     "(storage writes per record); adds up to this much latency to "
-                                     "acknowledgements and deliveries")
+    commit_interval_s: float = Field(0.5, ge=0.0, le=10.0, description="group commit: the journal is fdatasynced "
+                                     "(and inputs acknowledged: a watched file moved to done/) at most this often, "
+                                     "so one fsync covers every record of the interval; each fsync rewrites at "
+                                     "least a 4 KB page, so at a few frames a second a short interval costs a "
+                                     "page per record. A trigger request commits at once, and sinks deliver "
+                                     "without waiting for it (they read appended records), so this delays only "
+                                     "acknowledgements; on power loss at most this much unacknowledged work is "
+                                     "scored again")
     cursor_interval_s: float = Field(5.0, ge=0.01, le=3600.0, description="how often the sinks' cursors are saved; "
                                      "a later save only means records are delivered again after a crash")
     path_settings = ("dir",)

@@ -118,7 +118,7 @@ class Daemon:
             self._close_sinks(time.monotonic() + 1.0)
             self._close_backend()
             raise
-        self.deliveries = [Delivery(s, self.journal, linger_s=cfg.journal.commit_interval_s) for s in self.durable]
+        self.deliveries = [Delivery(s, self.journal) for s in self.durable]
         self.run_id = new_run_id()
         self._seq = 0
         from .recipes import RecipeBook
@@ -612,6 +612,10 @@ class Daemon:
             elif record["verdict"] == "error":
                 self.metrics.errors.inc()
             self.metrics.latency.observe(t_done - frame.t_mono)
+            # The pixels are done with (staged, scored, shown); the frame itself waits for its
+            # acknowledgement up to journal.commit_interval_s, and at 30 fps of 5 MP frames the
+            # pixels would be ~15 MB each of that wait.
+            frame.data = None
         for sink, flush in zip(self.live, self._flushers):
             try:
                 flush()

@@ -21,10 +21,14 @@ from .journal import Journal
 log = logging.getLogger("fsac.runtime")
 
 BATCH_MAX = 512  # lines per delivery: one fsync / one PUBACK wait amortized over many records
+# At most one delivery per LINGER_S unless the sink paces itself (`linger_s`, e.g. JSONL's
+# delivery_interval_s): short, because a reject signal over MQTT must not wait, and long
+# enough that a burst goes out as one batch with one PUBACK wait.
+LINGER_S = 0.05
 
 
 class Delivery:
-    def __init__(self, sink: Any, journal: Journal, batch_max: int = BATCH_MAX, linger_s: float = 0.0) -> None:
+    def __init__(self, sink: Any, journal: Journal, batch_max: int = BATCH_MAX, linger_s: float = LINGER_S) -> None:
         self.sink = sink
         self.name = getattr(sink, "name", type(sink).__name__)
         self.journal = journal

@@ -42,8 +42,8 @@ class JsonlSettings(Settings):
     delivery_interval_s: float = Field(1.0, ge=0.0, le=60.0, description="the file is written and fsynced at "
                                        "most this often, each time with every record pending: at a few frames "
                                        "a second one fsync per record would rewrite a 4 KB page per record; "
-                                       "lines reach the file up to this much later (0: the journal's "
-                                       "commit_interval_s)")
+                                       "lines reach the file up to this much later (0: as often as the "
+                                       "other sinks, every 50 ms)")
     path_settings = ("path",)
 
     def active(self) -> bool:

@@ -17,7 +17,7 @@ def test_bench_runtime_command(tmp_path, model_file, image_folder):
     out = tmp_path / "bench.json"
     result = CliRunner().invoke(app, ["runtime", "--model", str(model_file), "--images", str(image_folder),
                                       "--frames", "24", "--batch-size", "4", "--out", str(out),
-                                      "--trigger-requests", "8"])
+                                      "--trigger-requests", "8", "--paced-fps", "20", "--paced-seconds", "1"])
     assert result.exit_code == 0, result.output
     for text in ("bare backend", "serial loop", "daemon (every-frame)", "daemon / bare throughput", "peak RSS"):
         assert text in result.output
@@ -29,6 +29,12 @@ def test_bench_runtime_command(tmp_path, model_file, image_folder):
     assert "storage written per record" in result.output
     assert r["bytes_written_per_record"] > 0  # the journal and JSONL reach the disk (tmp is not tmpfs here)
     assert r["delivered"]["jsonl"] == 24 * r["rounds"]
+    # At a camera's pace the toy model keeps up: every frame its own batch, all recorded.
+    paced = r["paced"]
+    assert paced["fps"] == 20 and paced["records"] == paced["frames"] == 20 and paced["dropped"] == 0
+    assert paced["mean_batch"] < 1.5 and paced["bytes_written_per_record"] > 0
+    assert 10 < paced["achieved_fps"] <= 21
+    assert "storage per record at a camera's pace (20 frames/s for 20 frames" in result.output
     row = r["trigger"]["http_image"]
     assert row["requests"] == 8 and row["errors"] == 0 and 0 < row["p50_ms"] <= row["p95_ms"] <= row["max_ms"]
     assert "trigger latency (POST /v1/inspect, image in the request), request -> answer over 8" in result.output

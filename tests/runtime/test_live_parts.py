@@ -97,7 +97,7 @@ def test_bench_with_a_page_client(tmp_path, model_file, image_folder):
     from fsac.runtime.bench import bench_runtime, format_table
 
     r = bench_runtime(model_file, image_folder, n_frames=24, batch_size=2, measure_rss=False, rounds=1,
-                      page_client=True)
+                      page_client=True, paced_seconds=0)
     assert r["daemon_frames"] == 24 and r["page_fps"] > 0 and r["page_client"]["snapshots"] >= 1
     assert r["page_client"]["errors"] == 0
     assert "page connected" in format_table(r)
