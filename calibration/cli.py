@@ -46,9 +46,9 @@ def _with_suffix(model: Path, suffix: str) -> Path:
 
 def _image_stats(names: list[str], spec, false_alarm_rate) -> dict:
     """Brightness, contrast and sharpness of the normal images, on the model's own input,
-    for fsac-run's input-health alarms (runtime/health.py)."""
+    for fsac-run's input-health alarms (the core's fsac/imagestats.py, compared by runtime/health.py)."""
     from fsac.preprocess import decode_image_bytes, resize_crop
-    from fsac.runtime.health import reference_stats
+    from fsac.imagestats import reference_stats
 
     inputs = [resize_crop(decode_image_bytes(Path(n).read_bytes(), str(n), spec), spec) for n in names]
     return reference_stats(inputs, false_alarm_rate)
@@ -100,7 +100,7 @@ def calibrate_command(
     anomalies = _images(anomalous_images)
     notes: list[str] = []
     if feedback is not None:  # good parts the operator saw flagged: the threshold must let them pass
-        from fsac.runtime.feedback import good_images
+        from fsac.feedback import good_images
 
         marked = [p for p in good_images(feedback) if p not in set(normals)]
         normals += marked
