@@ -80,13 +80,16 @@ def evaluate(backbone: Backbone, categories: list[Category], cfg: EvalConfig, qu
     results: list[RunResult] = []
     skipped: list[dict] = []
     timings: dict[str, float] = {}
-    cache = FeatureCache(backbone)
+    # k larger than a category's pool of good images is a usage error. Check every category
+    # for every k before anything is encoded: otherwise the earlier categories are encoded and
+    # trained (minutes on a CPU) before a later one is refused.
     for cat in categories:
-        t_cat = time.perf_counter()
-        # Before any image is encoded: k larger than the pool of good images is a usage error.
         too_many = [k for k in cfg.shots if k > len(cat.train_pool)]
         if too_many:
             raise FsacError(f"asked for {max(too_many)} shots but {cat.root} has only {len(cat.train_pool)} normal images")
+    cache = FeatureCache(backbone)
+    for cat in categories:
+        t_cat = time.perf_counter()
         for w in geometry_warnings(image_sizes([*cat.train_pool, *cat.all_test_paths()]), backbone.spec):
             print(f"warning: {cat.name}: {w}", file=sys.stderr)
         obj = cfg.object_name or object_name_from_category(cat.name)
@@ -102,7 +105,7 @@ def evaluate(backbone: Backbone, categories: list[Category], cfg: EvalConfig, qu
         if not [t for t in clean.test if t.label == 1]:
             raise FsacError(f"{cat.root}: no readable anomalous test images")
         for k in cfg.shots:
-            if k > len(pool):
+            if k > len(pool):  # unreadable pool images (two-folder layout) can still make it too small
                 raise FsacError(f"asked for {k} shots but {cat.root} has only {len(pool)} normal images")
             for seed in (cfg.seeds[:1] if k == 0 else cfg.seeds):
                 shots, test = clean.split(k, seed)

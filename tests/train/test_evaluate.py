@@ -69,6 +69,28 @@ def test_k_larger_than_pool_is_one_line_error(bottle, tmp_path, capsys):
     assert "asked for 4 shots" in err and "has only 3 normal images" in err and "Traceback" not in err
 
 
+def test_k_is_checked_for_every_category_before_anything_is_encoded(bottle, tiny_backbone, monkeypatch, capsys):
+    """The second category is too small for k = 2: the error must come before the first
+    category's images (or its prompts) are encoded, not after its runs."""
+    import fsac.train.evaluate as ev
+    from fsac.errors import FsacError
+    from fsac.train.data import Category
+
+    def must_not_run(*a, **k):
+        raise AssertionError("encoded before the shot counts were checked")
+
+    monkeypatch.setattr(ev, "_encode_valid", must_not_run)
+    monkeypatch.setattr(ev, "cached_text", must_not_run)
+    monkeypatch.setattr(ev, "train", must_not_run)
+    (full,) = find_categories(bottle)
+    big = subsample(full, 3, 3)
+    small = Category("small", big.root, big.layout, big.train_pool[:1], big.test)
+    with pytest.raises(FsacError, match=r"asked for 2 shots but .* has only 1 normal images"):
+        evaluate(tiny_backbone, [big, small], EvalConfig(shots=(0, 2), seeds=(0,)), quiet=False,
+                 log=must_not_run)
+    assert capsys.readouterr().out == ""  # no progress line either
+
+
 def test_subsample_keeps_both_classes(bottle):
     (cat,) = find_categories(bottle)
     small = subsample(cat, 5, 5)
