@@ -117,16 +117,19 @@ def evaluate(backbone: Backbone, categories: list[Category], cfg: EvalConfig, qu
                         out = zero_shot_score(feats, t_pos, t_neg, cfg.train.head.tau)
                     logits = out.logit.double().numpy()
                     train_names: list[str] = []
+                    diagnostics: dict = {}
                 else:
                     tcfg = replace(cfg.train, seed=seed, synth=replace(cfg.train.synth, seed=seed))
                     result = train(backbone, shots, obj, tcfg, quiet=quiet, cache=cache, text=text)
                     logits = result.model.score_features(feats)["logit"].astype(np.float64)
                     train_names = [str(p) for p in shots]
+                    diagnostics = result.diagnostics
                 labels = np.array([t.label for t in test])
                 # Metrics rank the logit; the score shown beside it is sigmoid(z) in float64.
                 run = RunResult(category=cat.name, shots=k, seed=seed, metrics=image_metrics(labels, logits),
                                 logits=logits, scores=score_from_logit(logits), labels=[int(x) for x in labels],
-                                image_names=[_rel(t, cat.root) for t in test], train_images=train_names)
+                                image_names=[_rel(t, cat.root) for t in test], train_images=train_names,
+                                diagnostics=diagnostics)
                 results.append(run)
                 if k > 0 and on_model is not None:
                     on_model(run, result)
