@@ -177,12 +177,15 @@ def calibrate_command(
               "plot": str(plot) if plot else None, "result": res.to_dict(), "seal": new_info.seal, "notes": notes, "skipped": skipped}
     if report is not None:
         from fsac.io import atomic_write_json
+        from fsac.score import score_from_logit
 
+        # Scores from the logits in float64, not the graph's float32 `score` output: that one
+        # rounds to exactly 1.0 (or 0.0) for confident images, and a report of ties says nothing.
         atomic_write_json(report, {**result, "threshold_info": threshold_info,
                                    "normal_logits": neg.logit.tolist(),
                                    "anomalous_logits": pos.logit.tolist() if pos is not None else [],
-                                   "normal_scores": neg.score.tolist(),
-                                   "anomalous_scores": pos.score.tolist() if pos is not None else []})
+                                   "normal_scores": score_from_logit(neg.logit).tolist(),
+                                   "anomalous_scores": score_from_logit(pos.logit).tolist() if pos is not None else []})
     for n in notes + threshold_info["notes"][len(notes):]:
         _say(quiet, f"note: {n}")
     line = f"logit threshold {res.threshold:.6g} (score {res.score_threshold:.9g}; {desc}); {sub}"
