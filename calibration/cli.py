@@ -46,9 +46,9 @@ def _with_suffix(model: Path, suffix: str) -> Path:
 
 def _image_stats(names: list[str], spec, false_alarm_rate) -> dict:
     """Brightness, contrast and sharpness of the normal images, on the model's own input,
-    for fsac-run's input-health alarms (runtime/health.py)."""
+    for fsac-run's input-health alarms (the core's fsac/imagestats.py, compared by runtime/health.py)."""
     from fsac.preprocess import decode_image_bytes, resize_crop
-    from fsac.runtime.health import reference_stats
+    from fsac.imagestats import reference_stats
 
     inputs = [resize_crop(decode_image_bytes(Path(n).read_bytes(), str(n), spec), spec) for n in names]
     return reference_stats(inputs, false_alarm_rate)
@@ -100,7 +100,7 @@ def calibrate_command(
     anomalies = _images(anomalous_images)
     notes: list[str] = []
     if feedback is not None:  # good parts the operator saw flagged: the threshold must let them pass
-        from fsac.runtime.feedback import good_images
+        from fsac.feedback import good_images
 
         marked = [p for p in good_images(feedback) if p not in set(normals)]
         normals += marked
@@ -177,12 +177,15 @@ def calibrate_command(
               "plot": str(plot) if plot else None, "result": res.to_dict(), "seal": new_info.seal, "notes": notes, "skipped": skipped}
     if report is not None:
         from fsac.io import atomic_write_json
+        from fsac.score import score_from_logit
 
+        # Scores from the logits in float64, not the graph's float32 `score` output: that one
+        # rounds to exactly 1.0 (or 0.0) for confident images, and a report of ties says nothing.
         atomic_write_json(report, {**result, "threshold_info": threshold_info,
                                    "normal_logits": neg.logit.tolist(),
                                    "anomalous_logits": pos.logit.tolist() if pos is not None else [],
-                                   "normal_scores": neg.score.tolist(),
-                                   "anomalous_scores": pos.score.tolist() if pos is not None else []})
+                                   "normal_scores": score_from_logit(neg.logit).tolist(),
+                                   "anomalous_scores": score_from_logit(pos.logit).tolist() if pos is not None else []})
     for n in notes + threshold_info["notes"][len(notes):]:
         _say(quiet, f"note: {n}")
     line = f"logit threshold {res.threshold:.6g} (score {res.score_threshold:.9g}; {desc}); {sub}"

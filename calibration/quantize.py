@@ -23,7 +23,6 @@ allows it explicitly.
 from __future__ import annotations
 
 import json
-import math
 import os
 import tempfile
 import time
@@ -34,8 +33,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from fsac.errors import FsacError
-from fsac.agreement import spearman
-from fsac.score import is_defective
+from fsac.agreement import logit_agreement
 from fsac.modelfile import INPUT_NAME, ModelInfo, load_model_file, write_model_file
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
@@ -328,22 +326,17 @@ class AgreementReport:
 def agreement(fp32_logits, int8_logits, threshold: float | None, threshold_source: str = "model",
               names: Sequence[str] = (), min_spearman: float = MIN_SPEARMAN,
               min_verdict_agreement: float = MIN_VERDICT_AGREEMENT) -> AgreementReport:
-    """Compare two models' logits (never their saturating scores); `threshold` is a logit
-    threshold and verdicts go through the core's rule (`fsac.score.is_defective`)."""
+    """The INT8 report: the core's logit comparison (`fsac.agreement.logit_agreement`, also
+    used by fsac-run's backend policy) with this command's bounds and provenance."""
     a = np.asarray(fp32_logits, dtype=np.float64)
-    b = np.asarray(int8_logits, dtype=np.float64)
-    if a.shape != b.shape or a.ndim != 1 or a.size < 3:
+    if a.ndim != 1 or a.size < 3:
         raise FsacError(f"agreement needs >= 3 held-out images scored by both models (got {a.size})")
-    d = np.abs(a - b)
-    va = fa = fb = None
-    if threshold is not None and math.isfinite(threshold):
-        da, db = is_defective(a, threshold), is_defective(b, threshold)
-        va, fa, fb = float((da == db).mean()), int(da.sum()), int(db.sum())
-    return AgreementReport(n_images=int(a.size), spearman=spearman(a, b), max_abs_diff=float(d.max()),
-                           mean_abs_diff=float(d.mean()), threshold=threshold, threshold_source=threshold_source,
-                           verdict_agreement=va, flagged_fp32=fa, flagged_int8=fb,
-                           min_spearman=min_spearman, min_verdict_agreement=min_verdict_agreement,
-                           images=[str(n) for n in names])
+    la = logit_agreement(a, int8_logits, threshold, min_images=3)
+    return AgreementReport(n_images=la.n_images, spearman=la.spearman, max_abs_diff=la.max_abs_diff,
+                           mean_abs_diff=la.mean_abs_diff, threshold=threshold, threshold_source=threshold_source,
+                           verdict_agreement=la.verdict_agreement, flagged_fp32=la.flagged_ref,
+                           flagged_int8=la.flagged_got, min_spearman=min_spearman,
+                           min_verdict_agreement=min_verdict_agreement, images=[str(n) for n in names])
 
 
 def enforce_agreement(report: AgreementReport, allow: bool) -> str | None:

@@ -15,6 +15,13 @@ One run, one process, the same real images for every backend:
   7. INT8 vs fp32 on held-out images (logits): Spearman, max |Δ logit|, verdict agreement
 
 Writes bench.json and bench.md into --out-dir and prints the Markdown table.
+
+Layout: the `fsac bench export` modules (this file and bench_extra.py) are the one place where
+wings are composed. The benchmark compares every backend the project ships on the same images,
+so it must run the calibration wing's INT8 quantizer and the runtime wing's own backends
+(OpenVINO, TensorRT) and agreement bounds: timing a re-implementation would measure something
+fsac-run does not run. Everything else they share (logit agreement, peak memory, peaks, the
+ONNX Runtime runner) comes from the core; tests/core/test_layout.py holds the allowlist.
 """
 
 from __future__ import annotations
@@ -264,8 +271,8 @@ def bench_export_command(
     from fsac.calibration.quantize import QuantizeSettings, agreement, quantize_bytes
     from fsac.export.bench_extra import (feature_cosines, markdown_extra, openvino_backends, peak_columns,
                                          run_batched, targets_extra)
+    from fsac.agreement import logit_agreement
     from fsac.peaks import best_of, measure_peaks
-    from fsac.runtime.policy import logit_agreement
     from fsac.runner import expand_images, load_pixels, make_session, run_session
     from fsac.threshold import conformal_threshold, next_float32_up
     from fsac.export.cli import export_trained
@@ -501,12 +508,12 @@ def bench_export_command(
 
 def _export_subprocess(ck_path: Path, out: Path, images: list[Path], optimize: str, tmp: Path) -> dict[str, Any]:
     """Run `fsac export` as a command; return its report with its peak RSS and the file size."""
-    from fsac.runtime.bench import _peak_rss
+    from fsac.procmem import peak_rss
 
     report = tmp / "export-report.json"
     args = ["export", str(ck_path), "-o", str(out), "--force", "--optimize", optimize, "--report", str(report),
             "--quiet", *[a for p in images for a in ("--check-images", str(p))]]
-    hwm, _log = _peak_rss("from fsac.cli import run; sys.argv = ['fsac'] + sys.argv[1:]; run()", args)
+    hwm, _log = peak_rss("from fsac.cli import run; sys.argv = ['fsac'] + sys.argv[1:]; run()", args)
     exp = json.loads(report.read_text())
     exp["peak_rss_bytes"] = hwm
     exp["peak_rss_over_file"] = None if hwm is None else hwm / exp["size_bytes"]

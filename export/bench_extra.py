@@ -3,6 +3,8 @@
 Kept apart from `bench.py` so that the benchmark's main loop stays one readable function:
 this module adds backends to its timing dict and, afterwards, the columns that need the
 machine's peaks (`fsac.peaks`) and the logits of every backend on the same images.
+Like bench.py it may import the runtime wing (its backends and the auto policy's bounds): the
+bench modules are the one composition point of the wings (see bench.py's docstring).
 """
 
 from __future__ import annotations

@@ -79,7 +79,7 @@ def export_command(
     result = export_trained(trained, checkpoint_sha256(checkpoint), out, images, force=force, tolerance=tolerance,
                             optimize=optimize, opset=opset, quiet=quiet, release_torch=True,
                             extra_meta={"fsac.train_images": json.dumps(ck_meta.get("train_images", [])),
-                                        "fsac.train_preset": str((ck_meta.get("train") or {}).get("preset") or ""),
+                                        "fsac.train_preset": _preset_text(ck_meta.get("train") or {}),
                                         "fsac.training_diagnostics": json.dumps(ck_meta.get("diagnostics", {}))})
     result["total_s"] = time.perf_counter() - t_start
     if engine:
@@ -94,6 +94,13 @@ def export_command(
 
         atomic_write_json(report, result)
     return result
+
+
+def _preset_text(train: dict) -> str:
+    """fsac.train_preset: the preset name, and the settings that differ from it, so the model
+    file never names a preset whose values it does not have ("" for checkpoints without one)."""
+    name, over = str(train.get("preset") or ""), train.get("preset_overrides") or {}
+    return name + (" with " + ", ".join(f"{k}={v}" for k, v in over.items()) if name and over else "")
 
 
 def _parity_image_paths(folder: Path, ck_meta: dict, check_images) -> list[Path]:

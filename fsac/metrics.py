@@ -164,8 +164,9 @@ class ImageMetrics:
     """Image-level metrics of one evaluation run.
 
     auroc, aupr, f1_max: fractions in [0, 1] (shown in percent in tables).
-    f1_threshold: the score threshold reaching f1_max ("score >= t => anomalous"), in the
-    model's score units. n_normal, n_anomalous: test images of each class.
+    f1_threshold: the threshold reaching f1_max ("value >= t => anomalous") in the units of
+    what was ranked: the anomaly logit z everywhere in fsac (evaluation and calibration rank
+    logits, never the saturating score). n_normal, n_anomalous: test images of each class.
     """
 
     auroc: float

@@ -55,6 +55,7 @@ import numpy as np
 
 from fsac.errors import FsacError
 from fsac.io import atomic_write_json
+from fsac.procmem import peak_rss
 from fsac.preprocess import list_images, load_image, resize_crop
 
 from .backends import load_model
@@ -245,9 +246,9 @@ def _rss_subprocess(model_path: Path, folder: Path, workdir: Path, batch_size: i
     if providers:
         args += ["--set", f"model.providers={','.join(providers)}"]
     args += _backend_args(backend)
-    rss, log_text = _peak_rss("from fsac.runtime.cli import main; sys.exit(main())", args)
+    rss, log_text = peak_rss("from fsac.runtime.cli import main; sys.exit(main())", args)
     m = re.search(r"([\d.]+) frames/s", log_text)
-    bare_rss, _ = _peak_rss(_BARE_RSS_SCRIPT, [str(model_path), str(folder), str(batch_size), str(threads),
+    bare_rss, _ = peak_rss(_BARE_RSS_SCRIPT, [str(model_path), str(folder), str(batch_size), str(threads),
                                                ",".join(providers), "1" if spin_wait else "0",
                                                (backend or {}).get("backend") or "",
                                                (backend or {}).get("precision") or ""])
@@ -256,7 +257,7 @@ def _rss_subprocess(model_path: Path, folder: Path, workdir: Path, batch_size: i
     out = {"rss_peak_bytes": rss, "bare_rss_peak_bytes": bare_rss, "subprocess_fps": float(m.group(1)) if m else None}
     if live:  # the live view keeps references to recent frames: measure what that costs
         on = [a if a != "http.enabled=false" else "http.enabled=true" for a in args] + ["--set", "http.port=0"]
-        out["rss_live_peak_bytes"] = _peak_rss("from fsac.runtime.cli import main; sys.exit(main())", on)[0]
+        out["rss_live_peak_bytes"] = peak_rss("from fsac.runtime.cli import main; sys.exit(main())", on)[0]
     return out
 
 
@@ -279,34 +280,6 @@ files = list_images(sys.argv[2])
 for start in range(0, len(files), backend.max_batch):
     backend.infer(np.stack([resize_crop(load_image(f, spec), spec) for f in files[start:start + backend.max_batch]]))
 """
-
-
-# Printed at exit by the measured process itself: VmHWM is the peak resident memory of its own
-# address space. (getrusage/wait4's ru_maxrss is no good here: Linux carries the forking
-# parent's peak over into the child across exec, so the child would report the bench's RSS.)
-_HWM_PREFIX = """
-import atexit, sys
-def _fsac_bench_hwm():
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    sys.stderr.write("FSAC_BENCH_VMHWM_KB " + line.split()[1] + "\\n")
-    except OSError:
-        pass
-atexit.register(_fsac_bench_hwm)
-"""
-
-
-def _peak_rss(code: str, args: list[str]) -> tuple[int | None, str]:
-    """Run `python -c code args`; return its peak resident memory in bytes and its stderr."""
-    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
-    proc = subprocess.run([sys.executable, "-c", _HWM_PREFIX + code, *args], stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, env=env, text=True, errors="replace")
-    if proc.returncode != 0:
-        raise FsacError(f"benchmark subprocess failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
-    m = re.search(r"FSAC_BENCH_VMHWM_KB (\d+)", proc.stderr)
-    return (int(m.group(1)) * 1024 if m else None), proc.stderr
 
 
 def bench_runtime(model: str | os.PathLike, images: str | os.PathLike, n_frames: int = 200, batch_size: int = 4,

@@ -27,8 +27,10 @@ import numpy as np
 from fsac.errors import FsacError
 from fsac.io import atomic_write_bytes, atomic_write_text
 
-FALSE_ALARM, CONFIRMED_DEFECT = "false_alarm", "confirmed_defect"
-LABELS = (FALSE_ALARM, CONFIRMED_DEFECT)
+# The layout and its readers are the core's (fsac/feedback.py): `fsac calibrate --feedback`
+# reads what this module writes, so both take it from there.
+from fsac.feedback import LABELS
+
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
@@ -79,25 +81,3 @@ def trim(folder: Path, max_files: int) -> int:
                 pass
         removed += 1
     return removed
-
-
-def good_images(folder: str | Path) -> list[Path]:
-    """The frames an operator marked "False alarm" (good parts the model flagged), oldest first:
-    only those whose JSON exists (complete pairs)."""
-    out = []
-    base = Path(folder) / FALSE_ALARM
-    for meta in sorted(base.glob("*.json")) if base.is_dir() else []:
-        try:
-            name = json.loads(meta.read_text()).get("image")
-        except (OSError, ValueError):
-            continue
-        if name and (base / name).is_file():
-            out.append(base / name)
-    return out
-
-
-def counts(folder: str | Path) -> dict[str, int]:
-    return {label: len(list((Path(folder) / label).glob("*.json"))) if (Path(folder) / label).is_dir() else 0
-            for label in LABELS}
-
-

@@ -24,32 +24,13 @@ import threading
 from collections import deque
 from typing import Any
 
-import numpy as np
+# The statistics themselves are the core's (fsac/imagestats.py): `fsac calibrate` stores them
+# from its normal images and this module compares each frame with them, the same numbers.
+from fsac.imagestats import image_stats
 
-STATS = ("brightness", "contrast", "sharpness")
 K = 4.0  # spreads of the calibration images' statistic
 WINDOW = 200
 ALARMS = ("lens_blocked", "lighting_changed", "focus_lost", "reject_rate_high")
-
-
-def image_stats(x: np.ndarray) -> dict[str, float]:
-    """Brightness, contrast and Laplacian variance of an (S, S, 3) uint8 model input."""
-    g = x.astype(np.float32).mean(axis=2)
-    lap = (g[1:-1, :-2] + g[1:-1, 2:] + g[:-2, 1:-1] + g[2:, 1:-1]) - 4.0 * g[1:-1, 1:-1]
-    # Sharpness is the Laplacian's variance relative to the gray-level variance: a darker
-    # (lower-contrast) picture of the same sharp scene must not read as "focus lost".
-    return {"brightness": float(g.mean()), "contrast": float(g.std()),
-            "sharpness": float(lap.var() / (g.var() + 1.0))}
-
-
-def reference_stats(inputs: list[np.ndarray], false_alarm_rate: float | None) -> dict[str, Any]:
-    """What `fsac calibrate` stores: per statistic mean and std over the calibration inputs."""
-    rows = [image_stats(x) for x in inputs]
-    out: dict[str, Any] = {k: {"mean": float(np.mean([r[k] for r in rows])), "std": float(np.std([r[k] for r in rows]))}
-                           for k in STATS}
-    out["n"] = len(rows)
-    out["false_alarm_rate"] = false_alarm_rate
-    return out
 
 
 def frame_alarms(s: dict[str, float], ref: dict[str, Any]) -> list[str]:

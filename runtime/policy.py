@@ -21,15 +21,13 @@ bounds say little; the selection then carries a note saying so.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 import numpy as np
 
-from fsac.agreement import spearman
-from fsac.score import is_defective
+from fsac.agreement import LogitAgreement, logit_agreement
 from fsac.errors import FsacError
 
 log = logging.getLogger("fsac.runtime")
@@ -41,42 +39,24 @@ TIMING_RUNS = 5
 MAX_IMAGES = 32
 
 
-@dataclass
-class Agreement:
-    n_images: int
-    spearman: float
-    verdict_agreement: float
-    max_abs_diff: float
-    spread: float
-    rel_max_abs_diff: float
-
-    def failures(self, min_spearman: float = MIN_SPEARMAN, min_verdict: float = MIN_VERDICT,
-                 max_rel: float = MAX_REL_DLOGIT) -> list[str]:
-        out = []
-        if not (self.spearman >= min_spearman):
-            out.append(f"Spearman {self.spearman:.4f} < {min_spearman}")
-        if not (self.verdict_agreement >= min_verdict):
-            out.append(f"verdicts {self.verdict_agreement:.1%} < {min_verdict:.0%}")
-        if not (self.rel_max_abs_diff <= max_rel):
-            out.append(f"max |Δ logit| {self.max_abs_diff:.3g} = {self.rel_max_abs_diff:.3f} x spread > {max_rel}")
-        return out
+# The comparison itself is the core's (fsac/agreement.py), shared with `fsac quantize` and
+# `fsac bench export`; this module only applies the policy's bounds to it.
+Agreement = LogitAgreement
 
 
-def logit_agreement(ref: np.ndarray, got: np.ndarray, logit_threshold: float | None) -> Agreement:
-    """Agreement of a candidate's logits with the fp32 reference's on the same images."""
-    ref = np.asarray(ref, np.float64).reshape(-1)
-    got = np.asarray(got, np.float64).reshape(-1)
-    if ref.shape != got.shape or ref.size < 2:
-        raise FsacError(f"logit agreement needs two equally long vectors of >= 2 images ({ref.size}, {got.size})")
-    diff = float(np.abs(ref - got).max())
-    spread = float(ref.max() - ref.min())
-    if logit_threshold is None:
-        verdict = float("nan")
-    else:
-        verdict = float(np.mean(is_defective(ref, logit_threshold) == is_defective(got, logit_threshold)))
-    rel = diff / spread if spread > 0 else (0.0 if diff == 0 else math.inf)
-    return Agreement(n_images=int(ref.size), spearman=spearman(ref, got) if spread > 0 else float("nan"),
-                     verdict_agreement=verdict, max_abs_diff=diff, spread=spread, rel_max_abs_diff=rel)
+def failures(a: LogitAgreement, min_spearman: float = MIN_SPEARMAN, min_verdict: float = MIN_VERDICT,
+             max_rel: float = MAX_REL_DLOGIT) -> list[str]:
+    """Why a candidate does not qualify (empty: it does). NaN figures fail."""
+    out = []
+    if not (a.spearman >= min_spearman):
+        out.append(f"Spearman {a.spearman:.4f} < {min_spearman}")
+    if a.verdict_agreement is None:
+        out.append("verdicts not compared (no decision threshold)")
+    elif not (a.verdict_agreement >= min_verdict):
+        out.append(f"verdicts {a.verdict_agreement:.1%} < {min_verdict:.0%}")
+    if not (a.rel_max_abs_diff <= max_rel):
+        out.append(f"max |Δ logit| {a.max_abs_diff:.3g} = {a.rel_max_abs_diff:.3f} x spread > {max_rel}")
+    return out
 
 
 @dataclass
@@ -157,7 +137,7 @@ def select(candidates: dict[str, Callable[[], Any]], reference: str, pixels: np.
         else:
             a = logit_agreement(ref_logits, z, logit_threshold)
             res.agreement = asdict(a)
-            res.reasons = a.failures()
+            res.reasons = failures(a)
             res.qualified = not res.reasons
         built[name] = backend
     ok = [r for r in results if r.qualified and r.ms_batch1 is not None]

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from fsac.errors import FsacError
+from fsac.feedback import good_images
 
-from .feedback import good_images
 from .liveview import expected_false_alarms, threshold_info
 
 log = logging.getLogger("fsac.runtime")

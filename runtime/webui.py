@@ -33,8 +33,8 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from fsac.errors import FsacError
+from fsac.feedback import counts as feedback_counts
 
-from .feedback import counts as feedback_counts
 from .feedback import save_feedback
 from .liveview import PUSH_HZ, FrameRing, LiveState, alarms, encode_jpeg, expected_false_alarms, frame_key
 from .recalibrate import RecalJob

@@ -33,6 +33,8 @@ def build_train_config(mode: str, epochs1: int, epochs2: int, lr1: float, lr2: f
     from fsac.train.synth import SynthConfig
     from fsac.train.trainer import TrainConfig
 
+    from fsac.train.presets import DEFAULT_PRESET
+
     chosen = resolve(preset, beta1=beta1, beta2=beta2, synth=synth)
     beta1, beta2, synth = float(chosen["beta1"]), float(chosen["beta2"]), str(chosen["synth"])
     head = HeadConfig(alpha1=alpha1, alpha2=alpha2, beta1=beta1, beta2=beta2, tau=tau,
@@ -44,7 +46,7 @@ def build_train_config(mode: str, epochs1: int, epochs2: int, lr1: float, lr2: f
         raise FsacError("--loss-temperature must be > 0")
     return TrainConfig(mode=mode, stage1_epochs=epochs1, stage2_epochs=epochs2, stage1_lr=lr1, stage2_lr=lr2,
                        seed=seed, head=head, synth=SynthConfig(kind=synth, per_image=synth_per_image, seed=seed),
-                       preset=preset, encoder_precision=encoder_precision)
+                       preset=preset or DEFAULT_PRESET, encoder_precision=encoder_precision)
 
 
 class TrainOptions:
@@ -58,7 +60,8 @@ class TrainOptions:
     alpha1 = typer.Option(1.0, "--alpha1", help="eq. 3: weight of A_f(F).")
     alpha2 = typer.Option(1.0, "--alpha2", help="eq. 3: weight of F.")
     preset = typer.Option(None, "--preset", help="The paper's settings for a benchmark: mvtec (beta 0.1/0.9, "
-                          "gaussian synthetic anomalies) | visa (beta 1/1, NSA). Options given explicitly win.")
+                          "gaussian synthetic anomalies; the default) | visa (beta 1/1, NSA). Options given "
+                          "explicitly win and are recorded as overrides.")
     beta1 = typer.Option(None, "--beta1", help="eq. 4: weight of A_g(T) [default: from --preset; 0.1 MVTec AD, 1 VisA].")
     beta2 = typer.Option(None, "--beta2", help="eq. 4: weight of T [default: from --preset; 0.9 MVTec AD, 1 VisA].")
     tau = typer.Option(0.01, "--tau", help="eq. 11 scoring temperature.")
@@ -229,12 +232,19 @@ def demo_command(
                                                           "else random weights with a loud warning; or a tag/file/random."),
     arch: str = ARCH, device: Optional[str] = DEVICE,
     max_test: int = typer.Option(30, "--max-test", help="Normal and anomalous test images each (seeded sample)."),
+    preset: Optional[str] = TrainOptions.preset,
     quiet: bool = QUIET,
 ) -> None:
     """Train on 4 embedded good textile images, evaluate (zero-shot vs 4-shot), explain two images."""
     from fsac.train.run import run_demo
+    from fsac.train.trainer import TrainConfig
 
-    run_demo(out, weights=weights, arch=arch, device=device, max_test=max_test, quiet=quiet)
+    defaults = TrainConfig()  # the demo's own schedule; only the preset's settings come from --preset
+    cfg = build_train_config(defaults.mode, defaults.stage1_epochs, defaults.stage2_epochs, defaults.stage1_lr,
+                             defaults.stage2_lr, defaults.seed, defaults.head.alpha1, defaults.head.alpha2, None, None,
+                             defaults.head.tau, defaults.head.loss_temperature, False, False, None,
+                             defaults.synth.per_image, preset)
+    run_demo(out, weights=weights, arch=arch, device=device, max_test=max_test, quiet=quiet, cfg=cfg)
 
 
 def bench_train_command(

@@ -80,13 +80,16 @@ def evaluate(backbone: Backbone, categories: list[Category], cfg: EvalConfig, qu
     results: list[RunResult] = []
     skipped: list[dict] = []
     timings: dict[str, float] = {}
-    cache = FeatureCache(backbone)
+    # k larger than a category's pool of good images is a usage error. Check every category
+    # for every k before anything is encoded: otherwise the earlier categories are encoded and
+    # trained (minutes on a CPU) before a later one is refused.
     for cat in categories:
-        t_cat = time.perf_counter()
-        # Before any image is encoded: k larger than the pool of good images is a usage error.
         too_many = [k for k in cfg.shots if k > len(cat.train_pool)]
         if too_many:
             raise FsacError(f"asked for {max(too_many)} shots but {cat.root} has only {len(cat.train_pool)} normal images")
+    cache = FeatureCache(backbone)
+    for cat in categories:
+        t_cat = time.perf_counter()
         for w in geometry_warnings(image_sizes([*cat.train_pool, *cat.all_test_paths()]), backbone.spec):
             print(f"warning: {cat.name}: {w}", file=sys.stderr)
         obj = cfg.object_name or object_name_from_category(cat.name)
@@ -102,7 +105,7 @@ def evaluate(backbone: Backbone, categories: list[Category], cfg: EvalConfig, qu
         if not [t for t in clean.test if t.label == 1]:
             raise FsacError(f"{cat.root}: no readable anomalous test images")
         for k in cfg.shots:
-            if k > len(pool):
+            if k > len(pool):  # unreadable pool images (two-folder layout) can still make it too small
                 raise FsacError(f"asked for {k} shots but {cat.root} has only {len(pool)} normal images")
             for seed in (cfg.seeds[:1] if k == 0 else cfg.seeds):
                 shots, test = clean.split(k, seed)
@@ -114,16 +117,19 @@ def evaluate(backbone: Backbone, categories: list[Category], cfg: EvalConfig, qu
                         out = zero_shot_score(feats, t_pos, t_neg, cfg.train.head.tau)
                     logits = out.logit.double().numpy()
                     train_names: list[str] = []
+                    diagnostics: dict = {}
                 else:
                     tcfg = replace(cfg.train, seed=seed, synth=replace(cfg.train.synth, seed=seed))
                     result = train(backbone, shots, obj, tcfg, quiet=quiet, cache=cache, text=text)
                     logits = result.model.score_features(feats)["logit"].astype(np.float64)
                     train_names = [str(p) for p in shots]
+                    diagnostics = result.diagnostics
                 labels = np.array([t.label for t in test])
                 # Metrics rank the logit; the score shown beside it is sigmoid(z) in float64.
                 run = RunResult(category=cat.name, shots=k, seed=seed, metrics=image_metrics(labels, logits),
                                 logits=logits, scores=score_from_logit(logits), labels=[int(x) for x in labels],
-                                image_names=[_rel(t, cat.root) for t in test], train_images=train_names)
+                                image_names=[_rel(t, cat.root) for t in test], train_images=train_names,
+                                diagnostics=diagnostics)
                 results.append(run)
                 if k > 0 and on_model is not None:
                     on_model(run, result)

@@ -6,8 +6,13 @@ benchmark instead of remembering the flags.
     visa:  beta1 = 1,   beta2 = 1,   NSA (Poisson-blended) synthetic anomalies
 
 An option given explicitly on the command line wins over the preset; without a preset the
-defaults are the MVTec AD settings. The preset's name is recorded in `TrainConfig.preset`,
-so it appears in every checkpoint, report and model file.
+defaults are the MVTec AD settings. What is recorded (`TrainConfig.to_dict`: every checkpoint,
+report and model file) is the preset the settings were taken from, plus `preset_overrides`,
+the settings whose value differs from that preset's. Without `--preset` the preset recorded is
+"mvtec": the defaults *are* its values (HeadConfig and SynthConfig default to them), so
+recording none would tell a reader reproducing a column that the paper's settings were not
+used when they were; an override (say `--synth nsa`) shows up as such instead of being hidden
+behind a preset name.
 """
 
 from __future__ import annotations
@@ -32,3 +37,11 @@ def resolve(preset: str | None, **given: float | str | None) -> dict[str, float 
             raise KeyError(name)
         out[name] = base[name] if value is None else value
     return out
+
+
+def overrides(preset: str | None, actual: dict[str, float | str]) -> dict[str, float | str]:
+    """The settings in `actual` whose value differs from the preset's ({} without a preset)."""
+    if preset is None:
+        return {}
+    base = PRESETS[preset]
+    return {k: v for k, v in actual.items() if k in base and v != base[k]}

@@ -78,6 +78,9 @@ class RunResult:
     labels: list[int]
     image_names: list[str] = field(default_factory=list)
     train_images: list[str] = field(default_factory=list)
+    # What training did (fsac.train.trainer.training_diagnostics, with its warnings); empty for
+    # shots = 0, which trains nothing.
+    diagnostics: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # Accept numpy arrays / Paths from the caller, but store plain JSON-able lists.
@@ -321,6 +324,7 @@ def to_json(report: EvalReport) -> dict:
                 "labels": list(r.labels),
                 "logits": list(r.logits),
                 "scores": list(r.scores),
+                "diagnostics": _jsonable(r.diagnostics) if r.diagnostics else None,
             }
             for r in report.results
         ],
@@ -343,6 +347,7 @@ def from_json(d: dict) -> EvalReport:
                 labels=r["labels"],
                 image_names=r.get("image_names", []),
                 train_images=r.get("train_images", []),
+                diagnostics=r.get("diagnostics") or {},
             )
             for r in d.get("results", [])
         ],
@@ -413,6 +418,12 @@ def to_markdown(report: EvalReport) -> str:
     md += [f"- **{_md_cell(k)}**: `{_md_cell(json.dumps(v) if not isinstance(v, str) else v)}`" for k, v in meta]
     md.append(f"- **random_weights**: `{str(bool(report.random_weights)).lower()}`")
     md.append("")
+
+    warned = [(r, w) for r in report.results for w in (r.diagnostics or {}).get("warnings", [])]
+    if warned:
+        md += [f"## Training warnings ({len(warned)})", ""]
+        md += [f"- {_md_cell(r.category)} k={r.shots} seed={r.seed}: {_md_cell(w)}" for r, w in warned]
+        md += ["", "Every trained model's diagnostics (cos(AT+, AT-), adapter ratio, pair gap) are in report.json.", ""]
 
     md += [f"## Skipped images ({len(report.skipped)})", ""]
     if report.skipped:

@@ -83,8 +83,10 @@ def describe_training(result: TrainResult, cfg: TrainConfig, backbone: Backbone)
         lines.append(f"  training pairs       logit gap {d['pair_gap']:.3f} (synthetic - normal, mean), "
                      f"margin {d['pair_margin']:.3f}")
     if cfg.preset:
+        over = cfg.to_dict()["preset_overrides"]
         lines.append(f"  preset               {cfg.preset} (beta {cfg.head.beta1:g}/{cfg.head.beta2:g}, "
-                     f"{cfg.synth.kind} synthetic anomalies)")
+                     f"{cfg.synth.kind} synthetic anomalies)"
+                     + (f"; overridden: {', '.join(f'{k}={v}' for k, v in over.items())}" if over else ""))
     return lines
 
 
@@ -109,10 +111,33 @@ def run_training(shots: list[Path], object_name: str, out: Path, cfg: TrainConfi
     return result
 
 
+def training_warning_lines(report) -> list[str]:
+    """The training warnings of an evaluation's models, compactly: an evaluation trains up to
+    categories x shots x seeds models, and one full warning each would bury the table. One line
+    per kind of warning: where it happened and the first one in full."""
+    groups: dict[str, list] = {}
+    for r in report.results:
+        for w in (r.diagnostics or {}).get("warnings", []):
+            groups.setdefault(w.split(":", 1)[0], []).append((r, w))
+    trained = sum(1 for r in report.results if r.shots > 0)
+    lines = []
+    for hits in groups.values():
+        (r0, w0), n = hits[0], len(hits)
+        first = f"{r0.category} k={r0.shots} seed={r0.seed}"
+        if n == 1:
+            lines.append(f"warning: {first}: {w0}")
+            continue
+        where = ", ".join(f"{r.category} k={r.shots} seed={r.seed}" for r, _ in hits[1:4]) + (", ..." if n > 4 else "")
+        lines.append(f"warning: {n} of {trained} trained models: {first}: {w0} (also {where})")
+    if lines:
+        lines.append("warning: every trained model's diagnostics are in report.json (\"diagnostics\")")
+    return lines
+
+
 def run_evaluation(categories: list[Category], shots: tuple[int, ...], seeds: tuple[int, ...], cfg: TrainConfig,
                    out: Path, arch: str, weights: str, device: str | None, object_name: str | None = None,
                    resize_mode: str = "squash", quiet: bool = False, backbone: Backbone | None = None,
-                   on_model=None):
+                   on_model=None, warn: bool = True):
     from fsac.train.evaluate import EvalConfig, evaluate
     from fsac.train.report import format_table, write_report
 
@@ -128,6 +153,9 @@ def run_evaluation(categories: list[Category], shots: tuple[int, ...], seeds: tu
         print(f"skipped {len(report.skipped)} unreadable image(s), listed in {paths.get('markdown', out)}:")
         for s in report.skipped[:10]:
             print(f"  {s['file']}: {s['reason']}")
+    if warn:  # `fsac demo` prints its one model's warnings in full itself
+        for line in training_warning_lines(report):
+            print(line, file=sys.stderr)
     _say(quiet, "report: " + ", ".join(str(p) for p in paths.values()))
     return report, paths
 
@@ -148,7 +176,8 @@ def resolve_auto_weights(arch: str, weights: str) -> str:
     return RANDOM_WEIGHTS
 
 
-def run_demo(out: Path, weights: str, arch: str, device: str | None, max_test: int, quiet: bool) -> None:
+def run_demo(out: Path, weights: str, arch: str, device: str | None, max_test: int, quiet: bool,
+             cfg: TrainConfig | None = None) -> None:
     """Embedded textile images: 4-shot training, zero-shot vs 4-shot evaluation, explanation maps."""
     from fsac.train.data import embedded_dataset, subsample
     from fsac.train.explain import explain_image
@@ -157,7 +186,7 @@ def run_demo(out: Path, weights: str, arch: str, device: str | None, max_test: i
     weights = resolve_auto_weights(arch, weights)
     backbone = load_backbone(arch, weights, device=device)
     category = subsample(embedded_dataset(), max_normal=max_test + 4, max_anomalous=max_test)
-    cfg = TrainConfig()
+    cfg = cfg or TrainConfig()
     kept: dict = {}
 
     def keep(run, result):
@@ -166,8 +195,10 @@ def run_demo(out: Path, weights: str, arch: str, device: str | None, max_test: i
     _say(quiet, f"fsac demo: {category.name}, {len(category.train_pool)} good + {len(category.test)} defective images "
                 f"(conformal-clip-data, simulated), 4 shots, {arch} / {backbone.info.weights_id}")
     report, paths = run_evaluation([category], (0, 4), (0,), cfg, out / "report", arch, weights, device,
-                                   quiet=quiet, backbone=backbone, on_model=keep)
+                                   quiet=quiet, backbone=backbone, on_model=keep, warn=False)
     result: TrainResult = kept["result"]
+    for w in result.diagnostics.get("warnings", []):  # as `fsac train` does, on stderr even with -q
+        print(f"warning: {w}", file=sys.stderr)
     save_trained(out / "model", result, cfg, write_synth=True)
     note = "  |  RANDOM WEIGHTS: map meaningless" if backbone.info.is_random else ""
     run4 = [r for r in report.results if r.shots == 4][0]

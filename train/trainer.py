@@ -34,6 +34,7 @@ from fsac.preprocess import preprocess_file, stack
 from fsac.train.backbone import Backbone, resolve_encoder_precision
 from fsac.train.checkpoint import TrainedModel
 from fsac.train.model import FSACHead, HeadConfig, contrastive_loss
+from fsac.train.presets import DEFAULT_PRESET, PRESETS, overrides
 from fsac.train.prompts import build_prompts
 from fsac.train.synth import SynthConfig, generate
 
@@ -50,7 +51,9 @@ class TrainConfig:
     seed: int = 0
     head: HeadConfig = field(default_factory=HeadConfig)
     synth: SynthConfig = field(default_factory=SynthConfig)
-    preset: str | None = None  # the benchmark preset these settings came from (train/presets.py)
+    # The benchmark preset the settings not given explicitly came from (train/presets.py). The
+    # defaults of HeadConfig and SynthConfig are the MVTec AD preset's, so that is the default.
+    preset: str | None = DEFAULT_PRESET
     # Frozen image encoder in bf16 ("bf16"/"auto", a bf16 copy of its weights): the
     # first shot is also encoded in fp32 and the cosine of its features is recorded.
     encoder_precision: str = "fp32"
@@ -66,9 +69,16 @@ class TrainConfig:
         for name in ("stage1_lr", "stage2_lr"):
             if not getattr(self, name) > 0:
                 raise FsacError(f"{name} must be > 0")
+        if self.preset is not None and self.preset not in PRESETS:
+            raise FsacError(f"preset must be one of {', '.join(PRESETS)}, got {self.preset!r}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        # From the values actually used, never from what was asked: the record cannot disagree
+        # with the settings it describes (a config built in code can differ from its preset).
+        d["preset_overrides"] = overrides(self.preset, {"beta1": self.head.beta1, "beta2": self.head.beta2,
+                                                        "synth": self.synth.kind})
+        return d
 
 
 @dataclass

@@ -103,14 +103,15 @@ def test_user_errors(model_copy, tmp_path):
 
 @pytest.fixture(scope="module")
 def saturated_model(tmp_path_factory, bottle):
-    """A tiny export at tau = 0.001: every float32 score on the bottle images is exactly 1.0."""
+    """A tiny export at tau = 0.004: every float32 score on the bottle images is exactly 1.0
+    (logits about 30-32), while sigmoid in float64 still tells them apart (it ties only above ~37)."""
     from fsac.export.cli import export_command
     from tests.conftest import _helpers
 
     models = _helpers()
     shots = sorted((bottle / "train" / "good").glob("*.png"))[:2]
     root = tmp_path_factory.mktemp("saturated")
-    ck = models.make_checkpoint(root / "ck", models.TINY_ARCH, shots, tau=0.001)
+    ck = models.make_checkpoint(root / "ck", models.TINY_ARCH, shots, tau=0.004)
     out = root / "sat.onnx"
     export_command(ck, out=out, quiet=True, optimize="none")
     return out
@@ -130,8 +131,15 @@ def test_saturated_model_calibrates_on_logits_and_flags_images(saturated_model, 
     good = sorted((bottle / "test" / "good").glob("*.png"))
     scores, _ = score_model_file(model, good)
     assert np.all(scores.score == np.float32(1.0))  # the saturated case, for real
-    res = calibrate_command(model, [bottle / "test" / "good"], alpha=0.1, quiet=True)
+    res = calibrate_command(model, [bottle / "test" / "good"], alpha=0.1, quiet=True, report=tmp_path / "cal.json")
     t = res["logit_threshold"]
+    # The report's scores are sigmoid of its logits in float64, not the graph's saturated float32 score.
+    from fsac.score import score_from_logit
+
+    cal = json.loads((tmp_path / "cal.json").read_text())
+    assert cal["normal_logits"] == pytest.approx(scores.logit.tolist(), rel=1e-7)
+    np.testing.assert_allclose(cal["normal_scores"], score_from_logit(np.array(cal["normal_logits"])), rtol=1e-15)
+    assert len(set(cal["normal_scores"])) == 20, "float64 scores from the logits must not tie like the graph's"
     assert math.isfinite(t) and float(np.min(scores.logit)) < t <= float(np.max(scores.logit))
     flagged = is_defective(scores.logit, t)
     assert int(flagged.sum()) == 1  # 20 images, k = 19: exactly the largest logit is above

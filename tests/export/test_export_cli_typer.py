@@ -49,3 +49,13 @@ def test_export_then_calibrate_through_typer(app, tiny_checkpoint, bottle, tmp_p
     assert info.threshold is not None and (tmp_path / "m.scores.png").is_file()
     r = runner.invoke(app, ["calibrate", str(out), "-n", str(bottle / "test" / "good"), "-q"])
     assert r.exit_code != 0 and "already has a threshold" in str(r.exception)
+
+
+def test_model_file_preset_names_the_settings_that_differ_from_it():
+    """fsac.train_preset never names a preset whose values the model does not have."""
+    from fsac.export.cli import _preset_text
+
+    assert _preset_text({"preset": "mvtec", "preset_overrides": {}}) == "mvtec"
+    assert _preset_text({"preset": "mvtec", "preset_overrides": {"synth": "nsa", "beta1": 1.0}}) == \
+        "mvtec with synth=nsa, beta1=1.0"
+    assert _preset_text({"preset": None}) == "" and _preset_text({}) == ""  # checkpoints from before presets

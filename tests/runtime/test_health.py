@@ -14,7 +14,7 @@ from fsac.metadata import update_model_metadata
 from fsac.preprocess import PreprocessSpec, resize_crop
 from fsac.runtime.config import load_config
 from fsac.runtime.daemon import Daemon
-from fsac.runtime.health import reference_stats
+from fsac.imagestats import reference_stats
 from fsac_run_helpers import S, metric_value, read_jsonl
 from test_daemon import config
 

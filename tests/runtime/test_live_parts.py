@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from fsac.errors import FsacError
-from fsac.runtime.feedback import CONFIRMED_DEFECT, FALSE_ALARM, counts, good_images, save_feedback
+from fsac.feedback import CONFIRMED_DEFECT, FALSE_ALARM, counts, good_images
+from fsac.runtime.feedback import save_feedback
 from fsac.runtime.liveview import FrameRing, alarms
 from fsac.runtime.webui import TOKEN_ENV, check_access
 

@@ -8,7 +8,8 @@ import pytest
 from fsac.errors import FsacError
 from fsac.runtime.backends import load_model
 from fsac.runtime.config import ModelConfig
-from fsac.runtime.policy import MAX_REL_DLOGIT, logit_agreement
+from fsac.agreement import logit_agreement
+from fsac.runtime.policy import MAX_REL_DLOGIT, failures
 
 pytest.importorskip("openvino", reason="fsac[openvino] is part of fsac[all]; install it to test the candidates")
 
@@ -17,11 +18,13 @@ def test_logit_agreement_figures():
     ref = np.array([0.0, 1.0, 2.0, 3.0, 4.0])
     a = logit_agreement(ref, ref + np.array([0.0, 0.1, -0.1, 0.0, 0.2]), logit_threshold=2.5)
     assert a.spread == 4.0 and a.max_abs_diff == pytest.approx(0.2) and a.rel_max_abs_diff == pytest.approx(0.05)
-    assert a.spearman == pytest.approx(1.0) and a.verdict_agreement == 1.0 and a.failures() == []
+    assert a.spearman == pytest.approx(1.0) and a.verdict_agreement == 1.0 and failures(a) == []
     swapped = logit_agreement(ref, np.array([0.0, 1.0, 3.0, 2.0, 4.0]), logit_threshold=2.5)
     assert swapped.verdict_agreement == pytest.approx(0.6)
-    msgs = " ".join(swapped.failures())
+    msgs = " ".join(failures(swapped))
     assert "Spearman 0.9000 < 0.99" in msgs and "verdicts 60.0% < 99%" in msgs and "x spread >" in msgs
+    # without a threshold the verdicts cannot be compared: the candidate does not qualify
+    assert "verdicts not compared" in " ".join(failures(logit_agreement(ref, ref, None)))
 
 
 def test_auto_measures_candidates_and_serves_the_fastest_that_agrees(tiny_files, image_folder):

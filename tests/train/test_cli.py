@@ -92,3 +92,23 @@ def test_eval_checks_shots_against_the_pool_before_encoding(bottle):
     assert r.returncode == 2
     assert "asked for 300 shots but" in r.stderr and "has only 209 normal images" in r.stderr
     assert "encoding test images" not in r.stderr  # refused before any image was encoded
+
+
+def test_demo_prints_training_warnings_and_records_the_preset(tmp_path, capsys, monkeypatch):
+    """`fsac demo` trains a model: its warnings are printed as `fsac train` prints them, and
+    --preset is applied and recorded in the report and the checkpoint."""
+    import fsac.train.trainer as trainer
+
+    monkeypatch.setattr(trainer, "MIN_PROTOTYPE_COSINE", 2.0)  # any cosine warns
+    out = tmp_path / "demo"
+    assert main(["demo", "--arch", TINY_ARCH, "--weights", "random", "--max-test", "3", "--preset", "visa",
+                 "--out", str(out), "-q"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: the text adapter has overwhelmed the residual" in err
+    assert err.count("overwhelmed") == 1  # once, not again from the evaluation's summary
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert report["meta"]["train"]["preset"] == "visa" and report["meta"]["train"]["synth"]["kind"] == "nsa"
+    four = [r for r in report["results"] if r["shots"] == 4][0]
+    assert "overwhelmed" in four["diagnostics"]["warnings"][0]
+    meta = json.loads((out / "model" / "model.json").read_text())
+    assert meta["train"]["preset"] == "visa" and meta["head"]["beta1"] == 1.0 and meta["head"]["beta2"] == 1.0

@@ -14,13 +14,32 @@ from tests.conftest import TINY_ARCH
 FAST = ["--arch", TINY_ARCH, "--weights", "random", "--epochs1", "5", "--epochs2", "5", "--synth-per-image", "2", "-q"]
 
 
-def test_eval_mvtec_end_to_end(bottle, tmp_path, capsys):
+def test_eval_mvtec_end_to_end(bottle, tmp_path, capsys, monkeypatch):
+    import fsac.train.trainer as trainer
+
+    # Every trained model warns (any cosine is below 2): the warnings must be stored per model
+    # and printed as one summary, not once in full per model.
+    monkeypatch.setattr(trainer, "MIN_PROTOTYPE_COSINE", 2.0)
     out = tmp_path / "report"
     rc = main(["eval", str(bottle), "--shots", "0,1,2", "--seeds", "2", "--max-test", "6", "--out", str(out)] + FAST)
     assert rc == 0
-    text = capsys.readouterr().out
+    captured = capsys.readouterr()
+    text = captured.out
     assert "RANDOM" in text and "I-AUROC" in text and "bottle" in text
+    warned = [line for line in captured.err.splitlines() if line.startswith("warning:")]
+    assert len(warned) == 2, captured.err
+    assert warned[0].startswith("warning: 4 of 4 trained models: bottle k=1 seed=0: the text adapter has overwhelmed")
+    assert "also bottle k=1 seed=1, bottle k=2 seed=0, bottle k=2 seed=1" in warned[0]
+    assert "report.json" in warned[1]
     report = json.loads((out / "report.json").read_text())
+    assert report["meta"]["train"]["preset"] == "mvtec" and report["meta"]["train"]["preset_overrides"] == {}
+    for r in report["results"]:
+        d = r["diagnostics"]
+        if r["shots"] == 0:
+            assert d is None  # zero-shot trains nothing
+        else:
+            assert -1 <= d["cos_at"] <= 1 and "pair_gap" in d and "overwhelmed" in d["warnings"][0]
+    assert "## Training warnings (4)" in (out / "report.md").read_text()
     runs = report["results"]
     assert sorted({(r["shots"], r["seed"]) for r in runs}) == [(0, 0), (1, 0), (1, 1), (2, 0), (2, 1)]
     for r in runs:
@@ -67,6 +86,28 @@ def test_k_larger_than_pool_is_one_line_error(bottle, tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2
     assert "asked for 4 shots" in err and "has only 3 normal images" in err and "Traceback" not in err
+
+
+def test_k_is_checked_for_every_category_before_anything_is_encoded(bottle, tiny_backbone, monkeypatch, capsys):
+    """The second category is too small for k = 2: the error must come before the first
+    category's images (or its prompts) are encoded, not after its runs."""
+    import fsac.train.evaluate as ev
+    from fsac.errors import FsacError
+    from fsac.train.data import Category
+
+    def must_not_run(*a, **k):
+        raise AssertionError("encoded before the shot counts were checked")
+
+    monkeypatch.setattr(ev, "_encode_valid", must_not_run)
+    monkeypatch.setattr(ev, "cached_text", must_not_run)
+    monkeypatch.setattr(ev, "train", must_not_run)
+    (full,) = find_categories(bottle)
+    big = subsample(full, 3, 3)
+    small = Category("small", big.root, big.layout, big.train_pool[:1], big.test)
+    with pytest.raises(FsacError, match=r"asked for 2 shots but .* has only 1 normal images"):
+        evaluate(tiny_backbone, [big, small], EvalConfig(shots=(0, 2), seeds=(0,)), quiet=False,
+                 log=must_not_run)
+    assert capsys.readouterr().out == ""  # no progress line either
 
 
 def test_subsample_keeps_both_classes(bottle):

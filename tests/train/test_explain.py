@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from fsac.preprocess import preprocess_file
@@ -45,3 +46,30 @@ def test_map_is_not_blank_on_a_confidently_anomalous_image(tiny_backbone, bottle
     assert float(g_score.abs().max()) == 0.0  # the old map: blank
     logit, grad = gradient_map(model, px)
     assert logit > 100 and grad.max() > 0 and np.count_nonzero(grad) > 0.5 * grad.size
+
+
+def test_map_is_not_blank_for_a_trained_model_whose_score_saturates(tiny_backbone, bottle, bottle_shots):
+    """The same on a model that was trained, not set by hand: the trained tiny model scores a confidently anomalous image with AS exactly 1.0 in float32, and the map of
+    the logit is still not blank. With random backbone weights the real defects need not look
+    anomalous to it, so the candidates are fresh synthetic anomalies of the shots (another seed
+    than training's): what this model was trained to flag, on pixels it has not seen."""
+    from fsac.train.synth import SynthConfig, generate
+    from fsac.train.trainer import TrainConfig, train
+
+    # The default schedule and tau = 0.01: the saturation is the default case, not a contrived one.
+    cfg = TrainConfig(synth=SynthConfig(per_image=4), head=HeadConfig(embed_dim=64))
+    model = train(tiny_backbone, bottle_shots[:2], "bottle", cfg, quiet=True).model
+    shots = [preprocess_file(p, tiny_backbone.spec) for p in bottle_shots[:2]]
+    px = np.stack([s.image for row in generate(shots, SynthConfig(per_image=3, seed=99)) for s in row])
+    deploy = model.deploy_model()
+    with torch.no_grad():
+        logits = deploy(torch.tensor(px, dtype=torch.float32))[1].double().numpy()
+    best = px[int(np.argmax(logits))]
+    x = torch.tensor(best, dtype=torch.float32)[None].requires_grad_(True)
+    score = deploy(x)[0][0]
+    assert score.item() == 1.0, f"not saturated (logits {logits}): the test lost its point"
+    (g_score,) = torch.autograd.grad(score, x)
+    assert float(g_score.abs().max()) == 0.0  # |dAS/dx|: the blank map this replaces
+    logit, grad = gradient_map(model, best)
+    assert logit == pytest.approx(float(logits.max()), rel=1e-4) and logit > 17  # sigmoid(17) == 1 in float32
+    assert grad.max() > 0 and np.count_nonzero(grad) > 0.5 * grad.size

@@ -214,6 +214,7 @@ def test_empty_report_table_markdown_json():
 
 def test_json_round_trips():
     report = hand_report(skipped=[{"file": "x.png", "reason": "truncated"}])
+    report.results[1].diagnostics = {"cos_at": np.float64(-0.5), "warnings": ["the text adapter has overwhelmed"]}
     d = to_json(report)
     text = json.dumps(d, allow_nan=False)  # strict JSON: no NaN or Infinity
     back = json.loads(text)
@@ -226,6 +227,7 @@ def test_json_round_trips():
     assert r0["scores"] == [0.1, 0.3, 0.6, 0.9] and r0["labels"] == [0, 0, 1, 1]
     assert r0["logits"] == [-2.2, -0.85, 0.4, 2.2]
     assert r0["metrics"]["auroc"] == 0.9
+    assert r0["diagnostics"] is None and back["results"][1]["diagnostics"]["cos_at"] == -0.5
     assert len(back["summary"]) == 6
     # from_json rebuilds the report (e.g. to redraw figures)
     again = from_json(back)

@@ -172,10 +172,21 @@ def test_presets_set_the_paper_settings_and_explicit_options_win():
     assert (visa.head.beta1, visa.head.beta2, visa.synth.kind, visa.preset) == (1.0, 1.0, "nsa", "visa")
     mvtec = cfg("mvtec")
     assert (mvtec.head.beta1, mvtec.head.beta2, mvtec.synth.kind, mvtec.preset) == (0.1, 0.9, "gaussian", "mvtec")
+    # No --preset: the defaults are the MVTec AD preset's values, and that is what is recorded.
     none = cfg(None)
-    assert (none.head.beta1, none.head.beta2, none.synth.kind, none.preset) == (0.1, 0.9, "gaussian", None)
+    assert (none.head.beta1, none.head.beta2, none.synth.kind, none.preset) == (0.1, 0.9, "gaussian", "mvtec")
+    assert none.to_dict()["preset_overrides"] == {} and TrainConfig().to_dict()["preset"] == "mvtec"
+    assert cfg(None, synth="nsa").to_dict()["preset_overrides"] == {"synth": "nsa"}
     mixed = cfg("visa", beta1=0.5, synth="mixed")
     assert (mixed.head.beta1, mixed.head.beta2, mixed.synth.kind) == (0.5, 1.0, "mixed")
-    assert mixed.to_dict()["preset"] == "visa"
+    assert mixed.to_dict()["preset"] == "visa" and mixed.to_dict()["preset_overrides"] == {"beta1": 0.5,
+                                                                                            "synth": "mixed"}
+    assert cfg("visa", beta1=1.0).to_dict()["preset_overrides"] == {}  # given, but the preset's own value
+    # The overrides come from the values used, so a config built in code cannot claim a preset it is not.
+    coded = TrainConfig(head=HeadConfig(beta1=1.0))
+    assert coded.to_dict()["preset"] == "mvtec" and coded.to_dict()["preset_overrides"] == {"beta1": 1.0}
+    assert TrainConfig(preset=None).to_dict()["preset_overrides"] == {}
+    with pytest.raises(FsacError, match="preset must be one of"):
+        TrainConfig(preset="cifar")
     with pytest.raises(FsacError, match="--preset must be one of mvtec, visa"):
         cfg("cifar")

@@ -1,0 +1,42 @@
+"""Peak resident memory of a Python child process (Linux), for the benchmarks.
+
+`fsac bench runtime` (fsac-run's memory) and `fsac bench export` (the export's memory) both
+measure a command in a fresh interpreter; the helper lives in the core so that neither wing
+reaches into the other's private functions.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+from fsac.errors import FsacError
+
+# Printed at exit by the measured process itself: VmHWM is the peak resident memory of its own
+# address space. (getrusage/wait4's ru_maxrss is no good here: Linux carries the forking
+# parent's peak over into the child across exec, so the child would report the bench's RSS.)
+_HWM_PREFIX = """
+import atexit, sys
+def _fsac_bench_hwm():
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    sys.stderr.write("FSAC_BENCH_VMHWM_KB " + line.split()[1] + "\\n")
+    except OSError:
+        pass
+atexit.register(_fsac_bench_hwm)
+"""
+
+
+def peak_rss(code: str, args: list[str]) -> tuple[int | None, str]:
+    """Run `python -c code args`; return its peak resident memory in bytes and its stderr."""
+    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
+    proc = subprocess.run([sys.executable, "-c", _HWM_PREFIX + code, *args], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, env=env, text=True, errors="replace")
+    if proc.returncode != 0:
+        raise FsacError(f"benchmark subprocess failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
+    m = re.search(r"FSAC_BENCH_VMHWM_KB (\d+)", proc.stderr)
+    return (int(m.group(1)) * 1024 if m else None), proc.stderr

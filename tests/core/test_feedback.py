@@ -1,0 +1,29 @@
+"""fsac.feedback: the folder layout fsac-run writes and `fsac calibrate --feedback` reads."""
+
+from __future__ import annotations
+
+import json
+
+from fsac.feedback import CONFIRMED_DEFECT, FALSE_ALARM, counts, good_images
+
+
+def _pair(folder, label, stem, with_json=True, image=True):
+    d = folder / label
+    d.mkdir(parents=True, exist_ok=True)
+    if image:
+        (d / f"{stem}.png").write_bytes(b"\x89PNG fake")
+    if with_json:
+        (d / f"{stem}.json").write_text(json.dumps({"label": label, "image": f"{stem}.png"}))
+
+
+def test_good_images_are_complete_false_alarm_pairs_oldest_first(tmp_path):
+    _pair(tmp_path, FALSE_ALARM, "20240102")
+    _pair(tmp_path, FALSE_ALARM, "20240101")
+    _pair(tmp_path, FALSE_ALARM, "20240103", with_json=False)  # image written, JSON not yet: incomplete
+    _pair(tmp_path, FALSE_ALARM, "20240104", image=False)  # image gone
+    (tmp_path / FALSE_ALARM / "broken.json").write_text("{not json")
+    _pair(tmp_path, CONFIRMED_DEFECT, "20240105")  # defects are not good images
+    assert [p.name for p in good_images(tmp_path)] == ["20240101.png", "20240102.png"]
+    assert counts(tmp_path) == {FALSE_ALARM: 4, CONFIRMED_DEFECT: 1}
+    assert good_images(tmp_path / "missing") == [] and counts(tmp_path / "missing") == {FALSE_ALARM: 0,
+                                                                                       CONFIRMED_DEFECT: 0}
