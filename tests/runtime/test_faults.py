@@ -183,14 +183,17 @@ def test_sigkill_then_restart_replays_the_journal(tmp_path, model_file, image_fo
         model: {{path: {model_file}, batch_size: 2}}
         source: {{kind: watch, uri: drop, settle_s: 0.05, poll_s: 0.02, processed: move}}
         sinks: {{jsonl: {{path: r.jsonl}}}}
-        journal: {{dir: journal}}
+        journal: {{dir: journal, commit_interval_s: 0.05}}
         http: {{enabled: false}}
     """))
+    # A short commit interval: files are acknowledged a few at a time, so the kill lands with
+    # some done and some not (at the 0.5 s default the toy model finishes all 60 in one).
     proc = fsac_run("--config", str(cfg))
     wait_for(lambda: (src / "done").is_dir() and len(files(src / "done")) >= 10, 30, what="10 files done")
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=10)
     acked = files(src / "done")  # their records were durable in the journal before they moved
+    assert len(acked) < 60, "the kill came after every file was done; nothing left to replay"
     left_claimed = files(src / ".fsac-processing")
     proc = fsac_run("--config", str(cfg))
     try:
