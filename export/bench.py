@@ -27,7 +27,6 @@ ONNX Runtime runner) comes from the core; tests/core/test_layout.py holds the al
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 import subprocess
@@ -61,18 +60,23 @@ def percentiles(times: list[float]) -> dict[str, float]:
             "p99_ms": float(np.percentile(a, 99) * 1e3), "mean_ms": float(a.mean() * 1e3), "runs": int(a.size)}
 
 
-def sgemm_gflops(threads: int, n: int = 2048, repeats: int = 3) -> float:
-    """Measured float32 matmul rate of this machine (GFLOP/s), best of `repeats`."""
-    rng = np.random.default_rng(0)
-    a = rng.standard_normal((n, n), dtype=np.float32)
-    b = rng.standard_normal((n, n), dtype=np.float32)
-    a @ b
-    best = math.inf
-    for _ in range(repeats):
-        t = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best / 1e9
+def torch_matmul(n: int, threads: int, repeats: int) -> float:
+    """torch bf16 matmul rate (GFLOP/s): the bf16 peak measurer this wing adds to the core's."""
+    import torch
+
+    from fsac.peaks import best_rate
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        a = torch.randn(n, n).to(torch.bfloat16)
+        b = torch.randn(n, n).to(torch.bfloat16)
+        return best_rate(lambda: a @ b, 2 * n**3, repeats)
+    finally:
+        torch.set_num_threads(before)
+
+
+TORCH_PEAKS = (("bf16", "torch bf16", torch_matmul),)
 
 
 def model_flops(deploy_model, image_size: int) -> int:
@@ -272,7 +276,7 @@ def bench_export_command(
     from fsac.export.bench_extra import (feature_cosines, markdown_extra, openvino_backends, peak_columns,
                                          run_batched, targets_extra)
     from fsac.agreement import logit_agreement
-    from fsac.peaks import best_of, measure_peaks
+    from fsac.peaks import best_of, measure_peaks, numpy_sgemm
     from fsac.runner import expand_images, load_pixels, make_session, run_session
     from fsac.threshold import conformal_threshold, next_float32_up
     from fsac.export.cli import export_trained
@@ -402,7 +406,7 @@ def bench_export_command(
             notes.append("RANDOM weights: the logits barely vary between images, so the logit agreement bounds "
                          "are not meaningful here; the encoder feature cosine against fp32 is reported as well")
         _say(quiet, "measuring this machine's fp32 / bf16 / int8 matmul peaks (before timing) ...")
-        peaks_before = measure_peaks(threads)
+        peaks_before = measure_peaks(threads, extra=TORCH_PEAKS)
         _say(quiet, f"timing {len(backends)} backends: {runs} interleaved rounds at batch 1 ...")
         singles = [eval_px[i : i + 1] for i in range(len(eval_px))]
         lat = interleaved(backends, singles, runs, warmup=2)
@@ -412,8 +416,8 @@ def bench_export_command(
 
         flops = model_flops(deploy, spec.image_size)
         _say(quiet, "measuring the peaks again (after timing; each measurer keeps its better run) ...")
-        peaks = best_of(peaks_before, measure_peaks(threads))
-        peak = peaks.fp32 or sgemm_gflops(threads)
+        peaks = best_of(peaks_before, measure_peaks(threads, extra=TORCH_PEAKS))
+        peak = peaks.fp32 or numpy_sgemm(2048, threads, 3)
         mem: dict[str, float | None] = {}
         if memory:
             _say(quiet, "peak memory: one subprocess per backend ...")

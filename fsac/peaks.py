@@ -7,7 +7,8 @@ kernels run at their plateau:
 
   fp32  numpy SGEMM (the BLAS numpy ships); OpenVINO f32 MatMul where installed
   bf16  OpenVINO MatMul with the bf16 precision hint (AVX-512 BF16 / AMX-BF16); torch bf16
-        matmul when torch is importable (the workstation benchmarks)
+        matmul in the workstation benchmark (export/bench.py passes it in: the core never
+        imports torch)
   int8  ONNX Runtime MatMulInteger (u8 x s8, VNNI / AMX-INT8 through MLAS); OpenVINO
         int8 (FakeQuantize -> MatMul, which its low-precision pass runs in int8)
 
@@ -74,7 +75,9 @@ def cpu_class(flags: list[str] | None = None) -> str:
     return "other"
 
 
-def _best_rate(fn: Callable[[], Any], ops: float, repeats: int) -> float:
+def best_rate(fn: Callable[[], Any], ops: float, repeats: int) -> float:
+    """Best-of-`repeats` rate of `fn` in G(FL)OP/s after one warm-up call (also for a wing's
+    own measurers, `measure_peaks(extra=...)`)."""
     fn()  # warm-up: first call packs weights / compiles
     best = math.inf
     for _ in range(repeats):
@@ -88,21 +91,7 @@ def numpy_sgemm(n: int, threads: int, repeats: int) -> float:
     rng = np.random.default_rng(0)
     a = rng.standard_normal((n, n), dtype=np.float32)
     b = rng.standard_normal((n, n), dtype=np.float32)
-    return _best_rate(lambda: a @ b, 2 * n**3, repeats)
-
-
-def torch_matmul(n: int, threads: int, repeats: int, dtype: str) -> float:
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        dt = getattr(torch, dtype)
-        a = torch.randn(n, n).to(dt)
-        b = torch.randn(n, n).to(dt)
-        return _best_rate(lambda: a @ b, 2 * n**3, repeats)
-    finally:
-        torch.set_num_threads(before)
+    return best_rate(lambda: a @ b, 2 * n**3, repeats)
 
 
 def openvino_matmul(n: int, threads: int, repeats: int, precision: str) -> float:
@@ -132,7 +121,7 @@ def openvino_matmul(n: int, threads: int, repeats: int, precision: str) -> float
     compiled = ov.Core().compile_model(model, "CPU", cfg)
     req = compiled.create_infer_request()
     data = np.abs(rng.standard_normal((n, n), dtype=np.float32))
-    return _best_rate(lambda: req.infer({0: data}), 2 * n**3, repeats)
+    return best_rate(lambda: req.infer({0: data}), 2 * n**3, repeats)
 
 
 def onnxruntime_matmul_integer(n: int, threads: int, repeats: int) -> float:
@@ -156,7 +145,7 @@ def onnxruntime_matmul_integer(n: int, threads: int, repeats: int) -> float:
         so.intra_op_num_threads = threads
     sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
     a = rng.integers(0, 255, (n, n), dtype=np.uint8)
-    return _best_rate(lambda: sess.run(None, {"a": a}), 2 * n**3, repeats)
+    return best_rate(lambda: sess.run(None, {"a": a}), 2 * n**3, repeats)
 
 
 @dataclass
@@ -193,8 +182,10 @@ class Peaks:
                 f"GFLOP/s, int8 {f(self.int8)} GOP/s [{parts}]")
 
 
-def measure_peaks(threads: int = 2, n: int = 2048, repeats: int = 3, use_torch: bool = True) -> Peaks:
-    """Measure every available fp32 / bf16 / int8 matmul peak on this machine."""
+def measure_peaks(threads: int = 2, n: int = 2048, repeats: int = 3,
+                  extra: tuple[tuple[str, str, Callable[[int, int, int], float]], ...] = ()) -> Peaks:
+    """Measure every available fp32 / bf16 / int8 matmul peak on this machine. `extra`:
+    (precision, name, fn(n, threads, repeats)) measurers of a caller's own libraries."""
     flags = cpu_flags()
     res = Peaks(cpu=f"{cpu_name()} ({os.cpu_count()} logical CPUs)", flags=matrix_flags(flags),
                 cpu_class=cpu_class(flags), threads=threads, n=n)
@@ -207,10 +198,11 @@ def measure_peaks(threads: int = 2, n: int = 2048, repeats: int = 3, use_torch: 
     ]
     if has_bf16:
         measurers.append(("bf16", "openvino bf16", lambda: openvino_matmul(n, threads, repeats, "bf16")))
-        if use_torch:
-            measurers.append(("bf16", "torch bf16", lambda: torch_matmul(n, threads, repeats, "bfloat16")))
     else:
         res.skipped["bf16"] = "CPU has neither avx512_bf16 nor amx_bf16"
+    for precision, name, fn in extra:
+        if precision != "bf16" or has_bf16:  # no bf16 timed in emulation
+            measurers.append((precision, name, lambda fn=fn: fn(n, threads, repeats)))
     for precision, name, fn in measurers:
         try:
             rate = fn()

@@ -376,7 +376,7 @@ def bench_runtime(model: str | os.PathLike, images: str | os.PathLike, n_frames:
         from fsac.peaks import measure_peaks
 
         # Same threads as the backend (0 = the runtime's default, which is every core here).
-        pk = measure_peaks(threads or (os.cpu_count() or 1), use_torch=False)
+        pk = measure_peaks(threads or (os.cpu_count() or 1))
         result["peaks"] = pk.to_dict()
         result["cpu_flags"] = pk.flags
         g = result["gflop_per_image"]
