@@ -124,7 +124,7 @@ class _Bare:
         return time.perf_counter() - t0, latencies
 
 
-def _write_bytes() -> int | None:
+def write_bytes() -> int | None:
     """Bytes this process caused to be written to storage so far (Linux /proc/self/io)."""
     try:
         text = Path("/proc/self/io").read_text()
@@ -206,7 +206,7 @@ def _daemon_pass(model_path: Path, folder: Path, out: Path, batch_size: int, pro
     cfg.http.enabled = page
     cfg.http.port = 0
     validate(cfg)
-    before = _write_bytes()
+    before = write_bytes()
     daemon = Daemon(cfg, install_signals=False)
     logger = logging.getLogger("fsac.runtime")
     level = logger.level
@@ -223,7 +223,7 @@ def _daemon_pass(model_path: Path, folder: Path, out: Path, batch_size: int, pro
         logger.setLevel(level)
         if client is not None:
             client.stop()
-    after = _write_bytes()
+    after = write_bytes()
     if code != 0:
         raise FsacError(f"the daemon run exited with {code}")
     records = [json.loads(line) for line in out.read_text().splitlines()]

@@ -25,6 +25,7 @@ import numpy as np
 from fsac.errors import FsacError
 from fsac.preprocess import load_image
 
+from .bench import write_bytes  # the same counter as the main passes (bench imports this module lazily)
 from .config import ModelConfig, RuntimeConfig, SourceConfig, validate
 from .daemon import Daemon
 from .sinks.mqtt_config import MqttSettings
@@ -57,8 +58,6 @@ class PacedSource(Source):
 def bench_paced(model: Path, files: list[Path], fps: float, seconds: float, work: Path, *,
                 mqtt_port: int | None = None, batch_size: int = 4, threads: int = 0) -> dict[str, Any]:
     """One paced pass; returns fps, records, achieved rate and bytes written per record."""
-    from .bench import _write_bytes  # the same counter as the main passes
-
     if fps <= 0 or seconds <= 0:
         raise FsacError("paced pass: fps and seconds must be > 0")
     n = max(4, int(round(fps * seconds)))
@@ -78,12 +77,12 @@ def bench_paced(model: Path, files: list[Path], fps: float, seconds: float, work
     logger = logging.getLogger("fsac.runtime")
     level = logger.level
     logger.setLevel(logging.WARNING)
-    before, t0 = _write_bytes(), time.monotonic()
+    before, t0 = write_bytes(), time.monotonic()
     try:
         code = daemon.run()
     finally:
         logger.setLevel(level)
-    after, elapsed = _write_bytes(), time.monotonic() - t0
+    after, elapsed = write_bytes(), time.monotonic() - t0
     if code != 0:
         raise FsacError(f"the paced daemon run exited with {code}")
     records = [json.loads(line) for line in out.read_text().splitlines()]

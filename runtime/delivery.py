@@ -34,7 +34,7 @@ class Delivery:
         self.journal = journal
         self.batch_max = int(getattr(sink, "batch_max", batch_max))
         own = getattr(sink, "linger_s", None)  # a sink may pace itself (jsonl: delivery_interval_s)
-        self.linger_s = linger_s if own is None else float(own)  # at most one delivery per linger_s: one fsync / PUBACK wait for many records
+        self.linger_s = linger_s if own is None else float(own)  # at most one delivery per linger_s
         self.delivered = 0
         self.errors = 0
         self.failing_since: float | None = None

@@ -158,8 +158,7 @@ def alarms(records: list[dict[str, Any]], expected_fpr: float | None, source_con
       drift   the defect rate far above the false-alarm rate the threshold was set for (a light,
               camera or product change makes good parts look anomalous) once 50 frames are in
     """
-    out = [{"kind": HEALTH_TEXT.get(a, ("input", a))[0], "text": HEALTH_TEXT.get(a, ("input", a))[1]}
-           for a in health]
+    out = [dict(zip(("kind", "text"), HEALTH_TEXT.get(a, ("input", a)))) for a in health]
     if not source_connected:
         out.append({"kind": "input", "text": "source is not open (reconnecting)"})
     if dropped_recent:

@@ -41,9 +41,6 @@ MAX_IMAGES = 32
 
 # The comparison itself is the core's (fsac/agreement.py), shared with `fsac quantize` and
 # `fsac bench export`; this module only applies the policy's bounds to it.
-Agreement = LogitAgreement
-
-
 def failures(a: LogitAgreement, min_spearman: float = MIN_SPEARMAN, min_verdict: float = MIN_VERDICT,
              max_rel: float = MAX_REL_DLOGIT) -> list[str]:
     """Why a candidate does not qualify (empty: it does). NaN figures fail."""

@@ -61,7 +61,7 @@ class JsonlSink:
     durable = True  # delivers from the journal (runtime/delivery.py)
     needs_images = False
     accepts_raw_bytes = False
-    linger_s: float | None = None  # at most one delivery per linger_s (None: the journal's commit interval)
+    linger_s: float | None = None  # at most one delivery per linger_s (None: delivery.LINGER_S)
 
     def __init__(self, path: str | os.PathLike, max_bytes: int = 100 * 1024 * 1024, backups: int = 5) -> None:
         self.path = Path(path)
