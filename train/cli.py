@@ -29,11 +29,9 @@ def build_train_config(mode: str, epochs1: int, epochs2: int, lr1: float, lr2: f
                        synth: str | None, synth_per_image: int, preset: str | None = None,
                        encoder_precision: str = "fp32"):
     from fsac.train.model import HeadConfig
-    from fsac.train.presets import resolve
+    from fsac.train.presets import DEFAULT_PRESET, resolve
     from fsac.train.synth import SynthConfig
     from fsac.train.trainer import TrainConfig
-
-    from fsac.train.presets import DEFAULT_PRESET
 
     chosen = resolve(preset, beta1=beta1, beta2=beta2, synth=synth)
     beta1, beta2, synth = float(chosen["beta1"]), float(chosen["beta2"]), str(chosen["synth"])
@@ -236,14 +234,17 @@ def demo_command(
     quiet: bool = QUIET,
 ) -> None:
     """Train on 4 embedded good textile images, evaluate (zero-shot vs 4-shot), explain two images."""
+    from dataclasses import replace
+
+    from fsac.train.presets import DEFAULT_PRESET, resolve
     from fsac.train.run import run_demo
     from fsac.train.trainer import TrainConfig
 
-    defaults = TrainConfig()  # the demo's own schedule; only the preset's settings come from --preset
-    cfg = build_train_config(defaults.mode, defaults.stage1_epochs, defaults.stage2_epochs, defaults.stage1_lr,
-                             defaults.stage2_lr, defaults.seed, defaults.head.alpha1, defaults.head.alpha2, None, None,
-                             defaults.head.tau, defaults.head.loss_temperature, False, False, None,
-                             defaults.synth.per_image, preset)
+    # The demo's own schedule; only the preset's settings (beta1, beta2, synthetic kind) change.
+    chosen = resolve(preset, beta1=None, beta2=None, synth=None)
+    d = TrainConfig()
+    cfg = replace(d, head=replace(d.head, beta1=float(chosen["beta1"]), beta2=float(chosen["beta2"])),
+                  synth=replace(d.synth, kind=str(chosen["synth"])), preset=preset or DEFAULT_PRESET)
     run_demo(out, weights=weights, arch=arch, device=device, max_test=max_test, quiet=quiet, cfg=cfg)
 
 
