@@ -122,11 +122,13 @@ def export_trained(trained, checkpoint_sha: str, out: Path, image_paths: list[Pa
     torch or in ONNX form, not both). The benchmark keeps them to time PyTorch afterwards.
     """
     from fsac.metadata import replace_metadata_bytes
-    from fsac.export.onnx_export import build_metadata, export_onnx, serialize
+    from fsac.export.onnx_export import build_metadata, export_onnx, load_traced
     from fsac.export.optimize import optimize_and_measure
     from fsac.export.parity import check_parity, load_pixels, run_torch
     from fsac.modelfile import load_model_file, write_model_file
 
+    if release_torch:  # the model file holds the image side only: AT+/AT- are constants
+        drop_text_tower(trained)
     deploy = trained.deploy_model()
     spec = trained.backbone.spec
     names = [str(p) for p in image_paths]
@@ -144,24 +146,39 @@ def export_trained(trained, checkpoint_sha: str, out: Path, image_paths: list[Pa
         blocks = getattr(visual.transformer, "resblocks", [])
         if len(blocks) and hasattr(blocks[0], "attn"):
             heads = getattr(blocks[0].attn, "num_heads", None)
-    t0 = time.perf_counter()
-    model = export_onnx(deploy, spec.image_size, opset)
-    export_s = time.perf_counter() - t0
-    _say(quiet, f"traced to ONNX (opset {opset}, {len(model.graph.node)} nodes) in {export_s:.1f} s")
-    graph = serialize(model)  # from here on the graph lives as bytes only: one copy
-    del model, visual
-    if release_torch:
-        del deploy
-        _release_torch(trained)
-    tau = trained.head.cfg.tau
-    parity = check_parity(torch_out, graph, pixels, names, tau, tolerance, "fp32 ONNX graph")
-    _say(quiet, f"parity: {parity.summary()}")
+    del visual
+    # The traced graph goes to a scratch file beside the output: the torch weights are freed
+    # before it is read back, so the two forms of the weights never share the memory.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    scratch = out.parent / f".{out.name}.trace.onnx"
+    try:
+        t0 = time.perf_counter()
+        export_onnx(deploy, spec.image_size, opset, path=scratch)
+        export_s = time.perf_counter() - t0
+        if release_torch:
+            del deploy
+            _release_torch(trained)
+        graph = load_traced(scratch)
+        _say(quiet, f"traced to ONNX (opset {opset}) in {export_s:.1f} s")
+        tau = trained.head.cfg.tau
+        parity = check_parity(torch_out, graph, pixels, names, tau, tolerance, "fp32 ONNX graph")
+        _say(quiet, f"parity: {parity.summary()}")
+        give_back_memory()
 
-    def reparity(data: bytes) -> float:
-        return check_parity(torch_out, data, pixels, names, tau, tolerance,
-                            f"{optimize}-optimised graph").max_abs_diff_logit
+        def reparity(model) -> float:
+            return check_parity(torch_out, model, pixels, names, tau, tolerance,
+                                f"{optimize}-optimised graph").max_abs_diff_logit
 
-    graph, opt = optimize_and_measure(graph, optimize, pixels[:1], reparity, num_heads=heads, hidden_size=width)
+        if optimize != "none":  # hand the optimiser a file, so this frame holds no copy meanwhile
+            scratch.write_bytes(graph)
+            del graph
+            graph, opt = optimize_and_measure(scratch, optimize, pixels[:1], reparity, num_heads=heads,
+                                              hidden_size=width)
+        else:
+            graph, opt = optimize_and_measure(graph, optimize, pixels[:1], reparity)
+    finally:
+        scratch.unlink(missing_ok=True)
+    give_back_memory()  # the optimiser's and the sessions' freed pages: the write below needs a copy
     if optimize != "none":
         lat = ""
         if opt.latency_before_s is not None:
@@ -202,6 +219,20 @@ def export_trained(trained, checkpoint_sha: str, out: Path, image_paths: list[Pa
         "export_s": export_s,
         "torch_reference_s": torch_s,
     }
+
+
+def drop_text_tower(trained) -> None:
+    """Free open_clip's text encoder: the exported graph never runs it (the head holds the
+    text side as the constants AT+ / AT-), and it is about 40 % of the backbone's weights."""
+    import gc
+
+    model = trained.backbone.model
+    for name in ("transformer", "token_embedding", "positional_embedding", "ln_final", "text_projection",
+                 "text", "attn_mask"):
+        if name != "visual" and hasattr(model, name):
+            setattr(model, name, None)
+    gc.collect()
+    give_back_memory()
 
 
 def _release_torch(trained) -> None:

@@ -52,29 +52,54 @@ def _mha_fastpath_disabled():
         backends.set_fastpath_enabled(before)
 
 
-def export_onnx(deploy_model, image_size: int, opset: int = DEFAULT_OPSET):
+def export_onnx(deploy_model, image_size: int, opset: int = DEFAULT_OPSET, path=None):
     """`DeployModel` -> onnx.ModelProto with input "image" uint8 [batch, S, S, 3] and outputs
-    "score", "logit", "sim_normal", "sim_anomalous" float32 [batch]. Metadata is added later."""
-    import onnx
+    "score", "logit", "sim_normal", "sim_anomalous" float32 [batch]. Metadata is added later.
+
+    With `path`, the traced graph is written there as the exporter produced it and nothing
+    is returned: the caller frees the torch weights first and then reads it back with
+    `load_traced`, so the weights never exist in torch and ONNX form at once."""
     import torch
 
     deploy_model = deploy_model.eval()
     device = next(deploy_model.parameters()).device
     example = torch.zeros(1, image_size, image_size, 3, dtype=torch.uint8, device=device)
     axes = {INPUT_NAME: {0: "batch"}, **{name: {0: "batch"} for name in OUTPUT_NAMES}}
-    buf = io.BytesIO()
+    target = path if path is not None else io.BytesIO()
     with warnings.catch_warnings(), _mha_fastpath_disabled(), torch.no_grad():
         # Deprecation notice of the TorchScript exporter, and trace warnings about
         # sqrt(C) turning into a constant (C is fixed for a model, so that is intended).
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            deploy_model, (example,), buf, input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
+            deploy_model, (example,), target, input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
             dynamic_axes=axes, opset_version=opset, do_constant_folding=True, dynamo=False,
         )
-    model = onnx.load_from_string(buf.getvalue())
+    if path is not None:
+        return None
+    import onnx
+
+    model = onnx.load_from_string(target.getvalue())
+    del target
     cast_before_transpose(model)
     onnx.checker.check_model(model)
     return model
+
+
+def load_traced(path) -> bytes:
+    """The graph `export_onnx(..., path=...)` wrote -> checked, serialized bytes (the Cast
+    moved before the Transpose, see `cast_before_transpose`). One parsed copy at a time."""
+    import onnx
+
+    from fsac.export.cli import give_back_memory
+
+    model = onnx.load(str(path))
+    cast_before_transpose(model)
+    data = serialize(model)
+    del model
+    give_back_memory()  # glibc keeps a freed protobuf's pages otherwise: the next step's peak sits on them
+    onnx.checker.check_model(data)
+    give_back_memory()
+    return data
 
 
 def cast_before_transpose(model) -> bool:

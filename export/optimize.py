@@ -18,8 +18,11 @@ original in the same process, is not worse than `SLOWER_MARGIN` (noise on a shar
 
 from __future__ import annotations
 
+import os
+import tempfile
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -55,7 +58,13 @@ def optimize_graph(model, method: str, num_heads: int | None = None, hidden_size
             import onnxslim
         except ImportError:
             raise FsacError("--optimize slim needs onnxslim (pip install onnxslim), or pass --optimize none") from None
-        return onnxslim.slim(model)
+        from fsac.export.weightless import attach_weights, detach_weights
+
+        inputs = tuple(i.name for i in model.graph.input)
+        stash = detach_weights(model)  # onnxslim's shape inference copies the model many times over
+        slimmed = onnxslim.slim(model)
+        attach_weights(slimmed, stash, inputs)
+        return slimmed
     if method == "ort":
         import logging
         from onnxruntime.transformers.optimizer import optimize_model
@@ -90,68 +99,99 @@ def time_interleaved(sessions: dict[str, Any], pixels: np.ndarray, runs: int = 5
     return {k: float(np.median(v)) for k, v in times.items()}
 
 
-def _timed_session(model_bytes: bytes):
+def _timed_session(model):
     from fsac.runner import make_session
 
     t = time.perf_counter()
-    s = make_session(model_bytes, cpu_prepack=False)  # one copy of the weights per session
+    s = make_session(model, cpu_prepack=False)  # one copy of the weights per session
     return s, time.perf_counter() - t
 
 
 def optimize_and_measure(model, method: str, pixels: np.ndarray,
-                         parity: Callable[[bytes], float], runs: int = 5,
+                         parity: Callable[[Any], float], runs: int = 5,
                          num_heads: int | None = None, hidden_size: int | None = None):
-    """Try `method` on `model` (serialized bytes, or an onnx.ModelProto), already parity-checked.
+    """Try `method` on `model` (a path to the graph file, serialized bytes, or an
+    onnx.ModelProto), already parity-checked.
 
-    Given bytes it returns bytes, and it never holds more than one parsed copy of the graph:
-    the export of a 471 MB model must fit on an 8 GB workstation.
+    Given a path or bytes it returns bytes. Memory: the export of a 471 MB model must fit on a
+    small workstation, so with a path this holds one parsed copy of the graph while the
+    optimiser runs, and then neither copy at all while the two graphs are timed (the timing
+    sessions read scratch files; the chosen graph is read back at the end).
 
-    parity(bytes) -> max |Δ logit| vs PyTorch; raises FsacError when over the tolerance.
+    parity(path or bytes) -> max |Δ logit| vs PyTorch; raises FsacError when over the tolerance.
     pixels: (1, S, S, 3) uint8, one real image for the timing.
-    -> (ModelProto to keep, OptimizeReport).
+    -> (model to keep, OptimizeReport).
     """
     import onnx
 
     from fsac.export.onnx_export import serialize
 
+    if isinstance(model, (str, os.PathLike)):
+        return _optimize_file(Path(model), method, pixels, parity, runs, num_heads, hidden_size)
     as_bytes = isinstance(model, (bytes, bytearray))
     if method == "none":
-        n = len(onnx.load_from_string(model).graph.node) if as_bytes else len(model.graph.node)
+        n = len(onnx.load_from_string(bytes(model)).graph.node) if as_bytes else len(model.graph.node)
         return model, OptimizeReport("none", False, "not requested", n, n, None, None, None, None, 0.0)
-    before = bytes(model) if as_bytes else serialize(model)
-    keep = model  # what is returned when the candidate is not kept
-    del model
-    work = onnx.load_from_string(before)  # optimizers may change their input in place
+    with tempfile.TemporaryDirectory(prefix="fsac-optimize-") as tmp:
+        path = Path(tmp) / "graph.onnx"
+        path.write_bytes(bytes(model) if as_bytes else serialize(model))
+        keep = model
+        del model
+        data, report = _optimize_file(path, method, pixels, parity, runs, num_heads, hidden_size)
+        if not report.kept:
+            return keep, report
+        return (data if as_bytes else onnx.load_from_string(data)), report
+
+
+def _optimize_file(path: Path, method: str, pixels: np.ndarray, parity: Callable[[Any], float], runs: int,
+                   num_heads: int | None, hidden_size: int | None):
+    """optimize_and_measure on the graph file `path` -> (bytes of the graph kept, report)."""
+    import onnx
+
+    from fsac.export.cli import give_back_memory
+    from fsac.export.onnx_export import serialize
+
+    work = onnx.load(str(path))  # optimizers may change their input in place
     n_before = len(work.graph.node)
+    if method == "none":
+        del work
+        return path.read_bytes(), OptimizeReport("none", False, "not requested", n_before, n_before,
+                                                 None, None, None, None, 0.0)
     t0 = time.perf_counter()
     try:
         candidate = optimize_graph(work, method, num_heads, hidden_size)
     except FsacError:
         raise
     except Exception as e:  # a failing optimizer must not fail the export: keep the plain graph
-        return keep, OptimizeReport(method, False, f"optimizer failed: {type(e).__name__}: {str(e)[:160]}",
-                                     n_before, n_before, None, None, None, None, time.perf_counter() - t0)
+        del work
+        return path.read_bytes(), OptimizeReport(
+            method, False, f"optimizer failed: {type(e).__name__}: {str(e)[:160]}", n_before, n_before,
+            None, None, None, None, time.perf_counter() - t0)
     opt_s = time.perf_counter() - t0
-    after = serialize(candidate)
     n_after = len(candidate.graph.node)
-    result = after if as_bytes else candidate
-    del work, candidate
-    from fsac.export.cli import give_back_memory
-
-    give_back_memory()
-    report = OptimizeReport(method, False, "", n_before, n_after, None, None, None, None, opt_s)
-    try:  # parity first: its session is gone before the two timing sessions exist
-        report.parity_max_abs_diff = parity(after)
-    except FsacError as e:
-        report.reason = f"parity lost after optimisation: {e}"
-        return keep, report
-    s_before, report.load_before_s = _timed_session(before)
-    s_after, report.load_after_s = _timed_session(after)
-    lat = time_interleaved({"before": s_before, "after": s_after}, pixels[:1], runs=runs)
-    report.latency_before_s, report.latency_after_s = lat["before"], lat["after"]
-    if lat["after"] > lat["before"] * SLOWER_MARGIN:
-        report.reason = f"slower ({lat['after']:.4f} s vs {lat['before']:.4f} s at batch 1)"
-        return keep, report
-    report.kept = True
-    report.reason = "parity holds and not slower"
-    return result, report
+    del work
+    after_path = path.with_name(path.stem + ".optimised.onnx")
+    try:
+        after_path.write_bytes(serialize(candidate))
+        del candidate
+        give_back_memory()
+        report = OptimizeReport(method, False, "", n_before, n_after, None, None, None, None, opt_s)
+        try:  # parity first: its session is gone before the two timing sessions exist
+            report.parity_max_abs_diff = parity(after_path)
+        except FsacError as e:
+            report.reason = f"parity lost after optimisation: {e}"
+            return path.read_bytes(), report
+        s_before, report.load_before_s = _timed_session(path)
+        s_after, report.load_after_s = _timed_session(after_path)
+        lat = time_interleaved({"before": s_before, "after": s_after}, pixels[:1], runs=runs)
+        del s_before, s_after
+        give_back_memory()
+        report.latency_before_s, report.latency_after_s = lat["before"], lat["after"]
+        if lat["after"] > lat["before"] * SLOWER_MARGIN:
+            report.reason = f"slower ({lat['after']:.4f} s vs {lat['before']:.4f} s at batch 1)"
+            return path.read_bytes(), report
+        report.kept = True
+        report.reason = "parity holds and not slower"
+        return after_path.read_bytes(), report
+    finally:
+        after_path.unlink(missing_ok=True)

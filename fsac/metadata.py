@@ -58,14 +58,18 @@ def _encode_entry(key: str, value: str | bytes) -> bytes:
     return bytes([(_METADATA_FIELD << 3) | 2]) + _encode_varint(len(body)) + body
 
 
-def replace_metadata_bytes(data: bytes, metadata: dict[str, str], source: str = "<model>") -> bytes:
+def replace_metadata_bytes(data: bytes, metadata: dict[str, str], source: str = "<model>") -> bytearray:
     """Serialized ModelProto -> the same bytes with metadata_props replaced by `metadata`
-    plus a "fsac.seal" placeholder entry (last), ready for `write_model_file` to seal."""
-    parts: list[bytes] = []
+    plus a "fsac.seal" placeholder entry (last), ready for `write_model_file` to seal.
+
+    The result is one new bytearray assembled from views of `data` (one copy of the model,
+    not two: `write_model_file` then seals it in place)."""
+    view = memoryview(data)
+    parts: list[memoryview | bytes] = []
     try:
         for num, start, end in _field_spans(data):
             if num != _METADATA_FIELD:
-                parts.append(data[start:end])
+                parts.append(view[start:end])
     except ValueError as e:
         raise FsacError(f"{source}: not a valid ONNX model file ({e})") from None
     for key, value in metadata.items():
@@ -75,7 +79,12 @@ def replace_metadata_bytes(data: bytes, metadata: dict[str, str], source: str = 
             raise TypeError(f"metadata value for {key!r} must be a string, got {type(value).__name__}")
         parts.append(_encode_entry(key, value))
     parts.append(_encode_entry(SEAL_KEY, SEAL_PLACEHOLDER))
-    return b"".join(parts)
+    out = bytearray(sum(len(p) for p in parts))
+    pos = 0
+    for p in parts:
+        out[pos:pos + len(p)] = p
+        pos += len(p)
+    return out
 
 
 def update_model_metadata(path: str | os.PathLike, updates: dict[str, str | None],

@@ -1,6 +1,9 @@
-"""The export keeps one copy of the graph: the optimiser takes and returns bytes."""
+"""The export keeps one copy of the graph: the optimiser takes a file or bytes, returns bytes,
+and times both graphs from scratch files; the text tower is freed before tracing."""
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import pytest
@@ -8,7 +11,8 @@ import pytest
 from fsac.errors import FsacError
 
 
-def test_optimize_takes_and_returns_bytes(tiny_export):
+@pytest.mark.parametrize("given", ["bytes", "path"])
+def test_optimize_takes_a_file_or_bytes_and_returns_bytes(tiny_export, tmp_path, given):
     import onnx
 
     from fsac.export.optimize import optimize_and_measure
@@ -16,24 +20,28 @@ def test_optimize_takes_and_returns_bytes(tiny_export):
 
     data, info = load_model_file(tiny_export[0])
     px = np.zeros((1, info.image_size, info.image_size, 3), np.uint8)
+    src = tmp_path / "graph.onnx"
+    src.write_bytes(data)
+    model = data if given == "bytes" else src
     seen = []
 
-    def parity(candidate: bytes) -> float:
-        seen.append(len(candidate))
+    def parity(candidate) -> float:  # the optimised graph, as a scratch file
+        seen.append(os.path.getsize(candidate))
         return 0.0
 
-    out, rep = optimize_and_measure(data, "slim", px, parity)
+    out, rep = optimize_and_measure(model, "slim", px, parity)
     assert isinstance(out, bytes) and seen and rep.latency_before_s > 0 and rep.load_before_s > 0
     assert rep.nodes_before == len(onnx.load_from_string(data).graph.node)
     if rep.kept:
-        assert len(onnx.load_from_string(out).graph.node) == rep.nodes_after
+        assert len(onnx.load_from_string(out).graph.node) == rep.nodes_after and len(out) == seen[0]
     else:
         assert out == data
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["graph.onnx"]  # no scratch file left behind
 
-    def failing(candidate: bytes) -> float:
+    def failing(candidate) -> float:
         raise FsacError("parity check failed (test)")
 
-    out, rep = optimize_and_measure(data, "slim", px, failing)
+    out, rep = optimize_and_measure(model, "slim", px, failing)
     assert out == data and not rep.kept and "parity lost" in rep.reason  # the original, untouched
 
 
@@ -49,6 +57,7 @@ def test_export_frees_the_torch_weights_when_asked(tmp_path, bottle_shots, model
     export_trained(trained, "0" * 64, tmp_path / "m.onnx", bottle_shots, quiet=True, release_torch=True)
     gc.collect()
     assert alive() is None and trained.backbone.model is None
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # the trace scratch file is gone
     kept = random_trained_model(models.TINY_ARCH, 0, tau=0.05, object_name="bottle")
     export_trained(kept, "0" * 64, tmp_path / "k.onnx", bottle_shots, quiet=True)
     assert kept.backbone.model is not None  # the benchmark times PyTorch after exporting
