@@ -34,7 +34,7 @@ import numpy as np
 
 from fsac.errors import FsacError
 from fsac.agreement import logit_agreement
-from fsac.modelfile import INPUT_NAME, ModelInfo, load_model_file, write_model_file
+from fsac.modelfile import INPUT_NAME, ModelInfo, load_model_file
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 TARGETS = ("cpu", "tensorrt")
@@ -384,7 +384,7 @@ def quantize_model_file(fp32_path: str | os.PathLike, out_path: str | os.PathLik
     -> (written path, agreement report or None, warnings). Refuses (FsacError) below the
     agreement bounds unless allow_disagreement; nothing is written then.
     """
-    from fsac.metadata import replace_metadata_bytes
+    from fsac.metadata import write_with_metadata
     from fsac.runner import make_session, run_session
 
     out_path = Path(out_path)
@@ -412,6 +412,6 @@ def quantize_model_file(fp32_path: str | os.PathLike, out_path: str | os.PathLik
     else:
         warnings.append("no held-out images: INT8/fp32 agreement was not measured")
     meta = int8_metadata(info, settings, run_info, calib_names, calib_hashes, report)
-    write_model_file(out_path, replace_metadata_bytes(int8, meta, str(out_path)), force=force)
+    write_with_metadata(out_path, int8, meta, force=force)
     load_model_file(out_path)  # read back: seal and metadata must verify
     return out_path, report, warnings

@@ -121,11 +121,11 @@ def export_trained(trained, checkpoint_sha: str, out: Path, image_paths: list[Pa
     graph is traced (`fsac export`: its peak memory then holds one copy of the weights in
     torch or in ONNX form, not both). The benchmark keeps them to time PyTorch afterwards.
     """
-    from fsac.metadata import replace_metadata_bytes
+    from fsac.metadata import write_with_metadata
     from fsac.export.onnx_export import build_metadata, export_onnx, load_traced
     from fsac.export.optimize import optimize_and_measure
     from fsac.export.parity import check_parity, load_pixels, run_torch
-    from fsac.modelfile import load_model_file, write_model_file
+    from fsac.modelfile import load_model_file
 
     if release_torch:  # the model file holds the image side only: AT+/AT- are constants
         drop_text_tower(trained)
@@ -139,14 +139,7 @@ def export_trained(trained, checkpoint_sha: str, out: Path, image_paths: list[Pa
     torch_out = run_torch(deploy, pixels)
     torch_s = time.perf_counter() - t0
     gflop = _gflop_per_image(deploy, spec.image_size)
-    visual = trained.backbone.visual
-    width = getattr(getattr(visual, "transformer", None), "width", None)
-    heads = None
-    if width is not None:
-        blocks = getattr(visual.transformer, "resblocks", [])
-        if len(blocks) and hasattr(blocks[0], "attn"):
-            heads = getattr(blocks[0].attn, "num_heads", None)
-    del visual
+    width, heads = _encoder_shape(trained.backbone.visual)
     # The traced graph goes to a scratch file beside the output: the torch weights are freed
     # before it is read back, so the two forms of the weights never share the memory.
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -200,10 +193,8 @@ def export_trained(trained, checkpoint_sha: str, out: Path, image_paths: list[Pa
         **(extra_meta or {}),
     }
     meta = build_metadata(trained, checkpoint_sha, opset, "fp32", extra)
-    data = replace_metadata_bytes(graph, meta, str(out))
+    write_with_metadata(out, graph, meta, force=force)  # streamed: no second copy of the model in memory
     del graph
-    write_model_file(out, data, force=force)
-    del data
     _, info = load_model_file(out)  # read back: seal verifies, metadata parses
     size = out.stat().st_size
     _say(quiet, f"wrote {out} ({size / 1e6:.1f} MB, seal {info.seal[:12]}...)")
@@ -219,6 +210,15 @@ def export_trained(trained, checkpoint_sha: str, out: Path, image_paths: list[Pa
         "export_s": export_s,
         "torch_reference_s": torch_s,
     }
+
+
+def _encoder_shape(visual) -> tuple[int | None, int | None]:
+    """(width, heads) of the ViT, for the "ort" optimiser. A function, so that no local name
+    keeps the encoder's blocks (and their weights) alive once the torch model is released."""
+    width = getattr(getattr(visual, "transformer", None), "width", None)
+    blocks = getattr(visual.transformer, "resblocks", []) if width is not None else []
+    heads = getattr(blocks[0].attn, "num_heads", None) if len(blocks) and hasattr(blocks[0], "attn") else None
+    return width, heads
 
 
 def drop_text_tower(trained) -> None:

@@ -16,10 +16,17 @@ import os
 import stat
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    return atomic_write_with(path, lambda f: f.write(data))
+
+
+def atomic_write_with(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> Path:
+    """Like atomic_write_bytes, for content that `write(f)` produces into the open temporary
+    file (so a large file need not exist in memory first). If `write` raises, the target is
+    untouched and the temporary file is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     mode = _target_mode(path)
@@ -29,8 +36,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             os.fchmod(fd, mode)
         except OSError:
             pass
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        with os.fdopen(fd, "w+b") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -21,6 +21,7 @@ import os
 from pathlib import Path
 
 from fsac.errors import FsacError
+from fsac.io import atomic_write_with
 from fsac.modelfile import (SEAL_KEY, SEAL_PLACEHOLDER, ModelInfo, _encode_varint, _varint, load_model_file,
                             parse_model_info, write_model_file)
 
@@ -58,12 +59,9 @@ def _encode_entry(key: str, value: str | bytes) -> bytes:
     return bytes([(_METADATA_FIELD << 3) | 2]) + _encode_varint(len(body)) + body
 
 
-def replace_metadata_bytes(data: bytes, metadata: dict[str, str], source: str = "<model>") -> bytearray:
-    """Serialized ModelProto -> the same bytes with metadata_props replaced by `metadata`
-    plus a "fsac.seal" placeholder entry (last), ready for `write_model_file` to seal.
-
-    The result is one new bytearray assembled from views of `data` (one copy of the model,
-    not two: `write_model_file` then seals it in place)."""
+def _metadata_parts(data: bytes, metadata: dict[str, str], source: str) -> list[memoryview | bytes]:
+    """The new file as a list of pieces: views of `data` (no copies) for every top-level
+    field but metadata_props, then `metadata`'s entries, then the seal placeholder entry."""
     view = memoryview(data)
     parts: list[memoryview | bytes] = []
     try:
@@ -79,12 +77,52 @@ def replace_metadata_bytes(data: bytes, metadata: dict[str, str], source: str = 
             raise TypeError(f"metadata value for {key!r} must be a string, got {type(value).__name__}")
         parts.append(_encode_entry(key, value))
     parts.append(_encode_entry(SEAL_KEY, SEAL_PLACEHOLDER))
+    return parts
+
+
+def replace_metadata_bytes(data: bytes, metadata: dict[str, str], source: str = "<model>") -> bytearray:
+    """Serialized ModelProto -> the same bytes with metadata_props replaced by `metadata`
+    plus a "fsac.seal" placeholder entry (last), ready for `write_model_file` to seal.
+
+    The result is one new bytearray assembled from views of `data` (one copy of the model,
+    not two: `write_model_file` then seals it in place)."""
+    parts = _metadata_parts(data, metadata, source)
     out = bytearray(sum(len(p) for p in parts))
     pos = 0
     for p in parts:
         out[pos:pos + len(p)] = p
         pos += len(p)
     return out
+
+
+def write_with_metadata(path: str | os.PathLike, data: bytes, metadata: dict[str, str], force: bool = False,
+                        source: str | None = None) -> Path:
+    """`write_model_file(path, replace_metadata_bytes(data, metadata))` without building the
+    new file in memory: the pieces go straight to the temporary file and are hashed on the
+    way, the seal is written at its place (the last 64 bytes: the seal entry comes last),
+    and the temporary file's seal is verified by reading it back before it replaces `path`."""
+    import hashlib
+
+    from fsac.modelfile import _stream_seal
+
+    path = Path(path)
+    if path.exists() and not force:
+        raise FsacError(f"{path} exists; pass --force to overwrite it")
+    parts = _metadata_parts(data, metadata, source or str(path))
+
+    def write(f) -> None:
+        h = hashlib.sha256()
+        for p in parts:
+            h.update(p)
+            f.write(p)
+        digest = h.hexdigest().encode("ascii")
+        f.seek(-len(SEAL_PLACEHOLDER), os.SEEK_END)
+        f.write(digest)
+        f.flush()
+        if _stream_seal(f, str(path)) != digest.decode():  # refuses a repeated seal entry, too
+            raise FsacError(f"{path}: the written model file does not verify; nothing was replaced")
+
+    return atomic_write_with(path, write)
 
 
 def update_model_metadata(path: str | os.PathLike, updates: dict[str, str | None],

@@ -58,3 +58,27 @@ def test_update_refuses_a_tampered_file(model_copy):
     model_copy.write_bytes(bytes(data))
     with pytest.raises(FsacError, match="modified after export"):
         update_model_metadata(model_copy, {"fsac.threshold": "0.3"})
+
+
+def test_write_with_metadata_streams_a_sealed_file(model_copy, tmp_path):
+    from fsac.errors import FsacError
+    from fsac.metadata import replace_metadata_bytes, write_with_metadata
+    from fsac.modelfile import load_model_file, seal_bytes
+
+    data, info = load_model_file(model_copy)
+    meta = {**info.metadata, "fsac.threshold": "0.25"}
+    out = write_with_metadata(tmp_path / "m.onnx", data, meta)
+    written, new_info = load_model_file(out)  # the seal verifies
+    assert written == bytes(seal_bytes(replace_metadata_bytes(data, meta)))  # the same bytes as in memory
+    assert new_info.metadata["fsac.threshold"] == "0.25"
+    with pytest.raises(FsacError, match="exists"):
+        write_with_metadata(out, data, meta)
+    # Bytes that already hold a seal entry outside metadata_props (here in an unknown field,
+    # number 99): the written file would have two, so it is refused and nothing is left behind.
+    from fsac.modelfile import SEAL_PLACEHOLDER
+
+    entry = b"\x0a\x09fsac.seal\x12\x40" + SEAL_PLACEHOLDER
+    twice = data + b"\x9a\x06" + bytes([len(entry)]) + entry
+    with pytest.raises(FsacError):
+        write_with_metadata(tmp_path / "bad.onnx", twice, meta)
+    assert not (tmp_path / "bad.onnx").exists() and not list(tmp_path.glob("*.tmp"))
