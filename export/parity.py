@@ -161,10 +161,10 @@ def compare(reference: dict[str, np.ndarray], other: dict[str, np.ndarray], name
                         worst_image=str(names[int(np.argmax(dz))]), images=[str(n) for n in names])
 
 
-def check_parity(torch_outputs: dict[str, np.ndarray], model_bytes: bytes, pixels: np.ndarray,
+def check_parity(torch_outputs: dict[str, np.ndarray], model: bytes | str | os.PathLike, pixels: np.ndarray,
                  names: Sequence[str], tau: float, tolerance: float = FP32_TOLERANCE,
                  label: str = "fp32 ONNX graph", batch_size: int = 4) -> ParityReport:
-    """Run the serialized graph on `pixels` with ONNX Runtime (CPU) and compare with the
+    """Run the graph (serialized bytes, or a file) on `pixels` with ONNX Runtime (CPU) and compare with the
     PyTorch outputs. Raises FsacError, with the numbers, if the logit or a similarity (or
     the score) differs by more than its tolerance.
 
@@ -174,7 +174,7 @@ def check_parity(torch_outputs: dict[str, np.ndarray], model_bytes: bytes, pixel
 
     # No pre-packed second copy of the weights: fsac-run runs without it too, and the export's
     # peak memory is what decides whether it fits on an 8 GB workstation.
-    session = make_session(model_bytes, cpu_prepack=False)
+    session = make_session(model, cpu_prepack=False)
     report = compare(torch_outputs, run_onnx(session, pixels, batch_size), names, tau, tolerance)
     if not report.passed:
         raise FsacError(f"parity check failed for the {label}: {report.summary()} (worst: {report.worst_image}); "
