@@ -213,6 +213,9 @@ def quantize_command(
     percentile: Annotated[float, typer.Option(help="for --calibration-method percentile")] = 99.999,
     ops: Annotated[str, typer.Option(help="op types to quantize: matmul (MatMul/Gemm/Conv) or all")] = "matmul",
     scope: Annotated[str, typer.Option(help="encoder (head and score stay float) or all")] = "encoder",
+    float_outputs: Annotated[bool, typer.Option("--float-outputs/--quantized-outputs",
+                                                help="matrix products give float outputs (cpu target; faster on ONNX "
+                                                     "Runtime, one rounding fewer) or quantized ones")] = True,
     threshold: Annotated[Optional[float], typer.Option(help="verdict threshold in logit units for the agreement report [default: the model's]")] = None,
     alpha: Annotated[float, typer.Option(help="if the model has no threshold: conformal alpha on the fp32 calibration logits")] = 0.1,
     min_spearman: Annotated[float, typer.Option(help="refuse below this Spearman correlation with fp32")] = 0.99,
@@ -237,7 +240,7 @@ def quantize_command(
         raise FsacError(f"--ops must be matmul or all, got {ops!r}")
     settings = QuantizeSettings(method=calibration_method, target=target, per_channel=per_channel,
                                 reduce_range=reduce_range, percentile=percentile, scope=scope,
-                                op_types=None if ops == "all" else list(MATMUL_OPS))
+                                op_types=None if ops == "all" else list(MATMUL_OPS), float_outputs=float_outputs)
     if num_calib < 1:
         raise FsacError(f"--num-calib must be >= 1, got {num_calib}")
     data, info = load_model_file(model)

@@ -242,6 +242,7 @@ VARIANTS = {
     "entropy": {"method": "entropy"},
     "percentile": {"method": "percentile"},
     "with-attention-products": {"const_weights_only": False},  # the pre-issue-11 default
+    "quantized-outputs": {"float_outputs": False},  # QuantizeLinear after every product (before this stop)
 }
 
 

@@ -56,3 +56,29 @@ def test_activation_matmuls_lists_only_products_of_two_activations(exported_mode
     assert weight_mms and not set(weight_mms) & set(names)
     assert all(nodes[n].op_type == "MatMul" and not set(nodes[n].input) & consts for n in names)
     assert len([n for n in names if n.startswith("/visual/")]) == 4
+
+
+def _quantized_products(model):
+    """MatMul / Gemm nodes with a dequantized weight operand, and each one's consumers."""
+    consts = {i.name for i in model.graph.initializer}
+    produced = {o: n for n in model.graph.node for o in n.output}
+    consumers: dict[str, list] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    q = [n for n in model.graph.node if n.op_type in ("MatMul", "Gemm") and any(
+        produced.get(i) is not None and produced[i].op_type == "DequantizeLinear" and produced[i].input[0] in consts
+        for i in n.input)]
+    return q, consumers
+
+
+def test_quantized_products_give_float_outputs_by_default(exported_model, bottle):
+    model, _ = _qdq(exported_model, bottle)
+    products, consumers = _quantized_products(model)
+    assert products
+    for n in products:  # no QuantizeLinear -> DequantizeLinear round trip after the product
+        assert not any(c.op_type == "QuantizeLinear" for c in consumers.get(n.output[0], [])), n.name
+
+    old, _ = _qdq(exported_model, bottle, float_outputs=False)
+    products, consumers = _quantized_products(old)
+    assert any(c.op_type == "QuantizeLinear" for n in products for c in consumers.get(n.output[0], []))
