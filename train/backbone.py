@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -154,17 +155,60 @@ def resolve_weights(arch: str, weights: str, cache_dir: str | None = None,
     raise FsacError(f"unknown weights '{weights}' ({hint}; or a checkpoint file path, or 'random')")
 
 
-def load_weights_file(model: torch.nn.Module, path: Path) -> None:
-    """Load a CLIP checkpoint into `model` without unrestricted pickle."""
+def load_weights_file(model: torch.nn.Module, path: Path, arch: str | None = None) -> None:
+    """Load a CLIP checkpoint into `model` without unrestricted pickle.
+
+    `model` is a full CLIP model, or a `VisualOnly` (then `arch` is needed): the file is
+    still checked strictly against the whole CLIP architecture (every key and shape, text
+    tower included), but only the image tower's tensors are kept."""
     import open_clip
 
+    target = model
+    if isinstance(model, VisualOnly):
+        if arch is None:
+            raise ValueError("loading into a VisualOnly model needs its arch")
+        target = _meta_clip(arch, model.visual)
     try:
-        open_clip.load_checkpoint(model, str(path), strict=True, weights_only=True)
+        with warnings.catch_warnings():
+            # Copying into the meta text tower is a no-op by design (see _meta_clip).
+            warnings.filterwarnings("ignore", message=".*meta parameter.*")
+            open_clip.load_checkpoint(target, str(path), strict=True, weights_only=True)
     except RuntimeError as e:
         first = str(e).splitlines()[0][:200]
         raise FsacError(f"{path}: checkpoint does not fit the model architecture ({first})") from None
     except Exception as e:
         raise FsacError(f"{path}: cannot load checkpoint ({type(e).__name__}: {str(e)[:200]})") from None
+
+
+def _meta_clip(arch: str, visual: torch.nn.Module) -> torch.nn.Module:
+    """The full CLIP model of `arch` with `visual` as its image tower and everything else on
+    the meta device (shapes only: no memory, no initialisation, no RNG drawn). A strict
+    load_state_dict into it checks every key and shape of a checkpoint, and fills `visual`."""
+    import open_clip
+
+    with _quiet_logger(""), torch.device("meta"):
+        model = open_clip.create_model(arch, pretrained=None, device="meta")
+    model.visual = visual
+    return model
+
+
+class VisualOnly(torch.nn.Module):
+    """A CLIP model's image tower alone, under the attribute name it has in CLIP (`visual`),
+    so that state-dict keys and `model.visual` read the same as for the full model."""
+
+    def __init__(self, visual: torch.nn.Module):
+        super().__init__()
+        self.visual = visual
+
+
+def _check_arch(arch: str) -> dict:
+    _register_configs()
+    import open_clip
+
+    cfg = open_clip.get_model_config(arch)
+    if cfg is None:
+        raise FsacError(f"unknown model '{arch}' (e.g. {DEFAULT_ARCH}, {DEFAULT_ARCH}-tiny; `fsac models` lists all)")
+    return cfg
 
 
 def build_model(arch: str, random_init_seed: int = 0) -> torch.nn.Module:
@@ -173,34 +217,74 @@ def build_model(arch: str, random_init_seed: int = 0) -> torch.nn.Module:
     The initialisation is seeded (without touching the global RNG), so a run with random
     weights can be rebuilt bit-identically for export: the seed is recorded in BackboneInfo.
     """
-    _register_configs()
+    _check_arch(arch)
     import open_clip
 
-    if open_clip.get_model_config(arch) is None:
-        raise FsacError(f"unknown model '{arch}' (e.g. {DEFAULT_ARCH}, {DEFAULT_ARCH}-tiny; `fsac models` lists all)")
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # open_clip warns "no pretrained weights" on the root logger; we warn ourselves
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(random_init_seed)
-            return open_clip.create_model(arch, pretrained=None, device="cpu")
-    finally:
-        root.setLevel(level)
+    # open_clip warns "no pretrained weights" on the root logger; we warn ourselves.
+    with _quiet_logger(""), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(random_init_seed)
+        return open_clip.create_model(arch, pretrained=None, device="cpu")
+
+
+def build_visual(arch: str, random_init_seed: int = 0) -> VisualOnly:
+    """The image tower of `build_model(arch, random_init_seed)`, bit-identical, without
+    building (and randomly initialising) the text tower: about half the parameters of
+    ViT-B-16-plus-240, which training needs only when the text-feature cache misses.
+
+    Identical because open_clip's CLIP and CustomTextCLIP build the image tower first, from
+    the freshly seeded RNG, and draw nothing before it (tested against `build_model`). Other
+    model classes (CoCa) fall back to the full build.
+    """
+    cfg = _check_arch(arch)
+    if "multimodal_cfg" in cfg or "hf_model_name" in cfg.get("text_cfg", {}):
+        return VisualOnly(build_model(arch, random_init_seed).visual)
+    from open_clip.model import _build_vision_tower
+
+    with _quiet_logger(""), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(random_init_seed)
+        visual = _build_vision_tower(cfg["embed_dim"], cfg["vision_cfg"], cfg.get("quick_gelu", False), None)
+    return VisualOnly(visual)
 
 
 class Backbone:
-    """Frozen CLIP image and text encoders with the fsac preprocessing spec attached."""
+    """Frozen CLIP image and text encoders with the fsac preprocessing spec attached.
 
-    def __init__(self, model: torch.nn.Module, info: BackboneInfo, spec: PreprocessSpec, device: str = "cpu"):
-        import open_clip
+    `model` may hold the image tower only (`VisualOnly`): the text tower is then built by
+    `text_loader` the first time prompts are encoded, i.e. only when the text-feature cache
+    misses. Checkpoints store the text vectors, so export, eval and scoring never need it.
+    """
 
+    def __init__(self, model: torch.nn.Module, info: BackboneInfo, spec: PreprocessSpec, device: str = "cpu",
+                 text_loader: Callable[[], torch.nn.Module] | None = None):
         self.model = model.eval().requires_grad_(False).to(device)
         self.info = info
         self.spec = spec
         self.device = device
         self.normalize = PixelNormalize(spec.mean, spec.std).to(device)
-        self.tokenizer = open_clip.get_tokenizer(info.arch)
+        self._text_loader = text_loader
+        self._tokenizer = None
+
+    @property
+    def has_text_tower(self) -> bool:
+        return not isinstance(self.model, VisualOnly)
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:  # building the BPE tables costs ~0.1 s: only when prompts are encoded
+            import open_clip
+
+            self._tokenizer = open_clip.get_tokenizer(self.info.arch)
+        return self._tokenizer
+
+    def text_model(self) -> torch.nn.Module:
+        """The full CLIP model, its text tower built on first use (same weights as a full build)."""
+        if not self.has_text_tower:
+            if self._text_loader is None:
+                raise FsacError("this backbone was built without its text tower and cannot encode prompts")
+            full = self._text_loader()
+            full.visual = self.model.visual  # keep the one image tower (and its memory) already loaded
+            self.model = full.eval().requires_grad_(False).to(self.device)
+        return self.model
 
     # Image side ---------------------------------------------------------------------
 
@@ -249,7 +333,7 @@ class Backbone:
         out = []
         for i in range(0, len(prompts), batch_size):
             tokens = self.tokenizer(prompts[i : i + batch_size]).to(self.device)
-            out.append(encode_text_truncated(self.model, tokens).float().cpu())
+            out.append(encode_text_truncated(self.text_model(), tokens).float().cpu())
         return torch.cat(out)
 
     @torch.no_grad()
@@ -328,22 +412,34 @@ def preprocess_spec_for(model: torch.nn.Module, arch: str, weights: str, resize_
 
 def load_backbone(arch: str = DEFAULT_ARCH, weights: str = DEFAULT_WEIGHTS, device: str | None = None,
                   cache_dir: str | None = None, resize_mode: str = "squash", random_init_seed: int = 0,
-                  quiet: bool = False) -> Backbone:
-    """Build the frozen backbone. See the module docstring for `weights`."""
+                  quiet: bool = False, text_tower: bool = False) -> Backbone:
+    """Build the frozen backbone. See the module docstring for `weights`.
+
+    By default only the image tower is built now (`build_visual`, or a weights file loaded
+    strictly into it); the text tower follows on the first prompt encoding. `text_tower`
+    builds both at once."""
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = build_model(arch, random_init_seed)
+    model = build_model(arch, random_init_seed) if text_tower else build_visual(arch, random_init_seed)
     path, weights_id = resolve_weights(arch, weights, cache_dir)
     sha = None
     if path is not None:
-        load_weights_file(model, path)
+        load_weights_file(model, path, arch)
         sha = sha256_file(path)
     elif not quiet:
         print(RANDOM_WEIGHTS_WARNING, file=sys.stderr)
-    embed_dim = int(model.text_projection.shape[1]) if hasattr(model, "text_projection") and not isinstance(
-        model.text_projection, torch.nn.Linear) else int(model.visual.output_dim)
+
+    def text_loader() -> torch.nn.Module:
+        full = build_model(arch, random_init_seed)
+        if path is not None:
+            if sha256_file(path) != sha:
+                raise FsacError(f"{path} changed since the image tower was loaded from it")
+            load_weights_file(full, path)
+        return full
+
+    embed_dim = int(model.visual.output_dim)
     tag_for_spec = weights if weights_id == weights else RANDOM_WEIGHTS
     spec = preprocess_spec_for(model, arch, tag_for_spec, resize_mode)
     info = BackboneInfo(arch=arch, weights_id=weights_id, weights_sha256=sha, embed_dim=embed_dim,
                         image_size=spec.image_size, random_init_seed=random_init_seed)
-    return Backbone(model, info, spec, device)
+    return Backbone(model, info, spec, device, text_loader)

@@ -30,8 +30,10 @@ def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 
 def test_local_checkpoint_file_loads(saved_checkpoint):
     loaded = bb.load_backbone(TINY_ARCH, str(saved_checkpoint), device="cpu", quiet=True)
-    assert _same_weights(loaded.model, bb.build_model(TINY_ARCH, random_init_seed=123))
-    assert not _same_weights(loaded.model, bb.build_model(TINY_ARCH, random_init_seed=0))
+    assert _same_weights(loaded.visual, bb.build_model(TINY_ARCH, random_init_seed=123).visual)
+    assert not _same_weights(loaded.visual, bb.build_model(TINY_ARCH, random_init_seed=0).visual)
+    # The text tower, built on first use, comes from the same file.
+    assert _same_weights(loaded.text_model(), bb.build_model(TINY_ARCH, random_init_seed=123))
     assert loaded.info.weights_id == "file:tiny_clip.safetensors"
     assert loaded.info.weights_sha256 == sha256_file(saved_checkpoint)
     assert not loaded.info.is_random
@@ -85,6 +87,39 @@ def test_wrong_architecture_checkpoint_is_refused(saved_checkpoint, tmp_path):
         bb.load_backbone(TINY_ARCH, str(path), quiet=True)
 
 
+def test_checkpoint_without_text_tower_is_refused(saved_checkpoint, tmp_path):
+    """The image tower alone is loaded, yet the file is checked against the whole CLIP model."""
+    other = bb.build_model(TINY_ARCH)
+    state = {k: v for k, v in other.state_dict().items() if k.startswith("visual.")}
+    path = tmp_path / "visual_only.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    with pytest.raises(FsacError, match="does not fit the model architecture"):
+        bb.load_backbone(TINY_ARCH, str(path), quiet=True)
+    state = dict(other.state_dict())
+    state["token_embedding.weight"] = state["token_embedding.weight"][:-1]  # wrong text shape
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    with pytest.raises(FsacError, match="does not fit the model architecture"):
+        bb.load_backbone(TINY_ARCH, str(path), quiet=True)
+
+
+@pytest.mark.parametrize("arch", [TINY_ARCH, FULL_ARCH])
+def test_visual_only_build_equals_the_full_builds_image_tower(arch):
+    """Random-weight runs are rebuilt from their seed for export: the image tower built
+    alone must be bit-identical to the one of the full model (which training used to build)."""
+    assert _same_weights(bb.build_visual(arch, 7).visual, bb.build_model(arch, 7).visual)
+
+
+def test_text_tower_is_built_only_when_prompts_are_encoded():
+    b = bb.load_backbone(TINY_ARCH, "random", random_init_seed=3, quiet=True)
+    assert not b.has_text_tower
+    visual = b.visual
+    t = b.encode_texts(["a photo of a bottle."])
+    assert b.has_text_tower and b.visual is visual  # one image tower, kept
+    full = bb.load_backbone(TINY_ARCH, "random", random_init_seed=3, quiet=True, text_tower=True)
+    assert _same_weights(b.model, full.model)
+    assert torch.equal(t, full.encode_texts(["a photo of a bottle."]))
+
+
 def test_errors_for_unknown_names():
     with pytest.raises(FsacError, match="unknown model 'ViT-Nope'"):
         bb.load_backbone("ViT-Nope", "random", quiet=True)
@@ -122,8 +157,8 @@ def test_encoders_are_frozen_and_shapes(tiny_backbone):
 def test_truncated_text_encoding_equals_open_clip(tiny_backbone):
     tokens = tiny_backbone.tokenizer(["a photo of a flawless bottle for visual inspection.", "damaged bottle"])
     with torch.no_grad():
-        full = tiny_backbone.model.encode_text(tokens)
-        short = bb.encode_text_truncated(tiny_backbone.model, tokens)
+        full = tiny_backbone.text_model().encode_text(tokens)
+        short = bb.encode_text_truncated(tiny_backbone.text_model(), tokens)
     assert torch.allclose(full, short, atol=1e-5)
 
 

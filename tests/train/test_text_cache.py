@@ -100,3 +100,20 @@ def test_training_with_bf16_encoder_records_the_agreement(tiny_backbone, bottle_
     assert enc["precision"] == "bf16" and enc["vs_fp32"]["images"] == 1
     assert 0.99 < enc["vs_fp32"]["cosine_min"] <= enc["vs_fp32"]["cosine_mean"] < 1.0
     assert np.isfinite(res.history["stage1"]).all()
+
+
+def test_a_cache_hit_never_builds_the_text_tower(tmp_path, monkeypatch, bottle_shots):
+    """The point of building the image tower alone: a training whose text features come from
+    the cache never builds (nor randomly initialises) the text tower."""
+    from fsac.train.backbone import load_backbone
+    from fsac.train.trainer import cached_text
+    from tests.conftest import TINY_ARCH
+
+    monkeypatch.setenv("FSAC_CACHE_DIR", str(tmp_path))
+    first = load_backbone(TINY_ARCH, "random", random_init_seed=4, quiet=True)
+    t_pos, t_neg, _ = cached_text(first, "bottle")  # miss: builds the text tower
+    assert first.has_text_tower
+    second = load_backbone(TINY_ARCH, "random", random_init_seed=4, quiet=True)
+    hit_pos, hit_neg, _ = cached_text(second, "bottle")
+    assert not second.has_text_tower
+    assert torch.equal(hit_pos, t_pos) and torch.equal(hit_neg, t_neg)
