@@ -308,7 +308,8 @@ class Backbone:
             )
         out = []
         for i in range(0, len(images), batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(images[i : i + batch_size])).to(self.device)
+            # A read-only array (pixels from a memory-mapped cache) is copied: torch warns otherwise.
+            x = torch.from_numpy(np.require(images[i : i + batch_size], requirements=("C", "W"))).to(self.device)
             if precision == "bf16":
                 out.append(self._bf16_visual()(self.normalize(x).to(torch.bfloat16)).float().cpu())
             else:
