@@ -344,34 +344,6 @@ class Backbone:
         return torch.nn.functional.normalize(feats.mean(dim=0), dim=-1)
 
 
-ENCODER_PRECISIONS = ("fp32", "bf16", "auto")
-
-
-def bf16_supported(device: str) -> bool:
-    """Whether bf16 matrix multiplies run natively here (not emulated, which is slower)."""
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
-    if dev.type == "cpu":
-        from fsac.peaks import cpu_flags
-
-        return bool({"avx512_bf16", "amx_bf16"} & set(cpu_flags()))
-    return False
-
-
-def resolve_encoder_precision(requested: str, device: str) -> str:
-    """--encoder-precision: fp32, bf16 (refused where unsupported) or auto (bf16 where supported)."""
-    if requested not in ENCODER_PRECISIONS:
-        raise FsacError(f"--encoder-precision must be one of {', '.join(ENCODER_PRECISIONS)}, got {requested!r}")
-    if requested == "fp32":
-        return "fp32"
-    ok = bf16_supported(device)
-    if requested == "bf16" and not ok:
-        raise FsacError(f"--encoder-precision bf16: device {device} has no native bf16 (CPU flags avx512_bf16 / "
-                        "amx_bf16, or a bf16 GPU); use fp32 or auto")
-    return "bf16" if ok else "fp32"
-
-
 def encode_text_truncated(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     """open_clip's CLIP.encode_text, run only up to the longest prompt's [EOS] token.
 

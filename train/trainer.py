@@ -31,7 +31,8 @@ import torch.nn.functional as Fn
 from fsac.errors import FsacError
 from fsac.io import sha256_file
 from fsac.preprocess import preprocess_file, stack
-from fsac.train.backbone import Backbone, resolve_encoder_precision
+from fsac.train.backbone import Backbone
+from fsac.train.precision import resolve_encoder_precision
 from fsac.train.checkpoint import TrainedModel
 from fsac.train.model import FSACHead, HeadConfig, contrastive_loss
 from fsac.train.presets import DEFAULT_PRESET, PRESETS, overrides

@@ -69,7 +69,7 @@ def test_cache_off(tiny_backbone, tmp_path, monkeypatch):
 
 def test_bf16_autocast_of_the_encoder(tiny_backbone, bottle_shots):
     from fsac.preprocess import preprocess_file, stack
-    from fsac.train.backbone import bf16_supported, resolve_encoder_precision
+    from fsac.train.precision import bf16_supported, resolve_encoder_precision
     from fsac.train.trainer import feature_agreement
 
     if not bf16_supported("cpu"):
@@ -88,7 +88,7 @@ def test_bf16_autocast_of_the_encoder(tiny_backbone, bottle_shots):
 
 
 def test_training_with_bf16_encoder_records_the_agreement(tiny_backbone, bottle_shots, tmp_path, monkeypatch):
-    from fsac.train.backbone import bf16_supported
+    from fsac.train.precision import bf16_supported
     from fsac.train.trainer import TrainConfig, train
 
     monkeypatch.setenv("FSAC_CACHE_DIR", str(tmp_path))
