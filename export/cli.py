@@ -126,9 +126,8 @@ def export_trained(trained, checkpoint_sha: str, out: Path, image_paths: list[Pa
     from fsac.export.optimize import optimize_and_measure
     from fsac.export.parity import check_parity, load_pixels, run_torch
     from fsac.modelfile import load_model_file
+    from fsac.procmem import give_back_memory
 
-    if release_torch:  # the model file holds the image side only: AT+/AT- are constants
-        drop_text_tower(trained)
     deploy = trained.deploy_model()
     spec = trained.backbone.spec
     names = [str(p) for p in image_paths]
@@ -171,7 +170,7 @@ def export_trained(trained, checkpoint_sha: str, out: Path, image_paths: list[Pa
             graph, opt = optimize_and_measure(graph, optimize, pixels[:1], reparity)
     finally:
         scratch.unlink(missing_ok=True)
-    give_back_memory()  # the optimiser's and the sessions' freed pages: the write below needs a copy
+    give_back_memory()  # the optimiser's and the sessions' freed pages
     if optimize != "none":
         lat = ""
         if opt.latency_before_s is not None:
@@ -221,39 +220,16 @@ def _encoder_shape(visual) -> tuple[int | None, int | None]:
     return width, heads
 
 
-def drop_text_tower(trained) -> None:
-    """Free open_clip's text encoder: the exported graph never runs it (the head holds the
-    text side as the constants AT+ / AT-), and it is about 40 % of the backbone's weights."""
-    import gc
-
-    model = trained.backbone.model
-    for name in ("transformer", "token_embedding", "positional_embedding", "ln_final", "text_projection",
-                 "text", "attn_mask"):
-        if name != "visual" and hasattr(model, name):
-            setattr(model, name, None)
-    gc.collect()
-    give_back_memory()
-
-
 def _release_torch(trained) -> None:
     """Free the torch weights of a model nobody will run again (see export_trained)."""
     import gc
+
+    from fsac.procmem import give_back_memory
 
     trained.backbone.model = None
     trained.backbone._visual_bf16 = None
     gc.collect()
     give_back_memory()
-
-
-def give_back_memory() -> None:
-    """Return freed heap pages to the OS (glibc keeps them otherwise, and the peak RSS of the
-    next step would sit on top of memory nobody uses)."""
-    import ctypes
-
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to do
-        pass
 
 
 def _gflop_per_image(deploy, image_size: int) -> float:

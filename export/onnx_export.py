@@ -90,7 +90,7 @@ def load_traced(path) -> bytes:
     moved before the Transpose, see `cast_before_transpose`). One parsed copy at a time."""
     import onnx
 
-    from fsac.export.cli import give_back_memory
+    from fsac.procmem import give_back_memory
 
     model = onnx.load(str(path))
     cast_before_transpose(model)

@@ -148,7 +148,7 @@ def _optimize_file(path: Path, method: str, pixels: np.ndarray, parity: Callable
     """optimize_and_measure on the graph file `path` -> (bytes of the graph kept, report)."""
     import onnx
 
-    from fsac.export.cli import give_back_memory
+    from fsac.procmem import give_back_memory
     from fsac.export.onnx_export import serialize
 
     work = onnx.load(str(path))  # optimizers may change their input in place

@@ -5,14 +5,15 @@ on, the edge box included, and must leave every other byte of the graph as it wa
 file is a protobuf `ModelProto`; its metadata is the repeated top-level field 14
 (`metadata_props`, entries {1: key, 2: value}). Protobuf parsers accept fields in any
 order, so we copy every other top-level field verbatim, drop the old field-14 entries and
-append the new ones, with "fsac.seal" last holding the placeholder that
-`fsac.modelfile.write_model_file` replaces by the file's hash (atomic write).
+append the new ones, with "fsac.seal" last holding the placeholder that is then replaced by
+the file's hash (atomic write).
 
     data, info = load_model_file(path)                  # verifies the old seal
-    new = replace_metadata_bytes(data, {**info.metadata, "fsac.threshold": "0.73"})
-    write_model_file(path, new, force=True)             # seals, writes atomically
+    write_with_metadata(path, data, {**info.metadata, "fsac.threshold": "0.73"}, force=True)
 
-`update_model_metadata(path, updates)` does exactly that.
+`update_model_metadata(path, updates)` does exactly that. `write_with_metadata` streams the
+pieces to disk and seals on the way, so a large model never exists twice in memory;
+`replace_metadata_bytes` gives the same bytes in memory, for `write_model_file`.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 from fsac.errors import FsacError
 from fsac.io import atomic_write_with
 from fsac.modelfile import (SEAL_KEY, SEAL_PLACEHOLDER, ModelInfo, _encode_varint, _varint, load_model_file,
-                            parse_model_info, write_model_file)
+                            parse_model_info)
 
 _METADATA_FIELD = 14
 
@@ -80,19 +81,10 @@ def _metadata_parts(data: bytes, metadata: dict[str, str], source: str) -> list[
     return parts
 
 
-def replace_metadata_bytes(data: bytes, metadata: dict[str, str], source: str = "<model>") -> bytearray:
+def replace_metadata_bytes(data: bytes, metadata: dict[str, str], source: str = "<model>") -> bytes:
     """Serialized ModelProto -> the same bytes with metadata_props replaced by `metadata`
-    plus a "fsac.seal" placeholder entry (last), ready for `write_model_file` to seal.
-
-    The result is one new bytearray assembled from views of `data` (one copy of the model,
-    not two: `write_model_file` then seals it in place)."""
-    parts = _metadata_parts(data, metadata, source)
-    out = bytearray(sum(len(p) for p in parts))
-    pos = 0
-    for p in parts:
-        out[pos:pos + len(p)] = p
-        pos += len(p)
-    return out
+    plus a "fsac.seal" placeholder entry (last), ready for `write_model_file` to seal."""
+    return b"".join(_metadata_parts(data, metadata, source))
 
 
 def write_with_metadata(path: str | os.PathLike, data: bytes, metadata: dict[str, str], force: bool = False,
@@ -142,8 +134,7 @@ def update_model_metadata(path: str | os.PathLike, updates: dict[str, str | None
             meta[k] = v
     target = Path(out) if out is not None else path
     parse_model_info(meta, str(target), seal="")  # refuse metadata the loader would refuse, before writing
-    new = replace_metadata_bytes(data, meta, str(path))
     in_place = target.resolve() == path.resolve()
-    write_model_file(target, new, force=force or in_place)
+    write_with_metadata(target, data, meta, force=force or in_place, source=str(path))
     _, new_info = load_model_file(target)
     return target, new_info

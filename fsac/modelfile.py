@@ -82,16 +82,12 @@ def _seal_offset(data: bytes, source: str) -> int:
     return first + len(_SEAL_PREFIX)
 
 
-def seal_bytes(data: bytes | bytearray, source: str = "<model>") -> bytes | bytearray:
-    """Fill in the seal of a serialized model whose "fsac.seal" value is the placeholder.
-
-    A bytearray is sealed in place and returned (no copy: the export of a 471 MB model
-    must not hold several copies of it); bytes give new bytes."""
+def seal_bytes(data: bytes, source: str = "<model>") -> bytes:
+    """Fill in the seal of a serialized model whose "fsac.seal" value is the placeholder."""
     off = _seal_offset(data, source)
-    buf = data if isinstance(data, bytearray) else bytearray(data)
-    buf[off:off + 64] = SEAL_PLACEHOLDER
-    buf[off:off + 64] = sha256_bytes(buf).encode("ascii")
-    return buf if buf is data else bytes(buf)
+    unsealed = data[:off] + SEAL_PLACEHOLDER + data[off + 64 :]
+    digest = sha256_bytes(unsealed).encode("ascii")
+    return unsealed[:off] + digest + unsealed[off + 64 :]
 
 
 def _seal_mismatch(source: str, recorded: bytes, actual: bytes) -> FsacError:

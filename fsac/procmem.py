@@ -1,4 +1,5 @@
-"""Peak resident memory of a Python child process (Linux), for the benchmarks.
+"""Peak resident memory of a Python child process (Linux), for the benchmarks, and giving
+freed heap back to the OS (`fsac export` keeps its peak low step by step).
 
 `fsac bench runtime` (fsac-run's memory) and `fsac bench export` (the export's memory) both
 measure a command in a fresh interpreter; the helper lives in the core so that neither wing
@@ -40,3 +41,14 @@ def peak_rss(code: str, args: list[str]) -> tuple[int | None, str]:
         raise FsacError(f"benchmark subprocess failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
     m = re.search(r"FSAC_BENCH_VMHWM_KB (\d+)", proc.stderr)
     return (int(m.group(1)) * 1024 if m else None), proc.stderr
+
+
+def give_back_memory() -> None:
+    """Return freed heap pages to the OS (glibc keeps them otherwise, and the peak RSS of the
+    next step would sit on top of memory nobody uses)."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass

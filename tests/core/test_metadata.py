@@ -15,11 +15,9 @@ def test_replace_metadata_keeps_the_graph(model_copy):
 
     data, info = load_model_file(model_copy)
     new = replace_metadata_bytes(data, {**info.metadata, "fsac.threshold": "0.5", "x.other": "ü"})
-    assert isinstance(new, bytearray)
     sealed = seal_bytes(new)
-    assert sealed is new  # sealed in place: the export holds one copy of a 471 MB model, not two
-    verify_seal(bytes(sealed))
-    a, b = onnx.load_from_string(data), onnx.load_from_string(bytes(sealed))
+    verify_seal(sealed)
+    a, b = onnx.load_from_string(data), onnx.load_from_string(sealed)
     assert a.graph.SerializeToString() == b.graph.SerializeToString()
     assert a.ir_version == b.ir_version and list(a.opset_import) == list(b.opset_import)
     meta = {p.key: p.value for p in b.metadata_props}
@@ -69,7 +67,7 @@ def test_write_with_metadata_streams_a_sealed_file(model_copy, tmp_path):
     meta = {**info.metadata, "fsac.threshold": "0.25"}
     out = write_with_metadata(tmp_path / "m.onnx", data, meta)
     written, new_info = load_model_file(out)  # the seal verifies
-    assert written == bytes(seal_bytes(replace_metadata_bytes(data, meta)))  # the same bytes as in memory
+    assert written == seal_bytes(replace_metadata_bytes(data, meta))  # the same bytes as in memory
     assert new_info.metadata["fsac.threshold"] == "0.25"
     with pytest.raises(FsacError, match="exists"):
         write_with_metadata(out, data, meta)
