@@ -444,8 +444,34 @@ def _build_loaded(cfg: ModelConfig, kind: str, data: bytes | str, info: ModelInf
     else:
         backend = OnnxBackend(data, info, providers=cfg.providers, batch_size=cfg.batch_size, threads=cfg.threads,
                               spin_wait=cfg.spin_wait, cpu_prepack=cfg.cpu_prepack)
+    if cfg.warm_up:
+        warm_up(backend, info.image_size)
     return LoadedModel(info=info, backend=backend, logit_threshold=float(threshold), threshold_source=origin,
                        size_bytes=size, loaded_at=time.time(), selection=selection)
+
+
+def warm_up_sizes(max_batch: int) -> list[int]:
+    """Batch sizes to run once at load: every size up to 8, then powers of two, then max_batch.
+    The scorer forms batches of any size up to max_batch (what happens to be ready)."""
+    sizes = list(range(1, min(max_batch, 8) + 1))
+    p = 16
+    while p < max_batch:
+        sizes.append(p)
+        p *= 2
+    if max_batch not in sizes:
+        sizes.append(max_batch)
+    return sizes
+
+
+def warm_up(backend: Any, image_size: int) -> float:
+    """Run each batch size in `warm_up_sizes` once on black frames; returns the seconds it took.
+    A failure here is a failure to load: better at start than on the first part of the shift."""
+    t0 = time.perf_counter()
+    for n in warm_up_sizes(backend.max_batch):
+        backend.infer(np.zeros((n, image_size, image_size, 3), np.uint8))
+    seconds = time.perf_counter() - t0
+    log.debug("warm-up of batch sizes 1..%d: %.2f s", backend.max_batch, seconds)
+    return seconds
 
 
 class ModelHandle:

@@ -9,7 +9,7 @@ from typing import Sequence
 import numpy as np
 
 from fsac.errors import FsacError
-from fsac.preprocess import PreprocessSpec, decode_image_bytes, frame_to_rgb, resize_crop
+from fsac.preprocess import PreprocessSpec, decode_resize_bytes, frame_to_rgb, resize_crop
 
 from .sources import ENCODED, RGB, Frame, check_frame_pixels
 
@@ -34,17 +34,17 @@ def prepare(frame: Frame, spec: PreprocessSpec, channel_order: str = "bgr",
             too_big = check_frame_pixels(frame.data, where, max_pixels)
             if too_big:  # refused from the header: a 12000x12000 frame is never decoded
                 return Prepared(None, None, None, too_big)
-            rgb = decode_image_bytes(frame.data, where, spec)
-        elif frame.kind == RGB:
-            rgb = frame.data
+            # Decoded and resized in one step (no round trip through an array): the same pixels.
+            x, rgb, (w, h) = decode_resize_bytes(frame.data, where, spec, keep_rgb)
         else:
-            rgb = frame_to_rgb(frame.data, channel_order, where)
-        if frame_size is not None:
+            rgb = frame.data if frame.kind == RGB else frame_to_rgb(frame.data, channel_order, where)
             h, w = rgb.shape[:2]
-            if (w, h) != (frame_size[0], frame_size[1]):
-                return Prepared(None, None, None, f"frame {where} is {w}x{h}, expected {frame_size[0]}x{frame_size[1]} "
-                                "(source.frame_size)")
-        x = resize_crop(rgb, spec)
+            x = None
+        if frame_size is not None and (w, h) != (frame_size[0], frame_size[1]):
+            return Prepared(None, None, None, f"frame {where} is {w}x{h}, expected {frame_size[0]}x{frame_size[1]} "
+                            "(source.frame_size)")
+        if x is None:
+            x = resize_crop(rgb, spec)
         return Prepared(x, rgb if keep_rgb else None, spec)
     except FsacError as e:
         return Prepared(None, None, None, str(e))

@@ -23,6 +23,7 @@ from fsac.preprocess import (
     OPENAI_CLIP_STD,
     PreprocessSpec,
     decode_image_bytes,
+    decode_resize_bytes,
     frame_to_rgb,
     list_images,
     load_image,
@@ -442,6 +443,52 @@ def test_decode_image_bytes_equals_load_image(tmp_path):
     p = tmp_path / "x.png"
     Image.fromarray(np.dstack([rgb, a]), "RGBA").save(p)
     np.testing.assert_array_equal(decode_image_bytes(p.read_bytes(), spec=SPEC_BG), load_image(p, SPEC_BG))
+
+
+def _encoded_in_every_mode() -> list[tuple[str, bytes]]:
+    rng = np.random.default_rng(11)
+    rgb = rng.integers(0, 256, size=(37, 53, 3), dtype=np.uint8)
+    alpha = rng.integers(0, 256, size=(37, 53), dtype=np.uint8)
+    images = {
+        "RGB": Image.fromarray(rgb), "RGBA": Image.fromarray(np.dstack([rgb, alpha]), "RGBA"),
+        "L": Image.fromarray(rgb[..., 0]), "LA": Image.fromarray(np.dstack([rgb[..., 0], alpha]), "LA"),
+        "P": Image.fromarray(rgb).quantize(16), "1": Image.fromarray(rgb[..., 0]).convert("1"),
+        "I;16": Image.fromarray(rgb[..., 0].astype(np.uint16) * 257),
+    }
+    out = []
+    for mode, image in images.items():
+        for fmt in ("PNG", "TIFF"):
+            buf = io.BytesIO()
+            image.save(buf, fmt)
+            out.append((f"{mode}.{fmt}", buf.getvalue()))
+    buf = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(rgb).save(buf, "JPEG", quality=95, exif=exif.tobytes())
+    out.append(("rotated.jpg", buf.getvalue()))
+    return out
+
+
+@pytest.mark.parametrize("resize_mode", ["squash", "shortest", "longest"])
+def test_decode_resize_bytes_equals_the_two_steps(resize_mode):
+    """The daemon's one-step decode + resize gives exactly resize_crop(decode_image_bytes(...)),
+    and the frame it keeps is decode_image_bytes's, in every mode (RGB takes the direct path)."""
+    spec = PreprocessSpec(image_size=24, resize_mode=resize_mode, alpha_background=BG)
+    for name, data in _encoded_in_every_mode():
+        rgb = decode_image_bytes(data, name, spec)
+        x, kept, size = decode_resize_bytes(data, name, spec, keep_rgb=True)
+        np.testing.assert_array_equal(x, resize_crop(rgb, spec), err_msg=name)
+        np.testing.assert_array_equal(kept, rgb, err_msg=name)
+        assert size == (rgb.shape[1], rgb.shape[0]), name
+        assert x.shape == (24, 24, 3) and x.dtype == np.uint8 and x.flags["C_CONTIGUOUS"]
+        assert decode_resize_bytes(data, name, spec)[1] is None
+
+
+def test_decode_resize_bytes_errors_name_the_source():
+    with pytest.raises(ImageDecodeError, match="cam7.png.*empty"):
+        decode_resize_bytes(b"", "cam7.png")
+    with pytest.raises(ImageDecodeError, match="cam7.png.*not a recognised image"):
+        decode_resize_bytes(b"not an image at all", "cam7.png")
 
 
 def test_multiframe_gif_uses_first_frame(tmp_path):

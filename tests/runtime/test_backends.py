@@ -11,7 +11,7 @@ from fsac_run_helpers import W_VALUE, build_model_bytes, expected_logit, expecte
 from fsac.errors import FsacError
 from fsac.modelfile import OUTPUT_NAMES, write_engine_sidecar
 from fsac.preprocess import PreprocessSpec, load_image, resize_crop
-from fsac.runtime.backends import ModelHandle, OnnxBackend, choose_providers, load_model
+from fsac.runtime.backends import ModelHandle, OnnxBackend, choose_providers, load_model, warm_up_sizes
 from fsac.runtime.config import ModelConfig
 
 
@@ -33,6 +33,29 @@ def test_onnx_backend_scores_real_images_in_dynamic_batches(model_file, bottle_i
     np.testing.assert_allclose(out["sim_anomalous"], m, rtol=1e-5)
     with pytest.raises(FsacError, match=r"model input must be uint8 \(N, 64, 64, 3\)"):
         model.backend.infer(batch[:, :32])
+
+
+def test_warm_up_runs_every_batch_size_the_scorer_can_form(model_file, monkeypatch):
+    """A runtime's first call at a new input shape is slow (OpenVINO compiles kernels per shape):
+    load runs each batch size once, so no frame on the line pays for it; warm_up: false skips it."""
+    seen: list[tuple[int, ...]] = []
+    infer = OnnxBackend.infer
+
+    def spy(self, batch):
+        seen.append(batch.shape)
+        return infer(self, batch)
+
+    monkeypatch.setattr(OnnxBackend, "infer", spy)
+    model = load_model(ModelConfig(path=str(model_file), batch_size=3))
+    assert seen == [(n, 64, 64, 3) for n in (1, 2, 3)]
+    assert model.backend.max_batch == 3
+    seen.clear()
+    load_model(ModelConfig(path=str(model_file), batch_size=3, warm_up=False))
+    assert seen == []
+    assert warm_up_sizes(1) == [1]
+    assert warm_up_sizes(8) == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert warm_up_sizes(40) == [1, 2, 3, 4, 5, 6, 7, 8, 16, 32, 40]
+    assert warm_up_sizes(64) == [1, 2, 3, 4, 5, 6, 7, 8, 16, 32, 64]
 
 
 def test_fixed_batch_graph_is_padded(make_model, bottle_images):
