@@ -172,8 +172,9 @@ def _backend_kw(backend: dict[str, Any] | None) -> dict[str, Any]:
     kw: dict[str, Any] = {}
     if b.get("backend"):
         kw["backend"] = b["backend"]
-    if b.get("precision"):
-        kw["openvino"] = OpenVinoConfig(precision=b["precision"])
+    ov = {k: b[k] for k in ("precision", "streams") if b.get(k)}
+    if ov:
+        kw["openvino"] = OpenVinoConfig(**ov)
     return kw
 
 
@@ -184,6 +185,8 @@ def _backend_args(backend: dict[str, Any] | None) -> list[str]:
         args += ["--set", f"model.backend={b['backend']}"]
     if b.get("precision"):
         args += ["--set", f"model.openvino.precision={b['precision']}"]
+    if b.get("streams"):
+        args += ["--set", f"model.openvino.streams={b['streams']}"]
     return args
 
 
@@ -251,7 +254,8 @@ def _rss_subprocess(model_path: Path, folder: Path, workdir: Path, batch_size: i
     bare_rss, _ = peak_rss(_BARE_RSS_SCRIPT, [str(model_path), str(folder), str(batch_size), str(threads),
                                                ",".join(providers), "1" if spin_wait else "0",
                                                (backend or {}).get("backend") or "",
-                                               (backend or {}).get("precision") or ""])
+                                               (backend or {}).get("precision") or "",
+                                               str((backend or {}).get("streams") or 0)])
     if rss is None or bare_rss is None:
         raise FsacError("peak memory needs /proc/self/status (Linux); run with --no-rss elsewhere")
     out = {"rss_peak_bytes": rss, "bare_rss_peak_bytes": bare_rss, "subprocess_fps": float(m.group(1)) if m else None}
@@ -272,8 +276,7 @@ cfg = ModelConfig(path=sys.argv[1], batch_size=int(sys.argv[3]), threads=int(sys
                   providers=[p for p in sys.argv[5].split(",") if p], threshold=0.5, spin_wait=sys.argv[6] == "1")
 if sys.argv[7]:
     cfg.backend = sys.argv[7]
-if sys.argv[8]:
-    cfg.openvino = OpenVinoConfig(precision=sys.argv[8])
+cfg.openvino = OpenVinoConfig(precision=sys.argv[8] or "auto", streams=int(sys.argv[9]))
 model = load_model(cfg)
 spec, backend = model.info.preprocess, model.backend
 files = list_images(sys.argv[2])
@@ -285,11 +288,11 @@ for start in range(0, len(files), backend.max_batch):
 def bench_runtime(model: str | os.PathLike, images: str | os.PathLike, n_frames: int = 200, batch_size: int = 4,
                   out_json: str | os.PathLike | None = None, *, providers: list[str] | None = None,
                   threads: int = 0, workers: int = 2, queue_size: int = 8, measure_rss: bool = True,
-                  spin_wait: bool = False, rounds: int = 2, backend: str = "", precision: str = "",
+                  spin_wait: bool = False, rounds: int = 2, backend: str = "", precision: str = "", streams: int = 0,
                   peaks: bool = True, page_client: bool = False, trigger_requests: int = 50,
                   paced_fps: float = 0.0, paced_seconds: float = 15.0) -> dict[str, Any]:
     """Bare backend vs daemon on the same frames; returns (and optionally writes) the figures."""
-    bk = {"backend": backend, "precision": precision}
+    bk = {"backend": backend, "precision": precision, "streams": streams}
     model, images = Path(model), Path(images)
     if n_frames < 1 or rounds < 1:
         raise FsacError("--frames and --rounds must be >= 1")
@@ -307,6 +310,7 @@ def bench_runtime(model: str | os.PathLike, images: str | os.PathLike, n_frames:
                        "providers": list(served.providers), "model_bytes": bare.model.size_bytes,
                        "backend": served.name,
                        "precision": _precision_of(getattr(served, "precision", bare.model.info.precision)),
+                       "streams": getattr(served, "streams", None),
                        "gflop_per_image": _gflop(bare.model.info)})
         # Alternate the two measurements so that load from other processes (a shared CPU)
         # falls on both alike.
@@ -413,7 +417,9 @@ def format_table(r: dict[str, Any]) -> str:
     w = max(len(row[0]) for row in rows)
     lines = [f"model {r['model']} ({r['model_bytes'] / mb:.1f} MB), {r['frames']} frames x {r['rounds']} rounds, "
              f"batch <= {r['batch_size']}, {r['workers']} decode workers, {r['cpu_count']} CPUs, "
-             f"backend {r.get('backend', '?')} {r.get('precision', '')}, providers {','.join(r['providers'])}"]
+             f"backend {r.get('backend', '?')} {r.get('precision', '')}"
+             + (f" ({r['streams']} streams)" if (r.get("streams") or 1) > 1 else "")
+             + f", providers {','.join(r['providers'])}"]
     if "peaks" in r:
         pk = r["peaks"]
         f = lambda x: "n/a" if x is None else f"{x:.0f}"  # noqa: E731
@@ -455,7 +461,7 @@ def format_table(r: dict[str, Any]) -> str:
         lines += format_rows(r["trigger"])
     if r.get("rss_live_peak_bytes"):
         lines.append(f"  fsac-run peak RSS with the live view on: {r['rss_live_peak_bytes'] / mb:.1f} MB")
-    if r["bare_fps"] > 2 * r["serial_fps"]:
+    if r["bare_fps"] > 2 * r["serial_fps"] and (r.get("streams") or 1) <= 1:  # streams: a lone frame uses one stream
         lines.append("  note: inference is much faster than decoding+resizing here, so the daemon is bound by the "
                      "decoder and the ratio says little about daemon overhead; it is meaningful with a model whose "
                      "inference takes longer than decoding (the real CLIP model).")
@@ -488,6 +494,8 @@ try:  # typer is a base dependency; the runtime itself does not need it
                                              "default: the config default)")] = "",
         precision: Annotated[str, typer.Option("--precision", help="model.openvino.precision (f32, bf16, int8, "
                                                "auto) for --backend openvino")] = "",
+        streams: Annotated[int, typer.Option("--streams", min=0, help="model.openvino.streams for --backend "
+                                             "openvino (0: one stream, the latency hint)")] = 0,
         peaks: Annotated[bool, typer.Option("--peaks/--no-peaks", help="measure this CPU's matmul peaks")] = True,
         page_client: Annotated[bool, typer.Option("--page-client/--no-page-client",
                                                   help="also time the daemon with the live view on and a page "
@@ -505,7 +513,7 @@ try:  # typer is a base dependency; the runtime itself does not need it
         result = bench_runtime(model, images, frames, batch_size, out,
                                providers=[p for p in (providers or "").split(",") if p], threads=threads,
                                workers=workers, measure_rss=rss, spin_wait=spin_wait, rounds=rounds,
-                               backend=backend, precision=precision, peaks=peaks, page_client=page_client,
+                               backend=backend, precision=precision, streams=streams, peaks=peaks, page_client=page_client,
                                trigger_requests=trigger_requests, paced_fps=paced_fps,
                                paced_seconds=paced_seconds)
         typer.echo(format_table(result))

@@ -35,7 +35,9 @@ class OpenVinoConfig(Settings):
     precision: Literal["auto", "f32", "bf16", "int8"] = Field(
         "auto", description="auto: int8 for a QDQ file, else bf16 where the device has it, else f32")
     device: str = Field("CPU", description="OpenVINO device: CPU, GPU (GPU.N), or AUTO")
-    streams: int = Field(0, ge=0, le=64, description="OpenVINO NUM_STREAMS (0: one, the latency hint)")
+    streams: int = Field(0, ge=0, le=64, description="OpenVINO NUM_STREAMS (0: one, the latency hint). N > 1: "
+                         "the throughput hint, each batch split into N parts run at once (more frames/s in "
+                         "every-frame mode, a slower single frame in trigger mode)")
     cache_dir: str = Field("", description="OpenVINO compiled-model cache folder (empty: compile at every start)")
     path_settings = ("cache_dir",)
 

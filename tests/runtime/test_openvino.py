@@ -45,6 +45,23 @@ def test_openvino_f32_matches_onnxruntime_fp32(tiny_files, pixels):
     np.testing.assert_allclose(_logit(got), _logit(ref), atol=1e-4)
 
 
+def test_openvino_streams_split_each_batch_and_keep_frame_order(tiny_files, pixels):
+    """streams: 2 runs each chunk of up to 5 frames as 2 parts at once; the scores come back in
+    the frames' order, equal to one stream's. (OpenVINO gives at most one stream per core, and
+    the backend splits into as many parts as it was given.)"""
+    ref = _outputs(tiny_files[0], pixels, backend="onnxruntime")
+    model = load_model(ModelConfig(path=str(tiny_files[0]), threshold=0.5, backend="openvino", batch_size=5,
+                                   openvino=OpenVinoConfig(precision="f32", streams=2)))
+    assert model.backend.streams == 2
+    for n in (12, 1, 2):  # 5+5+2 frames (parts 3+2, 3+2, 1+1), one frame, two frames
+        got = model.backend.infer(pixels[:n])
+        for name in OUTPUT_NAMES:
+            assert got[name].shape == (n,)
+            np.testing.assert_allclose(got[name], ref[name][:n], atol=2e-5, rtol=1e-4, err_msg=name)
+    assert len(model.backend._requests) == 2  # one request per stream, reused
+    model.backend.close()
+
+
 def test_openvino_bf16_agrees_with_fp32_within_bf16_error(tiny_files, pixels):
     import openvino as ov
 
