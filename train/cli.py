@@ -27,7 +27,7 @@ def build_train_config(mode: str, epochs1: int, epochs2: int, lr1: float, lr2: f
                        alpha1: float, alpha2: float, beta1: float | None, beta2: float | None, tau: float,
                        loss_temperature: float, no_cross_attention: bool, normalize_image_feature: bool,
                        synth: str | None, synth_per_image: int, preset: str | None = None,
-                       encoder_precision: str = "fp32"):
+                       encoder_precision: str = "auto"):
     from fsac.train.model import HeadConfig
     from fsac.train.presets import DEFAULT_PRESET, resolve
     from fsac.train.synth import SynthConfig
@@ -70,9 +70,10 @@ class TrainOptions:
     synth = typer.Option(None, "--synth", help="Synthetic anomalies: gaussian (MVTec AD) | nsa (VisA) | mixed "
                          "[default: from --preset, gaussian].")
     synth_per_image = typer.Option(4, "--synth-per-image", help="Synthetic anomalies per normal image.")
-    encoder_precision = typer.Option("fp32", "--encoder-precision",
+    encoder_precision = typer.Option("auto", "--encoder-precision",
                                      help="Frozen image encoder: fp32, bf16 (a bf16 copy of its weights; AMX / AVX-512 BF16 CPUs, bf16 "
-                                          "GPUs; the shots' feature cosine vs fp32 is printed and recorded) or auto.")
+                                          "GPUs; the first shot's feature cosine vs fp32 is printed and recorded) or auto (bf16 "
+                                          "where the hardware has it, back to fp32 if that cosine is below 0.999).")
 
 
 def _shots_list(text: str) -> tuple[int, ...]:

@@ -73,6 +73,10 @@ def describe_training(result: TrainResult, cfg: TrainConfig, backbone: Backbone)
         a = enc["vs_fp32"]
         lines.append(f"  encoder {enc['precision']}: feature cosine vs fp32 on {a['images']} shot(s) "
                      f"min {a['cosine_min']:.5f}, mean {a['cosine_mean']:.5f} ({t.get('encoder_check_s', 0):.2f} s)")
+    if enc.get("bf16_rejected"):
+        a = enc["bf16_rejected"]
+        lines.append(f"  encoder bf16 refused: feature cosine vs fp32 {a['cosine_min']:.5f} on the first shot; "
+                     "encoded in fp32")
     lines.append(f"  total                                          {t.get('total_s', 0):6.2f} s")
     d = result.diagnostics
     if d:

@@ -17,6 +17,7 @@ lr and epochs), "one-stage" (stage 1 only; scoring then uses AT = T). HeadConfig
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from contextlib import contextmanager
@@ -32,12 +33,15 @@ from fsac.errors import FsacError
 from fsac.io import sha256_file
 from fsac.preprocess import preprocess_file, stack
 from fsac.train.backbone import Backbone
+from fsac.train import precision as encoder_precisions
 from fsac.train.precision import resolve_encoder_precision
 from fsac.train.checkpoint import TrainedModel
 from fsac.train.model import FSACHead, HeadConfig, contrastive_loss
 from fsac.train.presets import DEFAULT_PRESET, PRESETS, overrides
 from fsac.train.prompts import build_prompts
 from fsac.train.synth import SynthConfig, generate
+
+log = logging.getLogger("fsac")
 
 MODES = ("two-stage", "joint", "one-stage")
 
@@ -56,8 +60,9 @@ class TrainConfig:
     # defaults of HeadConfig and SynthConfig are the MVTec AD preset's, so that is the default.
     preset: str | None = DEFAULT_PRESET
     # Frozen image encoder in bf16 ("bf16"/"auto", a bf16 copy of its weights): the
-    # first shot is also encoded in fp32 and the cosine of its features is recorded.
-    encoder_precision: str = "fp32"
+    # first shot is also encoded in fp32 and the cosine of its features is recorded; auto
+    # (bf16 where the hardware has it) falls back to fp32 below precision.BF16_MIN_COSINE.
+    encoder_precision: str = "auto"
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -206,6 +211,17 @@ def feature_agreement(fp32: torch.Tensor, low: torch.Tensor) -> dict:
     return {"images": int(cos.numel()), "cosine_min": float(cos.min()), "cosine_mean": float(cos.mean())}
 
 
+def adam(params: list[torch.nn.Parameter], lr: float) -> torch.optim.Adam:
+    """Adam with its fused kernel (one call per step for all parameters) where this torch has it
+    for the parameters' device: the adapters are tiny, so the per-tensor Python loop of the
+    default implementation was most of a step (measured on 2 CPU cores, 400 steps a stage:
+    stage 1 1.44 -> 0.96 s, stage 2 1.06 -> 0.82 s; the loss agrees to 6 digits)."""
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except (RuntimeError, TypeError, ValueError):  # older torch or an unsupported device / dtype
+        return torch.optim.Adam(params, lr=lr)
+
+
 def _run_stage(head: FSACHead, params: list[torch.nn.Parameter], lr: float, epochs: int,
                f_pos: torch.Tensor, f_neg: torch.Tensor, use_text_adapter: bool, temperature: float,
                generator: torch.Generator, update: Callable[[int], None] | None = None) -> list[float]:
@@ -216,7 +232,7 @@ def _run_stage(head: FSACHead, params: list[torch.nn.Parameter], lr: float, epoc
         p.requires_grad_(False)
     for p in params:
         p.requires_grad_(True)
-    opt = torch.optim.Adam(params, lr=lr)
+    opt = adam(params, lr)
     head.train()
     m = f_neg.shape[1]
     losses = []
@@ -344,8 +360,21 @@ def train(backbone: Backbone, image_paths: list[Path], object_name: str, cfg: Tr
         # What bf16 costs in the features, on the first shot: an fp32 pass costs as much as
         # two bf16 ones, so checking every shot would eat the time bf16 saves.
         t0 = time.perf_counter()
-        encoder["vs_fp32"] = feature_agreement(backbone.encode_images(pixels[:1]), f_pos[:1])
+        encoder["vs_fp32"] = agreement = feature_agreement(backbone.encode_images(pixels[:1]), f_pos[:1])
         timings["encoder_check_s"] = time.perf_counter() - t0
+        bound = encoder_precisions.BF16_MIN_COSINE
+        if agreement["cosine_min"] < bound and cfg.encoder_precision == "auto" and cache is None:
+            log.warning("encoder bf16: feature cosine vs fp32 %.5f < %.4g on the first shot; encoding the "
+                        "images again in fp32 (--encoder-precision fp32 skips the bf16 attempt)",
+                        agreement["cosine_min"], bound)
+            t0 = time.perf_counter()
+            f_pos = backbone.encode_images(pixels, precision="fp32")
+            f_neg = backbone.encode_images(synth_pixels, precision="fp32").view(k, m, -1)
+            timings["features_s"] += time.perf_counter() - t0
+            encoder = {"precision": "fp32", "bf16_rejected": agreement}
+        elif agreement["cosine_min"] < bound:
+            log.warning("encoder %s: feature cosine vs fp32 %.5f < %.4g on the first shot", precision,
+                        agreement["cosine_min"], bound)
 
     head, use_text_adapter, history, stage_times = train_head(f_pos, f_neg, t_pos, t_neg, cfg, progress=progress)
     timings.update(stage_times)

@@ -117,3 +117,37 @@ def test_a_cache_hit_never_builds_the_text_tower(tmp_path, monkeypatch, bottle_s
     hit_pos, hit_neg, _ = cached_text(second, "bottle")
     assert not second.has_text_tower
     assert torch.equal(hit_pos, t_pos) and torch.equal(hit_neg, t_neg)
+
+
+def test_auto_falls_back_to_fp32_when_bf16_features_disagree(tiny_backbone, bottle_shots, tmp_path, monkeypatch,
+                                                             caplog):
+    """auto (the default) keeps bf16 features only above BF16_MIN_COSINE on the first shot;
+    below it the images are encoded again in fp32, the features are fp32's, and it is said.
+    The bound is raised past 1 to force the case (random weights agree at 0.9999x)."""
+    import fsac.train.precision as precision
+    from fsac.train.trainer import TrainConfig, train
+
+    monkeypatch.setenv("FSAC_CACHE_DIR", str(tmp_path))
+    assert TrainConfig().encoder_precision == "auto"
+    # bf16 runs (emulated, slowly) on any CPU: pretend it is native so auto tries it here too
+    monkeypatch.setattr(precision, "bf16_supported", lambda device: True)
+    cfg = TrainConfig(stage1_epochs=2, stage2_epochs=2)
+    kept = train(tiny_backbone, bottle_shots, "bottle", cfg, quiet=True)
+    assert kept.model.meta["encoder"]["precision"] == "bf16"
+    assert kept.model.meta["encoder"]["vs_fp32"]["cosine_min"] >= precision.BF16_MIN_COSINE
+    monkeypatch.setattr(precision, "BF16_MIN_COSINE", 1.01)
+    with caplog.at_level("WARNING", logger="fsac"):
+        refused = train(tiny_backbone, bottle_shots, "bottle", cfg, quiet=True)
+    enc = refused.model.meta["encoder"]
+    assert enc["precision"] == "fp32" and enc["bf16_rejected"]["cosine_min"] < 1.0
+    assert "encoding the images again in fp32" in caplog.text
+    fp32 = train(tiny_backbone, bottle_shots, "bottle", TrainConfig(stage1_epochs=2, stage2_epochs=2,
+                                                                     encoder_precision="fp32"), quiet=True)
+    assert fp32.model.meta["encoder"] == {"precision": "fp32"}
+    assert refused.history == fp32.history  # trained on the same (fp32) features
+    # an explicit bf16 is kept, with a warning
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="fsac"):
+        forced = train(tiny_backbone, bottle_shots, "bottle", TrainConfig(stage1_epochs=2, stage2_epochs=2,
+                                                                          encoder_precision="bf16"), quiet=True)
+    assert forced.model.meta["encoder"]["precision"] == "bf16" and "< 1.01" in caplog.text
