@@ -17,6 +17,7 @@ from fsac.calibration import cli as calibration_cli
 from fsac.export import bench as export_bench
 from fsac.export import cli as export_cli
 from fsac.runtime import bench as runtime_bench
+from fsac.runtime import bench_isa as runtime_bench_isa
 from fsac.train import cli as train_cli
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -37,6 +38,7 @@ app.command("quantize")(calibration_cli.quantize_command)
 bench_app.command("train")(train_cli.bench_train_command)
 bench_app.command("export")(export_bench.bench_export_command)
 bench_app.command("runtime")(runtime_bench.bench_runtime_command)
+bench_app.command("isa")(runtime_bench_isa.bench_isa_command)
 
 
 @app.command("version")

@@ -142,3 +142,22 @@ def test_bench_runtime_times_the_openvino_backend_against_the_peaks(tiny_files, 
         100 * r["gflop_per_image"] * r["bare_fps"] / r["peaks"]["fp32"])
     text = format_table(r)
     assert "backend openvino fp32" in text and "CPU flags:" in text and "% of the fp32 peak" in text
+
+
+def test_bench_isa_times_fp32_and_int8_under_each_cap(tiny_files, monkeypatch):
+    """`fsac bench isa`: each cap in its own process (ONEDNN_MAX_CPU_ISA set before OpenVINO
+    loads); a cap this CPU cannot honour, or a broken file, is a row with the reason."""
+    from fsac.runtime.bench_isa import bench_isa, format_rows
+
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # the caller's own cap must not leak into "none"
+    rows = bench_isa(tiny_files[0], tiny_files[1], repeats=2, caps=("AVX2", ""))
+    assert [r["cap"] for r in rows] == ["AVX2", "none"]
+    assert [r["cap_seen"] for r in rows] == ["AVX2", ""]
+    for r in rows:
+        assert "error" not in r, r
+        assert r["fp32_ms"] > 0 and r["int8_ms"] > 0
+        assert r["int8_speedup"] == pytest.approx(r["fp32_ms"] / r["int8_ms"])
+    text = format_rows(rows)
+    assert "AVX2" in text and "target >= 1.8x" in text and "ONNX Runtime cannot be capped" in text
+    broken = bench_isa(tiny_files[0], tiny_files[0], repeats=1, caps=("",))  # an fp32 file as the INT8 one
+    assert "error" in broken[0] and "int8" in broken[0]["error"].lower()
