@@ -108,8 +108,7 @@ class _Bare:
             x = resize_crop(load_image(f, spec), spec)
             backend.infer(x[None])
             self.prepared.append(x)
-        self.serial_s = time.perf_counter() - t0
-        backend.infer(np.stack(self.prepared[:backend.max_batch]))  # warm-up at full batch size
+        self.serial_s = time.perf_counter() - t0  # every batch size was warmed up at load (model.warm_up)
 
     def run(self) -> tuple[float, list[float]]:
         backend = self.model.backend
@@ -251,11 +250,11 @@ def _rss_subprocess(model_path: Path, folder: Path, workdir: Path, batch_size: i
     args += _backend_args(backend)
     rss, log_text = peak_rss("from fsac.runtime.cli import main; sys.exit(main())", args)
     m = re.search(r"([\d.]+) frames/s", log_text)
+    kw = _backend_kw(backend)  # the same ModelConfig keywords as the in-process passes, as JSON
+    if "openvino" in kw:
+        kw["openvino"] = kw["openvino"].model_dump()
     bare_rss, _ = peak_rss(_BARE_RSS_SCRIPT, [str(model_path), str(folder), str(batch_size), str(threads),
-                                               ",".join(providers), "1" if spin_wait else "0",
-                                               (backend or {}).get("backend") or "",
-                                               (backend or {}).get("precision") or "",
-                                               str((backend or {}).get("streams") or 0)])
+                                               ",".join(providers), "1" if spin_wait else "0", json.dumps(kw)])
     if rss is None or bare_rss is None:
         raise FsacError("peak memory needs /proc/self/status (Linux); run with --no-rss elsewhere")
     out = {"rss_peak_bytes": rss, "bare_rss_peak_bytes": bare_rss, "subprocess_fps": float(m.group(1)) if m else None}
@@ -266,17 +265,19 @@ def _rss_subprocess(model_path: Path, folder: Path, workdir: Path, batch_size: i
 
 
 _BARE_RSS_SCRIPT = """
+import json
 import sys
 import numpy as np
 from fsac.preprocess import list_images, load_image, resize_crop
 from fsac.runtime.backends import load_model
 from fsac.runtime.config import ModelConfig
 from fsac.runtime.config import OpenVinoConfig
+kw = json.loads(sys.argv[7])
+if "openvino" in kw:
+    kw["openvino"] = OpenVinoConfig(**kw["openvino"])
 cfg = ModelConfig(path=sys.argv[1], batch_size=int(sys.argv[3]), threads=int(sys.argv[4]),
-                  providers=[p for p in sys.argv[5].split(",") if p], threshold=0.5, spin_wait=sys.argv[6] == "1")
-if sys.argv[7]:
-    cfg.backend = sys.argv[7]
-cfg.openvino = OpenVinoConfig(precision=sys.argv[8] or "auto", streams=int(sys.argv[9]))
+                  providers=[p for p in sys.argv[5].split(",") if p], threshold=0.5, spin_wait=sys.argv[6] == "1",
+                  **kw)
 model = load_model(cfg)
 spec, backend = model.info.preprocess, model.backend
 files = list_images(sys.argv[2])

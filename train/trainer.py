@@ -34,7 +34,6 @@ from fsac.io import sha256_file
 from fsac.preprocess import preprocess_file, stack
 from fsac.train.backbone import Backbone
 from fsac.train import precision as encoder_precisions
-from fsac.train.precision import resolve_encoder_precision
 from fsac.train.checkpoint import TrainedModel
 from fsac.train.model import FSACHead, HeadConfig, contrastive_loss
 from fsac.train.presets import DEFAULT_PRESET, PRESETS, overrides
@@ -340,8 +339,10 @@ def train(backbone: Backbone, image_paths: list[Path], object_name: str, cfg: Tr
         text = cached_text(backbone, object_name)
     t_pos, t_neg, prompts = text
     timings["text_s"] = time.perf_counter() - t0
-    precision = cache.precision if cache is not None else resolve_encoder_precision(cfg.encoder_precision,
-                                                                                      backbone.device)
+    if cache is not None:
+        precision = cache.precision
+    else:
+        precision = encoder_precisions.resolve_encoder_precision(cfg.encoder_precision, backbone.device)
 
     t0 = time.perf_counter()
     # The bar counts only images actually encoded: shots already in the cache are not.
