@@ -1,6 +1,6 @@
 """`fsac export` commands (plain functions with typer annotations; fsac/cli.py registers them).
 
-    fsac export CHECKPOINT [-o model.onnx] [--check-images DIR] [--optimize slim|ort|none]
+    fsac export CHECKPOINT [-o model.onnx] [--check-images DIR] [--optimize slim|ort|none] [--attention lean|torch]
                            [--engine --precision fp16|fp32|int8] [--force]
     fsac engine MODEL.onnx [--precision fp16|int8] [--max-batch 8]   (on the Jetson)
 
@@ -44,6 +44,9 @@ def export_command(
     optimize: Annotated[str, typer.Option(help="graph optimisation: slim (onnxslim, portable), ort (onnxruntime "
                                                "transformer fusions, ONNX Runtime only) or none")] = "slim",
     opset: Annotated[int, typer.Option(help="ONNX opset")] = 17,
+    attention: Annotated[str, typer.Option(help="how the encoder's self-attention is traced: lean (2 Transposes per "
+                                                "block, faster in OpenVINO and ONNX Runtime) or torch (torch's own "
+                                                "slow-path graph); parity is checked either way")] = "lean",
     weights: Annotated[Optional[str], typer.Option(help="backbone weights (tag or file) if not the recorded ones")] = None,
     engine: Annotated[bool, typer.Option("--engine", help="also build a TensorRT engine (run this on the target device)")] = False,
     precision: Annotated[str, typer.Option(help="engine precision: fp16, fp32 or int8 (int8 needs --int8-model)")] = "fp16",
@@ -59,6 +62,8 @@ def export_command(
         raise FsacError(f"{out} exists; pass --force to overwrite it")
     if optimize not in ("slim", "ort", "none"):
         raise FsacError(f"--optimize must be slim, ort or none, got {optimize!r}")
+    if attention not in ("lean", "torch"):
+        raise FsacError(f"--attention must be lean or torch, got {attention!r}")
     if engine and precision == "int8" and int8_model is None:
         raise FsacError("--engine --precision int8 needs --int8-model (the output of `fsac quantize --target tensorrt`)")
     if not (0 < tolerance <= 1e-4):
@@ -77,7 +82,7 @@ def export_command(
     images = _parity_image_paths(folder, ck_meta, check_images)
     trained = load_checkpoint(checkpoint, weights=weights, device="cpu", quiet=quiet)
     result = export_trained(trained, checkpoint_sha256(checkpoint), out, images, force=force, tolerance=tolerance,
-                            optimize=optimize, opset=opset, quiet=quiet, release_torch=True,
+                            optimize=optimize, opset=opset, quiet=quiet, release_torch=True, attention=attention,
                             extra_meta={"fsac.train_images": json.dumps(ck_meta.get("train_images", [])),
                                         "fsac.train_preset": _preset_text(ck_meta.get("train") or {}),
                                         "fsac.training_diagnostics": json.dumps(ck_meta.get("diagnostics", {}))})
@@ -111,7 +116,8 @@ def _parity_image_paths(folder: Path, ck_meta: dict, check_images) -> list[Path]
 
 def export_trained(trained, checkpoint_sha: str, out: Path, image_paths: list[Path], force: bool = False,
                    tolerance: float = 1e-4, optimize: str = "slim", opset: int = 17, quiet: bool = False,
-                   extra_meta: dict[str, str] | None = None, release_torch: bool = False) -> dict:
+                   extra_meta: dict[str, str] | None = None, release_torch: bool = False,
+                   attention: str = "lean") -> dict:
     """The export itself, for a TrainedModel already in memory (also used by the benchmark).
 
     trace -> parity (ORT vs torch on the real images) -> optimise (measured, parity
@@ -145,13 +151,13 @@ def export_trained(trained, checkpoint_sha: str, out: Path, image_paths: list[Pa
     scratch = out.parent / f".{out.name}.trace.onnx"
     try:
         t0 = time.perf_counter()
-        export_onnx(deploy, spec.image_size, opset, path=scratch)
+        export_onnx(deploy, spec.image_size, opset, path=scratch, attention=attention)
         export_s = time.perf_counter() - t0
         if release_torch:
             del deploy
             _release_torch(trained)
         graph = load_traced(scratch)
-        _say(quiet, f"traced to ONNX (opset {opset}) in {export_s:.1f} s")
+        _say(quiet, f"traced to ONNX (opset {opset}, {attention} attention) in {export_s:.1f} s")
         tau = trained.head.cfg.tau
         parity = check_parity(torch_out, graph, pixels, names, tau, tolerance, "fp32 ONNX graph")
         _say(quiet, f"parity: {parity.summary()}")
@@ -191,7 +197,7 @@ def export_trained(trained, checkpoint_sha: str, out: Path, image_paths: list[Pa
         "fsac.gflop_per_image": f"{gflop:.4f}",
         **(extra_meta or {}),
     }
-    meta = build_metadata(trained, checkpoint_sha, opset, "fp32", extra)
+    meta = build_metadata(trained, checkpoint_sha, opset, "fp32", extra, attention=attention)
     write_with_metadata(out, graph, meta, force=force)  # streamed: no second copy of the model in memory
     del graph
     _, info = load_model_file(out)  # read back: seal verifies, metadata parses
