@@ -24,6 +24,7 @@ ROW_PRECISION = {
     "openvino f32": "fp32",
     "openvino bf16": "bf16",
     "openvino int8": "int8",
+    "openvino int8_bf16": "int8",
     "tensorrt fp16": "fp16",
 }
 
@@ -54,6 +55,8 @@ def openvino_backends(fp32_path: Path, int8_path: Path | None, threads: int, bat
         notes.append(f"OpenVINO bf16 not timed: the CPU device has no BF16 capability ({', '.join(caps)})")
     if int8_path is not None:
         wanted.append(("openvino int8", int8_path, "int8"))
+        if "BF16" in caps:
+            wanted.append(("openvino int8_bf16", int8_path, "int8_bf16"))
     import dataclasses
 
     fp32_info = inspect_model_file(fp32_path)  # verifies the seal
@@ -265,12 +268,14 @@ def feature_cosines(fp32_path: Path, int8_path: Path | None, pixels: np.ndarray,
     def ov_feature(data: bytes, precision: str) -> np.ndarray:
         import openvino as ov
 
+        from fsac.runtime.openvino_backend import FLOAT_HINT
+
         core = ov.Core()
         fe = ov.frontend.FrontEndManager().load_by_framework("onnx")
         import io
 
         model = fe.convert(fe.load(io.BytesIO(data)))
-        hint = "f32" if precision == "int8" else precision
+        hint = FLOAT_HINT[precision]
         cm = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": hint, "INFERENCE_NUM_THREADS": threads})
         req = cm.create_infer_request()
         outs = []
@@ -283,13 +288,14 @@ def feature_cosines(fp32_path: Path, int8_path: Path | None, pixels: np.ndarray,
     data = _with_output(fp32_path, name)
     ref = ort_feature(data)
     for p in ov_precisions:
-        if p != "int8":
+        if not p.startswith("int8"):
             out[f"openvino {p}"] = cos(ov_feature(data, p), ref)
     del data
     if int8_path is not None:
         qdata = _with_output(int8_path, name)
         if qdata is not None:
             out["onnxruntime int8"] = cos(ort_feature(qdata), ref)
-            if "int8" in ov_precisions:
-                out["openvino int8"] = cos(ov_feature(qdata, "int8"), ref)
+            for p in ov_precisions:
+                if p.startswith("int8"):
+                    out[f"openvino {p}"] = cos(ov_feature(qdata, p), ref)
     return out

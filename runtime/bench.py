@@ -493,7 +493,7 @@ try:  # typer is a base dependency; the runtime itself does not need it
                                             help="alternate bare and daemon passes this many times")] = 2,
         backend: Annotated[str, typer.Option("--backend", help="model.backend (onnxruntime, openvino; "
                                              "default: the config default)")] = "",
-        precision: Annotated[str, typer.Option("--precision", help="model.openvino.precision (f32, bf16, int8, "
+        precision: Annotated[str, typer.Option("--precision", help="model.openvino.precision (f32, bf16, int8, int8_bf16, "
                                                "auto) for --backend openvino")] = "",
         streams: Annotated[int, typer.Option("--streams", min=0, help="model.openvino.streams for --backend "
                                              "openvino (0: one stream, the latency hint)")] = 0,

@@ -207,6 +207,7 @@ def build_auto(cfg, data: bytes | str, info, logit_threshold: float) -> tuple[An
     if qdata is not None:
         candidates["onnxruntime int8"] = ort(qdata, qinfo)
         candidates["openvino int8"] = openvino(qdata, qinfo, "int8")
+        candidates["openvino int8_bf16"] = openvino(qdata, qinfo, "int8_bf16")
     notes = []
     if info.metadata.get("fsac.weights_random") == "true":
         notes.append("RANDOM backbone weights: the logits barely vary between images, so the agreement bounds "

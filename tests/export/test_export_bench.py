@@ -21,14 +21,14 @@ def test_bench_tiny_end_to_end(bottle, tmp_path, models):
 
     ov_rows = {"openvino f32", "openvino int8"}
     if "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
-        ov_rows.add("openvino bf16")
+        ov_rows |= {"openvino bf16", "openvino int8_bf16"}
     assert {"pytorch eager fp32", "onnxruntime fp32", "onnxruntime int8", "onnxruntime int8 [all-ops]"} | ov_rows == names
     # the machine's own peaks, measured in this run, and each row's fraction of its matching peak
     pk = res["peaks"]
     assert pk["fp32"] > 0 and pk["int8"] > 0 and pk["measured"]["numpy sgemm"] > 0
     assert res["cpu_flags"] == pk["flags"] and pk["cpu_class"] in ("amx", "avx512-vnni", "avx512", "avx2", "other")
     for name, b in res["backends"].items():
-        want = "int8" if "int8" in name else ("bf16" if "bf16" in name else "fp32")
+        want = "int8" if "int8" in name else ("bf16" if "bf16" in name else "fp32")  # int8_bf16: int8
         assert b["precision"] == want and b["peak_gops"] == pk[want]
         if b["peak_gops"]:
             assert b["pct_of_peak_b1"] == pytest.approx(100 * b["gflops_b1"] / b["peak_gops"])

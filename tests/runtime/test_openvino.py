@@ -98,6 +98,29 @@ def test_openvino_int8_runs_the_qdq_file_like_onnxruntime(tiny_files, pixels):
     assert 1e-5 < err_ov <= 2 * err_ort, (err_ov, err_ort)
 
 
+def test_openvino_int8_bf16_runs_the_float_parts_in_bf16(tiny_files, pixels):
+    """int8_bf16: the same QDQ file, its float parts at bf16. Not the int8 (f32 rest) result
+    bit for bit (so the hint took effect), and still within a fraction of the logit spread."""
+    import openvino as ov
+
+    fp32, int8 = tiny_files
+    if "BF16" not in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        with pytest.raises(FsacError, match=r"precision=int8_bf16: .* no bf16 support"):
+            _outputs(int8, pixels, backend="openvino", openvino=OpenVinoConfig(precision="int8_bf16"))
+        return
+    ref_f = _logit(_outputs(fp32, pixels, backend="onnxruntime"))
+    got = {}
+    for p in ("int8", "int8_bf16"):
+        model = load_model(ModelConfig(path=str(int8), threshold=0.5, backend="openvino",
+                                       openvino=OpenVinoConfig(precision=p)))
+        assert model.backend.precision == p
+        assert model.backend.providers[0].endswith(p)
+        got[p] = _logit(model.backend.infer(pixels))
+    spread = ref_f.max() - ref_f.min()
+    assert np.abs(got["int8_bf16"] - got["int8"]).max() > 0
+    assert np.abs(got["int8_bf16"] - ref_f).max() < 0.5 * spread
+
+
 def test_openvino_refuses_int8_on_an_fp32_file_and_unknown_device(tiny_files):
     with pytest.raises(FsacError, match=r"model\.openvino\.precision=int8 needs an INT8 QDQ model"):
         load_model(ModelConfig(path=str(tiny_files[0]), threshold=0.5, backend="openvino",
@@ -117,8 +140,13 @@ def test_resolve_precision_follows_the_device():
     assert resolve_precision("auto", ["FP32", "INT8"], Info, "CPU") == "f32"
     with pytest.raises(FsacError, match="no bf16 support"):
         resolve_precision("bf16", ["FP32", "INT8"], Info, "CPU")
+    with pytest.raises(FsacError, match="precision=int8_bf16 needs an INT8 QDQ model"):
+        resolve_precision("int8_bf16", ["FP32", "BF16"], Info, "CPU")
     Info.precision = "int8"
     assert resolve_precision("auto", ["FP32", "BF16"], Info, "CPU") == "int8"
+    assert resolve_precision("int8_bf16", ["FP32", "BF16", "INT8"], Info, "CPU") == "int8_bf16"
+    with pytest.raises(FsacError, match="precision=int8_bf16: OpenVINO device CPU has no bf16 support.*use int8"):
+        resolve_precision("int8_bf16", ["FP32", "INT8"], Info, "CPU")
 
 
 def test_openvino_refuses_a_tampered_file_before_compiling(tiny_files, tmp_path):

@@ -33,7 +33,8 @@ def test_auto_measures_candidates_and_serves_the_fastest_that_agrees(tiny_files,
                                    int8_path=str(int8)))
     sel = model.selection
     names = [c.name for c in sel.candidates]
-    assert names == ["onnxruntime fp32", "openvino f32", "openvino bf16", "onnxruntime int8", "openvino int8"]
+    assert names == ["onnxruntime fp32", "openvino f32", "openvino bf16", "onnxruntime int8", "openvino int8",
+                     "openvino int8_bf16"]
     assert sel.images == 12 and sel.reference == "onnxruntime fp32"
     ref = sel.candidates[0]
     assert ref.qualified and ref.ms_batch1 > 0
