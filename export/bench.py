@@ -148,7 +148,7 @@ def _probe(kind: str, source: str, pixels_path: str, threads: int, fp32_source: 
 
         precision = kind.split(":", 1)[1]
         info = inspect_model_file(fp32_source) if fp32_source else inspect_model_file(source)
-        info = dataclasses.replace(info, precision="int8" if precision == "int8" else info.precision)
+        info = dataclasses.replace(info, precision="int8" if precision.startswith("int8") else info.precision)
         b = OpenVinoBackend(source, info, precision=precision, threads=threads, batch_size=len(pixels))
         b.infer(pixels)
     else:
@@ -428,7 +428,7 @@ def bench_export_command(
             mem["onnxruntime fp32"] = peak_memory("onnx", str(fp32_file), eval_px[:batch], threads, tmp)
             mem["onnxruntime int8"] = peak_memory("onnx", str(int8_path), eval_px[:batch], threads, tmp)
             for name, ovb in ov_backends.items():
-                src = int8_path if ovb.precision == "int8" else fp32_file
+                src = int8_path if ovb.precision.startswith("int8") else fp32_file
                 mem[name] = peak_memory(f"openvino:{ovb.precision}", str(src), eval_px[:batch], threads, tmp,
                                         str(fp32_file))
         else:
