@@ -1,35 +1,55 @@
-"""`fsac bench isa`: OpenVINO fp32 against INT8 with the CPU's instruction set capped, so that
-one machine can say what the older classes of line-side PCs would get.
+"""`fsac bench isa`: fp32 against INT8 with the CPU made to look like an older one, so that one
+machine can say what the older classes of line-side PCs would get.
 
-Each cap runs in its own process with `ONEDNN_MAX_CPU_ISA` set before OpenVINO loads (oneDNN,
-and the OpenVINO CPU plugin built on it, read it once): AVX2 is an AVX2-only PC (Haswell to
-Comet Lake), AVX2_VNNI an AVX2 PC with AVX-VNNI (Alder Lake and later Core CPUs, no AVX-512),
-AVX512_CORE_VNNI a Cascade Lake / Ice Lake class CPU, no cap this CPU itself. Only OpenVINO is capped: ONNX
-Runtime's MLAS kernels pick their instructions from cpuid and have no such setting, so they are
-not timed here. A capped CPU is an emulation of an older one (same caches, clocks and memory),
-so read the ratios, not the milliseconds. Models are read as sealed fsac files (seal verified).
+Caps: AVX2 is an AVX2-only PC (Haswell to Comet Lake), AVX2_VNNI an AVX2 PC with AVX-VNNI
+(Alder Lake and later Core CPUs, no AVX-512), AVX512_CORE_VNNI a Cascade Lake / Ice Lake class
+CPU, no cap this CPU itself. Each cap runs in its own process, by one of two methods:
+
+  cpuid   `runtime/native/cpuid_mask.c`, compiled here with the system C compiler and
+          LD_PRELOADed: CPUID faulting makes every library see the older CPU's feature bits,
+          so ONNX Runtime's MLAS kernels, oneDNN and OpenVINO's own JIT kernels all pick the
+          older instructions, and both runtimes are timed.
+  onednn  where that cannot work (no C compiler, no CPUID faulting): ONEDNN_MAX_CPU_ISA only,
+          which caps oneDNN's kernels inside OpenVINO but not OpenVINO's own nor ONNX
+          Runtime's (MLAS reads cpuid and has no such setting): OpenVINO rows only.
+
+The cap seen by the child is reported with every row. A capped CPU keeps its caches, clocks
+and memory: read the ratios, not the milliseconds. Models are read as sealed fsac files.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 CAPS = ("AVX2", "AVX2_VNNI", "AVX512_CORE_VNNI", "")  # "" = no cap (this CPU)
+MASK_SOURCE = Path(__file__).resolve().parent / "native" / "cpuid_mask.c"
 
 _CHILD = r"""
-import json, os, sys, time
+import ctypes, json, os, sys, time
 import numpy as np
 from fsac.runtime.backends import load_model
 from fsac.runtime.config import ModelConfig, OpenVinoConfig
-out = {"cap_seen": os.environ.get("ONEDNN_MAX_CPU_ISA", "")}
-for name, path, precision in (("fp32", sys.argv[1], "f32"), ("int8", sys.argv[2], "int8")):
-    model = load_model(ModelConfig(path=path, threshold=0.5, backend="openvino", batch_size=1, threads=int(sys.argv[4]),
-                                   openvino=OpenVinoConfig(precision=precision)))
+try:
+    mask = ctypes.CDLL(None).fsac_cpuid_cap()
+except AttributeError:
+    mask = None
+out = {"cap_seen": os.environ.get("FSAC_CPUID_CAP") or os.environ.get("ONEDNN_MAX_CPU_ISA", ""),
+       "cpuid_mask_level": mask}
+runs = [("openvino", "fp32", sys.argv[1], "f32"), ("openvino", "int8", sys.argv[2], "int8")]
+if sys.argv[5] in ("cpuid", "none"):
+    runs = [("onnxruntime", "fp32", sys.argv[1], ""), ("onnxruntime", "int8", sys.argv[2], "")] + runs
+for backend, name, path, precision in runs:
+    kw = {"openvino": OpenVinoConfig(precision=precision)} if backend == "openvino" else {}
+    model = load_model(ModelConfig(path=path, threshold=0.5, backend=backend, batch_size=1, threads=int(sys.argv[4]),
+                                   **kw))
     size = model.info.image_size
     x = np.random.default_rng(0).integers(0, 256, (1, size, size, 3), dtype=np.uint8)
     for _ in range(2):
@@ -39,30 +59,96 @@ for name, path, precision in (("fp32", sys.argv[1], "f32"), ("int8", sys.argv[2]
         t = time.perf_counter()
         model.backend.infer(x)
         times.append(time.perf_counter() - t)
-    out[name] = 1000 * float(np.median(times))
+    out[f"{backend} {name}"] = 1000 * float(np.median(times))
+    if backend == "openvino" and name == "fp32":
+        import openvino as ov
+        out["openvino_capabilities"] = [str(c) for c in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")]
     model.backend.close()
 print("FSAC-ISA " + json.dumps(out))
 """
 
+_LEVEL = {"AVX2": 1, "AVX2_VNNI": 2, "AVX512_CORE_VNNI": 3}
+
+
+def build_cpuid_mask(cache_dir: str | os.PathLike | None = None) -> tuple[Path | None, str]:
+    """Compile cpuid_mask.c (once per source version) -> (the .so, "") or (None, why not)."""
+    cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+    if cc is None:
+        return None, "no C compiler (cc / gcc) to build the CPUID mask"
+    if not MASK_SOURCE.is_file():
+        return None, f"{MASK_SOURCE} is missing"
+    digest = hashlib.sha256(MASK_SOURCE.read_bytes()).hexdigest()[:12]
+    folder = Path(cache_dir or Path(tempfile.gettempdir()) / f"fsac-{os.getuid()}")
+    folder.mkdir(parents=True, exist_ok=True)
+    lib = folder / f"cpuid_mask-{digest}.so"
+    if lib.is_file():
+        return lib, ""
+    tmp = lib.with_suffix(f".{os.getpid()}.tmp")
+    proc = subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", str(tmp), str(MASK_SOURCE)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        return None, f"building the CPUID mask failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}"
+    os.replace(tmp, lib)
+    return lib, ""
+
+
+def _run_child(fp32_model, int8_model, repeats: int, threads: int, cap: str, method: str,
+               lib: Path | None) -> subprocess.CompletedProcess:
+    drop = ("ONEDNN_MAX_CPU_ISA", "FSAC_CPUID_CAP", "LD_PRELOAD", "PYTHONFAULTHANDLER")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    if cap:
+        env["ONEDNN_MAX_CPU_ISA"] = cap
+        if method == "cpuid":
+            env["FSAC_CPUID_CAP"] = cap
+            env["LD_PRELOAD"] = str(lib)
+    return subprocess.run([sys.executable, "-c", _CHILD, str(fp32_model), str(int8_model), str(repeats),
+                           str(threads), method], env=env, capture_output=True, text=True)
+
 
 def bench_isa(fp32_model: str | os.PathLike, int8_model: str | os.PathLike, repeats: int = 8,
-              threads: int = 0, caps: tuple[str, ...] = CAPS) -> list[dict[str, Any]]:
-    """Median batch-1 ms of OpenVINO f32 (the fp32 file) and int8 (the QDQ file) under each cap."""
+              threads: int = 0, caps: tuple[str, ...] = CAPS, method: str = "auto") -> list[dict[str, Any]]:
+    """Median batch-1 ms of fp32 (the fp32 file) and int8 (the QDQ file) under each cap:
+    ONNX Runtime and OpenVINO with the CPUID mask, OpenVINO only with the oneDNN cap.
+    method: auto (cpuid where it works, else onednn), cpuid or onednn."""
+    notes: list[str] = []
+    lib = None
+    if method in ("auto", "cpuid"):
+        lib, why = build_cpuid_mask()
+        if lib is None:
+            if method == "cpuid":
+                return [{"cap": c or "none", "error": why} for c in caps]
+            notes.append(why)
     rows = []
     for cap in caps:
-        env = {k: v for k, v in os.environ.items() if k != "ONEDNN_MAX_CPU_ISA"}
-        if cap:
-            env["ONEDNN_MAX_CPU_ISA"] = cap
-        proc = subprocess.run([sys.executable, "-c", _CHILD, str(fp32_model), str(int8_model), str(repeats),
-                               str(threads)], env=env, capture_output=True, text=True)
+        use = "onednn" if method == "onednn" or lib is None else "cpuid"
+        if not cap:  # this CPU as it is: both runtimes, no mask
+            use = "none" if lib is not None else "onednn"
+        proc = _run_child(fp32_model, int8_model, repeats, threads, cap, use, lib)
+        if proc.returncode == 3 and use == "cpuid" and method == "auto":  # no CPUID faulting on this CPU / kernel
+            notes.append((proc.stderr.strip().splitlines() or ["CPUID faulting unavailable"])[-1])
+            lib, use = None, "onednn"
+            proc = _run_child(fp32_model, int8_model, repeats, threads, cap, use, lib)
         line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("FSAC-ISA ")), None)
         if proc.returncode != 0 or line is None:
             tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-            rows.append({"cap": cap or "none", "error": tail})
+            rows.append({"cap": cap or "none", "method": use, "error": tail})
             continue
         ms = json.loads(line.split(" ", 1)[1])
-        rows.append({"cap": cap or "none", "cap_seen": ms["cap_seen"], "fp32_ms": ms["fp32"],
-                     "int8_ms": ms["int8"], "int8_speedup": ms["fp32"] / ms["int8"]})
+        if use == "cpuid" and ms["cpuid_mask_level"] != _LEVEL.get(cap, 0) and cap:
+            rows.append({"cap": cap, "method": use, "error": f"the CPUID mask did not take effect "
+                                                          f"(level {ms['cpuid_mask_level']})"})
+            continue
+        row = {"cap": cap or "none", "method": use, "cap_seen": ms["cap_seen"],
+               "openvino_capabilities": ms.get("openvino_capabilities", []), "notes": notes[:]}
+        for rt in ("onnxruntime", "openvino"):
+            if f"{rt} fp32" in ms:
+                row[f"{rt}_fp32_ms"], row[f"{rt}_int8_ms"] = ms[f"{rt} fp32"], ms[f"{rt} int8"]
+                row[f"{rt}_int8_speedup"] = ms[f"{rt} fp32"] / ms[f"{rt} int8"]
+        # What `model.backend: auto` could reach: the fastest int8 against the fastest fp32.
+        fp32 = min(v for k, v in ms.items() if k.endswith(" fp32"))
+        int8 = min(v for k, v in ms.items() if k.endswith(" int8"))
+        row.update(fp32_ms=fp32, int8_ms=int8, int8_speedup=fp32 / int8)
+        rows.append(row)
     return rows
 
 
@@ -74,17 +160,28 @@ TARGETS = {"AVX2": 1.8, "AVX2_VNNI": 1.8, "AVX512_CORE_VNNI": 2.5}
 def format_rows(rows: list[dict[str, Any]]) -> str:
     from fsac.peaks import cpu_flags, matrix_flags
 
-    lines = [f"OpenVINO batch 1, median ms; CPU flags: {' '.join(matrix_flags(cpu_flags()))}",
-             f"  {'ONEDNN_MAX_CPU_ISA':<20} {'f32':>9} {'int8':>9} {'int8 vs f32':>12}"]
+    lines = [f"batch 1, median ms; CPU flags: {' '.join(matrix_flags(cpu_flags()))}",
+             f"  {'cap':<18} {'method':<7} {'ORT f32':>8} {'ORT int8':>9} {'ratio':>6}  {'OV f32':>7} {'OV int8':>8} "
+             f"{'ratio':>6}  {'best int8 vs best f32':>22}"]
     for r in rows:
         if "error" in r:
-            lines.append(f"  {r['cap']:<20} failed: {r['error']}")
+            lines.append(f"  {r['cap']:<18} failed: {r['error']}")
             continue
+        ort = (f"{r['onnxruntime_fp32_ms']:8.1f} {r['onnxruntime_int8_ms']:9.1f} {r['onnxruntime_int8_speedup']:5.2f}x"
+               if "onnxruntime_fp32_ms" in r else f"{'-':>8} {'-':>9} {'-':>6}")
+        ov = f"{r['openvino_fp32_ms']:7.1f} {r['openvino_int8_ms']:8.1f} {r['openvino_int8_speedup']:5.2f}x"
         target = TARGETS.get(r["cap"])
         verdict = "" if target is None else (f"  (target >= {target}x: "
                                               f"{'met' if r['int8_speedup'] >= target else 'NOT met'})")
-        lines.append(f"  {r['cap']:<20} {r['fp32_ms']:9.1f} {r['int8_ms']:9.1f} {r['int8_speedup']:11.2f}x{verdict}")
-    lines.append("  a capped CPU emulates an older one (same caches and clocks); ONNX Runtime cannot be capped")
+        lines.append(f"  {r['cap']:<18} {r['method']:<7} {ort}  {ov}  {r['int8_speedup']:21.2f}x{verdict}")
+    methods = {r.get("method") for r in rows if "error" not in r}
+    if "cpuid" in methods:
+        lines.append("  cpuid: every library sees the older CPU's CPUID bits (runtime/native/cpuid_mask.c)")
+    if "onednn" in methods:
+        lines.append("  onednn: ONEDNN_MAX_CPU_ISA caps oneDNN only; ONNX Runtime cannot be capped that way")
+    for note in sorted({n for r in rows for n in r.get("notes", [])}):
+        lines.append(f"  note: {note}")
+    lines.append("  a capped CPU emulates an older one (same caches and clocks): read the ratios")
     return "\n".join(lines)
 
 
@@ -100,10 +197,15 @@ try:  # typer is a base dependency; the runtime itself does not need it
                                            dir_okay=False)],
         repeats: Annotated[int, typer.Option("--repeats", min=1, help="timed calls per model and cap")] = 8,
         threads: Annotated[int, typer.Option("--threads", min=0, help="OpenVINO threads (0: its choice)")] = 0,
+        method: Annotated[str, typer.Option("--method", help="auto (the CPUID mask where it works), cpuid "
+                                                              "or onednn (ONEDNN_MAX_CPU_ISA, OpenVINO only)")] = "auto",
         out: Annotated[Optional[Path], typer.Option("--out", help="write the rows as JSON")] = None,
     ) -> None:
-        """OpenVINO fp32 vs INT8 with the instruction set capped at AVX2, AVX2 + VNNI and AVX-512 VNNI."""
-        rows = bench_isa(model, int8, repeats, threads)
+        """fp32 vs INT8 (ONNX Runtime and OpenVINO) with the CPU made to look like AVX2, AVX2 + VNNI
+        and AVX-512 VNNI ones."""
+        if method not in ("auto", "cpuid", "onednn"):
+            raise typer.BadParameter(f"--method must be auto, cpuid or onednn, got {method!r}")
+        rows = bench_isa(model, int8, repeats, threads, method=method)
         typer.echo(format_rows(rows))
         if out is not None:
             from fsac.io import atomic_write_json

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -172,20 +173,63 @@ def test_bench_runtime_times_the_openvino_backend_against_the_peaks(tiny_files, 
     assert "backend openvino fp32" in text and "CPU flags:" in text and "% of the fp32 peak" in text
 
 
+def _cpuid_fault() -> bool:
+    return "cpuid_fault" in Path("/proc/cpuinfo").read_text()
+
+
 def test_bench_isa_times_fp32_and_int8_under_each_cap(tiny_files, monkeypatch):
-    """`fsac bench isa`: each cap in its own process (ONEDNN_MAX_CPU_ISA set before OpenVINO
-    loads); a cap this CPU cannot honour, or a broken file, is a row with the reason."""
+    """`fsac bench isa`: each cap in its own process; with the CPUID mask both runtimes are
+    timed and the child itself reports the mask in force; a broken file is a row with the
+    reason. The caller's own cap settings must not leak into the uncapped row."""
     from fsac.runtime.bench_isa import bench_isa, format_rows
 
-    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # the caller's own cap must not leak into "none"
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    monkeypatch.setenv("FSAC_CPUID_CAP", "AVX2")
     rows = bench_isa(tiny_files[0], tiny_files[1], repeats=2, caps=("AVX2", ""))
     assert [r["cap"] for r in rows] == ["AVX2", "none"]
     assert [r["cap_seen"] for r in rows] == ["AVX2", ""]
     for r in rows:
         assert "error" not in r, r
-        assert r["fp32_ms"] > 0 and r["int8_ms"] > 0
+        assert r["openvino_fp32_ms"] > 0 and r["openvino_int8_ms"] > 0
         assert r["int8_speedup"] == pytest.approx(r["fp32_ms"] / r["int8_ms"])
+        assert r["fp32_ms"] == min(v for k, v in r.items() if k.endswith("_fp32_ms") and k != "fp32_ms")
     text = format_rows(rows)
-    assert "AVX2" in text and "target >= 1.8x" in text and "ONNX Runtime cannot be capped" in text
+    assert "AVX2" in text and "target >= 1.8x" in text
+    if _cpuid_fault():  # this machine can fault on CPUID: the mask must work, for both runtimes
+        assert [r["method"] for r in rows] == ["cpuid", "none"]
+        assert all(r["onnxruntime_fp32_ms"] > 0 and r["onnxruntime_int8_ms"] > 0 for r in rows)
+        # OpenVINO sees no bf16 under the AVX2 mask, whatever this CPU has
+        assert "BF16" not in rows[0]["openvino_capabilities"]
+        assert "every library sees the older CPU" in text
+    else:
+        assert rows[0]["method"] == "onednn" and "onnxruntime_fp32_ms" not in rows[0]
+        assert "ONNX Runtime cannot be capped" in text
     broken = bench_isa(tiny_files[0], tiny_files[0], repeats=1, caps=("",))  # an fp32 file as the INT8 one
     assert "error" in broken[0] and "int8" in broken[0]["error"].lower()
+
+
+@pytest.mark.skipif(not _cpuid_fault(), reason="this CPU / kernel has no CPUID faulting (cpuid_fault)")
+def test_cpuid_mask_hides_the_matrix_units_from_every_library(tmp_path):
+    """The preloaded mask: OpenVINO's capabilities lose BF16 under AVX2 (where this CPU has
+    it), and a child reports the level in force; an unknown cap is refused."""
+    import subprocess
+    import sys
+
+    from fsac.runtime.bench_isa import build_cpuid_mask
+
+    lib, why = build_cpuid_mask(tmp_path)
+    assert lib is not None, why
+    code = ("import ctypes, openvino as ov; print(ctypes.CDLL(None).fsac_cpuid_cap(), "
+            "'BF16' in ov.Core().get_property('CPU', 'OPTIMIZATION_CAPABILITIES'))")
+
+    def run(cap):
+        env = {**os.environ, "LD_PRELOAD": str(lib), "FSAC_CPUID_CAP": cap}
+        return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+
+    import openvino as ov
+
+    has_bf16 = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    assert run("AVX2").stdout.split() == ["1", "False"]
+    assert run("").stdout.split() == ["0", str(has_bf16)]
+    bad = run("SSE2")
+    assert bad.returncode == 2 and "unknown cap SSE2" in bad.stderr
