@@ -216,6 +216,9 @@ def quantize_command(
     float_outputs: Annotated[bool, typer.Option("--float-outputs/--quantized-outputs",
                                                 help="matrix products give float outputs (cpu target; faster on ONNX "
                                                      "Runtime, one rounding fewer) or quantized ones")] = True,
+    engine: Annotated[str, typer.Option(help="who places the quantizers: onnxruntime (its quantizer, the settings "
+                                             "above) or nncf (Intel's NNCF, transformer preset: faster in OpenVINO "
+                                             "on AMX, slower in ONNX Runtime; pip install 'fsac[nncf]')")] = "onnxruntime",
     threshold: Annotated[Optional[float], typer.Option(help="verdict threshold in logit units for the agreement report [default: the model's]")] = None,
     alpha: Annotated[float, typer.Option(help="if the model has no threshold: conformal alpha on the fp32 calibration logits")] = 0.1,
     min_spearman: Annotated[float, typer.Option(help="refuse below this Spearman correlation with fp32")] = 0.99,
@@ -240,7 +243,8 @@ def quantize_command(
         raise FsacError(f"--ops must be matmul or all, got {ops!r}")
     settings = QuantizeSettings(method=calibration_method, target=target, per_channel=per_channel,
                                 reduce_range=reduce_range, percentile=percentile, scope=scope,
-                                op_types=None if ops == "all" else list(MATMUL_OPS), float_outputs=float_outputs)
+                                op_types=None if ops == "all" else list(MATMUL_OPS), float_outputs=float_outputs,
+                                engine=engine)
     if num_calib < 1:
         raise FsacError(f"--num-calib must be >= 1, got {num_calib}")
     data, info = load_model_file(model)

@@ -81,6 +81,9 @@ class QuantizeSettings:
     # ONNX Runtime then fuses DequantizeLinear -> MatMul into MatMulIntegerToFloat.
     # CPU target only: TensorRT places its own output scales from the QDQ pairs.
     float_outputs: bool = True
+    # Who places the quantizers: "onnxruntime" (its quantize_static, every setting above) or
+    # "nncf" (Intel's NNCF, transformer preset; see calibration/quantize_nncf.py).
+    engine: str = "onnxruntime"
 
     def __post_init__(self) -> None:
         if self.method not in CALIBRATION_METHODS:
@@ -91,6 +94,12 @@ class QuantizeSettings:
             raise FsacError(f"--scope must be one of {', '.join(SCOPES)}, got {self.scope!r}")
         if not (50.0 < self.percentile <= 100.0):
             raise FsacError(f"--percentile must be in (50, 100], got {self.percentile}")
+        from fsac.calibration.quantize_nncf import ENGINES, check_nncf_settings
+
+        if self.engine not in ENGINES:
+            raise FsacError(f"--engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        if self.engine == "nncf":
+            check_nncf_settings(self)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -120,6 +129,10 @@ def quantize_bytes(fp32: bytes, calib_pixels: np.ndarray, settings: QuantizeSett
 
     Metadata of the result is whatever the quantizer kept; the caller sets it.
     """
+    if settings.engine == "nncf":
+        from fsac.calibration.quantize_nncf import quantize_nncf
+
+        return quantize_nncf(fp32, calib_pixels, settings, work_dir)
     try:
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
         from onnxruntime.quantization.shape_inference import quant_pre_process

@@ -243,6 +243,7 @@ VARIANTS = {
     "percentile": {"method": "percentile"},
     "with-attention-products": {"const_weights_only": False},  # the pre-issue-11 default
     "quantized-outputs": {"float_outputs": False},  # QuantizeLinear after every product (before this stop)
+    "nncf": {"engine": "nncf"},  # Intel's NNCF places the quantizers (fsac quantize --engine nncf)
 }
 
 
