@@ -63,7 +63,6 @@ def quantize_nncf(fp32: bytes, calib_pixels: np.ndarray, settings,
     import onnx
 
     from fsac.calibration.quantize import encoder_partition
-    from fsac.export.onnx_export import serialize
 
     check_nncf_settings(settings)
     if len(calib_pixels) == 0:
@@ -91,4 +90,4 @@ def quantize_nncf(fp32: bytes, calib_pixels: np.ndarray, settings,
     info["quantize_s"] = time.perf_counter() - t0
     info["activation_type"] = "int8 (NNCF transformer preset)"
     info["weight_type"] = "int8 symmetric per-channel (NNCF)"
-    return serialize(q), info
+    return q.SerializeToString(), info  # the fp32 graph it came from was under protobuf's 2 GB
