@@ -217,9 +217,15 @@ def markdown_table(res: dict[str, Any]) -> str:
     e = res["export"]
     if e.get("peak_rss_bytes"):
         met = e["peak_rss_over_file"] <= TARGET_EXPORT_PEAK_OVER_FILE
-        lines.append(f"- `fsac export` (own process) peak RSS {e['peak_rss_bytes'] / 2**20:.0f} MiB = "
+        parts = e.get("peak_rss") or {}
+        detail = ""
+        if parts.get("trace_process_bytes"):
+            detail = (f"; tracing process {parts['trace_process_bytes'] / 2**20:.0f} MiB while the command held "
+                      f"{parts['export_process_while_tracing_bytes'] / 2**20:.0f}, torch-free half "
+                      f"{(parts.get('export_process_bytes') or 0) / 2**20:.0f}")
+        lines.append(f"- `fsac export` (own processes) peak RSS {e['peak_rss_bytes'] / 2**20:.0f} MiB = "
                      f"{e['peak_rss_over_file']:.2f}x the {e['size_bytes'] / 1e6:.0f} MB model file "
-                     f"(target <= {TARGET_EXPORT_PEAK_OVER_FILE}x: {'met' if met else 'NOT met'})")
+                     f"(target <= {TARGET_EXPORT_PEAK_OVER_FILE}x: {'met' if met else 'NOT met'}{detail})")
     lines += [f"- variant {k}: {v}" for k, v in res.get("variants", {}).items()]
     lines += [f"- note: {n}" for n in res["notes"]]
     return "\n".join(lines) + "\n"
@@ -513,7 +519,11 @@ def bench_export_command(
 
 
 def _export_subprocess(ck_path: Path, out: Path, images: list[Path], optimize: str, tmp: Path) -> dict[str, Any]:
-    """Run `fsac export` as a command; return its report with its peak RSS and the file size."""
+    """Run `fsac export` as a command; return its report with its peak RSS and the file size.
+
+    `fsac export` traces in a child process and waits for it, so its peak is the larger of
+    its own peak and (its resident memory while waiting + the child's peak); the export
+    report carries both of those figures, the parent's own peak is measured here."""
     from fsac.procmem import peak_rss
 
     report = tmp / "export-report.json"
@@ -521,6 +531,12 @@ def _export_subprocess(ck_path: Path, out: Path, images: list[Path], optimize: s
             "--quiet", *[a for p in images for a in ("--check-images", str(p))]]
     hwm, _log = peak_rss("from fsac.cli import run; sys.argv = ['fsac'] + sys.argv[1:]; run()", args)
     exp = json.loads(report.read_text())
+    parts = exp.get("peak_rss") or {}
+    child, waiting = parts.get("trace_process_bytes"), parts.get("export_process_while_tracing_bytes")
+    if hwm is not None and child is not None and waiting is not None:
+        hwm = max(hwm, waiting + child)
+    elif child is not None or waiting is not None:
+        hwm = None  # half the figure would flatter it
     exp["peak_rss_bytes"] = hwm
     exp["peak_rss_over_file"] = None if hwm is None else hwm / exp["size_bytes"]
     return exp

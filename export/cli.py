@@ -11,6 +11,7 @@ the edge runtime never pay for them.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -75,17 +76,25 @@ def export_command(
         import_tensorrt()
         cuda_device_name()
 
-    from fsac.train.checkpoint import checkpoint_sha256, load_checkpoint, read_checkpoint_meta
+    # The torch half (load, PyTorch reference, trace, weights written once) runs in its own
+    # process: its imports and the torch weights are gone before this one opens a session.
+    from fsac.export.finish import finish_export
+    from fsac.export.trace import run_in_child
+    from fsac.procmem import peak_rss_self, rss_bytes
 
-    folder, ck_meta = read_checkpoint_meta(checkpoint)
     t_start = time.perf_counter()
-    images = _parity_image_paths(folder, ck_meta, check_images)
-    trained = load_checkpoint(checkpoint, weights=weights, device="cpu", quiet=quiet)
-    result = export_trained(trained, checkpoint_sha256(checkpoint), out, images, force=force, tolerance=tolerance,
-                            optimize=optimize, opset=opset, quiet=quiet, release_torch=True, attention=attention,
-                            extra_meta={"fsac.train_images": json.dumps(ck_meta.get("train_images", [])),
-                                        "fsac.train_preset": _preset_text(ck_meta.get("train") or {}),
-                                        "fsac.training_diagnostics": json.dumps(ck_meta.get("diagnostics", {}))})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    workdir = _workdir_for(out)
+    try:
+        rss_waiting = rss_bytes()
+        job = {"checkpoint": str(checkpoint), "weights": weights, "opset": opset, "attention": attention,
+               "check_images": [str(p) for p in check_images] if check_images else None, "quiet": quiet}
+        info = run_in_child(job, workdir)
+        result = finish_export(workdir, info, out, force=force, tolerance=tolerance, optimize=optimize, quiet=quiet)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    result["peak_rss"] = {"trace_process_bytes": info.get("peak_rss_bytes"), "export_process_while_tracing_bytes":
+                          rss_waiting, "export_process_bytes": peak_rss_self()}
     result["total_s"] = time.perf_counter() - t_start
     if engine:
         from fsac.export.tensorrt_build import build_engine, default_engine_path
@@ -114,107 +123,36 @@ def _parity_image_paths(folder: Path, ck_meta: dict, check_images) -> list[Path]
     return select_parity_images(folder, ck_meta, check_images)
 
 
+def _workdir_for(out: Path) -> Path:
+    """The export's scratch folder, beside the output: its weight files are as large as the
+    model, and a tmpfs /tmp would hold them in memory."""
+    return out.parent / f".{out.name}.export"
+
+
 def export_trained(trained, checkpoint_sha: str, out: Path, image_paths: list[Path], force: bool = False,
                    tolerance: float = 1e-4, optimize: str = "slim", opset: int = 17, quiet: bool = False,
                    extra_meta: dict[str, str] | None = None, release_torch: bool = False,
                    attention: str = "lean") -> dict:
-    """The export itself, for a TrainedModel already in memory (also used by the benchmark).
-
-    trace -> parity (ORT vs torch on the real images) -> optimise (measured, parity
-    re-checked) -> metadata -> seal -> atomic write -> read back and verify.
+    """The export, both halves in this process, for a TrainedModel already in memory (the
+    benchmark, tests): `fsac.export.trace.trace_to_dir`, then `fsac.export.finish.finish_export`.
 
     release_torch: the caller is done with the torch model; its weights are freed once the
-    graph is traced (`fsac export`: its peak memory then holds one copy of the weights in
-    torch or in ONNX form, not both). The benchmark keeps them to time PyTorch afterwards.
+    graph is traced. The benchmark keeps them to time PyTorch afterwards.
     """
-    from fsac.metadata import write_with_metadata
-    from fsac.export.onnx_export import build_metadata, export_onnx, load_traced
-    from fsac.export.optimize import optimize_and_measure
-    from fsac.export.parity import check_parity, load_pixels, run_torch
-    from fsac.modelfile import load_model_file
-    from fsac.procmem import give_back_memory
+    from fsac.export.finish import finish_export
+    from fsac.export.trace import trace_to_dir
 
-    deploy = trained.deploy_model()
-    spec = trained.backbone.spec
-    names = [str(p) for p in image_paths]
-    pixels = load_pixels(image_paths, spec)
-    _say(quiet, f"parity images: {len(names)} real images")
-
-    t0 = time.perf_counter()
-    torch_out = run_torch(deploy, pixels)
-    torch_s = time.perf_counter() - t0
-    gflop = _gflop_per_image(deploy, spec.image_size)
-    width, heads = _encoder_shape(trained.backbone.visual)
-    # The traced graph goes to a scratch file beside the output: the torch weights are freed
-    # before it is read back, so the two forms of the weights never share the memory.
+    if out.exists() and not force:
+        raise FsacError(f"{out} exists; pass --force to overwrite it")
     out.parent.mkdir(parents=True, exist_ok=True)
-    scratch = out.parent / f".{out.name}.trace.onnx"
+    workdir = _workdir_for(out)
     try:
-        t0 = time.perf_counter()
-        export_onnx(deploy, spec.image_size, opset, path=scratch, attention=attention)
-        export_s = time.perf_counter() - t0
+        info = trace_to_dir(trained, checkpoint_sha, list(image_paths), workdir, opset, attention, extra_meta, quiet)
         if release_torch:
-            del deploy
             _release_torch(trained)
-        graph = load_traced(scratch)
-        _say(quiet, f"traced to ONNX (opset {opset}, {attention} attention) in {export_s:.1f} s")
-        tau = trained.head.cfg.tau
-        parity = check_parity(torch_out, graph, pixels, names, tau, tolerance, "fp32 ONNX graph")
-        _say(quiet, f"parity: {parity.summary()}")
-        give_back_memory()
-
-        def reparity(model) -> float:
-            return check_parity(torch_out, model, pixels, names, tau, tolerance,
-                                f"{optimize}-optimised graph").max_abs_diff_logit
-
-        if optimize != "none":  # hand the optimiser a file, so this frame holds no copy meanwhile
-            scratch.write_bytes(graph)
-            del graph
-            graph, opt = optimize_and_measure(scratch, optimize, pixels[:1], reparity, num_heads=heads,
-                                              hidden_size=width)
-        else:
-            graph, opt = optimize_and_measure(graph, optimize, pixels[:1], reparity)
+        return finish_export(workdir, info, out, force=force, tolerance=tolerance, optimize=optimize, quiet=quiet)
     finally:
-        scratch.unlink(missing_ok=True)
-    give_back_memory()  # the optimiser's and the sessions' freed pages
-    if optimize != "none":
-        lat = ""
-        if opt.latency_before_s is not None:
-            lat = f", batch-1 latency {opt.latency_before_s * 1e3:.1f} -> {opt.latency_after_s * 1e3:.1f} ms"
-        _say(quiet, f"optimise ({optimize}): {'kept' if opt.kept else 'not kept'} - {opt.reason}; "
-                    f"nodes {opt.nodes_before} -> {opt.nodes_after}{lat}")
-    if opt.kept and opt.parity_max_abs_diff is not None:
-        final_diff = opt.parity_max_abs_diff
-    else:
-        final_diff = parity.max_abs_diff_logit
-
-    extra = {
-        "fsac.parity_max_abs_diff_logit": repr(float(final_diff)),
-        "fsac.parity": json.dumps({**parity.to_dict(), "max_abs_diff_logit_final": float(final_diff),
-                                   "images": [Path(n).name for n in names]}),
-        "fsac.optimize": json.dumps(opt.to_dict()),
-        # For the runtime benchmark's fraction of the CPU's peak (fsac-run has no torch to count).
-        "fsac.gflop_per_image": f"{gflop:.4f}",
-        **(extra_meta or {}),
-    }
-    meta = build_metadata(trained, checkpoint_sha, opset, "fp32", extra, attention=attention)
-    write_with_metadata(out, graph, meta, force=force)  # streamed: no second copy of the model in memory
-    del graph
-    _, info = load_model_file(out)  # read back: seal verifies, metadata parses
-    size = out.stat().st_size
-    _say(quiet, f"wrote {out} ({size / 1e6:.1f} MB, seal {info.seal[:12]}...)")
-    if trained.backbone.info.is_random:
-        _say(quiet, "note: RANDOM backbone weights - the file is fine for pipeline tests, its scores mean nothing")
-    return {
-        "model": str(out),
-        "size_bytes": size,
-        "seal": info.seal,
-        "parity": parity.to_dict(),
-        "optimize": opt.to_dict(),
-        "parity_max_abs_diff_logit": float(final_diff),
-        "export_s": export_s,
-        "torch_reference_s": torch_s,
-    }
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _encoder_shape(visual) -> tuple[int | None, int | None]:

@@ -54,13 +54,12 @@ def _mha_fastpath_disabled():
         backends.set_fastpath_enabled(before)
 
 
-def export_onnx(deploy_model, image_size: int, opset: int = DEFAULT_OPSET, path=None, attention: str = "lean"):
+def export_onnx(deploy_model, image_size: int, opset: int = DEFAULT_OPSET, attention: str = "lean"):
     """`DeployModel` -> onnx.ModelProto with input "image" uint8 [batch, S, S, 3] and outputs
-    "score", "logit", "sim_normal", "sim_anomalous" float32 [batch]. Metadata is added later.
-
-    With `path`, the traced graph is written there as the exporter produced it and nothing
-    is returned: the caller frees the torch weights first and then reads it back with
-    `load_traced`, so the weights never exist in torch and ONNX form at once.
+    "score", "logit", "sim_normal", "sim_anomalous" float32 [batch], weights folded in by
+    torch, in memory. Metadata is added later. `fsac export` itself traces without weights
+    and folds without torch (`fsac.export.trace`, `fsac.export.fold`), which needs a third of
+    the memory; this is the one-call form for tests and small models.
     attention: "lean" or "torch" (see `fsac.export.lean_attention`)."""
     import torch
 
@@ -70,7 +69,7 @@ def export_onnx(deploy_model, image_size: int, opset: int = DEFAULT_OPSET, path=
     device = next(deploy_model.parameters()).device
     example = torch.zeros(1, image_size, image_size, 3, dtype=torch.uint8, device=device)
     axes = {INPUT_NAME: {0: "batch"}, **{name: {0: "batch"} for name in OUTPUT_NAMES}}
-    target = path if path is not None else io.BytesIO()
+    target = io.BytesIO()
     with warnings.catch_warnings(), _mha_fastpath_disabled(), lean_attention(deploy_model, attention), \
             torch.no_grad():
         # Deprecation notice of the TorchScript exporter, and trace warnings about
@@ -80,8 +79,6 @@ def export_onnx(deploy_model, image_size: int, opset: int = DEFAULT_OPSET, path=
             deploy_model, (example,), target, input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
             dynamic_axes=axes, opset_version=opset, do_constant_folding=True, dynamo=False,
         )
-    if path is not None:
-        return None
     import onnx
 
     model = onnx.load_from_string(target.getvalue())
@@ -89,23 +86,6 @@ def export_onnx(deploy_model, image_size: int, opset: int = DEFAULT_OPSET, path=
     cast_before_transpose(model)
     onnx.checker.check_model(model)
     return model
-
-
-def load_traced(path) -> bytes:
-    """The graph `export_onnx(..., path=...)` wrote -> checked, serialized bytes (the Cast
-    moved before the Transpose, see `cast_before_transpose`). One parsed copy at a time."""
-    import onnx
-
-    from fsac.procmem import give_back_memory
-
-    model = onnx.load(str(path))
-    cast_before_transpose(model)
-    data = serialize(model)
-    del model
-    give_back_memory()  # glibc keeps a freed protobuf's pages otherwise: the next step's peak sits on them
-    onnx.checker.check_model(data)
-    give_back_memory()
-    return data
 
 
 def cast_before_transpose(model) -> bool:
@@ -207,7 +187,7 @@ def build_metadata(trained, checkpoint_sha256: str, opset: int, precision: str =
         "fsac.threshold_rule": THRESHOLD_RULE,
         "fsac.export": json.dumps({
             "created_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "exporter": "torch.onnx.export (TorchScript, dynamo=False)",
+            "exporter": "torch.onnx.export (TorchScript, dynamo=False, no parameters, no folding) + fsac.export.fold",
             "opset": opset,
             "attention": attention,
             "torch": torch.__version__,

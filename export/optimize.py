@@ -12,7 +12,7 @@ Methods:
 ONNX Runtime already applies its own fusions when it loads a graph (ORT_ENABLE_ALL), so on
 CPU the offline pass mostly saves load time and gives TensorRT / the quantizer a smaller
 graph; speed is measured anyway. The candidate replaces the exported graph only if (a)
-parity with PyTorch still holds and (b) its batch-1 latency, measured interleaved with the
+parity with PyTorch still holds and (b) its batch-1 latency, measured alternating with the
 original in the same process, is not worse than `SLOWER_MARGIN` (noise on a shared CPU).
 """
 
@@ -77,26 +77,39 @@ def optimize_graph(model, method: str, num_heads: int | None = None, hidden_size
     raise FsacError(f"--optimize must be one of {', '.join(METHODS)}, got {method!r}")
 
 
-def time_interleaved(sessions: dict[str, Any], pixels: np.ndarray, runs: int = 5, warmup: int = 2,
-                     min_seconds: float = 0.5) -> dict[str, float]:
-    """Median latency (s) of each session on `pixels`, runs interleaved (A, B, A, B, ...)
-    so that load from other processes on a shared CPU hits all of them alike. Fast models
-    get more runs (at least `min_seconds` of measurement each, at most 200 runs)."""
+def time_alternating(paths: dict[str, Path], pixels: np.ndarray, runs: int = 5, rounds: int = 2,
+                     min_seconds: float = 0.25) -> tuple[dict[str, float], dict[str, float]]:
+    """Median batch-1 latency (s) and first session-creation time (s) of each graph file,
+    with one session alive at a time (each holds a copy of the weights: two at once would
+    double the export's peak memory). Rounds alternate A, B, A, B so that load from other
+    processes on a shared CPU hits both alike."""
+    from fsac.procmem import give_back_memory
+
+    times: dict[str, list[float]] = {k: [] for k in paths}
+    loads: dict[str, float] = {}
+    for _ in range(rounds):
+        for k, p in paths.items():
+            s, load_s = _timed_session(p)
+            loads.setdefault(k, load_s)
+            times[k].extend(_latencies(s, pixels, runs, min_seconds))
+            del s
+            give_back_memory()
+    return {k: float(np.median(v)) for k, v in times.items()}, loads
+
+
+def _latencies(session, pixels: np.ndarray, runs: int, min_seconds: float, warmup: int = 2) -> list[float]:
     feeds = {"image": np.ascontiguousarray(pixels)}
     first = 0.0
-    for s in sessions.values():
-        for _ in range(warmup):
-            t = time.perf_counter()
-            s.run(None, feeds)
-            first = max(first, time.perf_counter() - t)
-    runs = max(runs, min(200, int(min_seconds / max(first, 1e-6))))
-    times: dict[str, list[float]] = {k: [] for k in sessions}
-    for _ in range(runs):
-        for k, s in sessions.items():
-            t = time.perf_counter()
-            s.run(None, feeds)
-            times[k].append(time.perf_counter() - t)
-    return {k: float(np.median(v)) for k, v in times.items()}
+    for _ in range(warmup):
+        t = time.perf_counter()
+        session.run(None, feeds)
+        first = max(first, time.perf_counter() - t)
+    out = []
+    for _ in range(max(runs, min(100, int(min_seconds / max(first, 1e-6))))):
+        t = time.perf_counter()
+        session.run(None, feeds)
+        out.append(time.perf_counter() - t)
+    return out
 
 
 def _timed_session(model):
@@ -151,7 +164,9 @@ def _optimize_file(path: Path, method: str, pixels: np.ndarray, parity: Callable
     from fsac.procmem import give_back_memory
     from fsac.export.onnx_export import serialize
 
-    work = onnx.load(str(path))  # optimizers may change their input in place
+    # Weights stored as external data beside `path` stay there for slim (it sees shapes only);
+    # the "ort" fusions read weight values, so they get the whole model in memory.
+    work = onnx.load(str(path), load_external_data=(method == "ort"))  # optimizers may change their input
     n_before = len(work.graph.node)
     if method == "none":
         del work
@@ -181,11 +196,8 @@ def _optimize_file(path: Path, method: str, pixels: np.ndarray, parity: Callable
         except FsacError as e:
             report.reason = f"parity lost after optimisation: {e}"
             return path.read_bytes(), report
-        s_before, report.load_before_s = _timed_session(path)
-        s_after, report.load_after_s = _timed_session(after_path)
-        lat = time_interleaved({"before": s_before, "after": s_after}, pixels[:1], runs=runs)
-        del s_before, s_after
-        give_back_memory()
+        lat, loads = time_alternating({"before": path, "after": after_path}, pixels[:1], runs=runs)
+        report.load_before_s, report.load_after_s = loads["before"], loads["after"]
         report.latency_before_s, report.latency_after_s = lat["before"], lat["after"]
         if lat["after"] > lat["before"] * SLOWER_MARGIN:
             report.reason = f"slower ({lat['after']:.4f} s vs {lat['before']:.4f} s at batch 1)"

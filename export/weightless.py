@@ -23,19 +23,21 @@ DETACH_MIN_BYTES = 1 << 16  # smaller constants (biases, the head's vectors) sta
 
 
 def detach_weights(model, min_bytes: int = DETACH_MIN_BYTES) -> dict[str, bytes]:
-    """Move every initializer with at least `min_bytes` of raw data out of `model` (in
-    place) -> {name: serialized TensorProto}. Memory: the weights exist once throughout,
+    """Move every initializer with at least `min_bytes` of raw data, and every external one,
+    out of `model` (in place) -> {name: serialized TensorProto}. Memory: the weights exist once throughout,
     as proto or as stash bytes."""
     from onnx import helper
+
+    from fsac.export.external import is_external
 
     g = model.graph
     stash: dict[str, bytes] = {}
     kept = []
     for t in list(g.initializer):
-        if len(t.raw_data) < min_bytes:
+        if len(t.raw_data) < min_bytes and not is_external(t):
             kept.append(t.SerializeToString())
             continue
-        stash[t.name] = t.SerializeToString()
+        stash[t.name] = t.SerializeToString()  # an external weight's entry is its file reference
         g.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
         t.ClearField("raw_data")  # frees this weight's copy inside the proto now
     del g.initializer[:]

@@ -18,8 +18,10 @@ pieces to disk and seals on the way, so a large model never exists twice in memo
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
+from typing import Iterable
 
 from fsac.errors import FsacError
 from fsac.io import atomic_write_with
@@ -93,14 +95,27 @@ def write_with_metadata(path: str | os.PathLike, data: bytes, metadata: dict[str
     new file in memory: the pieces go straight to the temporary file and are hashed on the
     way, the seal is written at its place (the last 64 bytes: the seal entry comes last),
     and the temporary file's seal is verified by reading it back before it replaces `path`."""
-    import hashlib
-
-    from fsac.modelfile import _stream_seal
-
     path = Path(path)
     if path.exists() and not force:
         raise FsacError(f"{path} exists; pass --force to overwrite it")
-    parts = _metadata_parts(data, metadata, source or str(path))
+    return _write_sealed(path, _metadata_parts(data, metadata, source or str(path)))
+
+
+def write_stream_with_metadata(path: str | os.PathLike, chunks: Iterable[bytes], metadata: dict[str, str],
+                               force: bool = False) -> Path:
+    """Like `write_with_metadata` for a model that arrives in pieces: `chunks` are a
+    serialized ModelProto without metadata_props (e.g. `fsac.export.external.inline_model_parts`),
+    so that a model assembled from several files is never whole in memory."""
+    path = Path(path)
+    if path.exists() and not force:
+        raise FsacError(f"{path} exists; pass --force to overwrite it")
+    return _write_sealed(path, itertools.chain(chunks, _metadata_parts(b"", metadata, str(path))))
+
+
+def _write_sealed(path: Path, parts: Iterable[bytes | memoryview]) -> Path:
+    import hashlib
+
+    from fsac.modelfile import _stream_seal
 
     def write(f) -> None:
         h = hashlib.sha256()

@@ -52,3 +52,26 @@ def give_back_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc: nothing to do
         pass
+
+
+def _status_kib(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:  # not Linux
+        pass
+    return None
+
+
+def rss_bytes() -> int | None:
+    """This process's resident memory now (VmRSS), or None where /proc is not there."""
+    kib = _status_kib("VmRSS")
+    return None if kib is None else kib * 1024
+
+
+def peak_rss_self() -> int | None:
+    """This process's peak resident memory so far (VmHWM), or None where /proc is not there."""
+    kib = _status_kib("VmHWM")
+    return None if kib is None else kib * 1024

@@ -50,6 +50,9 @@ def test_bench_tiny_end_to_end(bottle, tmp_path, models):
     e = res["export"]  # `fsac export` ran as its own process: its peak memory against the file size
     assert e["peak_rss_bytes"] > e["size_bytes"] > 0
     assert e["peak_rss_over_file"] == pytest.approx(e["peak_rss_bytes"] / e["size_bytes"])
+    parts = e["peak_rss"]  # the tracing child counts: the peak is never below it plus the waiting parent
+    assert parts["trace_process_bytes"] > 100 * 2**20 and parts["export_process_while_tracing_bytes"] > 0
+    assert e["peak_rss_bytes"] >= parts["trace_process_bytes"] + parts["export_process_while_tracing_bytes"]
     assert 0.05 < res["gflop_per_image"] < 0.2  # tiny config: ~0.09 GFLOP per image
     assert res["sgemm_gflops"] > 0
     r = res["ratios"]
@@ -62,7 +65,7 @@ def test_bench_tiny_end_to_end(bottle, tmp_path, models):
     assert saved["ratios"] == res["ratios"]
     md = (tmp_path / "bench.md").read_text()
     assert "| onnxruntime int8 |" in md and "Spearman" in md and "GFLOP" in md
-    assert "`fsac export` (own process) peak RSS" in md
+    assert "`fsac export` (own processes) peak RSS" in md and "tracing process" in md
     assert "| openvino f32 | fp32 |" in md and "CPU flags (matrix units):" in md and "Measured peaks" in md
     assert not list(tmp_path.glob("*.onnx"))  # models only with --keep-models
 

@@ -67,11 +67,13 @@ def test_none_and_bad_method(graph_and_pixels):
         optimize_graph(model, "fast")
 
 
-def test_time_interleaved_reports_each_session(graph_and_pixels):
-    from fsac.runner import make_session
-    from fsac.export.optimize import time_interleaved
+def test_time_alternating_times_each_file_with_one_session_at_a_time(graph_and_pixels, tmp_path):
+    from fsac.export.optimize import time_alternating
 
     model, pixels, _ = graph_and_pixels
-    s = make_session(model.SerializeToString())
-    t = time_interleaved({"a": s, "b": s}, pixels[:1], runs=3, min_seconds=0.0)
-    assert set(t) == {"a", "b"} and all(np.isfinite(v) and v > 0 for v in t.values())
+    paths = {"a": tmp_path / "a.onnx", "b": tmp_path / "b.onnx"}
+    for p in paths.values():
+        p.write_bytes(model.SerializeToString())
+    lat, loads = time_alternating(paths, pixels[:1], runs=3, rounds=2, min_seconds=0.0)
+    assert set(lat) == set(loads) == {"a", "b"}
+    assert all(np.isfinite(v) and v > 0 for v in [*lat.values(), *loads.values()])

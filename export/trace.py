@@ -1,0 +1,192 @@
+"""The torch half of `fsac export`: trace the graph, run the PyTorch reference, write the weights once.
+
+    info = trace_to_dir(trained, checkpoint_sha, image_paths, workdir, opset, attention)
+
+writes into `workdir`:
+    graph.onnx     the traced graph, weights as ONNX external data (a few hundred KB)
+    weights.bin    every weight the graph uses, once, page-aligned (written from torch's own memory)
+    reference.npz  the parity images' pixels and the PyTorch outputs on them
+and returns what the torch-free half (`fsac.export.finish`) needs, JSON-able.
+
+The graph is traced with `export_params=False, do_constant_folding=False`: the exporter then
+copies no weights into its protobuf and computes no folded second copy of them; the folding
+happens without torch, one node at a time (`fsac.export.fold`). So this process holds the
+model's weights once, and nothing else of that size.
+
+`fsac export` runs this in its own process (`python -m fsac.export.trace JOB.json`), so that
+torch's and open_clip's ~0.7 GB of imports and the torch weights are gone before the
+ONNX-side sessions exist; `fsac bench export` calls `trace_to_dir` in-process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from fsac.errors import FsacError
+from fsac.modelfile import INPUT_NAME, OUTPUT_NAMES
+
+GRAPH_FILE = "graph.onnx"
+WEIGHTS_FILE = "weights.bin"
+REFERENCE_FILE = "reference.npz"
+INFO_FILE = "trace.json"
+
+
+def trace_weightless(deploy_model, image_size: int, path: Path, opset: int, attention: str) -> None:
+    """torch.onnx.export of `deploy_model` to `path` with no parameters and no folding: every
+    weight is a graph input named by its state-dict key."""
+    import torch
+
+    from fsac.export.lean_attention import lean_attention
+    from fsac.export.onnx_export import _mha_fastpath_disabled
+
+    device = next(deploy_model.parameters()).device
+    example = torch.zeros(1, image_size, image_size, 3, dtype=torch.uint8, device=device)
+    axes = {INPUT_NAME: {0: "batch"}, **{name: {0: "batch"} for name in OUTPUT_NAMES}}
+    with warnings.catch_warnings(), _mha_fastpath_disabled(), lean_attention(deploy_model, attention), \
+            torch.no_grad():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice, trace warnings
+        torch.onnx.export(
+            deploy_model, (example,), str(path), input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
+            dynamic_axes=axes, opset_version=opset, export_params=False, do_constant_folding=False, dynamo=False,
+        )
+
+
+def bind_weights(graph_path: Path, deploy_model, weights_path: Path) -> int:
+    """Turn the weight inputs of the traced graph into initializers stored in `weights_path`
+    (each written straight from the torch tensor's memory) -> number of weights bound."""
+    import onnx
+    from onnx import numpy_helper
+
+    from fsac.export.external import TensorFile
+    from fsac.export.weightless import DETACH_MIN_BYTES
+
+    model = onnx.load(str(graph_path), load_external_data=False)
+    state = dict(deploy_model.state_dict(keep_vars=True))
+    store = TensorFile(weights_path)
+    inputs = list(model.graph.input)
+    unknown = [i.name for i in inputs if i.name != INPUT_NAME and i.name not in state]
+    if unknown:
+        raise FsacError(f"the traced graph has inputs that are not weights of the model: {unknown[:5]}")
+    del model.graph.input[:]
+    model.graph.input.extend([i for i in inputs if i.name == INPUT_NAME])
+    bound = 0
+    for i in inputs:
+        if i.name == INPUT_NAME:
+            continue
+        array = state[i.name].detach().cpu().contiguous().numpy()
+        # Small ones (biases, LayerNorm) stay in the graph, as they did when torch folded: the
+        # optimiser sees their values (onnxslim drops an Add of an all-zero bias, for one).
+        small = array.nbytes < DETACH_MIN_BYTES
+        model.graph.initializer.append(numpy_helper.from_array(array, i.name) if small else store.append(i.name, array))
+        bound += 1
+    onnx.save(model, str(graph_path))
+    return bound
+
+
+def trace_to_dir(trained, checkpoint_sha: str, image_paths: list[Path], workdir: Path, opset: int = 17,
+                 attention: str = "lean", extra_meta: dict[str, str] | None = None, quiet: bool = False) -> dict:
+    """See the module docstring. `trained` is a `fsac.train.checkpoint.TrainedModel`."""
+    from fsac.export.cli import _encoder_shape, _gflop_per_image, _say
+    from fsac.export.onnx_export import build_metadata
+    from fsac.export.parity import load_pixels, run_torch
+    from fsac.procmem import give_back_memory
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    deploy = trained.deploy_model()
+    spec = trained.backbone.spec
+    pixels = load_pixels(image_paths, spec)
+    _say(quiet, f"parity images: {len(image_paths)} real images")
+    t0 = time.perf_counter()
+    # Batches of 2: the full model's activations at batch 8 raised this process's peak by
+    # 110 MiB over batch 2 (measured), for no gain on a handful of images.
+    torch_out = run_torch(deploy, pixels, batch_size=2)
+    torch_s = time.perf_counter() - t0
+    give_back_memory()
+    np.savez(workdir / REFERENCE_FILE, pixels=pixels, **torch_out)
+    width, heads = _encoder_shape(trained.backbone.visual)
+    t0 = time.perf_counter()
+    trace_weightless(deploy, spec.image_size, workdir / GRAPH_FILE, opset, attention)
+    bound = bind_weights(workdir / GRAPH_FILE, deploy, workdir / WEIGHTS_FILE)
+    export_s = time.perf_counter() - t0
+    _say(quiet, f"traced to ONNX (opset {opset}, {attention} attention, {bound} weights) in {export_s:.1f} s")
+    return {
+        "images": [str(p) for p in image_paths],
+        "tau": float(trained.head.cfg.tau),
+        "gflop_per_image": _gflop_per_image(deploy, spec.image_size),
+        "width": width, "heads": heads,
+        "random_weights": bool(trained.backbone.info.is_random),
+        "metadata": build_metadata(trained, checkpoint_sha, opset, "fp32", extra_meta, attention=attention),
+        "export_s": export_s, "torch_reference_s": torch_s,
+    }
+
+
+def run_job(job: dict) -> dict:
+    """What `fsac export` asks of its tracing process (a JSON job), done in this process."""
+    from fsac.export.cli import _parity_image_paths, _preset_text
+    from fsac.train.checkpoint import checkpoint_sha256, load_checkpoint, read_checkpoint_meta
+
+    checkpoint, workdir = Path(job["checkpoint"]), Path(job["workdir"])
+    folder, ck_meta = read_checkpoint_meta(checkpoint)
+    check_images = [Path(p) for p in job["check_images"]] if job.get("check_images") else None
+    images = _parity_image_paths(folder, ck_meta, check_images)
+    trained = load_checkpoint(checkpoint, weights=job.get("weights"), device="cpu", quiet=job["quiet"])
+    extra = {"fsac.train_images": json.dumps(ck_meta.get("train_images", [])),
+             "fsac.train_preset": _preset_text(ck_meta.get("train") or {}),
+             "fsac.training_diagnostics": json.dumps(ck_meta.get("diagnostics", {}))}
+    return trace_to_dir(trained, checkpoint_sha256(checkpoint), images, workdir, job["opset"], job["attention"],
+                        extra, job["quiet"])
+
+
+def main(argv: list[str]) -> int:
+    """`python -m fsac.export.trace JOB.json`: writes trace.json (or, on an error the user can
+    act on, {"error": message}) beside the job and exits 0 / 2."""
+    job_path = Path(argv[0])
+    job = json.loads(job_path.read_text())
+    out = Path(job["workdir"]) / INFO_FILE
+    try:
+        info = run_job(job)
+    except FsacError as e:
+        out.write_text(json.dumps({"error": str(e)}))
+        return 2
+    except OSError as e:  # a full disk, a folder that cannot be written: name the file
+        out.write_text(json.dumps({"error": f"{e.filename or job['workdir']}: {e.strerror or e}"}))
+        return 2
+    from fsac.procmem import peak_rss_self
+
+    info["peak_rss_bytes"] = peak_rss_self()
+    out.write_text(json.dumps(info))
+    return 0
+
+
+def run_in_child(job: dict, workdir: Path) -> dict:
+    """Run `job` in a fresh interpreter (stderr passes through: progress and warnings)
+    -> its trace info, with "peak_rss_bytes" the child's own peak resident memory."""
+    import subprocess
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    job_path = workdir / "job.json"
+    job_path.write_text(json.dumps({**job, "workdir": str(workdir)}))
+    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
+    proc = subprocess.run([sys.executable, "-m", "fsac.export.trace", str(job_path)], env=env)
+    out = workdir / INFO_FILE
+    info = json.loads(out.read_text()) if out.is_file() else None
+    if info and "error" in info:
+        raise FsacError(info["error"])
+    if proc.returncode < 0:
+        raise FsacError(f"the tracing process (python -m fsac.export.trace) was killed by signal "
+                        f"{-proc.returncode}" + (" (out of memory?)" if proc.returncode == -9 else ""))
+    if proc.returncode != 0 or info is None:
+        raise FsacError(f"the tracing process (python -m fsac.export.trace) failed with exit status "
+                        f"{proc.returncode}; its messages are above")
+    return info
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
