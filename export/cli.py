@@ -147,7 +147,8 @@ def export_trained(trained, checkpoint_sha: str, out: Path, image_paths: list[Pa
     out.parent.mkdir(parents=True, exist_ok=True)
     workdir = _workdir_for(out)
     try:
-        info = trace_to_dir(trained, checkpoint_sha, list(image_paths), workdir, opset, attention, extra_meta, quiet)
+        info = trace_to_dir(trained, checkpoint_sha, list(image_paths), workdir, opset, attention, extra_meta, quiet,
+                            release_torch=release_torch)
         if release_torch:
             _release_torch(trained)
         return finish_export(workdir, info, out, force=force, tolerance=tolerance, optimize=optimize, quiet=quiet)

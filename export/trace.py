@@ -20,6 +20,7 @@ ONNX-side sessions exist; `fsac bench export` calls `trace_to_dir` in-process.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sys
@@ -55,44 +56,70 @@ def trace_weightless(deploy_model, image_size: int, path: Path, opset: int, atte
         torch.onnx.export(
             deploy_model, (example,), str(path), input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
             dynamic_axes=axes, opset_version=opset, export_params=False, do_constant_folding=False, dynamo=False,
+            # No deduplication "by value": it would merge distinct weights that happen to be
+            # equal (two all-zero biases), or all the stand-ins of `release_for_trace`.
+            keep_initializers_as_inputs=True,
         )
 
 
-def bind_weights(graph_path: Path, deploy_model, weights_path: Path) -> int:
-    """Turn the weight inputs of the traced graph into initializers stored in `weights_path`
-    (each written straight from the torch tensor's memory) -> number of weights bound."""
-    import onnx
+def write_weights(deploy_model, weights_path: Path) -> dict[str, bytes]:
+    """Every tensor of the model's state dict -> its TensorProto (serialized), large ones
+    written to `weights_path` straight from the torch tensor's memory, small ones (biases,
+    LayerNorm) inline: the optimiser then sees their values, as it did when torch folded
+    (onnxslim drops the Add of an all-zero bias, for one)."""
     from onnx import numpy_helper
 
     from fsac.export.external import TensorFile
     from fsac.export.weightless import DETACH_MIN_BYTES
 
-    model = onnx.load(str(graph_path), load_external_data=False)
-    state = dict(deploy_model.state_dict(keep_vars=True))
     store = TensorFile(weights_path)
+    protos: dict[str, bytes] = {}
+    for name, tensor in deploy_model.state_dict(keep_vars=True).items():
+        array = tensor.detach().cpu().contiguous().numpy()
+        t = numpy_helper.from_array(array, name) if array.nbytes < DETACH_MIN_BYTES else store.append(name, array)
+        protos[name] = t.SerializeToString()
+    return protos
+
+
+def release_for_trace(deploy_model) -> None:
+    """Replace every large weight of the model by a zero-stride stand-in of the same shape and
+    type (no memory): the trace needs shapes, and the exporter's shape inference materialises
+    the parameters it is given (+ 0.4 GB on the full model, measured). Only for a model
+    nobody runs again: its weights are in the weights file by now. A value-dependent branch
+    traced differently would fail the parity check, which runs on the real weights."""
+    import torch
+
+    with torch.no_grad():
+        for tensor in deploy_model.state_dict(keep_vars=True).values():
+            if tensor.numel() * tensor.element_size() >= 1 << 16:
+                tensor.data = torch.zeros((), dtype=tensor.dtype, device=tensor.device).expand(tensor.shape)
+
+
+def bind_weights(graph_path: Path, protos: dict[str, bytes]) -> int:
+    """Turn the weight inputs of the traced graph into the initializers `write_weights`
+    made -> number of weights bound."""
+    import onnx
+
+    model = onnx.load(str(graph_path), load_external_data=False)
     inputs = list(model.graph.input)
-    unknown = [i.name for i in inputs if i.name != INPUT_NAME and i.name not in state]
+    unknown = [i.name for i in inputs if i.name != INPUT_NAME and i.name not in protos]
     if unknown:
         raise FsacError(f"the traced graph has inputs that are not weights of the model: {unknown[:5]}")
     del model.graph.input[:]
     model.graph.input.extend([i for i in inputs if i.name == INPUT_NAME])
-    bound = 0
-    for i in inputs:
-        if i.name == INPUT_NAME:
-            continue
-        array = state[i.name].detach().cpu().contiguous().numpy()
-        # Small ones (biases, LayerNorm) stay in the graph, as they did when torch folded: the
-        # optimiser sees their values (onnxslim drops an Add of an all-zero bias, for one).
-        small = array.nbytes < DETACH_MIN_BYTES
-        model.graph.initializer.append(numpy_helper.from_array(array, i.name) if small else store.append(i.name, array))
-        bound += 1
+    bound = [i.name for i in inputs if i.name != INPUT_NAME]
+    for name in bound:
+        model.graph.initializer.add().ParseFromString(protos[name])
     onnx.save(model, str(graph_path))
-    return bound
+    return len(bound)
 
 
 def trace_to_dir(trained, checkpoint_sha: str, image_paths: list[Path], workdir: Path, opset: int = 17,
-                 attention: str = "lean", extra_meta: dict[str, str] | None = None, quiet: bool = False) -> dict:
-    """See the module docstring. `trained` is a `fsac.train.checkpoint.TrainedModel`."""
+                 attention: str = "lean", extra_meta: dict[str, str] | None = None, quiet: bool = False,
+                 release_torch: bool = False) -> dict:
+    """See the module docstring. `trained` is a `fsac.train.checkpoint.TrainedModel`.
+    release_torch: nobody runs the torch model afterwards, so its weights are freed before the
+    trace (`release_for_trace`); the benchmark keeps them to time PyTorch."""
     from fsac.export.cli import _encoder_shape, _gflop_per_image, _say
     from fsac.export.onnx_export import build_metadata
     from fsac.export.parity import load_pixels, run_torch
@@ -111,15 +138,22 @@ def trace_to_dir(trained, checkpoint_sha: str, image_paths: list[Path], workdir:
     give_back_memory()
     np.savez(workdir / REFERENCE_FILE, pixels=pixels, **torch_out)
     width, heads = _encoder_shape(trained.backbone.visual)
+    gflop = _gflop_per_image(deploy, spec.image_size)
     t0 = time.perf_counter()
+    protos = write_weights(deploy, workdir / WEIGHTS_FILE)
+    if release_torch:
+        release_for_trace(deploy)
+        gc.collect()
+        give_back_memory()
     trace_weightless(deploy, spec.image_size, workdir / GRAPH_FILE, opset, attention)
-    bound = bind_weights(workdir / GRAPH_FILE, deploy, workdir / WEIGHTS_FILE)
+    bound = bind_weights(workdir / GRAPH_FILE, protos)
+    del protos
     export_s = time.perf_counter() - t0
     _say(quiet, f"traced to ONNX (opset {opset}, {attention} attention, {bound} weights) in {export_s:.1f} s")
     return {
         "images": [str(p) for p in image_paths],
         "tau": float(trained.head.cfg.tau),
-        "gflop_per_image": _gflop_per_image(deploy, spec.image_size),
+        "gflop_per_image": gflop,
         "width": width, "heads": heads,
         "random_weights": bool(trained.backbone.info.is_random),
         "metadata": build_metadata(trained, checkpoint_sha, opset, "fp32", extra_meta, attention=attention),
@@ -141,7 +175,7 @@ def run_job(job: dict) -> dict:
              "fsac.train_preset": _preset_text(ck_meta.get("train") or {}),
              "fsac.training_diagnostics": json.dumps(ck_meta.get("diagnostics", {}))}
     return trace_to_dir(trained, checkpoint_sha256(checkpoint), images, workdir, job["opset"], job["attention"],
-                        extra, job["quiet"])
+                        extra, job["quiet"], release_torch=True)
 
 
 def main(argv: list[str]) -> int:
