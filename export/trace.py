@@ -8,10 +8,12 @@ writes into `workdir`:
     reference.npz  the parity images' pixels and the PyTorch outputs on them
 and returns what the torch-free half (`fsac.export.finish`) needs, JSON-able.
 
-The graph is traced with `export_params=False, do_constant_folding=False`: the exporter then
-copies no weights into its protobuf and computes no folded second copy of them; the folding
-happens without torch, one node at a time (`fsac.export.fold`). So this process holds the
-model's weights once, and nothing else of that size.
+The weights are written first; with `release_torch` they are then swapped for zero-stride
+stand-ins (`release_for_trace`), and the graph is traced with `export_params=False,
+do_constant_folding=False`: the exporter copies no weights into its protobuf and computes no
+folded second copy of them; the folding happens without torch, one node at a time
+(`fsac.export.fold`). So this process holds the model's weights once, and nothing else of
+that size (the exporter's shape inference still materialises the stand-ins it is given).
 
 `fsac export` runs this in its own process (`python -m fsac.export.trace JOB.json`), so that
 torch's and open_clip's ~0.7 GB of imports and the torch weights are gone before the

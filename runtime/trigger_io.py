@@ -14,6 +14,7 @@ import hmac
 import json
 import logging
 import os
+import threading
 import time
 from typing import Any
 
@@ -178,7 +179,12 @@ class MqttCommands:
         self.hub = hub
         self.qos = c["qos"]
         self.errors = 0
+        # Set once the broker has granted the subscription (SUBACK), cleared on a disconnect:
+        # a command published before that is not delivered to us.
+        self.subscribed = threading.Event()
         self.client.on_connect = self._on_connect
+        self.client.on_subscribe = self._on_subscribe
+        self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
         self.client.connect_async(c["host"], c["port"], keepalive=c["keepalive"])
 
@@ -192,6 +198,15 @@ class MqttCommands:
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if not reason_code.is_failure:
             client.subscribe(self.topic, qos=self.qos)  # again after every reconnect
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        if reason_codes and not any(rc.is_failure for rc in reason_codes):
+            self.subscribed.set()
+        else:
+            log.error("mqtt: the broker refused the subscription to %s (%s)", self.topic, reason_codes)
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        self.subscribed.clear()
 
     def _on_message(self, client, userdata, msg) -> None:
         try:

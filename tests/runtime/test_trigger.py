@@ -149,8 +149,8 @@ def test_mqtt_command_topic_answers_on_the_results_topic_once_per_request(tmp_pa
         results = Collector(broker.port, ["fsac/site1/line3/st1/results"]).start()
         results.wait_subscribed()
         daemon, t, result = start(cfg)
-        wait_for(lambda: daemon.trigger.inputs[0].client.is_connected(), what="command client connected")
-        time.sleep(0.2)  # the subscription is sent from on_connect
+        # Commands published before the broker granted the subscription would never arrive.
+        wait_for(lambda: daemon.trigger.inputs[0].subscribed.is_set(), what="command topic subscribed")
         cmd = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="plc")
         cmd.connect("127.0.0.1", broker.port)
         cmd.loop_start()
