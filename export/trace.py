@@ -22,6 +22,7 @@ ONNX-side sessions exist; `fsac bench export` calls `trace_to_dir` in-process.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import os
@@ -43,30 +44,37 @@ INFO_FILE = "trace.json"
 
 def trace_weightless(deploy_model, image_size: int, path: Path, opset: int, attention: str) -> None:
     """torch.onnx.export of `deploy_model` to `path` with no parameters and no folding: every
-    weight is a graph input named by its state-dict key."""
+    weight is a graph input named by its state-dict key, passed in as an argument
+    (`fsac.export.stream.weights_as_inputs`), so the values may be stand-ins."""
     import torch
 
     from fsac.export.lean_attention import lean_attention
     from fsac.export.onnx_export import _mha_fastpath_disabled
+    from fsac.export.stream import weight_names, weights_as_inputs
 
     device = next(deploy_model.parameters()).device
     example = torch.zeros(1, image_size, image_size, 3, dtype=torch.uint8, device=device)
     axes = {INPUT_NAME: {0: "batch"}, **{name: {0: "batch"} for name in OUTPUT_NAMES}}
+    names = weight_names(deploy_model)
+    state = deploy_model.state_dict(keep_vars=True)
+    weights = [state[n] for n in names]
     with warnings.catch_warnings(), _mha_fastpath_disabled(), lean_attention(deploy_model, attention), \
-            torch.no_grad():
+            weights_as_inputs(deploy_model, names), torch.no_grad():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice, trace warnings
         torch.onnx.export(
-            deploy_model, (example,), str(path), input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
-            dynamic_axes=axes, opset_version=opset, export_params=False, do_constant_folding=False, dynamo=False,
+            deploy_model, (example, *weights), str(path), input_names=[INPUT_NAME, *names],
+            output_names=list(OUTPUT_NAMES), dynamic_axes=axes, opset_version=opset, export_params=False,
+            do_constant_folding=False, dynamo=False,
             # No deduplication "by value": it would merge distinct weights that happen to be
-            # equal (two all-zero biases), or all the stand-ins of `release_for_trace`.
+            # equal (two all-zero biases).
             keep_initializers_as_inputs=True,
         )
 
 
-def write_weights(deploy_model, weights_path: Path) -> dict[str, bytes]:
+def write_weights(deploy_model, weights_path: Path, spilled: dict | None = None) -> dict[str, bytes]:
     """Every tensor of the model's state dict -> its TensorProto (serialized), large ones
-    written to `weights_path` straight from the torch tensor's memory, small ones (biases,
+    written to `weights_path` straight from the torch tensor's memory (or already there:
+    `spilled`, see `fsac.export.stream.spilled_while_built`), small ones (biases,
     LayerNorm) inline: the optimiser then sees their values, as it did when torch folded
     (onnxslim drops the Add of an all-zero bias, for one)."""
     from onnx import numpy_helper
@@ -74,9 +82,16 @@ def write_weights(deploy_model, weights_path: Path) -> dict[str, bytes]:
     from fsac.export.external import TensorFile
     from fsac.export.weightless import DETACH_MIN_BYTES
 
+    from fsac.export.stream import is_standin, spilled_protos
+
     store = TensorFile(weights_path)
-    protos: dict[str, bytes] = {}
+    protos = {name: t.SerializeToString() for name, t in spilled_protos(deploy_model, spilled or {}).items()}
     for name, tensor in deploy_model.state_dict(keep_vars=True).items():
+        if name in protos:
+            continue
+        if is_standin(tensor):
+            raise FsacError(f"{name}: the model holds a stand-in, not the weight (spilled while building, but not "
+                            "recorded)")
         array = tensor.detach().cpu().contiguous().numpy()
         t = numpy_helper.from_array(array, name) if array.nbytes < DETACH_MIN_BYTES else store.append(name, array)
         protos[name] = t.SerializeToString()
@@ -118,13 +133,16 @@ def bind_weights(graph_path: Path, protos: dict[str, bytes]) -> int:
 
 def trace_to_dir(trained, checkpoint_sha: str, image_paths: list[Path], workdir: Path, opset: int = 17,
                  attention: str = "lean", extra_meta: dict[str, str] | None = None, quiet: bool = False,
-                 release_torch: bool = False) -> dict:
+                 release_torch: bool = False, spilled: dict | None = None) -> dict:
     """See the module docstring. `trained` is a `fsac.train.checkpoint.TrainedModel`.
     release_torch: nobody runs the torch model afterwards, so its weights are freed before the
-    trace (`release_for_trace`); the benchmark keeps them to time PyTorch."""
+    trace (`release_for_trace`); the benchmark keeps them to time PyTorch. spilled: the
+    backbone was built with `fsac.export.stream.spilled_while_built` into workdir's weights
+    file; the reference then runs block by block (`fsac.export.stream.streamed`)."""
     from fsac.export.cli import _encoder_shape, _gflop_per_image, _say
     from fsac.export.onnx_export import build_metadata
     from fsac.export.parity import load_pixels, run_torch
+    from fsac.export.stream import streamed
     from fsac.procmem import give_back_memory
 
     workdir.mkdir(parents=True, exist_ok=True)
@@ -135,14 +153,16 @@ def trace_to_dir(trained, checkpoint_sha: str, image_paths: list[Path], workdir:
     t0 = time.perf_counter()
     # Batches of 2: the full model's activations at batch 8 raised this process's peak by
     # 110 MiB over batch 2 (measured), for no gain on a handful of images.
-    torch_out = run_torch(deploy, pixels, batch_size=2)
+    with (streamed(deploy, spilled, workdir) if spilled else contextlib.nullcontext()):
+        torch_out = run_torch(deploy, pixels, batch_size=2)
     torch_s = time.perf_counter() - t0
     give_back_memory()
     np.savez(workdir / REFERENCE_FILE, pixels=pixels, **torch_out)
     width, heads = _encoder_shape(trained.backbone.visual)
     gflop = _gflop_per_image(deploy, spec.image_size)
+    give_back_memory()
     t0 = time.perf_counter()
-    protos = write_weights(deploy, workdir / WEIGHTS_FILE)
+    protos = write_weights(deploy, workdir / WEIGHTS_FILE, spilled)
     if release_torch:
         release_for_trace(deploy)
         gc.collect()
@@ -166,23 +186,42 @@ def trace_to_dir(trained, checkpoint_sha: str, image_paths: list[Path], workdir:
 def run_job(job: dict) -> dict:
     """What `fsac export` asks of its tracing process (a JSON job), done in this process."""
     from fsac.export.cli import _parity_image_paths, _preset_text
+    from fsac.export.external import TensorFile
+    from fsac.export.stream import spilled_while_built
     from fsac.train.checkpoint import checkpoint_sha256, load_checkpoint, read_checkpoint_meta
 
     checkpoint, workdir = Path(job["checkpoint"]), Path(job["workdir"])
     folder, ck_meta = read_checkpoint_meta(checkpoint)
     check_images = [Path(p) for p in job["check_images"]] if job.get("check_images") else None
     images = _parity_image_paths(folder, ck_meta, check_images)
-    trained = load_checkpoint(checkpoint, weights=job.get("weights"), device="cpu", quiet=job["quiet"])
+    workdir.mkdir(parents=True, exist_ok=True)
+    # A random-init backbone is spilled to the weights file while it is built (a weights file
+    # is loaded by open_clip, whole: it needs the real tensors to copy into).
+    spill = (job.get("weights") or ck_meta.get("backbone", {}).get("weights_id")) in ("random", "none")
+    store = TensorFile(workdir / WEIGHTS_FILE)
+    spilled: dict = {}
+
+    @contextlib.contextmanager
+    def spilling():
+        with spilled_while_built(store) as found:
+            yield
+            spilled.update(found)
+
+    trained = load_checkpoint(checkpoint, weights=job.get("weights"), device="cpu", quiet=job["quiet"],
+                              backbone_context=spilling if spill else None)
     extra = {"fsac.train_images": json.dumps(ck_meta.get("train_images", [])),
              "fsac.train_preset": _preset_text(ck_meta.get("train") or {}),
              "fsac.training_diagnostics": json.dumps(ck_meta.get("diagnostics", {}))}
     return trace_to_dir(trained, checkpoint_sha256(checkpoint), images, workdir, job["opset"], job["attention"],
-                        extra, job["quiet"], release_torch=True)
+                        extra, job["quiet"], release_torch=True, spilled=spilled)
 
 
 def main(argv: list[str]) -> int:
     """`python -m fsac.export.trace JOB.json`: writes trace.json (or, on an error the user can
     act on, {"error": message}) beside the job and exits 0 / 2."""
+    from fsac.procmem import map_large_allocations
+
+    map_large_allocations()  # a spilled or released weight gives its memory back when it is freed
     job_path = Path(argv[0])
     job = json.loads(job_path.read_text())
     out = Path(job["workdir"]) / INFO_FILE

@@ -75,3 +75,18 @@ def peak_rss_self() -> int | None:
     """This process's peak resident memory so far (VmHWM), or None where /proc is not there."""
     kib = _status_kib("VmHWM")
     return None if kib is None else kib * 1024
+
+
+def map_large_allocations(threshold: int = 1 << 20) -> bool:
+    """Serve every allocation of at least `threshold` bytes from its own mapping (glibc
+    mallopt M_MMAP_THRESHOLD), so that freeing it returns the memory at once. glibc raises
+    its threshold by itself after such a free (up to 32 MiB), and from then on tensors that
+    are freed stay in the heap and count in the resident memory; setting it fixes it. ->
+    whether it took effect (False: not glibc)."""
+    import ctypes
+
+    M_MMAP_THRESHOLD = -3
+    try:
+        return bool(ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, int(threshold)))
+    except (OSError, AttributeError):
+        return False

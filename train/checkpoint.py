@@ -16,11 +16,12 @@ complete checkpoint, and the recorded sha256 catches a later change of the tenso
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, ContextManager
 
 import numpy as np
 import torch
@@ -142,12 +143,13 @@ def checkpoint_sha256(path: str | Path) -> str:
 
 
 def load_checkpoint(path: str | Path, weights: str | None = None, device: str | None = None,
-                    quiet: bool = False) -> TrainedModel:
+                    quiet: bool = False, backbone_context: Callable[[], ContextManager] | None = None) -> TrainedModel:
     """Rebuild backbone + head from a checkpoint folder.
 
     `weights` overrides where the backbone weights come from (a tag or a file); by default
     the recorded tag is used, and a recorded local file must be passed again. A file's sha256
-    must match the one recorded at training time.
+    must match the one recorded at training time. `backbone_context`: entered around building
+    the backbone alone (`fsac export` spills its weights to a file as they are built).
     """
     from safetensors import SafetensorError
     from safetensors.torch import load
@@ -171,8 +173,9 @@ def load_checkpoint(path: str | Path, weights: str | None = None, device: str | 
             raise FsacError(
                 f"{folder} was trained with a local backbone file ({weights[5:]}); pass it again with --weights PATH"
             )
-    backbone = load_backbone(info.arch, weights, device=device, resize_mode=meta["preprocess"]["resize_mode"],
-                             random_init_seed=info.random_init_seed, quiet=quiet)
+    with (backbone_context or contextlib.nullcontext)():
+        backbone = load_backbone(info.arch, weights, device=device, resize_mode=meta["preprocess"]["resize_mode"],
+                                 random_init_seed=info.random_init_seed, quiet=quiet)
     if info.weights_sha256 and backbone.info.weights_sha256 != info.weights_sha256:
         raise FsacError(
             f"backbone weights {weights} (sha256 {str(backbone.info.weights_sha256)[:12]}...) differ from the ones "

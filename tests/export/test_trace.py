@@ -27,6 +27,7 @@ def test_trace_writes_a_small_graph_its_weights_and_the_reference(tmp_path, tiny
     big = [t for t in graph.graph.initializer if not is_external(t)]
     assert all(len(t.raw_data) < DETACH_MIN_BYTES for t in big)  # only biases and norms stay inline
     assert (tmp_path / WEIGHTS_FILE).stat().st_size >= 0.9 * 4 * n_params - sum(len(t.raw_data) for t in big)
+    assert any(n.name.startswith("/visual/transformer/resblocks.0/") for n in graph.graph.node)  # fsac quantize's scope
     weights = {t.name for t in graph.graph.initializer}
     assert any(n.op_type == "Transpose" and n.input[0] in weights for n in graph.graph.node)  # torch folded nothing
     ref = np.load(tmp_path / REFERENCE_FILE)
@@ -52,3 +53,26 @@ def test_fsac_export_never_imports_torch_itself(tmp_path, tiny_checkpoint):
     peak = out["peak"]
     assert peak["trace_process_bytes"] > peak["export_process_while_tracing_bytes"] > 0
     assert (tmp_path / "m.onnx").is_file() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_the_spilled_child_export_equals_the_in_process_one(tmp_path, tiny_checkpoint, tiny_export):
+    """`fsac export` builds the random backbone spilled to the weights file and runs the
+    reference block by block; the file it writes has the same graph and the same weights,
+    bit for bit, as an export of the model built normally in this process."""
+    import onnx
+    from onnx import numpy_helper
+
+    from fsac.export.cli import export_trained
+    from fsac.train.checkpoint import checkpoint_sha256, load_checkpoint
+
+    trained = load_checkpoint(tiny_checkpoint, device="cpu", quiet=True)
+    images = [p for p in tiny_export[1]["parity"]["images"]]
+    out = tmp_path / "in_process.onnx"
+    export_trained(trained, checkpoint_sha256(tiny_checkpoint), out, [__import__("pathlib").Path(p) for p in images],
+                   quiet=True)
+    a, b = onnx.load(str(tiny_export[0])), onnx.load(str(out))
+    assert [(n.op_type, list(n.input)) for n in a.graph.node] == [(n.op_type, list(n.input)) for n in b.graph.node]
+    wa = {t.name: numpy_helper.to_array(t) for t in a.graph.initializer}
+    wb = {t.name: numpy_helper.to_array(t) for t in b.graph.initializer}
+    assert wa.keys() == wb.keys() and all(np.array_equal(wa[k], wb[k]) for k in wa)
+    assert sum(v.nbytes >= 1 << 16 for v in wa.values()) >= 3  # some weights did go through the spill

@@ -1,0 +1,196 @@
+"""The tracing process holds the model's large weights one block at a time, not all at once.
+
+Importing torch, torchvision and open_clip already takes ~0.74 GB; the image tower of
+ViT-B-16-plus-240 is 0.45 GB more, so a process holding both is at 2.7x the model file
+before it does anything. Three pieces keep it under that:
+
+    with spilled_while_built(store) as spilled:      # random-init backbone: each module's
+        backbone = load_backbone(...)                # tensors go to the weights file as soon as
+                                                     # it is built, replaced by stand-ins
+    with streamed(model, spilled, workdir):          # forward: each block's weights are read
+        outputs = model(pixels)                      # back just before it runs, dropped after
+    with weights_as_inputs(model, names):            # the trace sees the weights as inputs
+        torch.onnx.export(model, (image, *weights), ...)
+
+A stand-in is a zero-stride tensor of the weight's shape and type (no memory). The random
+initialisation draws exactly what a normal build draws (spilling draws nothing), so the
+weights are bit-identical to `build_visual`'s (tested). Code that wrote into a stand-in
+fails loudly (a zero-stride tensor cannot be written in place); code that read one during
+the build, or a block whose weights are used outside its own forward, would give a wrong
+reference, and the export's parity check (on the real weights) then fails it.
+"""
+
+from __future__ import annotations
+
+import itertools
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+SPILL_MIN_BYTES = 1 << 16  # smaller tensors (biases, norms) stay in memory
+BLOCK_BUDGET_BYTES = 64 << 20  # the largest subtree whose weights are read back at once
+
+
+def standin(tensor):
+    """A zero-stride tensor with `tensor`'s shape, dtype and device: no memory."""
+    import torch
+
+    return torch.zeros((), dtype=tensor.dtype, device=tensor.device).expand(tensor.shape)
+
+
+def is_standin(tensor) -> bool:
+    return tensor.numel() > 1 and all(s == 0 for s in tensor.stride())
+
+
+def _own_tensors(module, recurse: bool):
+    return itertools.chain(module.parameters(recurse=recurse), module.buffers(recurse=recurse))
+
+
+@contextmanager
+def spilled_while_built(store, min_bytes: int = SPILL_MIN_BYTES) -> Iterator[dict[int, tuple[Any, Any]]]:
+    """While active, a module attached to its parent has each of its tensors of at least
+    `min_bytes` appended to `store` (a `fsac.export.external.TensorFile`) and replaced by a
+    stand-in. Yields {id(tensor): (tensor, TensorProto in the store)}; the tensors are kept
+    referenced, so the ids stay valid."""
+    import torch
+
+    spilled: dict[int, tuple[Any, Any]] = {}
+
+    def hook(parent, name, submodule):
+        if submodule is None:
+            return None
+        for t in _own_tensors(submodule, recurse=True):
+            if id(t) in spilled or is_standin(t) or t.numel() * t.element_size() < min_bytes:
+                continue
+            spilled[id(t)] = (t, store.append(f"spilled.{len(spilled)}", t.detach().cpu().numpy()))
+            t.data = standin(t)
+        return None
+
+    handle = torch.nn.modules.module.register_module_module_registration_hook(hook)
+    try:
+        yield spilled
+    finally:
+        handle.remove()
+
+
+def _load(tensor, proto, base_dir: Path) -> None:
+    import torch
+
+    from fsac.export.external import tensor_bytes
+
+    data = bytearray(tensor_bytes(proto, base_dir))
+    tensor.data = torch.frombuffer(data, dtype=tensor.dtype).reshape(tensor.shape)
+
+
+@contextmanager
+def streamed(model, spilled: dict[int, tuple[Any, Any]], base_dir: Path, budget: int = BLOCK_BUDGET_BYTES):
+    """Run `model` with its spilled weights read back block by block: the largest subtrees
+    whose spilled weights fit in `budget` get them just before their forward and stand-ins
+    again after it; spilled tensors owned directly by larger modules (a positional
+    embedding) are read back for the whole block of code."""
+    def size(m) -> int:
+        seen = {id(t) for t in _own_tensors(m, recurse=True) if id(t) in spilled}
+        return sum(spilled[i][0].numel() * spilled[i][0].element_size() for i in seen)
+
+    resident: list[Any] = []
+    handles = []
+
+    def subtree(m):
+        return [spilled[id(t)] for t in dict.fromkeys(_own_tensors(m, recurse=True)) if id(t) in spilled]
+
+    def hook_block(m) -> None:
+        def before(module, args):
+            for t, proto in subtree(module):
+                _load(t, proto, base_dir)
+
+        def after(module, args, output):
+            for t, _ in subtree(module):
+                t.data = standin(t)
+
+        handles.append(m.register_forward_pre_hook(before))
+        handles.append(m.register_forward_hook(after, always_call=True))
+
+    def visit(m) -> None:
+        s = size(m)
+        if s == 0:
+            return
+        if s <= budget:
+            hook_block(m)
+            return
+        for t in _own_tensors(m, recurse=False):
+            if id(t) in spilled:
+                _load(t, spilled[id(t)][1], base_dir)
+                resident.append(t)
+        for child in m.children():
+            visit(child)
+
+    visit(model)
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+        for t in resident:
+            t.data = standin(t)
+
+
+@contextmanager
+def weights_as_inputs(model, names: list[str]):
+    """While active, `model(image, *weights)` runs `model(image)` with the tensors named
+    `names` (state-dict keys) taken from the arguments instead of from the module, and the
+    module holds no tensors of its own under those names. A trace of it records the weights
+    as graph inputs, and the exporter never holds their values: `torch.onnx.export` runs ONNX
+    shape inference on a copy of every parameter it is given (+0.4 GB on the full model,
+    measured), on inputs only their shapes. The module stays the traced root, so the node
+    names keep their module paths ("/visual/transformer/resblocks.0/...", which `fsac
+    quantize` uses to find the encoder)."""
+    slots = []
+    for name in names:
+        owner, _, leaf = name.rpartition(".")
+        sub = model.get_submodule(owner) if owner else model
+        table = sub._parameters if leaf in sub._parameters else sub._buffers
+        slots.append((table, leaf, table[leaf]))
+    original_forward = model.forward
+
+    def forward(image, *weights):
+        for (table, leaf, _), t in zip(slots, weights):
+            table[leaf] = t
+        try:
+            return original_forward(image)
+        finally:
+            for table, leaf, _ in slots:
+                table[leaf] = None
+
+    for table, leaf, _ in slots:
+        table[leaf] = None
+    model.forward = forward
+    try:
+        yield
+    finally:
+        del model.forward
+        for table, leaf, old in slots:
+            table[leaf] = old
+
+
+def weight_names(model) -> list[str]:
+    """State-dict keys of `model` whose tensors are distinct (a tied weight is passed once)."""
+    seen, names = set(), []
+    for name, t in model.state_dict(keep_vars=True).items():
+        if id(t) not in seen:
+            seen.add(id(t))
+            names.append(name)
+    return names
+
+
+def spilled_protos(model, spilled: dict[int, tuple[Any, Any]]) -> dict[str, Any]:
+    """{state-dict key: its TensorProto in the weights file, renamed} for the spilled tensors."""
+    from onnx import TensorProto
+
+    out = {}
+    for name, t in model.state_dict(keep_vars=True).items():
+        if id(t) in spilled:
+            proto = TensorProto()
+            proto.CopyFrom(spilled[id(t)][1])
+            proto.name = name
+            out[name] = proto
+    return out
