@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 SPILL_MIN_BYTES = 1 << 16  # smaller tensors (biases, norms) stay in memory
+_suspended = [False]  # spilling paused (open_clip's own loader needs the real tensors)
 BLOCK_BUDGET_BYTES = 64 << 20  # the largest subtree whose weights are read back at once
 
 
@@ -47,20 +48,22 @@ def _own_tensors(module, recurse: bool):
 
 
 @contextmanager
-def spilled_while_built(store, min_bytes: int = SPILL_MIN_BYTES) -> Iterator[dict[int, tuple[Any, Any]]]:
+def spilled_while_built(store, min_bytes: int = SPILL_MIN_BYTES,
+                        spilled: dict | None = None) -> Iterator[dict[int, tuple[Any, Any]]]:
     """While active, a module attached to its parent has each of its tensors of at least
     `min_bytes` appended to `store` (a `fsac.export.external.TensorFile`) and replaced by a
-    stand-in. Yields {id(tensor): (tensor, TensorProto in the store)}; the tensors are kept
-    referenced, so the ids stay valid."""
+    stand-in. Yields {id(tensor): (tensor, TensorProto in the store)} (`spilled`, if given);
+    the tensors are kept referenced, so the ids stay valid."""
     import torch
 
-    spilled: dict[int, tuple[Any, Any]] = {}
+    spilled = {} if spilled is None else spilled
 
     def hook(parent, name, submodule):
-        if submodule is None:
+        if submodule is None or _suspended[0]:
             return None
         for t in _own_tensors(submodule, recurse=True):
-            if id(t) in spilled or is_standin(t) or t.numel() * t.element_size() < min_bytes:
+            if (id(t) in spilled or t.is_meta or is_standin(t)
+                    or t.numel() * t.element_size() < min_bytes):
                 continue
             spilled[id(t)] = (t, store.append(f"spilled.{len(spilled)}", t.detach().cpu().numpy()))
             t.data = standin(t)
@@ -194,3 +197,95 @@ def spilled_protos(model, spilled: dict[int, tuple[Any, Any]]) -> dict[str, Any]
             proto.name = name
             out[name] = proto
     return out
+
+
+class _NotStreamable(Exception):
+    pass
+
+
+def _file_tensors(path: Path):
+    """(keys, {key: shape}, read(key) -> tensor, done(key, tensor)) for a safetensors file or
+    torch's zip format, reading one tensor at a time: safetensors opens the file per tensor
+    (its mapping goes when it closes); a zip checkpoint is mapped once (torch.load mmap) and
+    each tensor's pages are dropped from the mapping once it has been copied."""
+    import torch
+
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            keys = list(f.keys())
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in keys}
+
+        def read(key):
+            with safe_open(str(path), "pt") as f:
+                return f.get_tensor(key)
+
+        return keys, shapes, read, lambda key, t: None
+    try:
+        sd = torch.load(str(path), map_location="cpu", mmap=True, weights_only=True)
+    except Exception as e:  # legacy (non-zip) pickles cannot be mapped
+        raise _NotStreamable(f"cannot map {path.name} ({type(e).__name__})") from None
+    if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
+        sd = sd["state_dict"]  # a training checkpoint, as open_clip.load_state_dict reads it
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise _NotStreamable(f"{path.name} is not a flat tensor dictionary")
+    if sd and all(k.startswith("module.") for k in sd):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+
+    def done(key, t):  # drop the copied pages of the mapping (MAP_PRIVATE: nothing is lost)
+        _drop_pages(sd[key])
+
+    return list(sd), {k: tuple(v.shape) for k, v in sd.items()}, lambda key: sd[key], done
+
+
+def _drop_pages(tensor) -> None:
+    import ctypes
+
+    start, n = tensor.data_ptr(), tensor.numel() * tensor.element_size()
+    page = 4096
+    lo, hi = start // page * page, -(-(start + n) // page) * page
+    try:
+        ctypes.CDLL("libc.so.6").madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), 4)  # MADV_DONTNEED
+    except (OSError, AttributeError):
+        pass
+
+
+def stream_weights_file(model, path: Path, arch: str, spilled: dict, store) -> None:
+    """`fsac.train.backbone.load_weights_file` for a tower built by `spilled_while_built`:
+    the file's keys and shapes are checked strictly against the whole CLIP architecture, and
+    the image tower's tensors are read one at a time, the spilled ones written to `store`
+    (their stand-ins stay), the others copied into the model. A file that needs open_clip's
+    conversions (other key names, a legacy pickle) is loaded by open_clip as usual, after the
+    stand-ins are given real memory again."""
+    import torch
+
+    from fsac.train.backbone import _meta_clip, load_weights_file
+
+    expected = {k: tuple(v.shape) for k, v in _meta_clip(arch, model.visual).state_dict(keep_vars=True).items()}
+    try:
+        keys, shapes, read, done = _file_tensors(Path(path))
+        if set(keys) != set(expected) or any(shapes[k] != expected[k] for k in keys):
+            raise _NotStreamable("its keys or shapes need open_clip's conversion")
+    except _NotStreamable:
+        for t, _ in spilled.values():
+            t.data = torch.empty(t.shape, dtype=t.dtype, device=t.device)
+        spilled.clear()
+        _suspended[0] = True
+        try:
+            load_weights_file(model, Path(path), arch)
+        finally:
+            _suspended[0] = False
+        return
+    tower = model.state_dict(keep_vars=True)
+    with torch.no_grad():
+        for key in keys:
+            if key not in tower:
+                continue  # the text tower: checked above, not read
+            target, value = tower[key], read(key)
+            if id(target) in spilled:
+                spilled[id(target)] = (target, store.append(key, value.to(target.dtype).contiguous().numpy()))
+            else:
+                target.copy_(value)
+            done(key, value)
+            del value

@@ -187,7 +187,7 @@ def run_job(job: dict) -> dict:
     """What `fsac export` asks of its tracing process (a JSON job), done in this process."""
     from fsac.export.cli import _parity_image_paths, _preset_text
     from fsac.export.external import TensorFile
-    from fsac.export.stream import spilled_while_built
+    from fsac.export.stream import spilled_while_built, stream_weights_file
     from fsac.train.checkpoint import checkpoint_sha256, load_checkpoint, read_checkpoint_meta
 
     checkpoint, workdir = Path(job["checkpoint"]), Path(job["workdir"])
@@ -195,20 +195,18 @@ def run_job(job: dict) -> dict:
     check_images = [Path(p) for p in job["check_images"]] if job.get("check_images") else None
     images = _parity_image_paths(folder, ck_meta, check_images)
     workdir.mkdir(parents=True, exist_ok=True)
-    # A random-init backbone is spilled to the weights file while it is built (a weights file
-    # is loaded by open_clip, whole: it needs the real tensors to copy into).
-    spill = (job.get("weights") or ck_meta.get("backbone", {}).get("weights_id")) in ("random", "none")
+    # The backbone is spilled to the weights file while it is built, and a weights file is
+    # streamed into it one tensor at a time (fsac.export.stream): this process never holds
+    # the whole tower.
     store = TensorFile(workdir / WEIGHTS_FILE)
     spilled: dict = {}
 
-    @contextlib.contextmanager
-    def spilling():
-        with spilled_while_built(store) as found:
-            yield
-            spilled.update(found)
+    def loader(model, path, arch):
+        stream_weights_file(model, path, arch, spilled, store)
 
     trained = load_checkpoint(checkpoint, weights=job.get("weights"), device="cpu", quiet=job["quiet"],
-                              backbone_context=spilling if spill else None)
+                              backbone_context=lambda: spilled_while_built(store, spilled=spilled),
+                              weights_loader=loader)
     extra = {"fsac.train_images": json.dumps(ck_meta.get("train_images", [])),
              "fsac.train_preset": _preset_text(ck_meta.get("train") or {}),
              "fsac.training_diagnostics": json.dumps(ck_meta.get("diagnostics", {}))}

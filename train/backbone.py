@@ -385,19 +385,21 @@ def preprocess_spec_for(model: torch.nn.Module, arch: str, weights: str, resize_
 
 def load_backbone(arch: str = DEFAULT_ARCH, weights: str = DEFAULT_WEIGHTS, device: str | None = None,
                   cache_dir: str | None = None, resize_mode: str = "squash", random_init_seed: int = 0,
-                  quiet: bool = False, text_tower: bool = False) -> Backbone:
+                  quiet: bool = False, text_tower: bool = False,
+                  weights_loader: Callable[[torch.nn.Module, Path, str], None] | None = None) -> Backbone:
     """Build the frozen backbone. See the module docstring for `weights`.
 
     By default only the image tower is built now (`build_visual`, or a weights file loaded
     strictly into it); the text tower follows on the first prompt encoding. `text_tower`
-    builds both at once."""
+    builds both at once. `weights_loader(model, path, arch)` reads a weights file into the
+    image tower instead of `load_weights_file` (`fsac export` streams it, one tensor at a time)."""
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model = build_model(arch, random_init_seed) if text_tower else build_visual(arch, random_init_seed)
     path, weights_id = resolve_weights(arch, weights, cache_dir)
     sha = None
     if path is not None:
-        load_weights_file(model, path, arch)
+        (weights_loader or load_weights_file)(model, path, arch)
         sha = sha256_file(path)
     elif not quiet:
         print(RANDOM_WEIGHTS_WARNING, file=sys.stderr)

@@ -143,13 +143,15 @@ def checkpoint_sha256(path: str | Path) -> str:
 
 
 def load_checkpoint(path: str | Path, weights: str | None = None, device: str | None = None,
-                    quiet: bool = False, backbone_context: Callable[[], ContextManager] | None = None) -> TrainedModel:
+                    quiet: bool = False, backbone_context: Callable[[], ContextManager] | None = None,
+                    weights_loader: Callable | None = None) -> TrainedModel:
     """Rebuild backbone + head from a checkpoint folder.
 
     `weights` overrides where the backbone weights come from (a tag or a file); by default
     the recorded tag is used, and a recorded local file must be passed again. A file's sha256
     must match the one recorded at training time. `backbone_context`: entered around building
-    the backbone alone (`fsac export` spills its weights to a file as they are built).
+    the backbone alone (`fsac export` spills its weights to a file as they are built);
+    `weights_loader`: see `fsac.train.backbone.load_backbone`.
     """
     from safetensors import SafetensorError
     from safetensors.torch import load
@@ -175,7 +177,7 @@ def load_checkpoint(path: str | Path, weights: str | None = None, device: str | 
             )
     with (backbone_context or contextlib.nullcontext)():
         backbone = load_backbone(info.arch, weights, device=device, resize_mode=meta["preprocess"]["resize_mode"],
-                                 random_init_seed=info.random_init_seed, quiet=quiet)
+                                 random_init_seed=info.random_init_seed, quiet=quiet, weights_loader=weights_loader)
     if info.weights_sha256 and backbone.info.weights_sha256 != info.weights_sha256:
         raise FsacError(
             f"backbone weights {weights} (sha256 {str(backbone.info.weights_sha256)[:12]}...) differ from the ones "

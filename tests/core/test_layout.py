@@ -28,6 +28,10 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     # composition point of the wings (see export/bench.py's docstring).
     "export/bench.py": ("fsac.calibration.quantize", "fsac.runtime.openvino_backend", "fsac.runtime.backends"),
     "export/bench_extra.py": ("fsac.runtime.openvino_backend", "fsac.runtime.policy"),
+    # The tracing process streams the checkpoint's backbone weights file into its spilled image
+    # tower: it checks the file against the same architecture and falls back to the same open_clip
+    # loader that loading the checkpoint uses (a second copy of either could drift from it).
+    "export/stream.py": ("fsac.train.checkpoint", "fsac.train.backbone"),
 }
 # The core dispatches the `fsac` commands to the wings' command modules; nothing else in it may
 # import a wing (the runtime installs the core without torch).

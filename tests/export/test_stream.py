@@ -78,3 +78,76 @@ def test_weights_as_inputs_trace_names_every_input_by_its_key_and_keeps_module_p
     m = onnx.load(str(tmp_path / "m.onnx"))
     assert [i.name for i in m.graph.input] == ["x", *names] and not m.graph.initializer
     assert any(n.name.startswith("/0/") for n in m.graph.node)  # module paths in the node names
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_a_weights_file_streamed_into_a_spilled_tower_equals_open_clips_load(tmp_path, models, suffix):
+    import torch
+    from safetensors.torch import save_file
+
+    from fsac.export.external import TensorFile, tensor_array
+    from fsac.export.stream import is_standin, spilled_while_built, stream_weights_file
+    from fsac.train.backbone import build_model, build_visual, load_weights_file
+
+    state = {k: v.contiguous() for k, v in build_model(models.TINY_ARCH, random_init_seed=5).state_dict().items()}
+    path = tmp_path / f"clip{suffix}"
+    save_file(state, str(path)) if suffix == ".safetensors" else torch.save(state, str(path))
+    want = build_visual(models.TINY_ARCH, random_init_seed=0)
+    load_weights_file(want, path, models.TINY_ARCH)
+    spilled: dict = {}
+    store = TensorFile(tmp_path / "w.bin")
+    with spilled_while_built(store, min_bytes=1024, spilled=spilled):
+        got = build_visual(models.TINY_ARCH, random_init_seed=0)
+        stream_weights_file(got, path, models.TINY_ARCH, spilled, store)
+    assert len(spilled) > 10
+    mine = got.state_dict(keep_vars=True)
+    for name, t in want.state_dict().items():
+        if id(mine[name]) in spilled:
+            assert is_standin(mine[name])
+            assert np.array_equal(tensor_array(spilled[id(mine[name])][1], tmp_path), t.numpy()), name
+        else:
+            assert torch.equal(mine[name], t), name
+
+
+def test_a_file_that_cannot_be_streamed_is_loaded_by_open_clip(tmp_path, models):
+    import torch
+
+    from fsac.export.external import TensorFile
+    from fsac.export.stream import is_standin, spilled_while_built, stream_weights_file
+    from fsac.train.backbone import build_model, build_visual, load_weights_file
+
+    state = {k: v.contiguous() for k, v in build_model(models.TINY_ARCH, random_init_seed=5).state_dict().items()}
+    path = tmp_path / "legacy.pt"
+    torch.save(state, str(path), _use_new_zipfile_serialization=False)  # a pickle torch cannot map
+    want = build_visual(models.TINY_ARCH, random_init_seed=0)
+    load_weights_file(want, path, models.TINY_ARCH)
+    spilled: dict = {}
+    store = TensorFile(tmp_path / "w.bin")
+    with spilled_while_built(store, min_bytes=1024, spilled=spilled):
+        got = build_visual(models.TINY_ARCH, random_init_seed=0)
+        stream_weights_file(got, path, models.TINY_ARCH, spilled, store)
+    assert not spilled and not any(is_standin(t) for t in got.state_dict().values())
+    for name, t in want.state_dict().items():
+        assert torch.equal(got.state_dict()[name], t), name
+
+
+def test_a_file_that_does_not_fit_is_refused_by_open_clips_strict_load(tmp_path, models):
+    import torch
+    from safetensors.torch import save_file
+
+    from fsac.errors import FsacError
+    from fsac.export.external import TensorFile
+    from fsac.export.stream import spilled_while_built, stream_weights_file
+    from fsac.train.backbone import build_model, build_visual
+
+    state = {k: v.contiguous() for k, v in build_model(models.TINY_ARCH, random_init_seed=5).state_dict().items()}
+    state["visual.extra"] = torch.zeros(3)  # a key the architecture does not have
+    path = tmp_path / "odd.safetensors"
+    save_file(state, str(path))
+    spilled: dict = {}
+    store = TensorFile(tmp_path / "w.bin")
+    with spilled_while_built(store, min_bytes=1024, spilled=spilled):
+        got = build_visual(models.TINY_ARCH, random_init_seed=0)
+        with pytest.raises(FsacError, match="does not fit the model architecture"):  # open_clip's strict load
+            stream_weights_file(got, path, models.TINY_ARCH, spilled, store)
+    assert not spilled  # the stand-ins got real memory back for open_clip to load into (and refuse)
