@@ -5,7 +5,8 @@
     fsac engine MODEL.onnx [--precision fp16|int8] [--max-batch 8]   (on the Jetson)
 
 Imports of torch, onnx and onnxruntime happen inside the functions, so `fsac --help` and
-the edge runtime never pay for them.
+the edge runtime never pay for them. `fsac export` itself never imports torch: the torch half
+runs in a child process (`fsac.export.trace`), the rest here (`fsac.export.finish`).
 """
 
 from __future__ import annotations
