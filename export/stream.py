@@ -53,7 +53,8 @@ def spilled_while_built(store, min_bytes: int = SPILL_MIN_BYTES,
     """While active, a module attached to its parent has each of its tensors of at least
     `min_bytes` appended to `store` (a `fsac.export.external.TensorFile`) and replaced by a
     stand-in. Yields {id(tensor): (tensor, TensorProto in the store)} (`spilled`, if given);
-    the tensors are kept referenced, so the ids stay valid."""
+    the tensors are kept referenced, so the ids stay valid. With `store` None the values are
+    dropped (proto None): a weights file will replace them (`stream_weights_file`)."""
     import torch
 
     spilled = {} if spilled is None else spilled
@@ -65,7 +66,8 @@ def spilled_while_built(store, min_bytes: int = SPILL_MIN_BYTES,
             if (id(t) in spilled or t.is_meta or is_standin(t)
                     or t.numel() * t.element_size() < min_bytes):
                 continue
-            spilled[id(t)] = (t, store.append(f"spilled.{len(spilled)}", t.detach().cpu().numpy()))
+            proto = None if store is None else store.append(f"spilled.{len(spilled)}", t.detach().cpu().numpy())
+            spilled[id(t)] = (t, proto)
             t.data = standin(t)
         return None
 
@@ -260,6 +262,7 @@ def stream_weights_file(model, path: Path, arch: str, spilled: dict, store) -> N
     stand-ins are given real memory again."""
     import torch
 
+    from fsac.errors import FsacError
     from fsac.train.backbone import _meta_clip, load_weights_file
 
     expected = {k: tuple(v.shape) for k, v in _meta_clip(arch, model.visual).state_dict(keep_vars=True).items()}
@@ -289,3 +292,6 @@ def stream_weights_file(model, path: Path, arch: str, spilled: dict, store) -> N
                 target.copy_(value)
             done(key, value)
             del value
+    unfilled = [k for k, t in tower.items() if id(t) in spilled and spilled[id(t)][1] is None]
+    if unfilled:
+        raise FsacError(f"{path}: no values for {unfilled[:3]} (the tower's tensors were dropped while it was built)")

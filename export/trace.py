@@ -200,12 +200,15 @@ def run_job(job: dict) -> dict:
     # the whole tower.
     store = TensorFile(workdir / WEIGHTS_FILE)
     spilled: dict = {}
+    weights = job.get("weights") or ck_meta.get("backbone", {}).get("weights_id")
+    # With a weights file the random init is replaced tensor by tensor: its values are not kept.
+    build_store = store if weights in ("random", "none") else None
 
     def loader(model, path, arch):
         stream_weights_file(model, path, arch, spilled, store)
 
     trained = load_checkpoint(checkpoint, weights=job.get("weights"), device="cpu", quiet=job["quiet"],
-                              backbone_context=lambda: spilled_while_built(store, spilled=spilled),
+                              backbone_context=lambda: spilled_while_built(build_store, spilled=spilled),
                               weights_loader=loader)
     extra = {"fsac.train_images": json.dumps(ck_meta.get("train_images", [])),
              "fsac.train_preset": _preset_text(ck_meta.get("train") or {}),
