@@ -117,12 +117,11 @@ def interleaved(backends: dict[str, Callable[[np.ndarray], Any]], batches: list[
 
 
 def _vm_hwm_mib() -> float | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
+    from fsac.procmem import peak_rss_self
+
+    hwm = peak_rss_self()
+    if hwm is not None:
+        return hwm / 2**20
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB

@@ -24,6 +24,7 @@ from typing import Iterator
 import numpy as np
 
 from fsac.errors import FsacError
+from fsac.modelfile import _encode_varint
 
 ALIGN = 4096  # tensor offsets: page-aligned, so a runtime may map them
 _GRAPH_FIELD = 7  # ModelProto.graph
@@ -31,21 +32,9 @@ _INITIALIZER_FIELD = 5  # GraphProto.initializer
 _RAW_DATA_FIELD = 9  # TensorProto.raw_data
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
 def _len_field(number: int, length: int) -> bytes:
     """Tag and length prefix of a length-delimited protobuf field."""
-    return _varint((number << 3) | 2) + _varint(length)
+    return _encode_varint((number << 3) | 2) + _encode_varint(length)
 
 
 class TensorFile:

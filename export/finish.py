@@ -18,7 +18,6 @@ its serialized bytes and a session from bytes would make.
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -29,11 +28,6 @@ from fsac.modelfile import OUTPUT_NAMES
 FOLDED_GRAPH = "folded.onnx"
 FOLDED_WEIGHTS = "folded.bin"
 KEPT_GRAPH = "kept.onnx"
-
-
-def _say(quiet: bool, msg: str) -> None:
-    if not quiet:
-        print(msg, file=sys.stderr, flush=True)
 
 
 def fold_and_check(workdir: Path) -> tuple[Path, dict[str, int]]:
@@ -59,6 +53,7 @@ def finish_export(workdir: Path, info: dict, out: Path, force: bool = False, tol
     """See the module docstring. -> the export report (what `fsac export --report` writes)."""
     import onnx
 
+    from fsac.export.cli import _say
     from fsac.export.external import inline_model_parts
     from fsac.export.optimize import optimize_and_measure
     from fsac.export.parity import check_parity

@@ -79,9 +79,6 @@ def fold_constants(model, base_dir: str | os.PathLike, store: TensorFile) -> Cou
             consts[name] = t
             g.initializer.append(t)
         folded[node.op_type] += 1
-    for o in g.output:
-        if o.name in rename:  # never happens (graph outputs are not aliased), kept for safety
-            raise AssertionError(f"graph output {o.name} was aliased")
     del g.node[:]
     g.node.extend(kept)
     used = {n for node in g.node for n in node.input} | graph_outputs

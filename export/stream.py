@@ -27,7 +27,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-SPILL_MIN_BYTES = 1 << 16  # smaller tensors (biases, norms) stay in memory
+from fsac.export.weightless import DETACH_MIN_BYTES
+
+# Smaller tensors (biases, norms) stay in memory; the same bound as the one below which the
+# trace's weights stay inline in the graph, so every stand-in has its bytes in a weights file.
+SPILL_MIN_BYTES = DETACH_MIN_BYTES
 _suspended = [False]  # spilling paused (open_clip's own loader needs the real tensors)
 BLOCK_BUDGET_BYTES = 64 << 20  # the largest subtree whose weights are read back at once
 

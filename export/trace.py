@@ -80,9 +80,8 @@ def write_weights(deploy_model, weights_path: Path, spilled: dict | None = None)
     from onnx import numpy_helper
 
     from fsac.export.external import TensorFile
-    from fsac.export.weightless import DETACH_MIN_BYTES
-
     from fsac.export.stream import is_standin, spilled_protos
+    from fsac.export.weightless import DETACH_MIN_BYTES
 
     store = TensorFile(weights_path)
     protos = {name: t.SerializeToString() for name, t in spilled_protos(deploy_model, spilled or {}).items()}
@@ -106,10 +105,12 @@ def release_for_trace(deploy_model) -> None:
     traced differently would fail the parity check, which runs on the real weights."""
     import torch
 
+    from fsac.export.stream import SPILL_MIN_BYTES, standin
+
     with torch.no_grad():
         for tensor in deploy_model.state_dict(keep_vars=True).values():
-            if tensor.numel() * tensor.element_size() >= 1 << 16:
-                tensor.data = torch.zeros((), dtype=tensor.dtype, device=tensor.device).expand(tensor.shape)
+            if tensor.numel() * tensor.element_size() >= SPILL_MIN_BYTES:
+                tensor.data = standin(tensor)
 
 
 def bind_weights(graph_path: Path, protos: dict[str, bytes]) -> int:
