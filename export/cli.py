@@ -62,6 +62,11 @@ def export_command(
     out = Path(out) if out is not None else default_model_path(checkpoint)
     if out.exists() and not force:
         raise FsacError(f"{out} exists; pass --force to overwrite it")
+    for parent in (out.parent, *out.parent.parents):
+        if parent.exists():  # the nearest existing one: mkdir would only say "File exists"
+            if not parent.is_dir():
+                raise FsacError(f"{parent} is a file, not a folder: cannot write the model file {out} there")
+            break
     if optimize not in ("slim", "ort", "none"):
         raise FsacError(f"--optimize must be slim, ort or none, got {optimize!r}")
     if attention not in ("lean", "torch"):
@@ -80,18 +85,22 @@ def export_command(
     # The torch half (load, PyTorch reference, trace, weights written once) runs in its own
     # process: its imports and the torch weights are gone before this one opens a session.
     from fsac.export.finish import finish_export
-    from fsac.export.trace import run_in_child
+    from fsac.export.trace import disk_error_message, run_in_child
     from fsac.procmem import peak_rss_self, rss_bytes
 
     t_start = time.perf_counter()
-    out.parent.mkdir(parents=True, exist_ok=True)
     workdir = _workdir_for(out)
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(workdir, ignore_errors=True)  # a killed export's leftovers: appended to, not replaced
         rss_waiting = rss_bytes()
         job = {"checkpoint": str(checkpoint), "weights": weights, "opset": opset, "attention": attention,
-               "check_images": [str(p) for p in check_images] if check_images else None, "quiet": quiet}
+               "check_images": [str(p) for p in check_images] if check_images else None, "quiet": quiet,
+               "optimize": optimize}
         info = run_in_child(job, workdir)
         result = finish_export(workdir, info, out, force=force, tolerance=tolerance, optimize=optimize, quiet=quiet)
+    except OSError as e:  # a full disk, a folder that cannot be written: one line naming the file
+        raise FsacError(disk_error_message(e, workdir)) from e
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     result["peak_rss"] = {"trace_process_bytes": info.get("peak_rss_bytes"), "export_process_while_tracing_bytes":
@@ -145,6 +154,11 @@ def export_trained(trained, checkpoint_sha: str, out: Path, image_paths: list[Pa
 
     if out.exists() and not force:
         raise FsacError(f"{out} exists; pass --force to overwrite it")
+    for parent in (out.parent, *out.parent.parents):
+        if parent.exists():  # the nearest existing one: mkdir would only say "File exists"
+            if not parent.is_dir():
+                raise FsacError(f"{parent} is a file, not a folder: cannot write the model file {out} there")
+            break
     out.parent.mkdir(parents=True, exist_ok=True)
     workdir = _workdir_for(out)
     try:

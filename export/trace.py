@@ -39,7 +39,6 @@ from fsac.modelfile import INPUT_NAME, OUTPUT_NAMES
 GRAPH_FILE = "graph.onnx"
 WEIGHTS_FILE = "weights.bin"
 REFERENCE_FILE = "reference.npz"
-INFO_FILE = "trace.json"
 
 
 def trace_weightless(deploy_model, image_size: int, path: Path, opset: int, attention: str) -> None:
@@ -211,6 +210,7 @@ def run_job(job: dict) -> dict:
     trained = load_checkpoint(checkpoint, weights=job.get("weights"), device="cpu", quiet=job["quiet"],
                               backbone_context=lambda: spilled_while_built(build_store, spilled=spilled),
                               weights_loader=loader)
+    check_free_space(workdir, store.path.stat().st_size, job.get("optimize", "slim"))
     extra = {"fsac.train_images": json.dumps(ck_meta.get("train_images", [])),
              "fsac.train_preset": _preset_text(ck_meta.get("train") or {}),
              "fsac.training_diagnostics": json.dumps(ck_meta.get("diagnostics", {}))}
@@ -219,26 +219,26 @@ def run_job(job: dict) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    """`python -m fsac.export.trace JOB.json`: writes trace.json (or, on an error the user can
-    act on, {"error": message}) beside the job and exits 0 / 2."""
+    """`python -m fsac.export.trace JOB.json RESULT_FD`: writes the trace info (or, on an
+    error the user can act on, {"error": message}) as JSON to the pipe RESULT_FD and exits
+    0 / 2. A pipe, not a file in the work folder: on a full disk the error must still arrive."""
     from fsac.procmem import map_large_allocations
 
     map_large_allocations()  # a spilled or released weight gives its memory back when it is freed
-    job_path = Path(argv[0])
-    job = json.loads(job_path.read_text())
-    out = Path(job["workdir"]) / INFO_FILE
-    try:
-        info = run_job(job)
-    except FsacError as e:
-        out.write_text(json.dumps({"error": str(e)}))
-        return 2
-    except OSError as e:  # a full disk, a folder that cannot be written: name the file
-        out.write_text(json.dumps({"error": f"{e.filename or job['workdir']}: {e.strerror or e}"}))
-        return 2
-    from fsac.procmem import peak_rss_self
+    job = json.loads(Path(argv[0]).read_text())
+    with os.fdopen(int(argv[1]), "w") as result:
+        try:
+            info = run_job(job)
+        except FsacError as e:
+            result.write(json.dumps({"error": str(e)}))
+            return 2
+        except OSError as e:  # a full disk, a folder that cannot be written: name the file
+            result.write(json.dumps({"error": disk_error_message(e, Path(job["workdir"]))}))
+            return 2
+        from fsac.procmem import peak_rss_self
 
-    info["peak_rss_bytes"] = peak_rss_self()
-    out.write_text(json.dumps(info))
+        info["peak_rss_bytes"] = peak_rss_self()
+        result.write(json.dumps(info))
     return 0
 
 
@@ -251,18 +251,66 @@ def run_in_child(job: dict, workdir: Path) -> dict:
     job_path = workdir / "job.json"
     job_path.write_text(json.dumps({**job, "workdir": str(workdir)}))
     env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
-    proc = subprocess.run([sys.executable, "-m", "fsac.export.trace", str(job_path)], env=env)
-    out = workdir / INFO_FILE
-    info = json.loads(out.read_text()) if out.is_file() else None
-    if info and "error" in info:
+    read_end, write_end = os.pipe()
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "fsac.export.trace", str(job_path), str(write_end)],
+                                env=env, pass_fds=(write_end,))
+    finally:
+        os.close(write_end)
+    with os.fdopen(read_end) as result:
+        text = result.read()  # until the child exits (or closes it): the info is small
+    returncode = proc.wait()
+    try:
+        info = json.loads(text) if text else None
+    except ValueError:  # cut off by a kill
+        info = None
+    if isinstance(info, dict) and "error" in info:
         raise FsacError(info["error"])
-    if proc.returncode < 0:
+    if returncode < 0:
         raise FsacError(f"the tracing process (python -m fsac.export.trace) was killed by signal "
-                        f"{-proc.returncode}" + (" (out of memory?)" if proc.returncode == -9 else ""))
-    if proc.returncode != 0 or info is None:
+                        f"{-returncode}" + (" (out of memory?)" if returncode == -9 else ""))
+    if returncode != 0 or not isinstance(info, dict):
         raise FsacError(f"the tracing process (python -m fsac.export.trace) failed with exit status "
-                        f"{proc.returncode}; its messages are above")
+                        f"{returncode}; its messages are above")
     return info
+
+
+# Free space the export needs beside the weights file, in multiples of it: the folded
+# weights (fsac.export.fold writes each transposed matrix anew) and the model file; with
+# --optimize ort the optimiser's graph holds the weights once more.
+SPACE_AFTER_WEIGHTS = {"slim": 2.0, "none": 2.0, "ort": 3.0}
+SPACE_MARGIN_BYTES = 4 << 20  # the graphs and the parity images' reference outputs
+
+
+def check_free_space(workdir: Path, weights_bytes: int, optimize: str = "slim") -> None:
+    """Refuse to go on (FsacError) when the file system of `workdir` has less room than the
+    rest of the export needs, before the slow part rather than at its end."""
+    import shutil
+
+    need = int(SPACE_AFTER_WEIGHTS.get(optimize, 3.0) * weights_bytes) + SPACE_MARGIN_BYTES
+    free = shutil.disk_usage(workdir).free
+    if free < need:
+        raise FsacError(f"{workdir.parent}: not enough free disk space for fsac export: about {need / 2**20:.0f} MiB "
+                        f"more is needed (the folded weights and the model file, beside the "
+                        f"{weights_bytes / 2**20:.0f} MiB of weights already in the scratch folder {workdir.name}), "
+                        f"{free / 2**20:.0f} MiB is free; free some space or write the model file elsewhere (-o)")
+
+
+def disk_error_message(e: OSError, workdir: Path) -> str:
+    """One line for an OSError during the export: the file, the reason, and for a full disk
+    what the export needs (its scratch folder `workdir` sits beside the model file)."""
+    import errno
+    import shutil
+
+    msg = f"{e.filename or workdir}: {e.strerror or e}"  # a failed write() names no file: the folder
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        try:
+            free = f"{shutil.disk_usage(workdir.parent).free / 2**20:.0f} MiB free now; "
+        except OSError:
+            free = ""
+        msg += (f" ({free}fsac export needs about 3x the model file's size free beside it while it runs: "
+                f"the scratch folder {workdir.name}, removed afterwards, and the model file itself)")
+    return msg
 
 
 if __name__ == "__main__":

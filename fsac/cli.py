@@ -1,11 +1,14 @@
 """`fsac`: the workstation command line (typer).
 
 Heavy imports (torch, open_clip, onnx) happen inside the commands, so `fsac --help` is quick.
-User errors (`FsacError`) print one line and exit with status 2, without a traceback.
+User errors (`FsacError`) print one line and exit with status 2, without a traceback; so do
+the machine's refusals a user fixes outside fsac (a full disk, a read-only folder, no
+permission, too many open files), which name the file where the system call did.
 """
 
 from __future__ import annotations
 
+import errno
 import sys
 
 import click
@@ -75,11 +78,22 @@ def _usage_line(e: Exception) -> str:
     return f"fsac: error: {msg} (see `{where}`)"
 
 
+# OSErrors that are the machine's state, not fsac's bug: one line, no traceback.
+_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EMFILE,
+                       errno.ENFILE, errno.EIO, errno.ENOTDIR, errno.EISDIR}
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         app(args=argv, prog_name="fsac", standalone_mode=False)
     except FsacError as e:
         print(f"fsac: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno not in _ENVIRONMENT_ERRNOS:
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"fsac: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
     except _EXIT as e:
         return e.exit_code

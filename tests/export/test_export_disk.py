@@ -1,0 +1,131 @@
+"""fsac export on a real full disk (a small tmpfs) and into a path it cannot write: one line
+naming the folder, exit status 2, and nothing left behind (no scratch folder, no partial file)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from fsac.errors import FsacError
+
+
+@pytest.fixture
+def mount_small(tmp_path):
+    """mount_small(size) -> a fresh tmpfs of that size (e.g. "256k"), unmounted afterwards."""
+    mounted = []
+
+    def mount(size: str) -> Path:
+        d = tmp_path / f"fs{len(mounted)}"
+        d.mkdir()
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(d)],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            pytest.skip(f"cannot mount a small tmpfs here ({r.stderr.strip() or 'not permitted'}); needs root")
+        mounted.append(d)
+        return d
+
+    yield mount
+    for d in mounted:
+        subprocess.run(["umount", "-l", str(d)], capture_output=True)
+
+
+def fsac_export(checkpoint: Path, out: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fsac.cli", "export", str(checkpoint), "-o", str(out), "-q"],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def one_error_line(r: subprocess.CompletedProcess) -> str:
+    assert r.returncode == 2, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("fsac: error: "), r.stderr  # no traceback
+    return lines[0]
+
+
+def test_a_disk_too_small_for_the_weights_is_one_line_naming_the_folder(tiny_checkpoint, mount_small):
+    fs = mount_small("256k")  # smaller than the tiny model's weights
+    line = one_error_line(fsac_export(tiny_checkpoint, fs / "model.onnx"))
+    assert "No space left on device" in line and str(fs) in line
+    assert "3x the model file" in line  # what it needs, so the user knows how much to free
+    assert list(fs.iterdir()) == []  # the scratch folder is gone, no partial model file
+
+
+def test_a_disk_without_room_for_the_rest_is_refused_before_the_trace(tiny_checkpoint, mount_small):
+    fs = mount_small("3m")  # the weights fit; the folded weights + model file + margin do not
+    line = one_error_line(fsac_export(tiny_checkpoint, fs / "model.onnx"))
+    assert "not enough free disk space for fsac export" in line and str(fs) in line
+    assert "traced" not in line and list(fs.iterdir()) == []
+
+
+def test_a_disk_that_fills_during_the_torch_free_half_is_one_line_and_leaves_nothing(tiny_checkpoint, mount_small):
+    fs = mount_small("8m")  # enough for the tiny export (it succeeds here alone)
+    folded = fs / ".model.onnx.export" / "folded.onnx"  # written by the torch-free half
+    filled = threading.Event()
+
+    def fill_when_folded() -> None:
+        deadline = time.monotonic() + 240
+        while not folded.exists() and time.monotonic() < deadline:
+            time.sleep(0.002)
+        fd = os.open(fs / "filler", os.O_WRONLY | os.O_CREAT)
+        try:
+            while True:
+                os.write(fd, b"\0" * 65536)
+        except OSError:
+            filled.set()
+        finally:
+            os.close(fd)
+
+    t = threading.Thread(target=fill_when_folded, daemon=True)
+    t.start()
+    r = fsac_export(tiny_checkpoint, fs / "model.onnx")
+    t.join(timeout=30)
+    assert filled.is_set(), "the filler never ran: folded.onnx did not appear"
+    line = one_error_line(r)
+    assert "No space left on device" in line and str(fs) in line
+    assert sorted(p.name for p in fs.iterdir()) == ["filler"]  # no scratch, no .model.onnx.*.tmp
+
+
+def test_the_same_export_fits_an_ample_disk(tiny_checkpoint, mount_small):
+    fs = mount_small("8m")  # the control for the test above: the disk size alone is not the fault
+    r = fsac_export(tiny_checkpoint, fs / "model.onnx")
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in fs.iterdir()) == ["model.onnx"]
+
+
+def test_check_free_space_compares_with_the_real_free_space(tmp_path, mount_small):
+    from fsac.export.trace import SPACE_MARGIN_BYTES, check_free_space
+
+    fs = mount_small("16m")
+    free = os.statvfs(fs).f_bavail * os.statvfs(fs).f_frsize
+    check_free_space(fs, (free - SPACE_MARGIN_BYTES) // 2 - 4096, "slim")  # fits
+    with pytest.raises(FsacError, match="not enough free disk space"):
+        check_free_space(fs, (free - SPACE_MARGIN_BYTES) // 2 + 4096, "slim")
+    with pytest.raises(FsacError, match="not enough free disk space"):  # ort holds the weights once more
+        check_free_space(fs, (free - SPACE_MARGIN_BYTES) // 2 - 4096, "ort")
+
+
+def test_an_output_under_a_file_is_refused_in_one_line(tiny_checkpoint, tmp_path):
+    (tmp_path / "afile").write_text("not a folder")
+    line = one_error_line(fsac_export(tiny_checkpoint, tmp_path / "afile" / "sub" / "model.onnx"))
+    assert f"{tmp_path / 'afile'} is a file, not a folder" in line
+
+
+def test_a_read_only_folder_is_one_line_naming_it(tiny_checkpoint, tmp_path, mount_small):
+    fs = mount_small("8m")
+    subprocess.run(["mount", "-o", "remount,ro", str(fs)], check=True)
+    line = one_error_line(fsac_export(tiny_checkpoint, fs / "model.onnx"))
+    assert "Read-only file system" in line and str(fs) in line
+
+
+def test_any_fsac_command_on_a_full_disk_is_one_line_not_a_traceback(bottle, mount_small):
+    """fsac/cli.py: an OSError that is the machine's state (here ENOSPC from Pillow's save in
+    `fsac synth`) prints one line and exits 2, like a user error."""
+    fs = mount_small("64k")
+    r = subprocess.run([sys.executable, "-m", "fsac.cli", "synth", str(bottle / "train" / "good"), "-o",
+                        str(fs / "synth"), "--max-images", "2"], capture_output=True, text=True, timeout=300)
+    assert "No space left on device" in one_error_line(r)
