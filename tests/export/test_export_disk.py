@@ -129,3 +129,33 @@ def test_any_fsac_command_on_a_full_disk_is_one_line_not_a_traceback(bottle, mou
     r = subprocess.run([sys.executable, "-m", "fsac.cli", "synth", str(bottle / "train" / "good"), "-o",
                         str(fs / "synth"), "--max-images", "2"], capture_output=True, text=True, timeout=300)
     assert "No space left on device" in one_error_line(r)
+
+
+def _trace_child_pid(job: Path, deadline: float) -> int | None:
+    """The pid of the `python -m fsac.export.trace <job>` process, from /proc."""
+    while time.monotonic() < deadline:
+        for d in Path("/proc").iterdir():
+            if d.name.isdigit():
+                try:
+                    argv = (d / "cmdline").read_bytes().split(b"\0")
+                except OSError:
+                    continue
+                if b"fsac.export.trace" in argv and str(job).encode() in argv:
+                    return int(d.name)
+        time.sleep(0.01)
+    return None
+
+
+def test_a_killed_tracing_process_is_named_and_leaves_nothing(tiny_checkpoint, tmp_path):
+    import signal
+
+    out_dir = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "fsac.cli", "export", str(tiny_checkpoint), "-o",
+                             str(out_dir / "model.onnx"), "-q"], stderr=subprocess.PIPE, text=True)
+    pid = _trace_child_pid(out_dir / ".model.onnx.export" / "job.json", time.monotonic() + 120)
+    assert pid is not None, "the tracing process never started"
+    os.kill(pid, signal.SIGKILL)  # what the kernel's OOM killer does
+    _, err = proc.communicate(timeout=120)
+    line = one_error_line(subprocess.CompletedProcess(proc.args, proc.returncode, "", err))
+    assert "killed by signal 9 (out of memory?)" in line
+    assert list(out_dir.iterdir()) == []
