@@ -28,6 +28,17 @@ def _say(quiet: bool, msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
+def check_output_path(out: Path, force: bool) -> None:
+    """Refuse, by name, a model file that exists (without --force) or a path under a file."""
+    if out.exists() and not force:
+        raise FsacError(f"{out} exists; pass --force to overwrite it")
+    for parent in (out.parent, *out.parent.parents):
+        if parent.exists():  # the nearest existing one: mkdir would only say "File exists"
+            if not parent.is_dir():
+                raise FsacError(f"{parent} is a file, not a folder: cannot write the model file {out} there")
+            break
+
+
 def default_model_path(checkpoint: Path) -> Path:
     folder = checkpoint.parent if checkpoint.suffix == ".json" else checkpoint
     return folder / "model.onnx"
@@ -60,13 +71,7 @@ def export_command(
     """Export a trained checkpoint to one sealed ONNX model file, checked against PyTorch."""
     checkpoint = Path(checkpoint)
     out = Path(out) if out is not None else default_model_path(checkpoint)
-    if out.exists() and not force:
-        raise FsacError(f"{out} exists; pass --force to overwrite it")
-    for parent in (out.parent, *out.parent.parents):
-        if parent.exists():  # the nearest existing one: mkdir would only say "File exists"
-            if not parent.is_dir():
-                raise FsacError(f"{parent} is a file, not a folder: cannot write the model file {out} there")
-            break
+    check_output_path(out, force)
     if optimize not in ("slim", "ort", "none"):
         raise FsacError(f"--optimize must be slim, ort or none, got {optimize!r}")
     if attention not in ("lean", "torch"):
@@ -152,13 +157,7 @@ def export_trained(trained, checkpoint_sha: str, out: Path, image_paths: list[Pa
     from fsac.export.finish import finish_export
     from fsac.export.trace import trace_to_dir
 
-    if out.exists() and not force:
-        raise FsacError(f"{out} exists; pass --force to overwrite it")
-    for parent in (out.parent, *out.parent.parents):
-        if parent.exists():  # the nearest existing one: mkdir would only say "File exists"
-            if not parent.is_dir():
-                raise FsacError(f"{parent} is a file, not a folder: cannot write the model file {out} there")
-            break
+    check_output_path(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
     workdir = _workdir_for(out)
     try:
