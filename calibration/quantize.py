@@ -33,6 +33,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from fsac.errors import FsacError
+from fsac.io import naming
 from fsac.agreement import logit_agreement
 from fsac.modelfile import INPUT_NAME, ModelInfo, load_model_file
 
@@ -153,7 +154,7 @@ def quantize_bytes(fp32: bytes, calib_pixels: np.ndarray, settings: QuantizeSett
         if settings.float_outputs:
             extra["OpTypesToExcludeOutputQuantization"] = list(settings.op_types or MATMUL_OPS)
     info: dict[str, Any] = {"n_calibration_images": int(len(calib_pixels))}
-    with tempfile.TemporaryDirectory(prefix="fsac-quant-", dir=work_dir) as tmp:
+    with tempfile.TemporaryDirectory(prefix="fsac-quant-", dir=work_dir) as tmp, naming(tmp):
         src = Path(tmp) / "fp32.onnx"
         src.write_bytes(fp32)
         pre = Path(tmp) / "pre.onnx"

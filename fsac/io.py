@@ -10,6 +10,7 @@ service user that reads them).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -41,14 +42,33 @@ def atomic_write_with(path: str | os.PathLike, write: Callable[[BinaryIO], Any])
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(e, OSError):
+            raise_naming(e, path)
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def raise_naming(e: OSError, path: str | os.PathLike) -> None:
+    """Re-raise `e` naming `path` if it names no file (write() and fsync() do not: a full disk
+    would say only "No space left on device"); else return, for the caller's bare `raise`."""
+    if e.filename is None and e.errno is not None:
+        raise OSError(e.errno, e.strerror, str(path)) from e
+
+
+@contextlib.contextmanager
+def naming(path: str | os.PathLike):
+    """Within the block, an OSError that names no file names `path` (a folder of scratch files)."""
+    try:
+        yield
+    except OSError as e:
+        raise_naming(e, path)
+        raise
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
