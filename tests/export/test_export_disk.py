@@ -123,12 +123,13 @@ def test_a_read_only_folder_is_one_line_naming_it(tiny_checkpoint, tmp_path, mou
 
 
 def test_any_fsac_command_on_a_full_disk_is_one_line_not_a_traceback(bottle, mount_small):
-    """fsac/cli.py: an OSError that is the machine's state (here ENOSPC from Pillow's save in
-    `fsac synth`) prints one line and exits 2, like a user error."""
+    """fsac/cli.py: an OSError that is the machine's state (here ENOSPC from `fsac synth`'s
+    atomic PNG writes) prints one line and exits 2, like a user error."""
     fs = mount_small("64k")
     r = subprocess.run([sys.executable, "-m", "fsac.cli", "synth", str(bottle / "train" / "good"), "-o",
                         str(fs / "synth"), "--max-images", "2"], capture_output=True, text=True, timeout=300)
-    assert "No space left on device" in one_error_line(r)
+    line = one_error_line(r)
+    assert "No space left on device" in line and f"{fs}/synth/" in line  # the file it could not write
 
 
 def _trace_child_pid(job: Path, deadline: float) -> int | None:
