@@ -112,11 +112,6 @@ def load_pixels(paths: Sequence[str | os.PathLike], spec: PreprocessSpec) -> np.
     return np.stack([preprocess_file(p, spec) for p in paths])
 
 
-def score_pixels(session, pixels: np.ndarray, names: Sequence[str], batch_size: int = 8,
-                 hashes: Sequence[str] | None = None) -> ScoreSet:
-    return ScoreSet.from_outputs(names, run_session(session, pixels, batch_size), hashes)
-
-
 def score_model_file(model_path: str | os.PathLike, images: Sequence[str | os.PathLike], batch_size: int = 8,
                      threads: int | None = None, progress: Callable[[int], None] | None = None,
                      skipped: list[dict] | None = None) -> tuple[ScoreSet, ModelInfo]:
