@@ -119,7 +119,7 @@ def _gige_missing() -> str | None:
     if shutil.which(FAKE_CAMERA) is None:
         return f"{FAKE_CAMERA} not installed (apt-get install aravis-tools gir1.2-aravis-0.8 python3-gi)"
     try:
-        from .sources_gige import import_aravis
+        from .sources.gige import import_aravis
         from .gige_settings import validate_gige_settings
 
         import_aravis()

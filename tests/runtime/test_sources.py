@@ -14,8 +14,11 @@ import pytest
 from fsac.errors import FsacError
 from fsac.preprocess import load_image
 from fsac.runtime.config import SourceConfig
-from fsac.runtime.sources import (ENCODED, RAW, RGB, FolderSource, StreamSource, VideoSource, WatchSource,
-                                  make_source, redact, resolve_kind)
+from fsac.runtime.sources import ENCODED, RAW, RGB, make_source, redact, resolve_kind
+from fsac.runtime.sources.folder import FolderSource
+from fsac.runtime.sources.stream import StreamSource
+from fsac.runtime.sources.video import VideoSource
+from fsac.runtime.sources.watch import WatchSource
 from fsac_run_helpers import wait_for, write_video
 
 cv2 = pytest.importorskip("cv2")

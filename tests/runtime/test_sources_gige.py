@@ -45,7 +45,7 @@ def _aravis_missing() -> str | None:
     if shutil.which(FAKE) is None:
         return f"{FAKE} is not installed (apt-get install aravis-tools); .ci/run installs it"
     try:
-        from fsac.runtime.sources_gige import import_aravis
+        from fsac.runtime.sources.gige import import_aravis
 
         import_aravis()
     except FsacError as e:
@@ -59,7 +59,7 @@ class FakeCamera:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "FakeCamera":
-        from fsac.runtime.sources_gige import list_cameras
+        from fsac.runtime.sources.gige import list_cameras
 
         self.proc = subprocess.Popen([FAKE, "-i", "127.0.0.1", "-s", self.serial], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
@@ -81,7 +81,7 @@ def fake_camera(tmp_path_factory):
         pytest.skip(missing)
     with open("/tmp/fsac-fake-gige-camera.lock", "w") as lock:  # one fake camera on 127.0.0.1:3956 at a time
         fcntl.flock(lock, fcntl.LOCK_EX)
-        from fsac.runtime.sources_gige import list_cameras
+        from fsac.runtime.sources.gige import list_cameras
 
         other = [c["id"] for c in list_cameras() if c["address"] == "127.0.0.1"]
         assert not other, f"a camera not started by these tests answers on 127.0.0.1 ({other}); stop it first"
@@ -129,7 +129,7 @@ def test_gige_settings_errors_name_the_setting(tmp_path, model_file):
 
 def test_fake_camera_is_listed_and_checked(fake_camera, tmp_path, model_file):
     from fsac.runtime.sources import make_source
-    from fsac.runtime.sources_gige import list_cameras
+    from fsac.runtime.sources.gige import list_cameras
 
     found = [c for c in list_cameras() if c["serial"] == fake_camera.serial]
     assert found and found[0]["id"] == f"Aravis-Fake-{fake_camera.serial}" and found[0]["address"] == "127.0.0.1"

@@ -36,9 +36,9 @@ from typing import Any, Iterator
 from fsac.errors import FsacError
 from fsac.preprocess import CameraImage
 
-from .config import SourceConfig
-from .gige_settings import validate_gige_settings
-from .sources import RAW, Frame, Source
+from ..config import SourceConfig
+from ..gige_settings import validate_gige_settings
+from .base import RAW, Frame, Source
 
 log = logging.getLogger("fsac.runtime")
 
