@@ -379,7 +379,7 @@ def bench_export_command(
         ov_backends = openvino_backends(fp32_path, int8_path, threads, batch, notes)
         for name, ovb in ov_backends.items():
             backends[name] = ovb.infer
-        logit_agree, fp_logits = {}, None
+        logit_agree = {}
 
         # INT8 agreement with fp32 on the held-out images; the verdict threshold is the one
         # `fsac calibrate` would set (conformal, alpha = 0.1) from the fp32 calibration logits.
@@ -546,7 +546,7 @@ def _tensorrt_backend(fp32_path: Path, image_size: int, batch: int, tmp: Path, n
     It is the edge runtime's own TensorRT backend, so the benchmark times what fsac-run runs."""
     from fsac.export.tensorrt_build import build_engine
     from fsac.modelfile import load_engine_file
-    from fsac.runtime.backends import TensorRTBackend
+    from fsac.runtime.tensorrt_backend import TensorRTBackend
 
     try:
         rep = build_engine(fp32_path, tmp / "bench.fp16.engine", "fp16", max_batch=batch, force=True)

@@ -1,10 +1,11 @@
-"""Inference backends for fsac-run: ONNX Runtime and native TensorRT engines.
+"""Loading the served model for fsac-run: the ONNX Runtime backend, the choice of backend
+(`load_model`), warm-up, and the model handle.
 
-Both take a uint8 batch (N, S, S, 3) of RGB pixels from `fsac.preprocess.resize_crop` and
-return a dict of float32 arrays of length N keyed by the model file's outputs: score, logit,
-sim_normal, sim_anomalous (the contract in `fsac.modelfile`). Both refuse at start a model whose graph input disagrees with the
-preprocessing recorded in its metadata, so a frame can never be silently squeezed into a
-model built for another size.
+The other backends live beside it, each imported only when chosen: TensorRT engines
+(runtime/tensorrt_backend.py), OpenVINO (runtime/openvino_backend.py), the measured choice
+of `model.backend: auto` (runtime/policy.py). What they share (the Backend protocol, the
+input checks that refuse at start a model whose graph disagrees with the preprocessing in
+its metadata, batching) is runtime/backend_base.py.
 
 `ModelHandle` owns the model being served and swaps it atomically on SIGHUP: the new file is
 read, verified and turned into a ready backend first; only then is the reference replaced,
@@ -20,7 +21,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
@@ -49,55 +50,7 @@ PROVIDER_ALIASES = {
 }
 DEFAULT_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
-Outputs = dict[str, np.ndarray]  # OUTPUT_NAMES -> (N,) float32
-
-
-class Backend(Protocol):
-    name: str
-    max_batch: int  # most frames one `infer` call runs at once (larger batches are split)
-    providers: list[str]
-
-    def infer(self, batch: np.ndarray) -> Outputs: ...
-
-    def close(self) -> None: ...
-
-
-def _check_batch(batch: np.ndarray, size: int) -> None:
-    if not isinstance(batch, np.ndarray) or batch.dtype != np.uint8 or batch.ndim != 4 \
-            or batch.shape[1:] != (size, size, 3) or batch.shape[0] < 1:
-        shape = getattr(batch, "shape", None)
-        dtype = getattr(batch, "dtype", None)
-        raise FsacError(f"model input must be uint8 (N, {size}, {size}, 3), got {shape} {dtype}")
-
-
-def _check_input_dims(dims: list[Any], info: ModelInfo, what: str) -> int | None:
-    """Validate an (N, S, S, 3) input shape against the metadata; return the fixed batch or None."""
-    size = info.image_size
-    if len(dims) != 4:
-        raise FsacError(f"{info.source}: {what} input {INPUT_NAME!r} has {len(dims)} dimensions; "
-                        f"the fsac contract is uint8 [N, {size}, {size}, 3]")
-    fixed = [d if isinstance(d, int) and d > 0 else None for d in dims]
-    h, w, c = fixed[1:]
-    if (h is not None and h != size) or (w is not None and w != size):
-        raise FsacError(
-            f"{info.source}: the {what} takes {dims[1]}x{dims[2]} images but its metadata says "
-            f"preprocess.image_size={size}; this model was built for a different input size. "
-            "Re-export it with fsac so graph and metadata agree")
-    if c is not None and c != 3:
-        raise FsacError(f"{info.source}: {what} input has {c} channels; the fsac contract is 3 (RGB)")
-    return fixed[0]
-
-
-def _split(batch: np.ndarray, max_batch: int, fixed: int | None):
-    """Yield (chunk, n_real): chunks of at most max_batch frames; a fixed-batch graph gets
-    every chunk padded to its batch size by repeating the last frame."""
-    for start in range(0, batch.shape[0], max_batch):
-        chunk = batch[start:start + max_batch]
-        n = chunk.shape[0]
-        if fixed is not None and n < fixed:
-            pad = np.repeat(chunk[-1:], fixed - n, axis=0)
-            chunk = np.concatenate([chunk, pad], axis=0)
-        yield np.ascontiguousarray(chunk), n
+from .backend_base import Outputs, check_batch, check_input_dims, split_batch
 
 
 # --------------------------------------------------------------------------- ONNX Runtime
@@ -156,7 +109,7 @@ class OnnxBackend:
         inp = inputs[INPUT_NAME]
         if inp.type != "tensor(uint8)":
             raise FsacError(f"{info.source}: input {INPUT_NAME!r} is {inp.type}; the fsac contract is uint8")
-        self.fixed_batch = _check_input_dims(list(inp.shape), info, "graph")
+        self.fixed_batch = check_input_dims(list(inp.shape), info, "graph")
         outputs = [o.name for o in self.session.get_outputs()]
         missing = [n for n in OUTPUT_NAMES if n not in outputs]
         if missing:
@@ -164,9 +117,9 @@ class OnnxBackend:
         self.max_batch = min(batch_size, self.fixed_batch) if self.fixed_batch else batch_size
 
     def infer(self, batch: np.ndarray) -> Outputs:
-        _check_batch(batch, self.info.image_size)
+        check_batch(batch, self.info.image_size)
         parts: list[list[np.ndarray]] = [[] for _ in OUTPUT_NAMES]
-        for chunk, n in _split(batch, self.max_batch, self.fixed_batch):
+        for chunk, n in split_batch(batch, self.max_batch, self.fixed_batch):
             outs = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: chunk})
             for k, out in enumerate(outs):
                 arr = np.asarray(out, dtype=np.float32).reshape(-1)
@@ -178,156 +131,6 @@ class OnnxBackend:
 
     def close(self) -> None:
         self.session = None  # onnxruntime frees the session with the last reference
-
-
-# --------------------------------------------------------------------------- TensorRT
-
-
-def _import_cudart():
-    try:
-        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6 / cuda-bindings
-        return cudart
-    except ImportError:
-        pass
-    try:
-        from cuda import cudart  # older cuda-python
-        return cudart
-    except ImportError:
-        raise FsacError("model.backend=tensorrt needs the CUDA Python bindings (pip install cuda-python; "
-                        "JetPack ships them)") from None
-
-
-class TensorRTBackend:
-    """A serialized TensorRT engine run through the TensorRT >= 8.5 named-tensor API.
-
-    Device buffers are allocated once for `max_batch` frames; each call copies the batch in,
-    runs `execute_async_v3` on a private stream and copies the three outputs back.
-    """
-
-    name = "tensorrt"
-
-    def __init__(self, data: bytes, info: ModelInfo, *, batch_size: int = 4) -> None:
-        try:
-            import tensorrt as trt
-        except ImportError:
-            raise FsacError(
-                f"{info.source}: model.backend=tensorrt but the tensorrt Python package is not installed "
-                "(JetPack provides it; elsewhere pip install 'fsac[tensorrt]'), or serve the .onnx model "
-                "file with model.backend=onnxruntime") from None
-        cudart = _import_cudart()
-        self._cudart = cudart
-        self.info = info
-        self.providers = ["TensorRT " + getattr(trt, "__version__", "?")]
-        self._buffers: dict[str, int] = {}
-        self._stream = None
-        err, count = cudart.cudaGetDeviceCount()
-        if self._failed(err) or not count:
-            raise FsacError(f"{info.source}: model.backend=tensorrt but no CUDA GPU is visible "
-                            f"({self._error_text(err)})")
-        self._logger = trt.Logger(trt.Logger.WARNING)
-        self._runtime = trt.Runtime(self._logger)
-        self.engine = self._runtime.deserialize_cuda_engine(data)
-        if self.engine is None:
-            raise FsacError(f"{info.source}: TensorRT cannot deserialize this engine; engines only run on the "
-                            "TensorRT version and GPU they were built with. Rebuild it on this device")
-        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        missing = [n for n in (INPUT_NAME, *OUTPUT_NAMES) if n not in names]
-        if missing:
-            raise FsacError(f"{info.source}: engine lacks tensors {missing} (has {names}); not an fsac export")
-        if self.engine.get_tensor_mode(INPUT_NAME) != trt.TensorIOMode.INPUT:
-            raise FsacError(f"{info.source}: engine tensor {INPUT_NAME!r} is not an input")
-        in_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(INPUT_NAME)))
-        if in_dtype != np.uint8:
-            raise FsacError(f"{info.source}: engine input is {in_dtype}; the fsac contract is uint8")
-        dims = list(self.engine.get_tensor_shape(INPUT_NAME))
-        self.fixed_batch = _check_input_dims(dims, info, "engine")
-        if self.fixed_batch is None:
-            # Dynamic batch: the optimization profile says how large a batch may be.
-            _, _, max_shape = self.engine.get_tensor_profile_shape(INPUT_NAME, 0)
-            self.max_batch = max(1, min(batch_size, int(max_shape[0])))
-        else:
-            self.max_batch = min(batch_size, self.fixed_batch)
-        self._alloc_batch = self.fixed_batch or self.max_batch
-        self._out_dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in OUTPUT_NAMES}
-        self.context = self.engine.create_execution_context()
-        if self.context is None:
-            raise FsacError(f"{info.source}: TensorRT could not create an execution context (out of GPU memory?)")
-        size = info.image_size
-        self._in_bytes = self._alloc_batch * size * size * 3
-        self._alloc(INPUT_NAME, self._in_bytes)
-        for n in OUTPUT_NAMES:
-            self._alloc(n, self._alloc_batch * self._out_dtypes[n].itemsize)
-        err, self._stream = cudart.cudaStreamCreate()
-        self._check(err, "cudaStreamCreate")
-        for n, ptr in self._buffers.items():
-            self.context.set_tensor_address(n, int(ptr))
-        self._lock = threading.Lock()
-
-    # cuda-python returns (error, *values) tuples instead of raising.
-    def _failed(self, err: Any) -> bool:
-        return err != self._cudart.cudaError_t.cudaSuccess
-
-    def _error_text(self, err: Any) -> str:
-        try:
-            return self._cudart.cudaGetErrorString(err)[1].decode()
-        except Exception:
-            return str(err)
-
-    def _check(self, err: Any, what: str) -> None:
-        if self._failed(err):
-            raise FsacError(f"{self.info.source}: CUDA {what} failed: {self._error_text(err)}")
-
-    def _alloc(self, name: str, nbytes: int) -> None:
-        err, ptr = self._cudart.cudaMalloc(nbytes)
-        self._check(err, f"cudaMalloc({nbytes}) for {name}")
-        self._buffers[name] = ptr
-
-    def infer(self, batch: np.ndarray) -> Outputs:
-        _check_batch(batch, self.info.image_size)
-        cudart = self._cudart
-        h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
-        d2h = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
-        parts: list[list[np.ndarray]] = [[] for _ in OUTPUT_NAMES]
-        with self._lock:  # one set of device buffers
-            for chunk, n in _split(batch, self.max_batch, self.fixed_batch):
-                rows = chunk.shape[0]
-                if self.fixed_batch is None:
-                    if not self.context.set_input_shape(INPUT_NAME, tuple(chunk.shape)):
-                        raise FsacError(f"{self.info.source}: engine refused input shape {chunk.shape}")
-                (err,) = cudart.cudaMemcpyAsync(self._buffers[INPUT_NAME], chunk.ctypes.data, chunk.nbytes,
-                                                h2d, self._stream)
-                self._check(err, "copy to device")
-                if not self.context.execute_async_v3(int(self._stream)):
-                    raise FsacError(f"{self.info.source}: TensorRT execution failed")
-                host = {}
-                for name in OUTPUT_NAMES:
-                    out = np.empty(rows, dtype=self._out_dtypes[name])
-                    (err,) = cudart.cudaMemcpyAsync(out.ctypes.data, self._buffers[name], out.nbytes, d2h,
-                                                    self._stream)
-                    self._check(err, "copy from device")
-                    host[name] = out
-                (err,) = cudart.cudaStreamSynchronize(self._stream)
-                self._check(err, "stream synchronize")
-                for k, name in enumerate(OUTPUT_NAMES):
-                    parts[k].append(host[name][:n].astype(np.float32))
-        return {name: np.concatenate(p) for name, p in zip(OUTPUT_NAMES, parts)}
-
-    def close(self) -> None:
-        cudart = getattr(self, "_cudart", None)
-        if cudart is None:
-            return
-        for ptr in self._buffers.values():
-            cudart.cudaFree(ptr)
-        self._buffers = {}
-        if self._stream is not None:
-            cudart.cudaStreamDestroy(self._stream)
-            self._stream = None
-
-    def __del__(self) -> None:  # buffers of a model replaced by SIGHUP
-        try:
-            self.close()
-        except Exception:
-            pass
 
 
 # --------------------------------------------------------------------------- model handle
@@ -430,6 +233,8 @@ def _build_loaded(cfg: ModelConfig, kind: str, data: bytes | str, info: ModelInf
         raise FsacError(f"{info.source}: logit threshold {threshold} is not a finite number")
     selection = None
     if kind == "tensorrt":
+        from .tensorrt_backend import TensorRTBackend
+
         backend: Any = TensorRTBackend(data, info, batch_size=cfg.batch_size)
     elif kind == "measured":
         from .policy import build_auto

@@ -32,6 +32,8 @@ import numpy as np
 from fsac.errors import FsacError
 from fsac.modelfile import INPUT_NAME, OUTPUT_NAMES, ModelInfo
 
+from .backend_base import check_batch, check_input_dims
+
 log = logging.getLogger("fsac.runtime")
 
 PRECISIONS = ("auto", "f32", "bf16", "int8", "int8_bf16")
@@ -155,8 +157,6 @@ class OpenVinoBackend:
             return None
 
     def _check_io(self, ov_model: Any) -> None:
-        from .backends import _check_input_dims
-
         src = self.info.source
         inputs = {n: i for i in ov_model.inputs for n in i.get_names()}
         if INPUT_NAME not in inputs:
@@ -166,7 +166,7 @@ class OpenVinoBackend:
             raise FsacError(f"{src}: input {INPUT_NAME!r} is {inp.get_element_type()}; the fsac contract is uint8")
         pshape = inp.get_partial_shape()
         dims = [d.get_length() if d.is_static else None for d in pshape]
-        fixed = _check_input_dims(dims, self.info, "graph")
+        fixed = check_input_dims(dims, self.info, "graph")
         if fixed is not None:
             raise FsacError(f"{src}: the OpenVINO backend needs a dynamic batch axis; this graph is fixed at {fixed}")
         names = {n for o in ov_model.outputs for n in o.get_names()}
@@ -190,9 +190,7 @@ class OpenVinoBackend:
         23.5-24.2 instead of 21.0 frames/s for batches of 4 of ViT-B-16-plus-240 bf16 on 2 cores
         (2 streams x 2 frames against 1 stream x 4). A single frame then runs on one stream's
         threads only, so the latency hint (streams 0 or 1) stays the default for trigger mode."""
-        from .backends import _check_batch
-
-        _check_batch(batch, self.info.image_size)
+        check_batch(batch, self.info.image_size)
         parts: dict[str, list[np.ndarray]] = {n: [] for n in OUTPUT_NAMES}
         ways = max(1, int(self.streams or 1))
         for start in range(0, batch.shape[0], self.max_batch):
