@@ -194,7 +194,8 @@ def synth_command(
     """Write the synthetic anomalies the model would train against, to look at them."""
     from fsac.preprocess import PreprocessSpec, preprocess_file
     from fsac.train.data import sample_shots, training_images
-    from fsac.train.synth import SynthConfig, generate, write_synth_images
+    from fsac.train.synth import SynthConfig, generate
+    from fsac.train.synth_sheet import write_synth_images
 
     pool = training_images(list(images))
     chosen = pool if len(pool) <= max_images else sample_shots(pool, max_images, seed)

@@ -43,7 +43,7 @@ def checkpoint_extra(result: TrainResult, cfg: TrainConfig) -> dict:
 def save_trained(out: Path, result: TrainResult, cfg: TrainConfig, write_synth: bool = False) -> Path:
     path = save_checkpoint(out, result.model, checkpoint_extra(result, cfg))
     if write_synth:
-        from fsac.train.synth import write_synth_images
+        from fsac.train.synth_sheet import write_synth_images
 
         names = [Path(t["name"]).stem for t in result.train_images]
         write_synth_images(list(result.shot_pixels), result.synth, out / "synth", names=names)

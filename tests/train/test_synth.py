@@ -11,7 +11,9 @@ import pytest
 from fsac.errors import FsacError
 from fsac.preprocess import preprocess_file
 from fsac.train import synth as S
-from fsac.train.synth import SynthConfig, estimate_foreground, gaussian_patches, generate, nsa_patch, write_synth_images
+from fsac.train.synth import SynthConfig, estimate_foreground, gaussian_patches, generate, nsa_patch
+from fsac.train import synth_sheet as SS
+from fsac.train.synth_sheet import write_synth_images
 
 
 @pytest.fixture(scope="module")
@@ -392,10 +394,10 @@ def test_write_synth_images(normals, tmp_path):
         gray = cv2.imread(str(m), cv2.IMREAD_GRAYSCALE)
         assert np.array_equal(gray > 127, s.mask) and set(np.unique(gray)) <= {0, 255}
     sheet = cv2.cvtColor(cv2.imread(str(paths[-1]), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-    assert np.array_equal(sheet, S.contact_sheet(normals[:2], samples, ["000", "weird_name_..png"]))
+    assert np.array_equal(sheet, SS.contact_sheet(normals[:2], samples, ["000", "weird_name_..png"]))
     assert sheet.shape[0] > 2 * 240 and sheet.shape[1] > 3 * 240
     # The normal image sits unchanged in the first tile of each row.
-    g, lab = S._SHEET_GAP, S._SHEET_LABEL
+    g, lab = SS._SHEET_GAP, SS._SHEET_LABEL
     assert np.array_equal(sheet[g + lab : g + lab + 240, g : g + 240], normals[0])
     # Red mask outlines are drawn on the synthetic tiles.
     red = (sheet[..., 0] == 255) & (sheet[..., 1] == 0) & (sheet[..., 2] == 0)
@@ -405,7 +407,7 @@ def test_write_synth_images(normals, tmp_path):
 def test_outline_stays_outside_the_mask(normals):
     mask = np.zeros((240, 240), bool)
     mask[50:90, 60:120] = True
-    out = S.outline(normals[0], mask)
+    out = SS.outline(normals[0], mask)
     assert np.array_equal(out[mask], normals[0][mask])
     assert (out != normals[0]).any(axis=2).sum() > 150
 
