@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, Dict, List, Literal, Optional, Union
 
 from fsac.errors import FsacError
-from fsac.preprocess import CAMERA_PIXEL_FORMATS
+from fsac.pixel_formats import CAMERA_PIXEL_FORMATS
 
 from pydantic import Field, field_validator
 

@@ -6,7 +6,7 @@ introspection (`gi`), which Debian/Ubuntu/JetPack ship as packages (`gir1.2-arav
 introspection headers. `import_aravis` finds the OS's `gi` when the virtualenv has none.
 
 Frames leave this module as `CameraImage`s (bytes + pixel format); the conversion to RGB
-(Mono8/Mono16/Bayer/RGB8/BGR8) is `fsac.preprocess.camera_image_to_rgb`, run by the daemon's
+(Mono8/Mono16/Bayer/RGB8/BGR8) is `fsac.pixel_formats.camera_image_to_rgb`, run by the daemon's
 decode workers like every other decode.
 
 Acquisition (source.gige.acquisition):
@@ -34,7 +34,7 @@ import time
 from typing import Any, Iterator
 
 from fsac.errors import FsacError
-from fsac.preprocess import CameraImage
+from fsac.pixel_formats import CameraImage
 
 from ..config import SourceConfig
 from ..gige_settings import validate_gige_settings

@@ -1,4 +1,4 @@
-"""GenICam pixel formats -> RGB (fsac.preprocess.camera_image_to_rgb) on synthetic buffers."""
+"""GenICam pixel formats -> RGB (fsac.pixel_formats) on synthetic buffers."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from fsac.errors import FsacError, ImageDecodeError
-from fsac.preprocess import CameraImage, camera_image_to_rgb, demosaic_bilinear, frame_to_rgb
+from fsac.pixel_formats import CameraImage, camera_image_to_rgb, demosaic_bilinear
+from fsac.preprocess import frame_to_rgb
 
 # PFNC: the colours of the top-left 2x2 cell, row by row.
 CELLS = {"BayerRG8": ("R", "G", "G", "B"), "BayerGR8": ("G", "R", "B", "G"), "BayerGB8": ("G", "B", "R", "G"),
