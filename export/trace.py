@@ -226,6 +226,8 @@ def main(argv: list[str]) -> int:
 
     map_large_allocations()  # a spilled or released weight gives its memory back when it is freed
     job = json.loads(Path(argv[0]).read_text())
+    if not _exit_with_parent(job.get("parent_pid")):
+        return 130  # the command is gone already (killed before this process got here)
     with os.fdopen(int(argv[1]), "w") as result:
         try:
             info = run_job(job)
@@ -242,6 +244,27 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def _ignore_sigint() -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _exit_with_parent(parent_pid: int | None) -> bool:
+    """Have the kernel send this process SIGTERM when `fsac export` dies (a SIGKILL, the OOM
+    killer, a closed terminal), so that nothing goes on writing into its scratch folder; False
+    if the parent is already gone. Linux (prctl PR_SET_PDEATHSIG); elsewhere a no-op."""
+    import signal
+
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return True
+    return parent_pid is None or os.getppid() == parent_pid
+
+
 def run_in_child(job: dict, workdir: Path) -> dict:
     """Run `job` in a fresh interpreter (stderr passes through: progress and warnings)
     -> its trace info, with "peak_rss_bytes" the child's own peak resident memory."""
@@ -249,17 +272,28 @@ def run_in_child(job: dict, workdir: Path) -> dict:
 
     workdir.mkdir(parents=True, exist_ok=True)
     job_path = workdir / "job.json"
-    job_path.write_text(json.dumps({**job, "workdir": str(workdir)}))
+    job_path.write_text(json.dumps({**job, "workdir": str(workdir), "parent_pid": os.getpid()}))
     env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
     read_end, write_end = os.pipe()
     try:
+        # Ctrl-C reaches both processes; this one ignores it (no second traceback) and is
+        # stopped by the command, which says "interrupted" once.
         proc = subprocess.Popen([sys.executable, "-m", "fsac.export.trace", str(job_path), str(write_end)],
-                                env=env, pass_fds=(write_end,))
+                                env=env, pass_fds=(write_end,), preexec_fn=_ignore_sigint)
     finally:
         os.close(write_end)
-    with os.fdopen(read_end) as result:
-        text = result.read()  # until the child exits (or closes it): the info is small
-    returncode = proc.wait()
+    try:
+        with os.fdopen(read_end) as result:
+            text = result.read()  # until the child exits (or closes it): the info is small
+        returncode = proc.wait()
+    except BaseException:  # interrupted: no process may go on writing into the scratch folder
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        raise
     try:
         info = json.loads(text) if text else None
     except ValueError:  # cut off by a kill

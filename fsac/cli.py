@@ -85,7 +85,7 @@ _ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, er
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        app(args=argv, prog_name="fsac", standalone_mode=False)
+        returned = app(args=argv, prog_name="fsac", standalone_mode=False)
     except FsacError as e:
         print(f"fsac: error: {e}", file=sys.stderr)
         return 2
@@ -106,6 +106,14 @@ def main(argv: list[str] | None = None) -> int:
     except (*_ABORT, KeyboardInterrupt):
         print("fsac: interrupted", file=sys.stderr)
         return 130
+    # Without standalone mode, typer (>= 0.29) does not raise an Exit: it returns its code, and
+    # turns Ctrl-C into exit code 130, returned the same way (before, `fsac` then exited 0, so a
+    # script's `fsac export && deploy` went on without a model file). fsac's commands return a
+    # dict or None, never an int, so an int here is such an exit code.
+    if isinstance(returned, int) and not isinstance(returned, bool):
+        if returned == 130:
+            print("fsac: interrupted", file=sys.stderr)
+        return returned
     return 0
 
 

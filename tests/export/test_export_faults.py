@@ -1,5 +1,7 @@
-"""fsac export on a real full disk (a small tmpfs) and into a path it cannot write: one line
-naming the folder, exit status 2, and nothing left behind (no scratch folder, no partial file)."""
+"""fsac export under real faults: a full disk (small tmpfs mounts), a path it cannot write, a
+killed tracing process, Ctrl-C, a SIGKILLed command. One line naming what went wrong, a
+non-zero exit status, and nothing left behind (no scratch folder, no partial model file, no
+process still writing)."""
 
 from __future__ import annotations
 
@@ -160,3 +162,54 @@ def test_a_killed_tracing_process_is_named_and_leaves_nothing(tiny_checkpoint, t
     line = one_error_line(subprocess.CompletedProcess(proc.args, proc.returncode, "", err))
     assert "killed by signal 9 (out of memory?)" in line
     assert list(out_dir.iterdir()) == []
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return True
+        if state == "Z":
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_ctrl_c_exits_130_in_one_line_and_leaves_nothing(tiny_checkpoint, tmp_path):
+    """SIGINT to the process group, as a terminal's Ctrl-C sends it to both processes. typer
+    returns Ctrl-C as exit code 130 instead of raising, and `fsac` used to exit 0 then."""
+    import signal
+
+    out_dir = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "fsac.cli", "export", str(tiny_checkpoint), "-o",
+                             str(out_dir / "model.onnx"), "-q"], stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    pid = _trace_child_pid(out_dir / ".model.onnx.export" / "job.json", time.monotonic() + 120)
+    assert pid is not None, "the tracing process never started"
+    time.sleep(0.3)  # anywhere in the child: its imports, the build or the trace
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines() == ["fsac: interrupted"]  # no traceback from either process
+    assert _wait_gone(pid, 10) and list(out_dir.iterdir()) == []
+
+
+def test_a_sigkilled_export_takes_its_tracing_process_with_it(tiny_checkpoint, tmp_path):
+    """SIGKILL (the OOM killer) of the command: the kernel stops the tracing process too
+    (PR_SET_PDEATHSIG), and the next export into the same place clears the scratch folder."""
+    import signal
+
+    out = tmp_path / "out" / "model.onnx"
+    proc = subprocess.Popen([sys.executable, "-m", "fsac.cli", "export", str(tiny_checkpoint), "-o", str(out), "-q"],
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    pid = _trace_child_pid(out.parent / ".model.onnx.export" / "job.json", time.monotonic() + 120)
+    assert pid is not None, "the tracing process never started"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert _wait_gone(pid, 10), "the tracing process outlived the command"
+    assert (out.parent / ".model.onnx.export").exists() and not out.exists()  # what a SIGKILL leaves
+    r = fsac_export(tiny_checkpoint, out)
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in out.parent.iterdir()) == ["model.onnx"]
