@@ -12,16 +12,12 @@ only shows that the pipeline runs end to end. Every output (table, Markdown, JSO
 then carries `RANDOM_WEIGHTS_WARNING` at the top, so the numbers cannot be mistaken for
 detection quality.
 
-matplotlib is imported inside the plotting functions only, and only through its
-object-oriented API with the Agg canvas (no pyplot, so no global figure state and no GUI
-backend is ever touched).
+The figures (ROC curves, histograms) are drawn by `fsac.train.report_figures`.
 """
 
 from __future__ import annotations
 
-import io
 import json
-import math
 import os
 import textwrap
 from dataclasses import asdict, dataclass, field
@@ -31,8 +27,8 @@ from typing import Any
 import numpy as np
 
 from fsac.errors import FsacError
-from fsac.io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from fsac.metrics import ImageMetrics, roc_curve
+from fsac.io import atomic_write_json, atomic_write_text
+from fsac.metrics import ImageMetrics
 
 __all__ = [
     "RANDOM_WEIGHTS_WARNING",
@@ -41,8 +37,6 @@ __all__ = [
     "SummaryRow",
     "format_table",
     "from_json",
-    "plot_roc",
-    "plot_score_histogram",
     "summarize",
     "to_json",
     "to_markdown",
@@ -146,7 +140,7 @@ class SummaryRow:
 _METRICS = (("auroc", "I-AUROC"), ("aupr", "I-AUPR"), ("f1_max", "F1-max"))
 
 
-def _groups(report: EvalReport) -> tuple[list[str], list[int], dict[tuple[str, int], list[RunResult]]]:
+def run_groups(report: EvalReport) -> tuple[list[str], list[int], dict[tuple[str, int], list[RunResult]]]:
     """-> (categories in first-seen order, shots ascending, {(category, shots): runs by seed})."""
     categories: list[str] = []
     groups: dict[tuple[str, int], list[RunResult]] = {}
@@ -172,7 +166,7 @@ def summarize(report: EvalReport) -> list[SummaryRow]:
     they first appear in `report.results`, then one average row (see `SummaryRow`).
     Fractions in [0, 1]; std with ddof=0.
     """
-    categories, all_shots, groups = _groups(report)
+    categories, all_shots, groups = run_groups(report)
     rows: list[SummaryRow] = []
     for shots in all_shots:
         cats = [c for c in categories if (c, shots) in groups]
@@ -214,7 +208,7 @@ def summarize(report: EvalReport) -> list[SummaryRow]:
     return rows
 
 
-def _pct(mean: float, std: float | None) -> str:
+def pct_text(mean: float, std: float | None) -> str:
     """0.955, 0.004 -> "95.5 ± 0.4" (percent, one decimal)."""
     sd = "n/a" if std is None else f"{100 * std:.1f}"
     return f"{100 * mean:.1f} ± {sd}"
@@ -228,7 +222,7 @@ def _table_cells(rows: list[SummaryRow]) -> tuple[list[str], list[list[str]]]:
     header = ["category", "shots", "seeds"] + [name for _, name in _METRICS]
     body = [
         [r.category, _shots_label(r.shots), str(r.n_seeds)]
-        + [_pct(getattr(r, m), getattr(r, f"{m}_std")) for m, _ in _METRICS]
+        + [pct_text(getattr(r, m), getattr(r, f"{m}_std")) for m, _ in _METRICS]
         for r in rows
     ]
     return header, body
@@ -438,130 +432,13 @@ def to_markdown(report: EvalReport) -> str:
     return "\n".join(md)
 
 
-# ----------------------------------------------------------------------------- figures
-
-
-def _new_figure(n_panels: int, panel_w: float = 3.6, panel_h: float = 3.2):
-    """-> (figure, axes list) on an Agg canvas, up to 4 panels per row."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    cols = max(1, min(n_panels, 4))
-    rows = max(1, math.ceil(n_panels / cols))
-    # constrained layout keeps the suptitle, axis labels and equal-aspect panels apart
-    fig = Figure(figsize=(panel_w * cols, panel_h * rows + 0.6), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = [fig.add_subplot(rows, cols, i + 1) for i in range(max(n_panels, 1))]
-    return fig, axes
-
-
-def _finish(fig, report: EvalReport, title: str, path) -> Path:
-    if report.random_weights:
-        # The figure may be shared alone, so it carries the warning itself.
-        fig.suptitle(f"{title}\nRANDOM BACKBONE WEIGHTS: pipeline check, measures nothing", color="#b00000",
-                     fontsize=11, fontweight="bold")
-    else:
-        fig.suptitle(title, fontsize=11)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight", pad_inches=0.1)
-    return atomic_write_bytes(path, buf.getvalue())
-
-
-def _empty_panel(ax, text: str = "no evaluation runs") -> None:
-    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes)
-    ax.set_axis_off()
-
-
-def plot_roc(report: EvalReport, path: str | os.PathLike, all_seeds: bool = True) -> Path:
-    """ROC curves -> PNG at `path` (written atomically).
-
-    One panel per category; in it one curve per shots setting, the lowest seed drawn solid
-    and (all_seeds) the other seeds faint in the same colour. The legend gives the AUROC
-    in percent, mean ± std over seeds.
-    """
-    categories, all_shots, groups = _groups(report)
-    fig, axes = _new_figure(len(categories))
-    if not categories:
-        _empty_panel(axes[0])
-    colors = {s: f"C{i % 10}" for i, s in enumerate(all_shots)}
-    for ax, cat in zip(axes, categories):
-        ax.plot([0, 1], [0, 1], ls="--", lw=0.8, color="0.6")
-        for shots in all_shots:
-            runs = groups.get((cat, shots))
-            if not runs:
-                continue
-            aucs = np.array([r.metrics.auroc for r in runs])
-            label = f"{'zero-shot' if shots == 0 else f'{shots}-shot'}: AUROC {_pct(aucs.mean(), aucs.std(ddof=STD_DDOF))}"
-            for i, r in enumerate(runs if all_seeds else runs[:1]):
-                fpr, tpr, _ = roc_curve(r.labels, r.logits)
-                ax.plot(fpr, tpr, color=colors[shots], lw=1.6 if i == 0 else 0.8,
-                        alpha=1.0 if i == 0 else 0.3, label=label if i == 0 else None)
-        ax.set_xlim(-0.01, 1.01)
-        ax.set_ylim(-0.01, 1.01)
-        ax.set_aspect("equal")
-        ax.set_title(cat, fontsize=10)
-        ax.set_xlabel("false positive rate", fontsize=8)
-        ax.set_ylabel("true positive rate", fontsize=8)
-        ax.tick_params(labelsize=7)
-        ax.legend(loc="lower right", fontsize=7)
-    for ax in axes[len(categories):]:
-        ax.set_axis_off()
-    return _finish(fig, report, "Image-level ROC (faint: other seeds)", path)
-
-
-def plot_score_histogram(
-    report: EvalReport, path: str | os.PathLike, shots: int | None = None, seed: int | None = None
-) -> Path:
-    """Histogram of anomaly logits, normal vs anomalous test images -> PNG at `path`.
-
-    One panel per category (paper Fig. 7 style), for one shots setting (default: the
-    largest) and one seed (default: the lowest run for that category); counts, shared
-    bins per panel. Written atomically.
-    """
-    categories, all_shots, groups = _groups(report)
-    if shots is None and all_shots:
-        shots = all_shots[-1]
-    elif shots is not None and shots not in all_shots:
-        raise FsacError(f"no runs with shots={shots} in the report (have {all_shots})")
-    cats = [c for c in categories if (c, shots) in groups]
-    fig, axes = _new_figure(len(cats), panel_h=2.8)
-    if not cats:
-        _empty_panel(axes[0])
-    for ax, cat in zip(axes, cats):
-        runs = groups[(cat, shots)]
-        run = runs[0] if seed is None else next((r for r in runs if r.seed == seed), None)
-        if run is None:
-            _empty_panel(ax, f"{cat}: no run with seed {seed}")
-            continue
-        s = np.asarray(run.logits)
-        y = np.asarray(run.labels)
-        finite = s[np.isfinite(s)]
-        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-        if hi <= lo:
-            lo, hi = lo - 0.5, hi + 0.5
-        bins = np.linspace(lo, hi, 21)
-        ax.hist(np.clip(s[y == 0], lo, hi), bins=bins, color="tab:blue", alpha=0.6,
-                label=f"normal (n={int((y == 0).sum())})")
-        ax.hist(np.clip(s[y == 1], lo, hi), bins=bins, color="tab:red", alpha=0.6,
-                label=f"anomalous (n={int((y == 1).sum())})")
-        if math.isfinite(run.metrics.f1_threshold):
-            ax.axvline(run.metrics.f1_threshold, color="k", ls=":", lw=1, label="F1-max threshold")
-        ax.set_title(f"{cat} (AUROC {100 * run.metrics.auroc:.1f}, seed {run.seed})", fontsize=9)
-        ax.set_xlabel("anomaly logit z", fontsize=8)
-        ax.set_ylabel("images", fontsize=8)
-        ax.tick_params(labelsize=7)
-        ax.legend(fontsize=7)
-    for ax in axes[len(cats):]:
-        ax.set_axis_off()
-    label = "" if shots is None else (" (zero-shot)" if shots == 0 else f" ({shots}-shot)")
-    return _finish(fig, report, f"Anomaly logits of test images{label}", path)
-
-
 def write_report(report: EvalReport, out_dir: str | os.PathLike) -> dict[str, Path]:
     """Write report.json, report.md, roc.png, scores_hist.png into `out_dir` (atomically)
     -> {"json", "markdown", "roc", "scores_hist"}: paths. The data files go first, so
     a plotting failure cannot lose them."""
     out = Path(out_dir)
+    from fsac.train.report_figures import plot_roc, plot_score_histogram
+
     paths = {
         "json": atomic_write_json(out / "report.json", to_json(report)),
         "markdown": atomic_write_text(out / "report.md", to_markdown(report)),

@@ -17,13 +17,12 @@ from fsac.train.report import (
     RunResult,
     format_table,
     from_json,
-    plot_roc,
-    plot_score_histogram,
     summarize,
     to_json,
     to_markdown,
     write_report,
 )
+from fsac.train.report_figures import plot_roc, plot_score_histogram
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 WARNING_KEY = "RANDOM BACKBONE WEIGHTS"
