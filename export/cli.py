@@ -11,7 +11,6 @@ runs in a child process (`fsac.export.trace`), the rest here (`fsac.export.finis
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 import time
@@ -29,7 +28,9 @@ def _say(quiet: bool, msg: str) -> None:
 
 
 def check_output_path(out: Path, force: bool) -> None:
-    """Refuse, by name, a model file that exists (without --force) or a path under a file."""
+    """Refuse, by name, a model file that exists (without --force), a folder, or a path under a file."""
+    if out.is_dir():
+        raise FsacError(f"{out} is a folder; name the model file, e.g. -o {out / 'model.onnx'}")
     if out.exists() and not force:
         raise FsacError(f"{out} exists; pass --force to overwrite it")
     for parent in (out.parent, *out.parent.parents):
@@ -82,8 +83,12 @@ def export_command(
         raise FsacError(f"--tolerance must be in (0, 1e-4] (fp32 parity is not negotiable), got {tolerance}")
 
     if engine:  # fail before the slow part: engines are built on the target device only
-        from fsac.export.tensorrt_build import cuda_device_name, import_tensorrt
+        from fsac.export.tensorrt_build import check_engine_options, cuda_device_name, default_engine_path, import_tensorrt
 
+        if int8_model is not None and precision == "int8" and not Path(int8_model).is_file():
+            raise FsacError(f"--int8-model: {int8_model} not found (the output of `fsac quantize --target tensorrt`)")
+        check_engine_options(default_engine_path(int8_model if precision == "int8" else out, precision), precision,
+                             max_batch, force)
         import_tensorrt()
         cuda_device_name()
 
@@ -105,7 +110,7 @@ def export_command(
         info = run_in_child(job, workdir)
         result = finish_export(workdir, info, out, force=force, tolerance=tolerance, optimize=optimize, quiet=quiet)
     except OSError as e:  # a full disk, a folder that cannot be written: one line naming the file
-        raise FsacError(disk_error_message(e, workdir)) from e
+        raise FsacError(disk_error_message(e, workdir, optimize)) from e
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     result["peak_rss"] = {"trace_process_bytes": info.get("peak_rss_bytes"), "export_process_while_tracing_bytes":
@@ -160,6 +165,7 @@ def export_trained(trained, checkpoint_sha: str, out: Path, image_paths: list[Pa
     check_output_path(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
     workdir = _workdir_for(out)
+    shutil.rmtree(workdir, ignore_errors=True)  # a killed export's leftovers: appended to, not replaced
     try:
         info = trace_to_dir(trained, checkpoint_sha, list(image_paths), workdir, opset, attention, extra_meta, quiet,
                             release_torch=release_torch)

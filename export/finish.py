@@ -5,8 +5,9 @@
     fold constants (fsac.export.fold) -> Cast before Transpose -> onnx checker
     -> parity with PyTorch on the real images (ONNX Runtime session from the file)
     -> optimise, measured, parity re-checked (fsac.export.optimize)
-    -> metadata -> the self-contained file streamed, sealed and written atomically
+    -> metadata -> the self-contained file streamed and sealed into the work folder
     -> read back: seal and metadata verified, parity of the written file checked again
+    -> only then renamed to the output (a file that fails a check never replaces the model)
 
 The weights stay in the work folder's external-data files throughout; every session is
 opened from a path and only one exists at a time, and the final file is assembled one
@@ -18,16 +19,20 @@ its serialized bytes and a session from bytes would make.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
 import numpy as np
 
+from fsac.errors import FsacError
+from fsac.io import fsync_dir
 from fsac.modelfile import OUTPUT_NAMES
 
 FOLDED_GRAPH = "folded.onnx"
 FOLDED_WEIGHTS = "folded.bin"
 KEPT_GRAPH = "kept.onnx"
+FINAL_FILE = "model.onnx"  # the sealed file, checked before it is renamed to the output
 
 
 def fold_and_check(workdir: Path) -> tuple[Path, dict[str, int]]:
@@ -106,10 +111,19 @@ def finish_export(workdir: Path, info: dict, out: Path, force: bool = False, tol
     model = onnx.load(str(kept), load_external_data=False)
     del model.metadata_props[:]
     _, chunks = inline_model_parts(model, workdir)
-    write_stream_with_metadata(out, chunks, meta, force=force)
+    # Written and checked in the work folder (the same file system), then renamed into place:
+    # a file that fails the checks below never replaces the model at `out`.
+    final = workdir / FINAL_FILE
+    write_stream_with_metadata(final, chunks, meta, force=True)
     del model
-    file_info = inspect_model_file(out)  # read back, streamed: the seal verifies, the metadata parses
-    written = check_parity(torch_out, out, pixels, names, tau, tolerance, "written model file")
+    file_info = inspect_model_file(final)  # read back, streamed: the seal verifies, the metadata parses
+    written = check_parity(torch_out, final, pixels, names, tau, tolerance, "written model file")
+    if out.exists() and not force:  # created while this export ran
+        raise FsacError(f"{out} exists; pass --force to overwrite it")
+    if out.exists():  # keep the replaced file's mode, as every atomic write of fsac does
+        os.chmod(final, out.stat().st_mode & 0o7777)
+    os.replace(final, out)
+    fsync_dir(out.parent)
     size = out.stat().st_size
     _say(quiet, f"wrote {out} ({size / 1e6:.1f} MB, seal {file_info.seal[:12]}...)")
     if info.get("random_weights"):

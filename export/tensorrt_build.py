@@ -122,17 +122,23 @@ def _check_graph_for_tensorrt(meta: dict[str, str], precision: str, source: str)
         )
 
 
-def build_engine(model_path: str | os.PathLike, engine_path: str | os.PathLike, precision: str = "fp16",
-                 max_batch: int = 8, workspace_mb: int = 1024, force: bool = False,
-                 verbose: bool = False) -> EngineReport:
-    """Verify an fsac model file and compile it into a TensorRT engine + JSON sidecar."""
+def check_engine_options(engine_path: str | os.PathLike, precision: str, max_batch: int, force: bool) -> None:
+    """The engine options a user can get wrong, checked without TensorRT (so that `fsac export
+    --engine` refuses them before the export, not after it)."""
     if precision not in PRECISIONS:
         raise FsacError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if max_batch < 1:
         raise FsacError(f"--max-batch must be >= 1, got {max_batch}")
-    engine_path = Path(engine_path)
-    if engine_path.exists() and not force:
+    if Path(engine_path).exists() and not force:
         raise FsacError(f"{engine_path} exists; pass --force to overwrite it")
+
+
+def build_engine(model_path: str | os.PathLike, engine_path: str | os.PathLike, precision: str = "fp16",
+                 max_batch: int = 8, workspace_mb: int = 1024, force: bool = False,
+                 verbose: bool = False) -> EngineReport:
+    """Verify an fsac model file and compile it into a TensorRT engine + JSON sidecar."""
+    check_engine_options(engine_path, precision, max_batch, force)
+    engine_path = Path(engine_path)
     data, info = load_model_file(model_path)
     _check_graph_for_tensorrt(info.metadata, precision, str(model_path))
     trt = import_tensorrt()

@@ -210,7 +210,12 @@ def run_job(job: dict) -> dict:
     trained = load_checkpoint(checkpoint, weights=job.get("weights"), device="cpu", quiet=job["quiet"],
                               backbone_context=lambda: spilled_while_built(build_store, spilled=spilled),
                               weights_loader=loader)
-    check_free_space(workdir, store.path.stat().st_size, job.get("optimize", "slim"))
+    # Sized from the model itself: on open_clip's fallback path (a legacy pickle) nothing is
+    # in the weights file yet. Stand-ins have zero strides but their true numel.
+    deploy = trained.deploy_model()
+    model_bytes = sum(t.numel() * t.element_size() for t in deploy.state_dict().values())
+    del deploy
+    check_free_space(workdir, model_bytes, job.get("optimize", "slim"), written=store.path.stat().st_size)
     extra = {"fsac.train_images": json.dumps(ck_meta.get("train_images", [])),
              "fsac.train_preset": _preset_text(ck_meta.get("train") or {}),
              "fsac.training_diagnostics": json.dumps(ck_meta.get("diagnostics", {}))}
@@ -235,7 +240,7 @@ def main(argv: list[str]) -> int:
             result.write(json.dumps({"error": str(e)}))
             return 2
         except OSError as e:  # a full disk, a folder that cannot be written: name the file
-            result.write(json.dumps({"error": disk_error_message(e, Path(job["workdir"]))}))
+            result.write(json.dumps({"error": disk_error_message(e, Path(job["workdir"]), job.get("optimize", "slim"))}))
             return 2
         from fsac.procmem import peak_rss_self
 
@@ -244,10 +249,24 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def _ignore_sigint() -> None:
+def _popen_ignoring_sigint(args: list[str], **kw):
+    """subprocess.Popen of a child that ignores SIGINT: Ctrl-C reaches every process of the
+    terminal's group, and the command, not the child, answers it (one "interrupted", no second
+    traceback; the command then stops the child). The ignored disposition is inherited across
+    exec, so it is set around the fork here rather than in a preexec_fn (unsafe once the
+    command has threads, as CUDA's are with --engine). Signal handlers belong to the main
+    thread; from another thread the child gets a session of its own instead."""
     import signal
+    import subprocess
+    import threading
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if threading.current_thread() is not threading.main_thread():
+        return subprocess.Popen(args, start_new_session=True, **kw)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return subprocess.Popen(args, **kw)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _exit_with_parent(parent_pid: int | None) -> bool:
@@ -275,24 +294,27 @@ def run_in_child(job: dict, workdir: Path) -> dict:
     job_path.write_text(json.dumps({**job, "workdir": str(workdir), "parent_pid": os.getpid()}))
     env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
     read_end, write_end = os.pipe()
+    proc = None
     try:
-        # Ctrl-C reaches both processes; this one ignores it (no second traceback) and is
-        # stopped by the command, which says "interrupted" once.
-        proc = subprocess.Popen([sys.executable, "-m", "fsac.export.trace", str(job_path), str(write_end)],
-                                env=env, pass_fds=(write_end,), preexec_fn=_ignore_sigint)
-    finally:
-        os.close(write_end)
-    try:
+        try:
+            proc = _popen_ignoring_sigint([sys.executable, "-m", "fsac.export.trace", str(job_path), str(write_end)],
+                                          env=env, pass_fds=(write_end,))
+        finally:
+            os.close(write_end)
         with os.fdopen(read_end) as result:
+            read_end = None
             text = result.read()  # until the child exits (or closes it): the info is small
         returncode = proc.wait()
     except BaseException:  # interrupted: no process may go on writing into the scratch folder
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if read_end is not None:
+            os.close(read_end)
+        if proc is not None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
         raise
     try:
         info = json.loads(text) if text else None
@@ -309,28 +331,33 @@ def run_in_child(job: dict, workdir: Path) -> dict:
     return info
 
 
-# Free space the export needs beside the weights file, in multiples of it: the folded
-# weights (fsac.export.fold writes each transposed matrix anew) and the model file; with
-# --optimize ort the optimiser's graph holds the weights once more.
-SPACE_AFTER_WEIGHTS = {"slim": 2.0, "none": 2.0, "ort": 3.0}
+# Free space the export needs, in multiples of the model's weights: the weights file, the
+# folded weights (fsac.export.fold writes each transposed matrix anew) and the model file;
+# with --optimize ort the optimiser's graph holds the weights once more.
+SPACE_NEEDED = {"slim": 3.0, "none": 3.0, "ort": 4.0}
 SPACE_MARGIN_BYTES = 4 << 20  # the graphs and the parity images' reference outputs
+ONNX_FILE_LIMIT = 2**31 - 1  # protobuf: one ONNX file holds less than 2 GiB
 
 
-def check_free_space(workdir: Path, weights_bytes: int, optimize: str = "slim") -> None:
-    """Refuse to go on (FsacError) when the file system of `workdir` has less room than the
-    rest of the export needs, before the slow part rather than at its end."""
+def check_free_space(workdir: Path, model_bytes: int, optimize: str = "slim", written: int = 0) -> None:
+    """Refuse to go on (FsacError) when the model cannot fit one ONNX file, or when the file
+    system of `workdir` has less room than the rest of the export needs (`written` bytes of
+    the weights file are there already): before the slow part rather than at its end."""
     import shutil
 
-    need = int(SPACE_AFTER_WEIGHTS.get(optimize, 3.0) * weights_bytes) + SPACE_MARGIN_BYTES
+    if model_bytes >= ONNX_FILE_LIMIT:
+        raise FsacError(f"the model's weights are {model_bytes / 2**30:.2f} GiB, and one ONNX file holds less than "
+                        "2 GiB: this architecture cannot be exported as one fsac model file")
+    need = int(SPACE_NEEDED.get(optimize, 4.0) * model_bytes) - written + SPACE_MARGIN_BYTES
     free = shutil.disk_usage(workdir).free
     if free < need:
         raise FsacError(f"{workdir.parent}: not enough free disk space for fsac export: about {need / 2**20:.0f} MiB "
-                        f"more is needed (the folded weights and the model file, beside the "
-                        f"{weights_bytes / 2**20:.0f} MiB of weights already in the scratch folder {workdir.name}), "
+                        f"more is needed for a model of {model_bytes / 2**20:.0f} MiB (the weights, the folded "
+                        f"weights and the model file, in the scratch folder {workdir.name} and beside it), "
                         f"{free / 2**20:.0f} MiB is free; free some space or write the model file elsewhere (-o)")
 
 
-def disk_error_message(e: OSError, workdir: Path) -> str:
+def disk_error_message(e: OSError, workdir: Path, optimize: str = "slim") -> str:
     """One line for an OSError during the export: the file, the reason, and for a full disk
     what the export needs (its scratch folder `workdir` sits beside the model file)."""
     import errno
@@ -342,8 +369,9 @@ def disk_error_message(e: OSError, workdir: Path) -> str:
             free = f"{shutil.disk_usage(workdir.parent).free / 2**20:.0f} MiB free now; "
         except OSError:
             free = ""
-        msg += (f" ({free}fsac export needs about 3x the model file's size free beside it while it runs: "
-                f"the scratch folder {workdir.name}, removed afterwards, and the model file itself)")
+        msg += (f" ({free}fsac export needs about {SPACE_NEEDED.get(optimize, 4.0):g}x the model file's size free "
+                f"beside it while it runs: the scratch folder {workdir.name}, removed afterwards, and the model "
+                "file itself)")
     return msg
 
 

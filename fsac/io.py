@@ -50,7 +50,7 @@ def atomic_write_with(path: str | os.PathLike, write: Callable[[BinaryIO], Any])
         if isinstance(e, OSError):
             raise_naming(e, path)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return path
 
 
@@ -99,7 +99,7 @@ def _target_mode(path: Path) -> int:
         return 0o666 & ~_umask()
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
     # The rename itself is durable only once the directory entry is on disk.
     try:
         fd = os.open(directory, os.O_RDONLY)

@@ -104,11 +104,25 @@ def test_check_free_space_compares_with_the_real_free_space(tmp_path, mount_smal
 
     fs = mount_small("16m")
     free = os.statvfs(fs).f_bavail * os.statvfs(fs).f_frsize
-    check_free_space(fs, (free - SPACE_MARGIN_BYTES) // 2 - 4096, "slim")  # fits
+    fits = (free - SPACE_MARGIN_BYTES) // 3 - 4096  # weights, folded weights, model file
+    check_free_space(fs, fits, "slim")
     with pytest.raises(FsacError, match="not enough free disk space"):
-        check_free_space(fs, (free - SPACE_MARGIN_BYTES) // 2 + 4096, "slim")
+        check_free_space(fs, fits + 8192, "slim")
+    check_free_space(fs, fits + 8192, "slim", written=fits + 8192)  # the weights file is there already
     with pytest.raises(FsacError, match="not enough free disk space"):  # ort holds the weights once more
-        check_free_space(fs, (free - SPACE_MARGIN_BYTES) // 2 - 4096, "ort")
+        check_free_space(fs, fits, "ort")
+
+
+def test_a_model_over_2_gib_is_refused_before_the_trace(tmp_path):
+    from fsac.export.trace import check_free_space
+
+    with pytest.raises(FsacError, match="one ONNX file holds less than 2 GiB"):
+        check_free_space(tmp_path, 2**31, "slim")
+
+
+def test_an_output_that_is_a_folder_is_refused_by_name(tiny_checkpoint, tmp_path):
+    line = one_error_line(fsac_export(tiny_checkpoint, tmp_path))
+    assert f"{tmp_path} is a folder; name the model file" in line
 
 
 def test_an_output_under_a_file_is_refused_in_one_line(tiny_checkpoint, tmp_path):
@@ -213,3 +227,33 @@ def test_a_sigkilled_export_takes_its_tracing_process_with_it(tiny_checkpoint, t
     r = fsac_export(tiny_checkpoint, out)
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in out.parent.iterdir()) == ["model.onnx"]
+
+
+def test_a_file_that_fails_the_last_check_never_replaces_the_model(tiny_checkpoint, tmp_path, monkeypatch):
+    """The sealed file is checked in the scratch folder and only then renamed to the output:
+    an existing model survives a --force export whose written file fails its parity check
+    (the failure injected into that one check)."""
+    import fsac.export.parity as parity
+    from fsac.export.cli import export_command
+
+    out = tmp_path / "model.onnx"
+    out.write_bytes(b"the model on the line")
+    real = parity.check_parity
+
+    def failing(torch_out, model, pixels, names, tau, tolerance, what):
+        if what == "written model file":
+            raise FsacError(f"{what}: parity failed (injected)")
+        return real(torch_out, model, pixels, names, tau, tolerance, what)
+
+    monkeypatch.setattr(parity, "check_parity", failing)
+    with pytest.raises(FsacError, match="injected"):
+        export_command(tiny_checkpoint, out=out, force=True, quiet=True, optimize="none")
+    assert out.read_bytes() == b"the model on the line"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+
+
+def test_bad_engine_options_are_refused_before_the_export(tiny_checkpoint, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "fsac.cli", "export", str(tiny_checkpoint), "-o", str(tmp_path / "m.onnx"),
+                        "--engine", "--max-batch", "0"], capture_output=True, text=True, timeout=120)
+    assert "--max-batch must be >= 1" in one_error_line(r)
+    assert list(tmp_path.iterdir()) == []  # refused before anything was written
