@@ -11,6 +11,8 @@ runs in a child process (`fsac.export.trace`), the rest here (`fsac.export.finis
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import sys
 import time
@@ -102,17 +104,20 @@ def export_command(
     workdir = _workdir_for(out)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(workdir, ignore_errors=True)  # a killed export's leftovers: appended to, not replaced
-        rss_waiting = rss_bytes()
-        job = {"checkpoint": str(checkpoint), "weights": weights, "opset": opset, "attention": attention,
-               "check_images": [str(p) for p in check_images] if check_images else None, "quiet": quiet,
-               "optimize": optimize}
-        info = run_in_child(job, workdir)
-        result = finish_export(workdir, info, out, force=force, tolerance=tolerance, optimize=optimize, quiet=quiet)
+        with _sole_export(out):  # two exports to one file would share (and delete) one scratch folder
+            shutil.rmtree(workdir, ignore_errors=True)  # a killed export's leftovers: appended to, not replaced
+            try:
+                rss_waiting = rss_bytes()
+                job = {"checkpoint": str(checkpoint), "weights": weights, "opset": opset, "attention": attention,
+                       "check_images": [str(p) for p in check_images] if check_images else None, "quiet": quiet,
+                       "optimize": optimize}
+                info = run_in_child(job, workdir)
+                result = finish_export(workdir, info, out, force=force, tolerance=tolerance, optimize=optimize,
+                                       quiet=quiet)
+            finally:
+                shutil.rmtree(workdir, ignore_errors=True)
     except OSError as e:  # a full disk, a folder that cannot be written: one line naming the file
         raise FsacError(disk_error_message(e, workdir, optimize)) from e
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
     result["peak_rss"] = {"trace_process_bytes": info.get("peak_rss_bytes"), "export_process_while_tracing_bytes":
                           rss_waiting, "export_process_bytes": peak_rss_self()}
     result["total_s"] = time.perf_counter() - t_start
@@ -141,6 +146,30 @@ def _parity_image_paths(folder: Path, ck_meta: dict, check_images) -> list[Path]
     from fsac.export.parity import select_parity_images
 
     return select_parity_images(folder, ck_meta, check_images)
+
+
+@contextlib.contextmanager
+def _sole_export(out: Path):
+    """Within the block this process is the only `fsac export` writing `out`: an exclusive
+    flock on a lock file beside it (removed afterwards; the kernel drops the lock if the
+    process dies, so a killed export never blocks the next one)."""
+    import fcntl
+
+    lock = out.parent / f".{out.name}.export.lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FsacError(f"another fsac export is writing {out} now (it holds {lock}); wait for it to "
+                            "finish, or write this one elsewhere with -o") from None
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(lock)
+    finally:
+        os.close(fd)
 
 
 def _workdir_for(out: Path) -> Path:

@@ -257,3 +257,17 @@ def test_bad_engine_options_are_refused_before_the_export(tiny_checkpoint, tmp_p
                         "--engine", "--max-batch", "0"], capture_output=True, text=True, timeout=120)
     assert "--max-batch must be >= 1" in one_error_line(r)
     assert list(tmp_path.iterdir()) == []  # refused before anything was written
+
+
+def test_a_second_export_to_the_same_file_is_refused_while_the_first_runs(tiny_checkpoint, tmp_path):
+    """Both would use one scratch folder (the second deleting the first's weights): the second
+    is refused by name, the first finishes, and its lock file is gone afterwards."""
+    out = tmp_path / "model.onnx"
+    first = subprocess.Popen([sys.executable, "-m", "fsac.cli", "export", str(tiny_checkpoint), "-o", str(out), "-q"],
+                             stderr=subprocess.PIPE, text=True)
+    assert _trace_child_pid(tmp_path / ".model.onnx.export" / "job.json", time.monotonic() + 120) is not None
+    line = one_error_line(fsac_export(tiny_checkpoint, out))
+    assert f"another fsac export is writing {out} now" in line
+    _, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
