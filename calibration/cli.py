@@ -223,6 +223,8 @@ def quantize_command(
     alpha: Annotated[float, typer.Option(help="if the model has no threshold: conformal alpha on the fp32 calibration logits")] = 0.1,
     min_spearman: Annotated[float, typer.Option(help="refuse below this Spearman correlation with fp32")] = 0.99,
     min_verdict_agreement: Annotated[float, typer.Option(help="refuse below this fraction of equal verdicts")] = 0.99,
+    max_rel_dlogit: Annotated[float, typer.Option(help="refuse above this max |Δ logit| as a fraction of the fp32 "
+                                                       "logits' spread")] = 0.10,
     allow_disagreement: Annotated[bool, typer.Option("--allow-disagreement", help="keep the INT8 model below the bounds (with a loud warning)")] = False,
     report: Annotated[Optional[Path], typer.Option(help="also write the quantization report as JSON here")] = None,
     force: Annotated[bool, typer.Option("--force", help="overwrite --out")] = False,
@@ -281,7 +283,7 @@ def quantize_command(
     path, rep, warns = quantize_model_file(
         model, out, calib_px, settings, [str(p) for p in calib], [sha256_file(p) for p in calib],
         eval_px, [str(p) for p in evals], threshold, source, allow_disagreement,
-        min_spearman, min_verdict_agreement, force)
+        min_spearman, min_verdict_agreement, force, max_rel_dlogit)
     for w in warns:
         _warn(w)
     _, qinfo = load_model_file(path)

@@ -173,12 +173,11 @@ HW_TARGETS = {
 
 
 def within_bounds(agreement: dict[str, Any] | None) -> bool:
-    from fsac.runtime.policy import MAX_REL_DLOGIT, MIN_SPEARMAN, MIN_VERDICT
+    """An `asdict(LogitAgreement)` row inside the core's agreement bounds (the ones `fsac
+    quantize` and `model.backend: auto` apply)."""
+    from fsac.agreement import LogitAgreement, agreement_failures
 
-    if not agreement:
-        return False
-    return (agreement["spearman"] >= MIN_SPEARMAN and agreement["verdict_agreement"] >= MIN_VERDICT
-            and agreement["rel_max_abs_diff"] <= MAX_REL_DLOGIT)
+    return bool(agreement) and not agreement_failures(LogitAgreement(**agreement))
 
 
 def targets_extra(res: dict[str, Any]) -> dict[str, Any]:

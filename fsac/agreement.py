@@ -3,7 +3,10 @@
 `fsac quantize` (INT8 vs fp32), `fsac bench export` and fsac-run's `backend: auto` policy
 all ask the same question: does a faster model rank and decide the images like the fp32
 reference? `logit_agreement` answers it here, once, for all of them (Spearman's rho, the
-differences, the verdicts through the core's rule); each caller applies its own bounds.
+differences, the verdicts through the core's rule), and `agreement_failures` applies the
+bounds, the same three for every caller (each may make them stricter): Spearman >= 0.99,
+verdicts >= 99 %, max |delta logit| <= 0.10 of the reference's logit spread, on at least 20
+images (on fewer, 0.99 and 100 % are too easy to mean anything) with finite logits.
 Logits, never scores: sigmoid(z) saturates in float32, so scores would compare ties.
 """
 
@@ -16,6 +19,11 @@ import numpy as np
 
 from fsac.errors import FsacError
 from fsac.score import is_defective
+
+MIN_SPEARMAN = 0.99
+MIN_VERDICT = 0.99
+MAX_REL_DLOGIT = 0.10
+MIN_IMAGES = 20
 
 
 def rankdata(x: np.ndarray) -> np.ndarray:
@@ -54,6 +62,7 @@ class LogitAgreement:
     verdict_agreement: float | None  # fraction of equal verdicts; None without a (finite) threshold
     flagged_ref: int | None
     flagged_got: int | None
+    non_finite: int = 0  # images where either logit is NaN or infinite
 
 
 def logit_agreement(ref, got, logit_threshold: float | None, min_images: int = 2) -> LogitAgreement:
@@ -63,13 +72,39 @@ def logit_agreement(ref, got, logit_threshold: float | None, min_images: int = 2
     if a.shape != b.shape or a.size < min_images:
         raise FsacError(f"logit agreement needs two equally long vectors of >= {min_images} images "
                         f"({a.size}, {b.size})")
+    finite = np.isfinite(a) & np.isfinite(b)
+    non_finite = int(a.size - finite.sum())
     d = np.abs(a - b)
     diff, spread = float(d.max()), float(a.max() - a.min())
     rel = diff / spread if spread > 0 else (0.0 if diff == 0 else math.inf)
+    if non_finite:  # a NaN would rank as the largest value and decide "good": nothing here holds
+        diff = rel = math.inf
     va = fa = fb = None
     if logit_threshold is not None and math.isfinite(logit_threshold):
         da, db = is_defective(a, logit_threshold), is_defective(b, logit_threshold)
         va, fa, fb = float(np.mean(da == db)), int(np.sum(da)), int(np.sum(db))
-    return LogitAgreement(n_images=int(a.size), spearman=spearman(a, b), max_abs_diff=diff,
-                          mean_abs_diff=float(d.mean()), spread=spread, rel_max_abs_diff=rel,
-                          logit_threshold=logit_threshold, verdict_agreement=va, flagged_ref=fa, flagged_got=fb)
+    return LogitAgreement(n_images=int(a.size), spearman=spearman(a, b) if not non_finite else math.nan,
+                          max_abs_diff=diff, mean_abs_diff=float(d[finite].mean()) if finite.any() else math.nan,
+                          spread=spread, rel_max_abs_diff=rel, logit_threshold=logit_threshold,
+                          verdict_agreement=va, flagged_ref=fa, flagged_got=fb, non_finite=non_finite)
+
+
+def agreement_failures(a: LogitAgreement, min_spearman: float = MIN_SPEARMAN, min_verdict: float = MIN_VERDICT,
+                       max_rel: float = MAX_REL_DLOGIT, min_images: int = MIN_IMAGES) -> list[str]:
+    """Why `a` does not qualify the candidate (empty: it does). NaN figures fail; the measured
+    side is printed with enough digits that a failing figure never reads as the bound."""
+    out = []
+    if a.non_finite:
+        out.append(f"{a.non_finite} of {a.n_images} images have a NaN or infinite logit")
+    if a.n_images < min_images:
+        out.append(f"only {a.n_images} images compared; the bounds need at least {min_images}")
+    if not (a.spearman >= min_spearman):
+        out.append(f"Spearman {a.spearman:.6f} < {min_spearman:g}")
+    if a.verdict_agreement is None:
+        out.append("verdicts not compared (no decision threshold)")
+    elif not (a.verdict_agreement >= min_verdict):
+        same = round(a.verdict_agreement * a.n_images)
+        out.append(f"verdicts agree on {same} of {a.n_images} images ({a.verdict_agreement:.2%}) < {min_verdict:.2%}")
+    if not (a.rel_max_abs_diff <= max_rel):
+        out.append(f"max |Δ logit| {a.max_abs_diff:.3g} = {a.rel_max_abs_diff:.3f} x the logit spread > {max_rel:g}")
+    return out

@@ -9,6 +9,8 @@ on those images (the score sigmoid(z) saturates, so it is never compared):
   Spearman rank correlation  >= MIN_SPEARMAN (0.99)
   verdict agreement          >= MIN_VERDICT (99 %) at the model's decision threshold
   max |Δ logit| / spread     <= MAX_REL_DLOGIT, spread = max - min of the fp32 logits
+  on at least MIN_IMAGES (20) images, every logit finite    (fsac.agreement: the same bounds
+                                                             as `fsac quantize`)
 
 The fastest qualifying candidate is served; the reference always qualifies, so the policy
 can never make things worse than fp32. The whole comparison (times, figures, reasons) is
@@ -27,33 +29,22 @@ from typing import Any, Callable
 
 import numpy as np
 
-from fsac.agreement import LogitAgreement, logit_agreement
+from fsac.agreement import (MAX_REL_DLOGIT, MIN_SPEARMAN, MIN_VERDICT, LogitAgreement, agreement_failures,
+                            logit_agreement)
 from fsac.errors import FsacError
 
 log = logging.getLogger("fsac.runtime")
 
-MIN_SPEARMAN = 0.99
-MIN_VERDICT = 0.99
-MAX_REL_DLOGIT = 0.10
 TIMING_RUNS = 5
 MAX_IMAGES = 32
 
 
-# The comparison itself is the core's (fsac/agreement.py), shared with `fsac quantize` and
-# `fsac bench export`; this module only applies the policy's bounds to it.
+# The comparison and its bounds are the core's (fsac/agreement.py), shared with `fsac
+# quantize` and `fsac bench export`.
 def failures(a: LogitAgreement, min_spearman: float = MIN_SPEARMAN, min_verdict: float = MIN_VERDICT,
              max_rel: float = MAX_REL_DLOGIT) -> list[str]:
-    """Why a candidate does not qualify (empty: it does). NaN figures fail."""
-    out = []
-    if not (a.spearman >= min_spearman):
-        out.append(f"Spearman {a.spearman:.4f} < {min_spearman}")
-    if a.verdict_agreement is None:
-        out.append("verdicts not compared (no decision threshold)")
-    elif not (a.verdict_agreement >= min_verdict):
-        out.append(f"verdicts {a.verdict_agreement:.1%} < {min_verdict:.0%}")
-    if not (a.rel_max_abs_diff <= max_rel):
-        out.append(f"max |Δ logit| {a.max_abs_diff:.3g} = {a.rel_max_abs_diff:.3f} x spread > {max_rel}")
-    return out
+    """Why a candidate does not qualify (empty: it does)."""
+    return agreement_failures(a, min_spearman, min_verdict, max_rel)
 
 
 @dataclass

@@ -117,19 +117,36 @@ def test_spearman_matches_scipy_with_ties():
 def test_agreement_report_on_known_scores():
     from fsac.calibration.quantize import agreement, enforce_agreement
 
-    fp = np.array([0.1, 0.2, 0.3, 0.6, 0.7, 0.9])
-    q = np.array([0.1, 0.25, 0.35, 0.45, 0.7, 0.95])  # same order; one verdict flips at 0.5
+    fp = np.linspace(0.0, 1.0, 24)
+    q = fp.copy()
+    q[12] = 0.49  # 0.5217 -> 0.49 (still above 0.4783): same order, one verdict flips at 0.5
     r = agreement(fp, q, 0.5)
-    assert r.spearman == pytest.approx(1.0) and r.max_abs_diff == pytest.approx(0.15)
-    assert r.verdict_agreement == pytest.approx(5 / 6) and (r.flagged_fp32, r.flagged_int8) == (3, 2)
-    assert r.failures == ["verdict agreement 83.3% < 99%"]
-    with pytest.raises(FsacError, match="verdict agreement 83.3%"):
+    assert r.spearman == pytest.approx(1.0) and r.max_abs_diff == pytest.approx(fp[12] - 0.49)
+    assert r.verdict_agreement == pytest.approx(23 / 24) and (r.flagged_fp32, r.flagged_int8) == (12, 11)
+    assert r.failures == ["verdicts agree on 23 of 24 images (95.83%) < 99.00%"]
+    with pytest.raises(FsacError, match="verdicts agree on 23 of 24"):
         enforce_agreement(r, allow=False)
     assert "WARNING" in enforce_agreement(r, allow=True)
     ok = agreement(fp, fp + 0.01, 0.5)
     assert ok.passed and enforce_agreement(ok, allow=False) is None
+    # The max |delta logit| bound: same order, same verdicts, but 0.15 of the spread away.
+    far = fp + 0.15 * (fp > 0.5)  # the upper half moved up: order and verdicts kept
+    assert agreement(fp, far, 0.5).failures == ["max |Δ logit| 0.15 = 0.150 x the logit spread > 0.1"]
+    # A NaN logit ranks last and decides "good": it fails, whatever the other figures say.
+    nan = fp.copy()
+    nan[-1] = np.nan
+    assert "1 of 24 images have a NaN or infinite logit" in agreement(fp, nan, 0.5).failures
+    # On a few images a perfect match proves nothing: refused, with what to do about it.
+    few = agreement(fp[:6], fp[:6], 0.5)
+    assert few.failures == ["only 6 images compared; the bounds need at least 20"]
+    with pytest.raises(FsacError, match="pass at least 20 held-out images with --eval-images"):
+        enforce_agreement(few, allow=False)
+    # Figures print with six digits, so one just below its bound never reads as the bound.
+    swapped = fp.copy()
+    swapped[[3, 7]] = swapped[[7, 3]]  # rho = 1 - 6 * 32 / (24 * 575) = 0.986087
+    assert "Spearman 0.986087 < 0.99" in agreement(fp, swapped, 0.5).failures
     none = agreement(fp, q, None)
-    assert none.verdict_agreement is None and none.passed  # verdicts need a threshold
+    assert none.verdict_agreement is None and "verdicts not compared (no decision threshold)" in none.failures
     with pytest.raises(FsacError, match=">= 3 held-out"):
         agreement([0.1, 0.2], [0.1, 0.2], 0.5)
 

@@ -39,3 +39,19 @@ def test_refuses_unequal_or_short_vectors():
         logit_agreement([1.0, 2.0], [1.0], 0.0)
     with pytest.raises(FsacError, match=">= 3 images"):
         logit_agreement([1.0, 2.0], [1.0, 2.0], 0.0, min_images=3)
+
+
+def test_a_nan_or_inf_logit_fails_every_bound():
+    """rankdata would rank a NaN last and is_defective would call it good: a candidate that
+    produced one must not pass on its other images."""
+    from fsac.agreement import agreement_failures
+
+    ref = np.linspace(-2.0, 2.0, 24)
+    got = ref.copy()
+    got[5] = np.nan
+    got[6] = np.inf
+    a = logit_agreement(ref, got, 0.0)
+    assert a.non_finite == 2 and math.isnan(a.spearman) and a.max_abs_diff == math.inf
+    msgs = agreement_failures(a)
+    assert msgs[0] == "2 of 24 images have a NaN or infinite logit" and len(msgs) >= 2
+    assert agreement_failures(logit_agreement(ref, ref, 0.0)) == []

@@ -15,27 +15,30 @@ pytest.importorskip("openvino", reason="fsac[openvino] is part of fsac[all]; ins
 
 
 def test_logit_agreement_figures():
-    ref = np.array([0.0, 1.0, 2.0, 3.0, 4.0])
-    a = logit_agreement(ref, ref + np.array([0.0, 0.1, -0.1, 0.0, 0.2]), logit_threshold=2.5)
-    assert a.spread == 4.0 and a.max_abs_diff == pytest.approx(0.2) and a.rel_max_abs_diff == pytest.approx(0.05)
+    ref = np.linspace(0.0, 4.0, 21)  # 21 images: the bounds need at least 20
+    a = logit_agreement(ref, ref + 0.2 * np.sin(np.arange(21)), logit_threshold=2.5)
+    assert a.spread == 4.0 and a.rel_max_abs_diff <= 0.05
     assert a.spearman == pytest.approx(1.0) and a.verdict_agreement == 1.0 and failures(a) == []
-    swapped = logit_agreement(ref, np.array([0.0, 1.0, 3.0, 2.0, 4.0]), logit_threshold=2.5)
-    assert swapped.verdict_agreement == pytest.approx(0.6)
-    msgs = " ".join(failures(swapped))
-    assert "Spearman 0.9000 < 0.99" in msgs and "verdicts 60.0% < 99%" in msgs and "x spread >" in msgs
+    swapped = ref.copy()
+    swapped[[12, 13]] = swapped[[13, 12]] + np.array([0.5, -0.5])  # 2.6 -> 2.4, 2.4 -> 2.6: two verdicts flip
+    msgs = " ".join(failures(logit_agreement(ref, swapped, logit_threshold=2.5)))
+    assert "Spearman 0.99" in msgs or "verdicts agree on 19 of 21 images (90.48%) < 99.00%" in msgs
+    assert "verdicts agree on 19 of 21 images (90.48%) < 99.00%" in msgs and "x the logit spread >" in msgs
     # without a threshold the verdicts cannot be compared: the candidate does not qualify
     assert "verdicts not compared" in " ".join(failures(logit_agreement(ref, ref, None)))
+    # on too few images the bounds would be too easy: a perfect match does not qualify either
+    assert failures(logit_agreement(ref[:12], ref[:12], 2.5)) == ["only 12 images compared; the bounds need at least 20"]
 
 
-def test_auto_measures_candidates_and_serves_the_fastest_that_agrees(tiny_files, image_folder):
+def test_auto_measures_candidates_and_serves_the_fastest_that_agrees(tiny_files, bottle):
     fp32, int8 = tiny_files
-    model = load_model(ModelConfig(path=str(fp32), threshold=0.5, calibration_images=str(image_folder),
+    model = load_model(ModelConfig(path=str(fp32), threshold=0.5, calibration_images=str(bottle / "train" / "good"),
                                    int8_path=str(int8)))
     sel = model.selection
     names = [c.name for c in sel.candidates]
     assert names == ["onnxruntime fp32", "openvino f32", "openvino bf16", "onnxruntime int8", "openvino int8",
                      "openvino int8_bf16"]
-    assert sel.images == 12 and sel.reference == "onnxruntime fp32"
+    assert sel.images == 32 and sel.reference == "onnxruntime fp32"  # the first 32 of the folder
     ref = sel.candidates[0]
     assert ref.qualified and ref.ms_batch1 > 0
     for c in sel.candidates[1:]:
@@ -44,13 +47,14 @@ def test_auto_measures_candidates_and_serves_the_fastest_that_agrees(tiny_files,
             continue
         a = c.agreement
         assert c.qualified == (a["spearman"] >= 0.99 and a["verdict_agreement"] >= 0.99
-                               and a["rel_max_abs_diff"] <= MAX_REL_DLOGIT)
+                               and a["rel_max_abs_diff"] <= MAX_REL_DLOGIT and a["n_images"] >= 20
+                               and a["non_finite"] == 0)
     ok = [c for c in sel.candidates if c.qualified]
     chosen = min(ok, key=lambda c: c.ms_batch1)
     assert sel.chosen == chosen.name
     assert sel.chosen.split()[0] == model.backend.name
     text = model.describe()
-    assert f"auto chose {sel.chosen} on 12 calibration images" in text and "RANDOM backbone weights" in text
+    assert f"auto chose {sel.chosen} on 32 calibration images" in text and "RANDOM backbone weights" in text
     out = model.backend.infer(np.zeros((2, model.info.image_size, model.info.image_size, 3), np.uint8))
     assert out["logit"].shape == (2,)
     model.backend.close()
@@ -69,3 +73,14 @@ def test_auto_refuses_a_bad_int8_file_or_calibration_folder(tiny_files, image_fo
 def test_auto_without_calibration_images_is_onnxruntime(tiny_files):
     model = load_model(ModelConfig(path=str(tiny_files[0]), threshold=0.5))
     assert model.backend.name == "onnxruntime" and model.selection is None
+
+
+def test_auto_on_too_few_calibration_images_serves_fp32_and_says_why(tiny_files, image_folder):
+    fp32, int8 = tiny_files
+    model = load_model(ModelConfig(path=str(fp32), threshold=0.5, calibration_images=str(image_folder),
+                                   int8_path=str(int8)))
+    sel = model.selection
+    assert sel.images == 12 and sel.chosen == "onnxruntime fp32"
+    measured = [c for c in sel.candidates[1:] if c.agreement is not None]
+    assert measured and all("only 12 images compared" in " ".join(c.reasons) for c in measured)
+    model.backend.close()
