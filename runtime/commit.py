@@ -48,6 +48,9 @@ def journal_append(d: Any, lines: list[bytes]) -> int | None:
             d.journal_error = e.strerror or str(e)
             d._journal_errors(logging.ERROR, "journal %s: cannot append %d records (%s); inputs wait, "
                                  "retrying", d.journal.folder, len(lines), d.journal_error)
+            if d.journal.sync_error is not None and d._failure is None:  # a failed fdatasync is final
+                d._failure = f"journal fdatasync failed: {d.journal.sync_error}"
+                d._stop.set()
         except FsacError as e:  # full and stopping
             d._journal_errors(logging.ERROR, "%s", e)
         if d._hard_stop.wait(0.2):
@@ -69,8 +72,14 @@ def journal_loop(d: Any) -> None:
             try:
                 durable = d.journal.sync()
             except OSError as e:
-                d._journal_errors(logging.ERROR, "journal %s: fdatasync failed (%s); inputs wait",
-                                     d.journal.folder, e)
+                # Final (runtime/journal.py): no input past the last good sync is acknowledged in
+                # this run; the daemon stops with exit status 1 and the next start scores them again.
+                if d._failure is None:
+                    log.error("journal %s: fdatasync failed (%s); stopping: the inputs of the records "
+                              "not yet on disk stay unacknowledged", d.journal.folder, e)
+                    d._failure = f"journal fdatasync failed: {e}"
+                    d._stop.set()
+                    d.queue.close()
                 if stopping and d._hard_stop.is_set():
                     return
                 time.sleep(0.2)

@@ -32,6 +32,9 @@ def exit_report(daemon: Any, pending: dict[str, int], lost: int, ended: bool) ->
         log.error("%d frames were read but have no result (%d abandoned at shutdown, %d records not "
                   "journaled)", unscored, lost, daemon.abandoned)
         code = 1
+    if daemon.abandoned and unscored <= 0:  # e.g. fail-safe trigger answers, which have no frame read
+        log.error("%d records were never journaled (shutdown deadline)", daemon.abandoned)
+        code = 1
     if sink_lost:
         log.error("records lost: deleted from the full journal before delivery (journal.when_full="
                   "drop-oldest): %s", ", ".join(f"{k} {v}" for k, v in sorted(sink_lost.items())))

@@ -105,6 +105,7 @@ class Journal:
             raise FsacError(f"journal.dir: cannot open the journal in {self.folder}: {e.strerror or e}") from None
         self.persisted = dict(self.cursors)
         self.synced = self.end  # what is on disk for sure (fdatasync'd, or found at start)
+        self.sync_error: OSError | None = None  # a failed fdatasync: nothing after `synced` is durable
         self._last_persist = time.monotonic()
         self.waiting = False  # append() waits for room: trim and persist cursors at once
 
@@ -235,9 +236,14 @@ class Journal:
         last = self.segments[-1]
         if last.count == 0:
             return
-        fd = os.open(_seg_path(self.folder, last.end), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         if self.sync_enabled:
-            os.fdatasync(self._fd)  # what sync() may still be about to sync: done here
+            self._check_sync()
+            try:  # what sync() may still be about to sync: done here, before the next segment exists
+                os.fdatasync(self._fd)
+            except OSError as e:
+                self.sync_error = e
+                raise
+        fd = os.open(_seg_path(self.folder, last.end), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         os.close(self._fd)
         self._fd = fd
         self._gen += 1
@@ -263,10 +269,21 @@ class Journal:
         except FileNotFoundError:
             pass
 
+    def _check_sync(self) -> None:
+        if self.sync_error is not None:
+            e = self.sync_error
+            raise OSError(e.errno, f"an earlier fdatasync failed ({e.strerror}); the records after index "
+                                   f"{self.synced} are not known to be on disk", str(self.segments[-1].path))
+
     def sync(self) -> int:
-        """fdatasync what was appended; returns the index up to which records are durable."""
+        """fdatasync what was appended; returns the index up to which records are durable.
+
+        A failed fdatasync is final (`sync_error`): Linux reports a writeback error once and
+        drops the pages, so a retry would return 0 for data that never reached the disk."""
         with self._cond:
             end, fd, gen = self.end, self._fd, self._gen
+        if self.sync_enabled:
+            self._check_sync()
         if self.sync_enabled and end > self.synced:
             try:
                 os.fdatasync(fd)
@@ -274,6 +291,7 @@ class Journal:
                 with self._cond:
                     rolled = self._gen != gen
                 if not (rolled and e.errno == errno.EBADF):  # rolled meanwhile: the roll synced it
+                    self.sync_error = e
                     raise
         with self._cond:
             self.synced = max(self.synced, end)
@@ -360,7 +378,8 @@ class Journal:
             self._closed = True
             self._cond.notify_all()
         try:
-            self.sync()
+            if self.sync_error is None:  # else reported already: the daemon exits 1 for it
+                self.sync()
             self.housekeep(force=True)
         finally:
             with self._wlock:

@@ -29,6 +29,18 @@ SECTION = "sinks.webhook"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A redirect is a failed delivery: urllib would follow a 301/302/303 with a GET without
+    the body (and with the bearer token), and a 200 to that GET would count the batch as
+    delivered while the records went nowhere."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None  # urllib then raises HTTPError(code) for the 3xx
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
+
 class WebhookSettings(Settings):
     """sinks.webhook: POST each batch of records (JSON lines) to a URL, at least once."""
 
@@ -86,11 +98,13 @@ class WebhookSink:
         body = b"".join(line if line.endswith(b"\n") else line + b"\n" for line in lines)
         req = urllib.request.Request(self.url, data=body, headers=self.headers, method="POST")
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as r:
+            with _OPENER.open(req, timeout=self.timeout) as r:
                 r.read()
         except urllib.error.HTTPError as e:
             self.failures += 1
-            raise FsacError(f"{SECTION}: {self.url} answered {e.code} {e.reason}") from None
+            where = f" (to {e.headers.get('Location')}; set {SECTION}.url to where it points)" \
+                if 300 <= e.code < 400 and e.headers.get("Location") else ""
+            raise FsacError(f"{SECTION}: {self.url} answered {e.code} {e.reason}{where}") from None
         except (urllib.error.URLError, OSError) as e:
             self.failures += 1
             raise FsacError(f"{SECTION}: cannot POST to {self.url} ({getattr(e, 'reason', e)})") from None

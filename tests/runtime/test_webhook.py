@@ -66,3 +66,41 @@ def test_webhook_settings_are_checked():
         validate_webhook_config({"url": "http://10.0.0.5/hook"})
     with pytest.raises(FsacError, match=r"sinks\.webhook\.timout: unknown setting \(did you mean timeout\?\)"):
         validate_webhook_config({"url": "http://127.0.0.1/h", "timout": 3})
+
+
+def test_a_redirect_is_a_failed_delivery_not_a_get_that_loses_the_batch(monkeypatch):
+    """A real server answering POST with 302 to a URL that answers GET with 200: urllib's
+    default would follow with a GET (no body, the bearer token still on) and count the batch
+    as delivered. The sink raises instead, naming where the redirect points."""
+    from fsac.runtime.sinks.webhook import WebhookSink
+
+    seen: list[tuple[str, str]] = []
+
+    class H(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            seen.append(("POST", self.path))
+            self.send_response(302)
+            self.send_header("Location", "/moved")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def do_GET(self):  # noqa: N802
+            seen.append(("GET", self.path))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("HOOK_TOKEN", "s3cret")
+        url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+        sink = WebhookSink({"url": url, "token_env": "HOOK_TOKEN"})
+        with pytest.raises(FsacError, match=r"answered 302 .*to /moved; set sinks.webhook.url"):
+            sink.deliver([b'{"seq": 0}\n'])
+        assert seen == [("POST", "/hook")] and sink.posted == 0 and sink.failures == 1
+    finally:
+        server.shutdown()

@@ -1,0 +1,74 @@
+"""runtime/journal.py: a failed fdatasync is final, and a segment roll that fails leaks nothing.
+
+Linux reports a writeback error (EIO) to fdatasync once and then drops the dirty pages, so the
+next fdatasync returns 0 for data that never reached the disk. The EIO is injected into
+os.fdatasync here (a failing disk cannot be made on these machines without device-mapper);
+the files, descriptors and the journal's own state are real.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import pytest
+
+import fsac.runtime.journal as journal_mod
+from fsac.runtime.journal import Journal
+
+
+class FailOnce:
+    """os.fdatasync that fails once with EIO, then succeeds like the kernel would."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, fd: int) -> None:
+        self.calls += 1
+        if self.calls == 1:
+            raise OSError(errno.EIO, "Input/output error")
+        os.fsync(fd)
+
+
+def line(i: int) -> bytes:
+    return b'{"seq": %d, "pad": "%s"}\n' % (i, b"x" * 200)
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_a_failed_fdatasync_is_never_retried_into_durable(tmp_path, monkeypatch):
+    j = Journal(tmp_path / "j", ["jsonl"])
+    j.append([line(0), line(1)])
+    assert j.sync() == 2 and j.synced == 2
+    j.append([line(2)])
+    monkeypatch.setattr(journal_mod.os, "fdatasync", FailOnce())
+    with pytest.raises(OSError, match="Input/output error"):
+        j.sync()
+    with pytest.raises(OSError, match="an earlier fdatasync failed .* after index 2 are not known to be on disk"):
+        j.sync()  # the retry would succeed: it must not say record 2 is durable
+    assert j.synced == 2
+    j.close()
+
+
+def test_a_roll_whose_fdatasync_fails_opens_no_segment_and_stays_failed(tmp_path, monkeypatch):
+    j = Journal(tmp_path / "j", ["jsonl"], segment_bytes=4096)
+    i = 0
+    while len(j.segments) == 1:  # fill the first segment up to its roll size
+        j.append([line(i)])
+        i += 1
+    j.sync()
+    while j.segments[-1].size < 4096:
+        j.append([line(i)])
+        i += 1
+    segments, fds = len(j.segments), open_fds()
+    monkeypatch.setattr(journal_mod.os, "fdatasync", FailOnce())
+    for _ in range(5):  # fsac-run retries a failed append every 0.2 s
+        with pytest.raises(OSError):
+            j.append([line(i)])
+    assert open_fds() == fds, "each failed roll leaked a descriptor"
+    assert len(j.segments) == segments  # no new segment after a tail that may not be on disk
+    with pytest.raises(OSError, match="an earlier fdatasync failed"):
+        j.sync()
+    j.close()
