@@ -54,6 +54,7 @@ class Request:
     state: str = PENDING
     record: dict[str, Any] | None = None
     done: threading.Event = field(default_factory=threading.Event)
+    after_answer: list[Callable[[], None]] = field(default_factory=list)  # run once the answer is durable
 
 
 @dataclass
@@ -190,8 +191,22 @@ class TriggerHub:
             req.state = ANSWERED
             req.record = record
             self._open.pop(req.request_id, None)
+            then, req.after_answer = req.after_answer, []
         self.latency.observe(time.monotonic() - req.t_mono)
         req.done.set()
+        for ack in then:
+            try:
+                ack()
+            except Exception:
+                log.exception("trigger: acknowledging the input of request %s failed", req.request_id)
+
+    def after_answer(self, req: Request, ack: Callable[[], None]) -> None:
+        """Run `ack` once the request's answer is durable: now if it is, else when it is."""
+        with self._lock:
+            if req.state != ANSWERED:
+                req.after_answer.append(ack)
+                return
+        ack()
 
     def _expire(self, req: Request, reason: str) -> None:
         with self._lock:

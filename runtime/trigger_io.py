@@ -82,9 +82,15 @@ def settle_batch(daemon: Any, batch: list[Any], records: list[dict[str, Any]], p
             keep_b.append(item), keep_r.append(record), keep_p.append(prep)
             continue
         if not hub.claim(req):
+            # The deadline answered it: with the fail-safe record, answered (and the source's own
+            # frame, e.g. a watch-folder file, acknowledged) only once that record is durable. This
+            # frame's record is neither journaled nor used: answering with it would tell the line a
+            # verdict the journal never held.
             daemon.metrics.frames.inc()
             daemon.metrics.errors.inc()
-            daemon.source.on_result(item.frame, req.record or record)
+            inner, inner_source = getattr(item.frame, "inner", None), getattr(daemon.source, "inner", None)
+            if inner is not None and inner_source is not None:
+                hub.after_answer(req, lambda inner=inner, src=inner_source, req=req: src.on_result(inner, req.record))
             continue
         if now > req.deadline and record["verdict"] != "error":
             hub.late += 1

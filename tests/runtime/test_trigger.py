@@ -113,6 +113,33 @@ def test_deadline_answers_error_once_and_the_late_frame_gets_no_second_record(tm
         VALIDATOR.validate(r)
 
 
+def test_a_slow_fail_safe_record_is_still_the_answer_not_the_late_scored_one(tmp_path, model_file, image_folder,
+                                                                            monkeypatch):
+    """The deadline passes, and the fail-safe record takes a while to be journaled (a journal
+    blocked on a full bound or a slow disk; here 1 s); meanwhile the model finishes. The line
+    must get the fail-safe error the journal holds, not the scored record, which is never
+    journaled: before, the scorer answered with it at once."""
+    import fsac.runtime.trigger_io as trigger_io
+
+    real = trigger_io.fail_safe
+
+    def slow_fail_safe(daemon, req, reason):
+        time.sleep(1.0)
+        real(daemon, req, reason)
+
+    monkeypatch.setattr(trigger_io, "fail_safe", slow_fail_safe)
+    out = tmp_path / "r.jsonl"
+    port = free_port()
+    cfg = config(model_file, str(image_folder), out, "source.mode=trigger", "http.enabled=true",
+                 f"http.port={port}", "trigger.deadline_s=0.25", "model.batch_size=1")
+    daemon, t, result = start(cfg, handle=slow_handle(cfg, 0.3))  # scored at ~0.3 s, fail-safe durable at ~1.25 s
+    code, rec = post(port, {"part_id": "P-0", "request_id": "r0"})
+    assert code == 200 and rec["verdict"] == "error" and rec["error"].startswith("deadline exceeded"), rec
+    assert stop(daemon, t, result) == 0
+    records = read_jsonl(out)
+    assert records == [rec]  # the answer is the one record the journal holds
+
+
 def test_a_failed_start_reports_its_own_error(tmp_path, model_file, image_folder):
     """The HTTP port taken: the start fails with that error, not with one from tearing down
     threads that never started."""
