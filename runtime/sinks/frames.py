@@ -167,6 +167,7 @@ class FramesSink:
         # is journaled; deliver() saves them when the record comes through its cursor.
         self._staged: OrderedDict[tuple[Any, Any], Any] = OrderedDict()
         self._missing = 0  # wanted records delivered with no pixels staged (replay after a restart)
+        self._unsaveable = 0  # frames (or damaged lines) that no retry could ever save
         self._saved_keys: OrderedDict[tuple[Any, Any], None] = OrderedDict()  # a retried batch: not missing
         self._queue: queue.Queue = queue.Queue(maxsize=c["queue_size"])
         self._worker = threading.Thread(target=self._worker_main, name="fsac-frames", daemon=True)
@@ -348,7 +349,13 @@ class FramesSink:
         (atomic writes), raises otherwise, and the delivery retries from the cursor. A frame
         saved before a failure in the same batch is not saved twice: it is no longer staged."""
         for line in lines:
-            record = json.loads(line)
+            try:
+                record = json.loads(line)
+            except ValueError:  # a damaged journal line: retrying it would stop this sink for good
+                with self._lock:
+                    self._unsaveable += 1
+                log.error("frames: a journal line is not JSON; skipped (%.80r)", line)
+                continue
             key = (record.get("run_id"), record.get("frame_id"))
             with self._lock:
                 image = self._staged.get(key)
@@ -360,7 +367,17 @@ class FramesSink:
                     with self._lock:
                         self._missing += 1  # replayed after a restart: its pixels died with the process
                 continue
-            self._save(record, image, time.time())
+            try:
+                self._save(record, image, time.time())
+            except OSError:
+                raise  # the disk: retried from the cursor, as every delivery failure
+            except Exception as e:  # this frame can never be saved (e.g. too large to encode): count, go on
+                with self._lock:
+                    self._unsaveable += 1
+                    self._staged.pop(key, None)
+                log.error("frames: frame %s cannot be saved (%s: %s); skipped, counted in unsaveable",
+                          record.get("frame_id"), type(e).__name__, e)
+                continue
             with self._lock:
                 self._staged.pop(key, None)
                 self._saved_keys[key] = None
@@ -396,6 +413,7 @@ class FramesSink:
                 "errors": self._errors,
                 "queued": self._queue.unfinished_tasks + len(self._staged),
                 "images_missing": self._missing,
+                "unsaveable": self._unsaveable,
                 "files": len(self._index),
                 "bytes": self._total_bytes,
             }

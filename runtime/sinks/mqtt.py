@@ -248,7 +248,11 @@ class MqttSink:
             for line in lines:
                 if not self._connected:
                     raise ConnectionError(self.last_error or f"MQTT broker {self.endpoint} not connected")
-                record = json.loads(line)
+                try:
+                    record = json.loads(line)
+                except ValueError:  # a damaged journal line: published raw on the results topic only
+                    record = {}
+                    log.error("mqtt: a journal line is not JSON; published to the results topic as it is")
                 payload = line.rstrip(b"\n")
                 for topic in self._topics_for(record):
                     info = self._client.publish(topic, payload, qos=self.qos)

@@ -307,3 +307,21 @@ def test_staging_is_bounded_and_counts_what_it_skips(tmp_path):
         assert saved_ids(tmp_path / "s") == [3, 4]  # the newest kept, the oldest skipped and counted
     finally:
         sink.close(timeout=1.0)
+
+
+def test_a_frame_that_can_never_be_saved_is_counted_and_does_not_stop_the_sink(tmp_path):
+    """A JPEG side over 65535 px makes cv2.imencode fail on every retry, and a damaged journal
+    line never parses: both are counted as unsaveable and skipped. Before, the batch was
+    retried forever, the frames cursor stopped, and in block mode the journal then filled."""
+    folder = tmp_path / "saved"
+    sink = FramesSink({"dir": str(folder), "format": "jpeg", "sample_normal": 0.0})
+    try:
+        records = [{**rec(i), "run_id": "r1"} for i in range(3)]
+        sink.stage(records[0], img(0))
+        sink.stage(records[1], np.zeros((1, 70000, 3), np.uint8))  # wider than JPEG allows
+        sink.stage(records[2], img(2))
+        sink.deliver([line(records[0]), line(records[1]), b'{"torn": \n', line(records[2])])
+        assert saved_ids(folder) == [0, 2]
+        assert sink.stats()["unsaveable"] == 2 and sink.stats()["queued"] == 0
+    finally:
+        sink.close(timeout=1.0)
