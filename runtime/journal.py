@@ -15,7 +15,10 @@ increasing across runs; records carry their own (run_id, seq) for consumers. A t
 line (a crash mid-write) is cut off at start. Cursors (`<dir>/cursors.json`, the next index
 each sink still has to deliver) are written atomically by the journal thread at most every
 `cursor_interval_s`, never per record: a cursor that lags only means records are delivered
-again after a restart (at least once; duplicates carry the same run_id and seq).
+again after a restart (at least once; duplicates carry the same run_id and seq). A 64 KiB
+`<dir>/reserve` file stays allocated beside them: on a full disk the cursors could not be
+saved, so no segment could be trimmed and no space ever freed; the reserve is given up to
+save them, and made again once trimming has made room.
 
 Bound (`max_bytes`, `max_records`): segments are trimmed behind the slowest durable sink's
 persisted cursor. When the bound is reached, `append` either waits (back-pressure: file and
@@ -25,6 +28,7 @@ wins); what a sink had not yet read from a deleted segment is counted, exactly, 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -44,6 +48,8 @@ except ImportError:  # pragma: no cover
 log = logging.getLogger("fsac.runtime")
 
 CURSORS = "cursors.json"
+RESERVE = "reserve"  # kept allocated: the room to save the cursors on a full disk (see housekeep)
+RESERVE_BYTES = 64 * 1024
 BLOCK, DROP_OLDEST = "block", "drop-oldest"
 
 
@@ -108,6 +114,7 @@ class Journal:
         self.sync_error: OSError | None = None  # a failed fdatasync: nothing after `synced` is durable
         self._last_persist = time.monotonic()
         self.waiting = False  # append() waits for room: trim and persist cursors at once
+        self._make_reserve()
 
     # ---------------------------------------------------------------- start
 
@@ -344,13 +351,21 @@ class Journal:
             changed = self.cursors != self.persisted
             cursors = dict(self.cursors)
         if due and changed:
-            tmp = self.folder / (CURSORS + ".tmp")
             try:
-                tmp.write_text(json.dumps(cursors))
-                os.replace(tmp, self.folder / CURSORS)
+                self._save_cursors(cursors)
             except OSError as e:
-                log.error("journal: cannot save sink cursors in %s: %s", self.folder, e)
-                return
+                if e.errno not in (errno.ENOSPC, errno.EDQUOT) or not self._reserve().exists():
+                    log.error("journal: cannot save sink cursors in %s: %s", self.folder, e)
+                    return
+                # A full disk: the cursors must be saved before a segment can be trimmed, and
+                # saving them needs a block. The reserve file gives it back.
+                log.warning("journal: %s is full; using the reserved space to save the sink cursors", self.folder)
+                self._reserve().unlink()
+                try:
+                    self._save_cursors(cursors)
+                except OSError as e2:
+                    log.error("journal: cannot save sink cursors in %s: %s", self.folder, e2)
+                    return
             with self._cond:
                 self.persisted = cursors
                 self._last_persist = now
@@ -360,9 +375,45 @@ class Journal:
                 self._cond.notify_all()
                 news = {n: v for n, v in self.lost.items() if v != self._lost_logged.get(n, 0)}
                 self._lost_logged.update(news)
+            self._make_reserve()  # again, once trimming made room
             for name, total in news.items():  # at most once per cursor interval, with exact totals
                 log.error("journal: sink %s lost %d records in total: deleted from the full journal %s before "
                           "delivery (journal.when_full=drop-oldest)", name, total, self.folder)
+
+    def _save_cursors(self, cursors: dict[str, int]) -> None:
+        tmp = self.folder / (CURSORS + ".tmp")
+        try:
+            with open(tmp, "w") as f:
+                f.write(json.dumps(cursors))
+                f.flush()
+                os.fsync(f.fileno())  # else a power cut can bring back older cursors than the trim used
+            os.replace(tmp, self.folder / CURSORS)
+        except OSError:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+
+    def _reserve(self) -> Path:
+        return self.folder / RESERVE
+
+    def _make_reserve(self) -> None:
+        """Keep RESERVE_BYTES allocated in the journal's folder (a no-op if it exists or the
+        disk is already full): the room to save the cursors, so that trimming can free space."""
+        path = self._reserve()
+        if path.exists():
+            return
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except OSError:
+            return
+        try:
+            os.posix_fallocate(fd, 0, RESERVE_BYTES)
+        except OSError:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                path.unlink()
+            return
+        os.close(fd)
 
     def _trim_locked(self) -> None:
         """Delete whole segments every durable sink has passed (by its persisted cursor)."""
