@@ -20,22 +20,28 @@ FALSE_ALARM, CONFIRMED_DEFECT = "false_alarm", "confirmed_defect"
 LABELS = (FALSE_ALARM, CONFIRMED_DEFECT)
 
 
-def good_images(folder: str | Path) -> list[Path]:
-    """The frames an operator marked "False alarm" (good parts the model flagged), oldest first:
-    only those whose JSON exists (complete pairs)."""
+def _pairs(base: Path) -> list[Path]:
+    """The frames of complete pairs in one label folder, oldest first. A JSON file that is not
+    an object, or whose "image" is not a plain file name in this folder (no path: nothing
+    outside it is ever read), does not make a pair."""
     out = []
-    base = Path(folder) / FALSE_ALARM
     for meta in sorted(base.glob("*.json")) if base.is_dir() else []:
         try:
-            name = json.loads(meta.read_text()).get("image")
+            data = json.loads(meta.read_text())
         except (OSError, ValueError):
             continue
-        if name and (base / name).is_file():
+        name = data.get("image") if isinstance(data, dict) else None
+        if isinstance(name, str) and name and Path(name).name == name and (base / name).is_file():
             out.append(base / name)
     return out
 
 
+def good_images(folder: str | Path) -> list[Path]:
+    """The frames an operator marked "False alarm" (good parts the model flagged), oldest first:
+    only those whose JSON exists (complete pairs)."""
+    return _pairs(Path(folder) / FALSE_ALARM)
+
+
 def counts(folder: str | Path) -> dict[str, int]:
     """Complete pairs per label."""
-    return {label: len(list((Path(folder) / label).glob("*.json"))) if (Path(folder) / label).is_dir() else 0
-            for label in LABELS}
+    return {label: len(_pairs(Path(folder) / label)) for label in LABELS}

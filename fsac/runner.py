@@ -144,8 +144,9 @@ def score_model_file(model_path: str | os.PathLike, images: Sequence[str | os.Pa
         if progress:
             progress(len(chunk))
     if not kept:
-        raise FsacError(f"none of the {len(paths)} images could be read (first: {skipped[0]['file']}: "
-                        f"{skipped[0]['reason']})" if skipped else "no images to score")
+        mine = skipped[len(skipped) - len(paths):] if skipped else []  # this call's, not a caller's earlier ones
+        raise FsacError(f"none of the {len(paths)} images could be read (first: {mine[0]['file']}: "
+                        f"{mine[0]['reason']})" if mine else "no images to score")
     out = {k: np.concatenate([p[k] for p in parts]) for k in OUTPUT_NAMES}
     hashes = [sha256_file(p) for p in kept]
     return ScoreSet.from_outputs(kept, out, hashes), info

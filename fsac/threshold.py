@@ -89,8 +89,9 @@ def _scores(scores, what: str) -> np.ndarray:
     s = np.asarray(scores, dtype=np.float64)
     if s.ndim != 1:
         raise FsacError(f"{what} must be a 1-D sequence of scores, got shape {s.shape}")
-    if np.isnan(s).any():
-        raise FsacError(f"{int(np.isnan(s).sum())} of the {what} are NaN: the model produced invalid scores")
+    if not np.isfinite(s).all():
+        raise FsacError(f"{int((~np.isfinite(s)).sum())} of the {what} are NaN or infinite: the model produced "
+                        "invalid scores")
     return s
 
 
@@ -112,9 +113,13 @@ def conformal_rank(n: int, alpha: float) -> int:
 
 def min_normal_images(alpha: float) -> int:
     """Smallest n for which the conformal threshold is finite: ceil((n+1)(1-alpha)) <= n."""
-    n = 1
+    # (n+1)(1-alpha) <= n  <=>  n >= (1-alpha)/alpha: start just below that (a tiny alpha would
+    # otherwise count up one by one for minutes), then let the exact rank decide.
+    n = max(1, math.floor((1 - alpha) / alpha) - 2)
     while conformal_rank(n, alpha) > n:
         n += 1
+    while n > 1 and conformal_rank(n - 1, alpha) <= n - 1:
+        n -= 1
     return n
 
 
@@ -227,7 +232,8 @@ def check_not_degenerate(res: ThresholdResult, normal_logits, anomalous_logits=N
       the line would never reject.
     """
     if not res.attainable:
-        raise FsacError(res.warnings[0] if res.warnings else "no finite threshold")
+        why = [w for w in res.warnings if "unattainable" in w]
+        raise FsacError(why[0] if why else f"the {res.method} threshold is not a finite number ({res.threshold})")
     neg = _scores(normal_logits, "normal logits")
     if neg.size > 1 and float(neg.max() - neg.min()) == 0.0:
         raise FsacError(f"all {neg.size} normal images have the same logit ({neg[0]:.6g}): the model does not tell "

@@ -24,6 +24,19 @@ def test_good_images_are_complete_false_alarm_pairs_oldest_first(tmp_path):
     (tmp_path / FALSE_ALARM / "broken.json").write_text("{not json")
     _pair(tmp_path, CONFIRMED_DEFECT, "20240105")  # defects are not good images
     assert [p.name for p in good_images(tmp_path)] == ["20240101.png", "20240102.png"]
-    assert counts(tmp_path) == {FALSE_ALARM: 4, CONFIRMED_DEFECT: 1}
+    assert counts(tmp_path) == {FALSE_ALARM: 2, CONFIRMED_DEFECT: 1}  # complete pairs, as documented
     assert good_images(tmp_path / "missing") == [] and counts(tmp_path / "missing") == {FALSE_ALARM: 0,
                                                                                        CONFIRMED_DEFECT: 0}
+
+
+def test_a_json_that_is_not_an_object_or_points_outside_the_folder_is_no_pair(tmp_path):
+    """`fsac calibrate --feedback` reads these: a list, null or a string used to raise an
+    AttributeError traceback, and "../x.png" or an absolute path pulled in any file."""
+    _pair(tmp_path, FALSE_ALARM, "ok")
+    d = tmp_path / FALSE_ALARM
+    (tmp_path / "outside.png").write_bytes(b"\x89PNG fake")
+    for i, data in enumerate([[], None, "ok.png", {"image": "../outside.png"}, {"image": str(tmp_path / "outside.png")},
+                              {"image": 7}]):
+        (d / f"bad{i}.json").write_text(json.dumps(data))
+    assert [p.name for p in good_images(tmp_path)] == ["ok.png"]
+    assert counts(tmp_path)[FALSE_ALARM] == 1

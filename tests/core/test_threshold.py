@@ -130,3 +130,32 @@ def test_compute_threshold_dispatch_and_labelled_conformal():
     assert compute_threshold("f1", normal, anomalous).method == "f1"
     with pytest.raises(FsacError, match="--method"):
         compute_threshold("youden", normal, anomalous)
+
+
+def test_an_infinite_logit_is_refused_by_name():
+    """+inf among the normal logits used to give an infinite threshold, refused with the
+    unrelated "few images" warning as its message."""
+    with pytest.raises(FsacError, match="1 of the normal .* are NaN or infinite"):
+        conformal_threshold([0.1 * i for i in range(19)] + [math.inf], 0.05)
+
+
+def test_an_unattainable_alpha_names_the_images_it_needs():
+    from fsac.threshold import check_not_degenerate
+
+    logits = np.linspace(-1.0, 1.0, 10)
+    res = conformal_threshold(logits, 0.05)
+    with pytest.raises(FsacError, match="unattainable with n=10 .*19"):
+        check_not_degenerate(res, logits)
+
+
+def test_min_normal_images_for_a_tiny_alpha_starts_near_the_answer(monkeypatch):
+    """Counting n up from 1 took about 15 s at alpha = 1e-7 (before the error message could
+    say how many images are needed); it now starts next to (1 - alpha) / alpha."""
+    import fsac.threshold as th
+
+    calls = []
+    real = th.conformal_rank
+    monkeypatch.setattr(th, "conformal_rank", lambda n, a: calls.append(n) or real(n, a))
+    n = th.min_normal_images(1e-7)
+    assert len(calls) < 10
+    assert real(n, 1e-7) <= n and real(n - 1, 1e-7) > n - 1  # still the smallest such n
