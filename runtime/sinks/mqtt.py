@@ -263,6 +263,9 @@ class MqttSink:
                 if len(window) >= self.cfg["max_inflight"]:
                     self._wait(window, deadline)
                     window = []
+                    # Per window of max_inflight messages: over a slow link a 256-record batch
+                    # must not need to fit one publish_timeout (it was retried forever, duplicated).
+                    deadline = time.monotonic() + self.cfg["publish_timeout"]
             self._wait(window, deadline)
             with self._state:
                 self._published += len(lines)

@@ -60,7 +60,8 @@ class MqttSettings(Settings):
     tls_insecure: bool = Field(False, description="skip the broker host name check (never in production)")
     username_env: EnvName = Field(None, description="NAME of the environment variable holding the user name")
     password_env: EnvName = Field(None, description="NAME of the environment variable holding the password")
-    publish_timeout: Seconds = Field(10.0, description="seconds a delivery waits for the broker's acknowledgements")
+    publish_timeout: Seconds = Field(10.0, description="seconds a delivery waits for the broker's acknowledgements of "
+                                     "one window of max_inflight messages")
     batch_max: int = Field(256, ge=1, le=100000, description="records per delivery")
 
     path_settings = ("ca_certs", "certfile", "keyfile")
