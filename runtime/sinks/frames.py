@@ -168,6 +168,7 @@ class FramesSink:
         self._staged: OrderedDict[tuple[Any, Any], Any] = OrderedDict()
         self._missing = 0  # wanted records delivered with no pixels staged (replay after a restart)
         self._unsaveable = 0  # frames (or damaged lines) that no retry could ever save
+        self._evicted: OrderedDict = OrderedDict()  # keys skipped by the staging bound (counted in dropped)
         self._saved_keys: OrderedDict[tuple[Any, Any], None] = OrderedDict()  # a retried batch: not missing
         self._queue: queue.Queue = queue.Queue(maxsize=c["queue_size"])
         self._worker = threading.Thread(target=self._worker_main, name="fsac-frames", daemon=True)
@@ -341,8 +342,11 @@ class FramesSink:
         with self._lock:
             self._staged[(record.get("run_id"), record.get("frame_id"))] = data
             while len(self._staged) > self.cfg["queue_size"]:
-                self._staged.popitem(last=False)
+                evicted, _ = self._staged.popitem(last=False)
                 self._dropped += 1
+                self._evicted[evicted] = None  # counted once, here: not again as missing at delivery
+                while len(self._evicted) > 4096:
+                    self._evicted.popitem(last=False)
 
     def deliver(self, lines: list[bytes]) -> None:
         """Save the staged frames of these journal lines; returns once they are on disk
@@ -363,8 +367,9 @@ class FramesSink:
             if again:
                 continue
             if image is None:
-                if record.get("verdict") == "defective" and self.cfg["save_defective"]:
-                    with self._lock:
+                with self._lock:
+                    counted = self._evicted.pop(key, "no") is None  # already counted in dropped
+                    if not counted and record.get("verdict") == "defective" and self.cfg["save_defective"]:
                         self._missing += 1  # replayed after a restart: its pixels died with the process
                 continue
             try:

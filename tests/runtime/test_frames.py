@@ -303,8 +303,9 @@ def test_staging_is_bounded_and_counts_what_it_skips(tmp_path):
             sink.stage({**rec(i), "run_id": "r1"}, img(i))
         st = sink.stats()
         assert st["queued"] == 2 and st["dropped"] == 3
-        sink.deliver([line(rec(i)) for i in range(5)])
+        sink.deliver([line({**rec(i), "run_id": "r1"}) for i in range(5)])
         assert saved_ids(tmp_path / "s") == [3, 4]  # the newest kept, the oldest skipped and counted
+        assert sink.stats()["dropped"] == 3 and sink.stats()["images_missing"] == 0  # once, not twice
     finally:
         sink.close(timeout=1.0)
 
