@@ -390,6 +390,8 @@ class Daemon:
         return drain_deadline + timeout * 0.25
 
     def _begin_stop(self, now: float) -> None:
+        if self.trigger is not None:  # requests accepted now could outlive the journal thread
+            self.trigger.refuse_new()
         if not self._stopping:
             self._stopping = True
             if self._sig_stop:

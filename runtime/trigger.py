@@ -41,6 +41,10 @@ PENDING, CLAIMED, TIMED_OUT, ANSWERED = "pending", "claimed", "timed-out", "answ
 TRIGGER_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
+class Stopping(FsacError):
+    """A request that arrives once the daemon has begun to stop (HTTP answers 503)."""
+
+
 @dataclass
 class Request:
     request_id: str
@@ -101,13 +105,21 @@ class TriggerHub:
         self.resolve_recipe: Callable[[str], Any] = lambda name: None  # raises FsacError if unusable
         self.switch_recipe: Callable[[str], Any] = lambda name: None  # an MQTT {"recipe": NAME} command
         self.inputs: list[Any] = []  # request inputs started and stopped with the hub (MQTT commands)
+        self.accepting = True  # False from the start of a shutdown (refuse_new)
 
     def start(self) -> None:
         self._watcher.start()
         for inp in self.inputs:
             inp.start()
 
+    def refuse_new(self) -> None:
+        """From the start of a shutdown on: no new request is accepted (`Stopping`), so none can
+        arrive after the journal thread that would answer it has stopped."""
+        with self._lock:
+            self.accepting = False
+
     def stop(self) -> None:
+        self.refuse_new()
         for inp in self.inputs:
             try:
                 inp.stop()
@@ -135,6 +147,8 @@ class TriggerHub:
             if old is not None:
                 self.duplicates += 1
                 return old, True
+            if not self.accepting:
+                raise Stopping("fsac-run is stopping: no new inspection requests (send it to the restarted daemon)")
             req = Request(request_id, part_id, image, self._next_frame, now, time.time(), now + self.cfg.deadline_s,
                           recipe)
             self._next_frame += 1

@@ -22,7 +22,7 @@ from fsac.errors import FsacError
 
 from .record import make_record
 from .sources import Source
-from .trigger import Request, TriggerFrame, TriggerHub, TriggerSource
+from .trigger import Request, Stopping, TriggerFrame, TriggerHub, TriggerSource
 
 log = logging.getLogger("fsac.runtime")
 
@@ -164,6 +164,8 @@ def http_inspect(hub: TriggerHub, cfg: Any, headers: Any, body: bytes) -> tuple[
         return 401, json.dumps({"error": denied})
     try:
         req, _dup = hub.submit(**parse_request(body))
+    except Stopping as e:
+        return 503, json.dumps({"error": str(e)})
     except FsacError as e:
         return 400, json.dumps({"error": str(e)})
     record = hub.wait(req)

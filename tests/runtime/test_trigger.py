@@ -140,6 +140,25 @@ def test_a_slow_fail_safe_record_is_still_the_answer_not_the_late_scored_one(tmp
     assert records == [rec]  # the answer is the one record the journal holds
 
 
+def test_a_stopping_daemon_refuses_new_requests_with_503(tmp_path, model_file, image_folder):
+    """From the start of a shutdown the hub takes no new request: one accepted then could
+    outlive the journal thread that answers it (and got a false "journal did not take the
+    record" 503). A request id answered before is still answered."""
+    out = tmp_path / "r.jsonl"
+    port = free_port()
+    cfg = config(model_file, str(image_folder), out, "source.mode=trigger", "http.enabled=true",
+                 f"http.port={port}", "trigger.deadline_s=5")
+    daemon, t, result = start(cfg)
+    code, first = post(port, {"part_id": "P-0", "request_id": "r0"})
+    assert code == 200
+    daemon.trigger.refuse_new()  # what _begin_stop does first
+    code, refused = post(port, {"part_id": "P-1", "request_id": "r1"})
+    assert code == 503 and "fsac-run is stopping: no new inspection requests" in refused["error"]
+    assert post(port, {"part_id": "P-0", "request_id": "r0"}) == (200, first)  # a duplicate: its answer
+    assert stop(daemon, t, result) == 0
+    assert [r["part_id"] for r in read_jsonl(out)] == ["P-0"]
+
+
 def test_a_failed_start_reports_its_own_error(tmp_path, model_file, image_folder):
     """The HTTP port taken: the start fails with that error, not with one from tearing down
     threads that never started."""
