@@ -99,6 +99,7 @@ def calibrate_command(
     normals = _images(normal_images)
     anomalies = _images(anomalous_images)
     notes: list[str] = []
+    said: set[str] = set()  # notes printed as they arose
     if feedback is not None:  # good parts the operator saw flagged: the threshold must let them pass
         from fsac.feedback import good_images
 
@@ -114,10 +115,15 @@ def calibrate_command(
 
         kept = [p for p in normals if sha256_file(p) not in train_hashes]
         if len(kept) < len(normals):
-            notes.append(f"left out {len(normals) - len(kept)} training shot(s) from the normal images")
+            note = (f"left out {len(normals) - len(kept)} training shot(s) from the normal images: "
+                    + ", ".join(p.name for p in normals if p not in set(kept)))
+            notes.append(note)
+            _say(quiet, f"note: {note}")  # now: an error below would otherwise hide why n is smaller
+            said.add(note)
             normals = kept
     if not normals:
-        raise FsacError("no held-out normal images to calibrate on (--normal)")
+        raise FsacError("no held-out normal images to calibrate on (--normal)"
+                        + (f"; {notes[-1]}" if notes and notes[-1].startswith("left out") else ""))
     if method in ("f1", "recall") and not anomalies:
         raise FsacError(f"--method {method} needs labelled defective images (--anomalous)")
 
@@ -187,7 +193,8 @@ def calibrate_command(
                                    "normal_scores": score_from_logit(neg.logit).tolist(),
                                    "anomalous_scores": score_from_logit(pos.logit).tolist() if pos is not None else []})
     for n in notes + threshold_info["notes"][len(notes):]:
-        _say(quiet, f"note: {n}")
+        if n not in said:
+            _say(quiet, f"note: {n}")
     line = f"logit threshold {res.threshold:.6g} (score {res.score_threshold:.9g}; {desc}); {sub}"
     if method == "conformal":
         line += f"; expected false-alarm rate on new good parts {res.expected_fpr:.3f} (<= {alpha:g})"
