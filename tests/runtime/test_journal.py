@@ -105,3 +105,32 @@ def test_a_full_disk_still_saves_the_cursors_and_trims(tmp_path):
         j.close()
     finally:
         subprocess.run(["umount", "-l", str(fs)], capture_output=True)
+
+
+def test_a_segment_whose_tail_is_gone_is_skipped_and_counted_not_a_silent_stall(tmp_path):
+    """A segment cut short while its successor exists (a failing disk, an outside hand): the
+    count used to come from the file names, so a sink reading into the gap got no lines,
+    for ever, with nothing logged. Now the gap is counted as lost and the sink goes on."""
+    folder = tmp_path / "j"
+    j = Journal(folder, ["jsonl"], segment_bytes=4096)
+    i = 0
+    while len(j.segments) < 3:
+        j.append([line(i)])
+        i += 1
+    j.sync()
+    first_seg = j.segments[0]
+    kept = first_seg.count - 5
+    j.close()
+    data = first_seg.path.read_bytes().split(b"\n")
+    first_seg.path.write_bytes(b"\n".join(data[:kept]) + b"\n")  # its last 5 records gone
+    j = Journal(folder, ["jsonl"], segment_bytes=4096)
+    pos, got = 0, []
+    for _ in range(100):
+        pos, lines = j.read("jsonl", pos, 1000, timeout=0)
+        got += lines
+        pos += len(lines)
+        if pos >= j.end:
+            break
+    assert pos == j.end == i and len(got) == i - 5
+    assert j.lost["jsonl"] == 5
+    j.close()
