@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -64,3 +65,24 @@ def model_copy(exported_model, tmp_path) -> Path:
     p = tmp_path / "model.onnx"
     shutil.copy(exported_model, p)
     return p
+
+
+@pytest.fixture
+def mount_small(tmp_path):
+    """mount_small(size) -> a fresh, real tmpfs of that size (e.g. "256k") that a test can fill up,
+    unmounted afterwards; skips where mounting is not permitted (it needs root)."""
+    mounted = []
+
+    def mount(size: str) -> Path:
+        d = tmp_path / f"fs{len(mounted)}"
+        d.mkdir()
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(d)],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            pytest.skip(f"cannot mount a small tmpfs here ({r.stderr.strip() or 'not permitted'}); needs root")
+        mounted.append(d)
+        return d
+
+    yield mount
+    for d in mounted:
+        subprocess.run(["umount", "-l", str(d)], capture_output=True)

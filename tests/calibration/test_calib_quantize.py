@@ -151,24 +151,17 @@ def test_agreement_report_on_known_scores():
         agreement([0.1, 0.2], [0.1, 0.2], 0.5)
 
 
-def test_a_full_disk_is_one_line_naming_the_folder_and_leaves_nothing(exported_model, bottle, tmp_path):
+def test_a_full_disk_is_one_line_naming_the_folder_and_leaves_nothing(exported_model, bottle, mount_small):
     """The quantizer's scratch folder sits beside the output: on a real small tmpfs its
     ENOSPC (from write(), which names no file) comes out of `fsac` as one line naming it."""
     import subprocess
     import sys
 
-    fs = tmp_path / "small"
-    fs.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(fs)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here ({r.stderr.strip() or 'not permitted'}); needs root")
-    try:
-        r = subprocess.run([sys.executable, "-m", "fsac.cli", "quantize", str(exported_model), "-c",
-                            str(bottle / "train" / "good"), "-o", str(fs / "int8.onnx"), "-q"],
-                           capture_output=True, text=True, timeout=600)
-        lines = [ln for ln in r.stderr.splitlines() if ln.startswith("fsac: ") or "Traceback" in ln]
-        assert r.returncode == 2 and lines == [lines[-1]] and lines[-1].startswith(f"fsac: error: {fs}/"), r.stderr
-        assert "No space left on device" in lines[-1]
-        assert list(fs.iterdir()) == []
-    finally:
-        subprocess.run(["umount", "-l", str(fs)], capture_output=True)
+    fs = mount_small("200k")
+    r = subprocess.run([sys.executable, "-m", "fsac.cli", "quantize", str(exported_model), "-c",
+                        str(bottle / "train" / "good"), "-o", str(fs / "int8.onnx"), "-q"],
+                       capture_output=True, text=True, timeout=600)
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("fsac: ") or "Traceback" in ln]
+    assert r.returncode == 2 and lines == [lines[-1]] and lines[-1].startswith(f"fsac: error: {fs}/"), r.stderr
+    assert "No space left on device" in lines[-1]
+    assert list(fs.iterdir()) == []

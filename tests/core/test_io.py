@@ -149,21 +149,13 @@ def test_sha256_file_small_chunks_exact(tmp_path):
     assert sha256_file(p, chunk=7) == hashlib.sha256(data).hexdigest()
 
 
-def test_a_full_disk_names_the_file_and_leaves_nothing(tmp_path):
+def test_a_full_disk_names_the_file_and_leaves_nothing(mount_small):
     """A real small tmpfs: write() reports ENOSPC without a file name; the error names the
     target (what `fsac` prints as its one line), and the temporary file is gone."""
     import errno
-    import subprocess
 
-    fs = tmp_path / "small"
-    fs.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(fs)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here ({r.stderr.strip() or 'not permitted'}); needs root")
-    try:
-        with pytest.raises(OSError) as e:
-            atomic_write_bytes(fs / "weights.safetensors", b"\0" * (1 << 20))
-        assert e.value.errno == errno.ENOSPC and e.value.filename == str(fs / "weights.safetensors")
-        assert list(fs.iterdir()) == []
-    finally:
-        subprocess.run(["umount", "-l", str(fs)], capture_output=True)
+    fs = mount_small("64k")
+    with pytest.raises(OSError) as e:
+        atomic_write_bytes(fs / "weights.safetensors", b"\0" * (1 << 20))
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(fs / "weights.safetensors")
+    assert list(fs.iterdir()) == []

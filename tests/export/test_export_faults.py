@@ -17,26 +17,6 @@ import pytest
 from fsac.errors import FsacError
 
 
-@pytest.fixture
-def mount_small(tmp_path):
-    """mount_small(size) -> a fresh tmpfs of that size (e.g. "256k"), unmounted afterwards."""
-    mounted = []
-
-    def mount(size: str) -> Path:
-        d = tmp_path / f"fs{len(mounted)}"
-        d.mkdir()
-        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(d)],
-                           capture_output=True, text=True)
-        if r.returncode != 0:
-            pytest.skip(f"cannot mount a small tmpfs here ({r.stderr.strip() or 'not permitted'}); needs root")
-        mounted.append(d)
-        return d
-
-    yield mount
-    for d in mounted:
-        subprocess.run(["umount", "-l", str(d)], capture_output=True)
-
-
 def fsac_export(checkpoint: Path, out: Path, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "fsac.cli", "export", str(checkpoint), "-o", str(out), "-q"],
                           capture_output=True, text=True, timeout=timeout)

@@ -51,15 +51,9 @@ def start(daemon: Daemon) -> tuple[threading.Thread, dict]:
 
 
 @pytest.fixture
-def small_fs(tmp_path):
+def small_fs(mount_small):
     """A real, tiny file system (tmpfs, 256 KiB) that a test can fill up."""
-    d = tmp_path / "small"
-    d.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(d)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here ({r.stderr.strip() or 'not permitted'}); needs root")
-    yield d
-    subprocess.run(["umount", "-l", str(d)], capture_output=True)
+    return mount_small("256k")
 
 
 def fill(folder: Path) -> Path:

@@ -75,36 +75,27 @@ def test_a_roll_whose_fdatasync_fails_opens_no_segment_and_stays_failed(tmp_path
     j.close()
 
 
-def test_a_full_disk_still_saves_the_cursors_and_trims(tmp_path):
+def test_a_full_disk_still_saves_the_cursors_and_trims(mount_small):
     """A real 512 KiB tmpfs filled by the journal itself: the sink has delivered everything,
     but saving its cursor needs a block. With the reserve given up, the cursor is saved, the
     delivered segments are trimmed, and appends succeed again."""
-    import subprocess
-
-    fs = tmp_path / "small"
-    fs.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(fs)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here ({r.stderr.strip() or 'not permitted'}); needs root")
-    try:
-        j = Journal(fs / "j", ["jsonl"], segment_bytes=8192, cursor_interval_s=3600)
-        assert (fs / "j" / "reserve").exists()
-        i = 0
-        with pytest.raises(OSError) as full:
-            while True:
-                j.append([line(i)])
-                i += 1
-        assert full.value.errno == errno.ENOSPC and i > 100
-        j.sync()
-        j.commit("jsonl", 0, i)  # the sink delivered everything before index i
-        j.housekeep(force=True)
-        assert json.loads((fs / "j" / "cursors.json").read_text()) == {"jsonl": i}
-        assert len(j.segments) <= 2
-        j.append([line(i)])  # room again
-        assert (fs / "j" / "reserve").exists()  # made again once trimming made room
-        j.close()
-    finally:
-        subprocess.run(["umount", "-l", str(fs)], capture_output=True)
+    fs = mount_small("512k")
+    j = Journal(fs / "j", ["jsonl"], segment_bytes=8192, cursor_interval_s=3600)
+    assert (fs / "j" / "reserve").exists()
+    i = 0
+    with pytest.raises(OSError) as full:
+        while True:
+            j.append([line(i)])
+            i += 1
+    assert full.value.errno == errno.ENOSPC and i > 100
+    j.sync()
+    j.commit("jsonl", 0, i)  # the sink delivered everything before index i
+    j.housekeep(force=True)
+    assert json.loads((fs / "j" / "cursors.json").read_text()) == {"jsonl": i}
+    assert len(j.segments) <= 2
+    j.append([line(i)])  # room again
+    assert (fs / "j" / "reserve").exists()  # made again once trimming made room
+    j.close()
 
 
 def test_a_segment_whose_tail_is_gone_is_skipped_and_counted_not_a_silent_stall(tmp_path):
