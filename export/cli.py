@@ -101,23 +101,19 @@ def export_command(
     from fsac.procmem import peak_rss_self, rss_bytes
 
     t_start = time.perf_counter()
-    workdir = _workdir_for(out)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        with _sole_export(out):  # two exports to one file would share (and delete) one scratch folder
-            shutil.rmtree(workdir, ignore_errors=True)  # a killed export's leftovers: appended to, not replaced
-            try:
-                rss_waiting = rss_bytes()
-                job = {"checkpoint": str(checkpoint), "weights": weights, "opset": opset, "attention": attention,
-                       "check_images": [str(p) for p in check_images] if check_images else None, "quiet": quiet,
-                       "optimize": optimize}
-                info = run_in_child(job, workdir)
-                result = finish_export(workdir, info, out, force=force, tolerance=tolerance, optimize=optimize,
-                                       quiet=quiet)
-            finally:
-                shutil.rmtree(workdir, ignore_errors=True)
+        # Exclusive: two exports to one file would share (and delete) one scratch folder.
+        with _sole_export(out), _scratch_folder(out) as workdir:
+            rss_waiting = rss_bytes()
+            job = {"checkpoint": str(checkpoint), "weights": weights, "opset": opset, "attention": attention,
+                   "check_images": [str(p) for p in check_images] if check_images else None, "quiet": quiet,
+                   "optimize": optimize}
+            info = run_in_child(job, workdir)
+            result = finish_export(workdir, info, out, force=force, tolerance=tolerance, optimize=optimize,
+                                   quiet=quiet)
     except OSError as e:  # a full disk, a folder that cannot be written: one line naming the file
-        raise FsacError(disk_error_message(e, workdir, optimize)) from e
+        raise FsacError(disk_error_message(e, _workdir_for(out), optimize)) from e
     result["peak_rss"] = {"trace_process_bytes": info.get("peak_rss_bytes"), "export_process_while_tracing_bytes":
                           rss_waiting, "export_process_bytes": peak_rss_self()}
     result["total_s"] = time.perf_counter() - t_start
@@ -178,6 +174,18 @@ def _workdir_for(out: Path) -> Path:
     return out.parent / f".{out.name}.export"
 
 
+@contextlib.contextmanager
+def _scratch_folder(out: Path):
+    """The export's scratch folder (`_workdir_for`), empty on entry (a killed export's
+    leftovers would be appended to, not replaced) and removed on leaving, whatever happened."""
+    workdir = _workdir_for(out)
+    shutil.rmtree(workdir, ignore_errors=True)
+    try:
+        yield workdir
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 def export_trained(trained, checkpoint_sha: str, out: Path, image_paths: list[Path], force: bool = False,
                    tolerance: float = 1e-4, optimize: str = "slim", opset: int = 17, quiet: bool = False,
                    extra_meta: dict[str, str] | None = None, release_torch: bool = False,
@@ -193,16 +201,12 @@ def export_trained(trained, checkpoint_sha: str, out: Path, image_paths: list[Pa
 
     check_output_path(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
-    workdir = _workdir_for(out)
-    shutil.rmtree(workdir, ignore_errors=True)  # a killed export's leftovers: appended to, not replaced
-    try:
+    with _scratch_folder(out) as workdir:
         info = trace_to_dir(trained, checkpoint_sha, list(image_paths), workdir, opset, attention, extra_meta, quiet,
                             release_torch=release_torch)
         if release_torch:
             _release_torch(trained)
         return finish_export(workdir, info, out, force=force, tolerance=tolerance, optimize=optimize, quiet=quiet)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _encoder_shape(visual) -> tuple[int | None, int | None]:

@@ -132,6 +132,13 @@ def _raw_ext(data: bytes) -> str:
 
 
 
+
+def _remember(keys: OrderedDict, key: Any, most: int = 4096) -> None:
+    """Add `key` to a bounded set of recent frame keys (the oldest forgotten past `most`)."""
+    keys[key] = None
+    while len(keys) > most:
+        keys.popitem(last=False)
+
 class FramesSink:
     name = "frames"
     durable = True  # in fsac-run: a cursor over the journal (deliver); the pixels are staged first
@@ -344,9 +351,7 @@ class FramesSink:
             while len(self._staged) > self.cfg["queue_size"]:
                 evicted, _ = self._staged.popitem(last=False)
                 self._dropped += 1
-                self._evicted[evicted] = None  # counted once, here: not again as missing at delivery
-                while len(self._evicted) > 4096:
-                    self._evicted.popitem(last=False)
+                _remember(self._evicted, evicted)  # counted once, here: not again as missing at delivery
 
     def deliver(self, lines: list[bytes]) -> None:
         """Save the staged frames of these journal lines; returns once they are on disk
@@ -385,9 +390,7 @@ class FramesSink:
                 continue
             with self._lock:
                 self._staged.pop(key, None)
-                self._saved_keys[key] = None
-                while len(self._saved_keys) > 4096:
-                    self._saved_keys.popitem(last=False)
+                _remember(self._saved_keys, key)
 
     def flush(self, timeout: float = 10.0) -> None:
         """Wait (up to `timeout` s) until every queued frame is on disk."""
