@@ -34,6 +34,19 @@ def journal_records(d: Any, pairs: list[tuple[Frame, dict[str, Any]]]) -> bool:
         d._jwake.set()
     return True
 
+def stop_for_sync_error(d: Any, e: OSError) -> None:
+    """A failed fdatasync is final (runtime/journal.py): no input past the last good sync is
+    acknowledged in this run; the daemon stops with exit status 1 and the next start scores
+    those inputs again. Once, whichever thread (scorer or journal) meets it first."""
+    if d._failure is not None:
+        return
+    log.error("journal %s: fdatasync failed (%s); stopping: the inputs of the records not yet on disk stay "
+              "unacknowledged", d.journal.folder, e)
+    d._failure = f"journal fdatasync failed: {e}"
+    d._stop.set()
+    d.queue.close()
+
+
 def journal_append(d: Any, lines: list[bytes]) -> int | None:
     """Append a batch; retries a failing disk (the input waits: back-pressure) until the
     shutdown deadline, then counts the batch as abandoned. Returns the end index or None."""
@@ -48,9 +61,8 @@ def journal_append(d: Any, lines: list[bytes]) -> int | None:
             d.journal_error = e.strerror or str(e)
             d._journal_errors(logging.ERROR, "journal %s: cannot append %d records (%s); inputs wait, "
                                  "retrying", d.journal.folder, len(lines), d.journal_error)
-            if d.journal.sync_error is not None and d._failure is None:  # a failed fdatasync is final
-                d._failure = f"journal fdatasync failed: {d.journal.sync_error}"
-                d._stop.set()
+            if d.journal.sync_error is not None:  # a roll's fdatasync failed: final
+                stop_for_sync_error(d, d.journal.sync_error)
         except FsacError as e:  # full and stopping
             d._journal_errors(logging.ERROR, "%s", e)
         if d._hard_stop.wait(0.2):
@@ -72,14 +84,7 @@ def journal_loop(d: Any) -> None:
             try:
                 durable = d.journal.sync()
             except OSError as e:
-                # Final (runtime/journal.py): no input past the last good sync is acknowledged in
-                # this run; the daemon stops with exit status 1 and the next start scores them again.
-                if d._failure is None:
-                    log.error("journal %s: fdatasync failed (%s); stopping: the inputs of the records "
-                              "not yet on disk stay unacknowledged", d.journal.folder, e)
-                    d._failure = f"journal fdatasync failed: {e}"
-                    d._stop.set()
-                    d.queue.close()
+                stop_for_sync_error(d, e)
                 if stopping and d._hard_stop.is_set():
                     return
                 time.sleep(0.2)
