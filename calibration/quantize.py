@@ -33,8 +33,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from fsac.agreement import (MAX_REL_DLOGIT, MIN_SPEARMAN, MIN_VERDICT, LogitAgreement, agreement_failures,
-                            logit_agreement)
+from fsac.agreement import (MAX_REL_DLOGIT, MIN_IMAGES, MIN_SPEARMAN, MIN_VERDICT, LogitAgreement,
+                            agreement_failures, logit_agreement)
 from fsac.errors import FsacError
 from fsac.io import naming
 from fsac.modelfile import INPUT_NAME, ModelInfo, load_model_file
@@ -377,7 +377,7 @@ def enforce_agreement(report: AgreementReport, allow: bool) -> str | None:
         return None
     msg = f"INT8 model disagrees with fp32: {'; '.join(report.failures)} ({report.summary()})"
     if not allow:
-        more = "pass at least 20 held-out images with --eval-images, " if report.n_images < 20 else \
+        more = f"pass at least {MIN_IMAGES} held-out images with --eval-images, " if report.n_images < MIN_IMAGES else \
             "try --calibration-method entropy/percentile or more calibration images, "
         raise FsacError(msg + "; " + more + "or pass --allow-disagreement to keep it anyway")
     return "WARNING: " + msg + " (kept because of --allow-disagreement)"
