@@ -24,21 +24,24 @@ Bound (`max_bytes`, `max_records`): segments are trimmed behind the slowest dura
 persisted cursor. When the bound is reached, `append` either waits (back-pressure: file and
 watch sources stop consuming input) or deletes the oldest segment (live streams: newest
 wins); what a sink had not yet read from a deleted segment is counted, exactly, as lost.
+
+The files themselves (finding segments at start, reading lines, the cursors and reserve
+files) are runtime/journal_files.py.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import json
 import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from fsac.errors import FsacError
+
+from .journal_files import (RESERVE, Segment, load_cursors, load_segments, make_reserve, read_lines, save_cursors,
+                            seg_path)
 
 try:  # POSIX only; edge boxes are Linux.
     import fcntl
@@ -47,26 +50,7 @@ except ImportError:  # pragma: no cover
 
 log = logging.getLogger("fsac.runtime")
 
-CURSORS = "cursors.json"
-RESERVE = "reserve"  # kept allocated: the room to save the cursors on a full disk (see housekeep)
-RESERVE_BYTES = 64 * 1024
 BLOCK, DROP_OLDEST = "block", "drop-oldest"
-
-
-@dataclass
-class Segment:
-    first: int  # journal index of its first line
-    path: Path
-    count: int = 0  # complete lines
-    size: int = 0  # bytes of complete lines
-
-    @property
-    def end(self) -> int:
-        return self.first + self.count
-
-
-def _seg_path(folder: Path, first: int) -> Path:
-    return folder / f"seg-{first:020d}.jsonl"
 
 
 class Journal:
@@ -80,8 +64,8 @@ class Journal:
         self.when_full = when_full
         self.cursor_interval_s = cursor_interval_s
         self._cond = threading.Condition()
-        self._wlock = threading.Lock()
-        self._gen = 0  # segment file generation: +1 per roll  # held around a write: close() never closes the fd under it
+        self._wlock = threading.Lock()  # held around a write: close() never closes the fd under it
+        self._gen = 0  # segment file generation: +1 per roll
         self._closed = False
         self.blocked_s = 0.0  # time append() spent waiting for room (back-pressure)
         self.lost: dict[str, int] = {name: 0 for name in consumers}  # per sink, never delivered
@@ -103,8 +87,8 @@ class Journal:
                 raise FsacError(f"journal.dir: {self.folder} is in use by another fsac-run process "
                                 "(give each daemon its own journal.dir)") from None
         try:
-            self.segments = self._load_segments()
-            self.cursors = self._load_cursors(consumers)
+            self.segments = load_segments(self.folder)
+            self.cursors = load_cursors(self.folder, consumers, self.segments[0].first, self.segments[-1].end)
             self._fd = os.open(self.segments[-1].path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         except OSError as e:
             self._lockfile.close()
@@ -114,60 +98,7 @@ class Journal:
         self.sync_error: OSError | None = None  # a failed fdatasync: nothing after `synced` is durable
         self._last_persist = time.monotonic()
         self.waiting = False  # append() waits for room: trim and persist cursors at once
-        self._make_reserve()
-
-    # ---------------------------------------------------------------- start
-
-    def _load_segments(self) -> list[Segment]:
-        segs = []
-        for p in sorted(self.folder.glob("seg-*.jsonl")):
-            try:
-                segs.append(Segment(int(p.stem[4:]), p))
-            except ValueError:
-                log.warning("journal: ignoring %s (not a segment name)", p)
-        if not segs:
-            first = 0
-            return [Segment(first, _seg_path(self.folder, first))]
-        for a, b in zip(segs, segs[1:]):
-            data = a.path.read_bytes()
-            a.size = data.rfind(b"\n") + 1
-            a.count = data.count(b"\n", 0, a.size)
-            if a.count < b.first - a.first:
-                # The next segment exists but this one's tail does not (a power cut: fdatasync
-                # of a segment comes before its successor is created, so only a failing disk or
-                # an outside hand gets here). Sinks are moved past the gap in read(), counted lost.
-                log.error("journal: %s holds %d records but the next segment starts at %d: records %d..%d are "
-                          "missing; sinks skip them and count them as lost", a.path, a.count, b.first,
-                          a.first + a.count, b.first - 1)
-            elif a.count > b.first - a.first:
-                a.count = b.first - a.first  # never read into the next segment's indices
-        last = segs[-1]
-        data = last.path.read_bytes()
-        cut = data.rfind(b"\n") + 1
-        if cut < len(data):  # a crash mid-write: the torn line never was acknowledged
-            log.warning("journal: %s ended in a partial line (%d bytes, earlier crash); cut off", last.path,
-                        len(data) - cut)
-            os.truncate(last.path, cut)
-        last.count, last.size = data.count(b"\n", 0, cut), cut
-        return segs
-
-    def _load_cursors(self, consumers: list[str]) -> dict[str, int]:
-        saved: dict[str, int] = {}
-        path = self.folder / CURSORS
-        if path.exists():
-            try:
-                saved = {str(k): int(v) for k, v in json.loads(path.read_text()).items()}
-            except (ValueError, TypeError, AttributeError) as e:
-                # Unreadable: deliver everything still in the journal again (duplicates, no loss).
-                log.error("journal: %s is unreadable (%s); sinks restart from the oldest record", path, e)
-        # A sink new to this journal starts at its oldest record: the records were written for it too.
-        out = {name: min(max(saved.get(name, self.first), 0), self.end) for name in consumers}
-        for name, pos in out.items():
-            if pos < self.first:  # deleted by drop-oldest in an earlier run (counted then) or by hand
-                log.warning("journal: sink %s's cursor %d is before the oldest record kept (%d): %d records were "
-                            "deleted undelivered before this start", name, pos, self.first, self.first - pos)
-                out[name] = self.first
-        return out
+        make_reserve(self.folder)
 
     # ---------------------------------------------------------------- state
 
@@ -261,11 +192,11 @@ class Journal:
             except OSError as e:
                 self.sync_error = e
                 raise
-        fd = os.open(_seg_path(self.folder, last.end), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(seg_path(self.folder, last.end), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         os.close(self._fd)
         self._fd = fd
         self._gen += 1
-        self.segments.append(Segment(last.end, _seg_path(self.folder, last.end)))
+        self.segments.append(Segment(last.end, seg_path(self.folder, last.end)))
 
     def _drop_oldest_locked(self) -> None:
         if len(self.segments) == 1:
@@ -329,7 +260,7 @@ class Journal:
                 if pos >= self.end or pos < self.first:
                     return pos, []
             seg = next(s for s in reversed(self.segments) if s.first <= pos)
-            if pos >= seg.end and seg is not self.segments[-1]:  # a gap found at start (_load_segments)
+            if pos >= seg.end and seg is not self.segments[-1]:  # a gap found at start (load_segments)
                 nxt = self.segments[self.segments.index(seg) + 1]
                 self.lost[name] += nxt.first - pos
                 self.cursors[name] = max(self.cursors[name], nxt.first)
@@ -339,7 +270,7 @@ class Journal:
             upto = min(seg.end, pos + max_n)
             size = seg.size
             start = self._offsets.get((seg.first, pos))
-        lines, offset = _read_lines(seg, pos, upto, size, start)
+        lines, offset = read_lines(seg, pos, upto, size, start)
         with self._cond:
             if len(self._offsets) > 64:  # a few per sink are all that is ever looked up
                 self._offsets.clear()
@@ -370,17 +301,17 @@ class Journal:
             cursors = dict(self.cursors)
         if due and changed:
             try:
-                self._save_cursors(cursors)
+                save_cursors(self.folder, cursors)
             except OSError as e:
-                if e.errno not in (errno.ENOSPC, errno.EDQUOT) or not self._reserve().exists():
+                if e.errno not in (errno.ENOSPC, errno.EDQUOT) or not (self.folder / RESERVE).exists():
                     log.error("journal: cannot save sink cursors in %s: %s", self.folder, e)
                     return
                 # A full disk: the cursors must be saved before a segment can be trimmed, and
                 # saving them needs a block. The reserve file gives it back.
                 log.warning("journal: %s is full; using the reserved space to save the sink cursors", self.folder)
-                self._reserve().unlink()
+                (self.folder / RESERVE).unlink()
                 try:
-                    self._save_cursors(cursors)
+                    save_cursors(self.folder, cursors)
                 except OSError as e2:
                     log.error("journal: cannot save sink cursors in %s: %s", self.folder, e2)
                     return
@@ -393,45 +324,10 @@ class Journal:
                 self._cond.notify_all()
                 news = {n: v for n, v in self.lost.items() if v != self._lost_logged.get(n, 0)}
                 self._lost_logged.update(news)
-            self._make_reserve()  # again, once trimming made room
+            make_reserve(self.folder)  # again, once trimming made room
             for name, total in news.items():  # at most once per cursor interval, with exact totals
                 log.error("journal: sink %s lost %d records in total: deleted from the full journal %s before "
                           "delivery (journal.when_full=drop-oldest)", name, total, self.folder)
-
-    def _save_cursors(self, cursors: dict[str, int]) -> None:
-        tmp = self.folder / (CURSORS + ".tmp")
-        try:
-            with open(tmp, "w") as f:
-                f.write(json.dumps(cursors))
-                f.flush()
-                os.fsync(f.fileno())  # else a power cut can bring back older cursors than the trim used
-            os.replace(tmp, self.folder / CURSORS)
-        except OSError:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise
-
-    def _reserve(self) -> Path:
-        return self.folder / RESERVE
-
-    def _make_reserve(self) -> None:
-        """Keep RESERVE_BYTES allocated in the journal's folder (a no-op if it exists or the
-        disk is already full): the room to save the cursors, so that trimming can free space."""
-        path = self._reserve()
-        if path.exists():
-            return
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except OSError:
-            return
-        try:
-            os.posix_fallocate(fd, 0, RESERVE_BYTES)
-        except OSError:
-            os.close(fd)
-            with contextlib.suppress(OSError):
-                path.unlink()
-            return
-        os.close(fd)
 
     def _trim_locked(self) -> None:
         """Delete whole segments every durable sink has passed (by its persisted cursor)."""
@@ -454,32 +350,3 @@ class Journal:
             with self._wlock:
                 os.close(self._fd)
             self._lockfile.close()
-
-
-def _read_lines(seg: Segment, pos: int, upto: int, size: int, start: int | None) -> tuple[list[bytes], int]:
-    """Lines pos..upto-1 of a segment and the byte offset after them. `start`: the byte offset
-    of line `pos` when known, else the segment is scanned from its start (after a restart).
-    A segment deleted under us (drop-oldest) gives no lines; the next read notices."""
-    try:
-        with open(seg.path, "rb") as f:
-            if start is None:
-                skip, offset = pos - seg.first, 0
-                while skip > 0:
-                    line = f.readline()
-                    if not line.endswith(b"\n"):
-                        return [], offset
-                    offset += len(line)
-                    skip -= 1
-            else:
-                offset = start
-                f.seek(offset)
-            lines = []
-            while len(lines) < upto - pos and offset < size:
-                line = f.readline(size - offset)
-                if not line.endswith(b"\n"):
-                    break
-                lines.append(line)
-                offset += len(line)
-    except FileNotFoundError:
-        return [], 0
-    return lines, offset
