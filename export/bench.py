@@ -14,10 +14,11 @@ One run, one process, the same real images for every backend:
      machine's measured SGEMM rate (numpy float32 matmul on the same threads)
   7. INT8 vs fp32 on held-out images (logits): Spearman, max |Δ logit|, verdict agreement
 
-Writes bench.json and bench.md into --out-dir and prints the Markdown table.
+Writes bench.json and bench.md into --out-dir and prints the Markdown table (the figures
+and the table: bench_report.py; the memory probes: bench_memory.py).
 
-Layout: the `fsac bench export` modules (this file and bench_extra.py) are the one place where
-wings are composed. The benchmark compares every backend the project ships on the same images,
+Layout: the `fsac bench export` modules (this file, bench_extra.py and bench_memory.py) are
+the one place where wings are composed. The benchmark compares every backend the project ships on the same images,
 so it must run the calibration wing's INT8 quantizer and the runtime wing's own backends
 (OpenVINO, TensorRT) and agreement bounds: timing a re-implementation would measure something
 fsac-run does not run. Everything else they share (logit agreement, peak memory, peaks, the
@@ -26,10 +27,7 @@ ONNX Runtime runner) comes from the core; tests/core/test_layout.py holds the al
 
 from __future__ import annotations
 
-import json
-import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,23 +39,13 @@ import typer
 
 from fsac.errors import FsacError
 
-# Targets of the issue, for this 2-core CPU.
-TARGET_ORT_VS_TORCH = 1.3
-TARGET_INT8_VS_FP32 = 1.8
-TARGET_SPEARMAN = 0.99
-TARGET_VERDICT = 0.99
-TARGET_EXPORT_PEAK_OVER_FILE = 2.5
+from .bench_memory import export_subprocess, peak_memory
+from .bench_report import cpu_name, markdown_table, summarize, versions
 
 
 def _say(quiet: bool, msg: str) -> None:
     if not quiet:
         print(msg, file=sys.stderr, flush=True)
-
-
-def percentiles(times: list[float]) -> dict[str, float]:
-    a = np.asarray(times, dtype=np.float64)
-    return {"p50_ms": float(np.percentile(a, 50) * 1e3), "p95_ms": float(np.percentile(a, 95) * 1e3),
-            "p99_ms": float(np.percentile(a, 99) * 1e3), "mean_ms": float(a.mean() * 1e3), "runs": int(a.size)}
 
 
 def torch_matmul(n: int, threads: int, repeats: int) -> float:
@@ -111,127 +99,6 @@ def interleaved(backends: dict[str, Callable[[np.ndarray], Any]], batches: list[
             backends[k](x)
             times[k].append(time.perf_counter() - t)
     return times
-
-
-# --------------------------------------------------------------------------- memory probes
-
-
-def _vm_hwm_mib() -> float | None:
-    from fsac.procmem import peak_rss_self
-
-    hwm = peak_rss_self()
-    if hwm is not None:
-        return hwm / 2**20
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-
-
-def _probe(kind: str, source: str, pixels_path: str, threads: int, fp32_source: str = "") -> None:
-    """Subprocess entry: load one backend, run one batch, print peak RSS (MiB) as JSON."""
-    pixels = np.load(pixels_path)
-    if kind == "torch":
-        import torch
-
-        from fsac.train.checkpoint import load_checkpoint
-
-        torch.set_num_threads(threads)
-        model = load_checkpoint(source, device="cpu", quiet=True).deploy_model()
-        with torch.no_grad():
-            model(torch.from_numpy(pixels))
-    elif kind.startswith("openvino:"):
-        from fsac.modelfile import inspect_model_file
-        from fsac.runtime.openvino_backend import OpenVinoBackend
-
-        import dataclasses
-
-        precision = kind.split(":", 1)[1]
-        info = inspect_model_file(fp32_source) if fp32_source else inspect_model_file(source)
-        info = dataclasses.replace(info, precision="int8" if precision.startswith("int8") else info.precision)
-        b = OpenVinoBackend(source, info, precision=precision, threads=threads, batch_size=len(pixels))
-        b.infer(pixels)
-    else:
-        from fsac.runner import make_session
-
-        data = Path(source).read_bytes()
-        s = make_session(data, threads)
-        del data
-        s.run(None, {"image": pixels})
-    print(json.dumps({"peak_rss_mib": _vm_hwm_mib()}))
-
-
-def peak_memory(kind: str, source: str, pixels: np.ndarray, threads: int, tmp: Path,
-                fp32_source: str = "") -> float | None:
-    px = tmp / "probe_pixels.npy"
-    np.save(px, pixels)
-    code = (f"from fsac.export.bench import _probe; _probe({kind!r}, {source!r}, {str(px)!r}, {threads}, "
-            f"{fp32_source!r})")
-    try:
-        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
-        return float(json.loads(r.stdout.strip().splitlines()[-1])["peak_rss_mib"])
-    except Exception:  # a failed probe leaves the figure empty; it must not sink the benchmark
-        return None
-
-
-# --------------------------------------------------------------------------- report
-
-
-def markdown_table(res: dict[str, Any]) -> str:
-    nb = res["batch"]
-    rows = [
-        f"| backend | p50 ms (b=1) | p95 ms | p99 ms | img/s (b={nb}) | peak RSS MiB | GFLOP/s (b=1) | GFLOP/s (b={nb}) "
-        f"| % of fp32 SGEMM (b={nb}) | speed-up vs torch (b=1) | speed-up vs torch (b={nb}) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for name, b in res["backends"].items():
-        mem = "n/a" if b.get("peak_rss_mib") is None else f"{b['peak_rss_mib']:.0f}"
-        rows.append(
-            f"| {name} | {b['batch1']['p50_ms']:.1f} | {b['batch1']['p95_ms']:.1f} | {b['batch1']['p99_ms']:.1f} "
-            f"| {b['throughput_img_s']:.2f} | {mem} | {b['gflops_b1']:.1f} | {b['gflops_b8']:.1f} "
-            f"| {b['pct_of_sgemm_b8']:.0f} % | {b['speedup_vs_torch_b1']:.2f}x | {b['speedup_vs_torch_b8']:.2f}x |"
-        )
-    r, a = res["ratios"], res["int8_agreement"]
-    t = res["targets"]
-    lines = [
-        f"### fsac bench export - {res['arch']} ({res['weights']}), {res['threads']} threads, {res['cpu']}",
-        "",
-        *rows,
-        "",
-        f"- FLOPs per image: {res['gflop_per_image']:.2f} GFLOP; measured SGEMM (numpy fp32, {res['threads']} threads): "
-        f"{res['sgemm_gflops']:.0f} GFLOP/s",
-        f"- ONNX Runtime fp32 vs PyTorch eager, batch 1 p50: {r['ort_fp32_vs_torch_b1']:.2f}x "
-        f"(target >= {TARGET_ORT_VS_TORCH}x: {'met' if t['ort_fp32_vs_torch'] else 'NOT met'}); batch {nb}: "
-        f"{r['ort_fp32_vs_torch_b8']:.2f}x",
-        f"- ONNX Runtime INT8 vs fp32, batch 1 p50: {r['int8_vs_fp32_b1']:.2f}x "
-        f"(target >= {TARGET_INT8_VS_FP32}x: {'met' if t['int8_vs_fp32'] else 'NOT met'}); batch {nb}: "
-        f"{r['int8_vs_fp32_b8']:.2f}x",
-        f"- INT8 vs fp32 on {a['n_images']} held-out real images: Spearman {a['spearman']:.4f} "
-        f"(target >= {TARGET_SPEARMAN}: {'met' if t['spearman'] else 'NOT met'}), max |Δ logit| {a['max_abs_diff']:.3g}, "
-        f"verdict agreement {_pct(a['verdict_agreement'])} at logit threshold {a['threshold']:.6g} "
-        f"(target >= {TARGET_VERDICT:.0%}: {'met' if t['verdict'] else 'NOT met'})",
-        f"- INT8 settings: {res['int8_settings']}",
-        f"- fp32 export: parity max |Δ logit| {res['export']['parity_max_abs_diff_logit']:.3g}; optimiser "
-        f"{res['export']['optimize']['method']}: {res['export']['optimize']['reason']}",
-    ]
-    e = res["export"]
-    if e.get("peak_rss_bytes"):
-        met = e["peak_rss_over_file"] <= TARGET_EXPORT_PEAK_OVER_FILE
-        parts = e.get("peak_rss") or {}
-        detail = ""
-        if parts.get("trace_process_bytes"):
-            detail = (f"; tracing process {parts['trace_process_bytes'] / 2**20:.0f} MiB while the command held "
-                      f"{parts['export_process_while_tracing_bytes'] / 2**20:.0f}, torch-free half "
-                      f"{(parts.get('export_process_bytes') or 0) / 2**20:.0f}")
-        lines.append(f"- `fsac export` (own processes) peak RSS {e['peak_rss_bytes'] / 2**20:.0f} MiB = "
-                     f"{e['peak_rss_over_file']:.2f}x the {e['size_bytes'] / 1e6:.0f} MB model file "
-                     f"(target <= {TARGET_EXPORT_PEAK_OVER_FILE}x: {'met' if met else 'NOT met'}{detail})")
-    lines += [f"- variant {k}: {v}" for k, v in res.get("variants", {}).items()]
-    lines += [f"- note: {n}" for n in res["notes"]]
-    return "\n".join(lines) + "\n"
-
-
-def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.1%}"
 
 
 # --------------------------------------------------------------------------- command
@@ -338,7 +205,7 @@ def bench_export_command(
             # `fsac export` itself, in its own process, so its peak memory is measured as a
             # workstation would see it (the benchmark's own process holds more).
             _say(quiet, "exporting in a subprocess (`fsac export`, peak memory measured) ...")
-            exp = _export_subprocess(ck_path, fp32_path, eval_paths[:4], optimize, tmp)
+            exp = export_subprocess(ck_path, fp32_path, eval_paths[:4], optimize, tmp)
         else:
             exp = export_trained(trained, ck_sha, fp32_path, eval_paths[:4], force=True, optimize=optimize,
                                  quiet=quiet)
@@ -381,24 +248,22 @@ def bench_export_command(
             backends[name] = ovb.infer
         logit_agree = {}
 
-        # INT8 agreement with fp32 on the held-out images; the verdict threshold is the one
-        # `fsac calibrate` would set (conformal, alpha = 0.1) from the fp32 calibration logits.
+        # INT8 agreement with fp32 on the held-out images, on the logits (the score saturates);
+        # the verdict threshold is the one `fsac calibrate` would set (conformal, alpha = 0.1)
+        # from the fp32 calibration logits.
         fp_cal = run_session(s_fp32, calib_px)["logit"]
         cres = conformal_threshold(fp_cal, 0.1)
-        thr = cres.threshold if cres.attainable else next_float32_up(float(fp_cal.max()))
-        fp_eval = run_session(s_fp32, agree_px)["logit"]
-        rep = agreement(fp_eval, run_session(s_int8, agree_px)["logit"], thr,
+        logit_thr = cres.threshold if cres.attainable else next_float32_up(float(fp_cal.max()))
+        ref_out = run_session(s_fp32, agree_px)
+        fp_eval = ref_out["logit"]
+        rep = agreement(fp_eval, run_session(s_int8, agree_px)["logit"], logit_thr,
                         f"conformal alpha=0.1 on {len(calib_paths)} fp32 calibration logits")
         for v, vi in variant_info.items():
-            vr = agreement(fp_eval, run_session(vi["session"], agree_px)["logit"], thr)
+            vr = agreement(fp_eval, run_session(vi["session"], agree_px)["logit"], logit_thr)
             vi["agreement"] = {"spearman": vr.spearman, "max_abs_diff": vr.max_abs_diff,
                                "verdict_agreement": vr.verdict_agreement}
 
-        # Every runtime row against ONNX Runtime fp32 on the logits (the score saturates).
-        ref_out = run_session(s_fp32, agree_px)
-        cal_logits = run_session(s_fp32, calib_px)["logit"].astype(np.float64)
-        lres = conformal_threshold(cal_logits, 0.1)
-        logit_thr = lres.threshold if lres.attainable else float(np.nextafter(cal_logits.max(), np.inf))
+        # Every runtime row against ONNX Runtime fp32, through the core's one agreement function.
         sessions = {"onnxruntime int8": s_int8, **{f"onnxruntime int8 [{v}]": vi["session"]
                                                    for v, vi in variant_info.items()}}
         for name, sess in sessions.items():
@@ -440,52 +305,17 @@ def bench_export_command(
         else:
             notes.append("peak memory not measured (--no-memory)")
 
-    res_backends: dict[str, dict[str, Any]] = {}
-    torch_b1 = float(np.median(lat["pytorch eager fp32"]))
-    torch_b8 = float(np.median(thr_times["pytorch eager fp32"]))
-    for k in backends:
-        b1 = percentiles(lat[k])
-        t8 = float(np.median(thr_times[k]))
-        res_backends[k] = {
-            "batch1": b1,
-            "batch_s": t8,
-            "throughput_img_s": batch / t8,
-            "peak_rss_mib": mem.get(k),
-            "gflops_b1": flops / (b1["p50_ms"] / 1e3) / 1e9,
-            "gflops_b8": flops * batch / t8 / 1e9,
-            "pct_of_sgemm_b8": 100 * flops * batch / t8 / 1e9 / peak,
-            "speedup_vs_torch_b1": torch_b1 / (b1["p50_ms"] / 1e3),
-            "speedup_vs_torch_b8": torch_b8 / t8,
-        }
-    b = res_backends
-    ratios = {
-        "ort_fp32_vs_torch_b1": b["pytorch eager fp32"]["batch1"]["p50_ms"] / b["onnxruntime fp32"]["batch1"]["p50_ms"],
-        "ort_fp32_vs_torch_b8": b["onnxruntime fp32"]["throughput_img_s"] / b["pytorch eager fp32"]["throughput_img_s"],
-        "int8_vs_fp32_b1": b["onnxruntime fp32"]["batch1"]["p50_ms"] / b["onnxruntime int8"]["batch1"]["p50_ms"],
-        "int8_vs_fp32_b8": b["onnxruntime int8"]["throughput_img_s"] / b["onnxruntime fp32"]["throughput_img_s"],
-        "int8_vs_torch_b1": b["pytorch eager fp32"]["batch1"]["p50_ms"] / b["onnxruntime int8"]["batch1"]["p50_ms"],
-    }
+    res_backends, ratios, targets, variants_out = summarize(list(backends), lat, thr_times, mem, flops, batch,
+                                                            peak, rep, variant_info)
     agree = {k: v for k, v in rep.to_dict().items() if k != "images"}
-    targets = {
-        "ort_fp32_vs_torch": ratios["ort_fp32_vs_torch_b1"] >= TARGET_ORT_VS_TORCH,
-        "int8_vs_fp32": ratios["int8_vs_fp32_b1"] >= TARGET_INT8_VS_FP32,
-        "spearman": rep.spearman >= TARGET_SPEARMAN,
-        "verdict": rep.verdict_agreement is not None and rep.verdict_agreement >= TARGET_VERDICT,
-    }
-    variants_out = {}
-    for v, vi in variant_info.items():
-        name = f"onnxruntime int8 [{v}]"
-        variants_out[v] = (f"{b['onnxruntime fp32']['batch1']['p50_ms'] / b[name]['batch1']['p50_ms']:.2f}x fp32 at b=1, "
-                           f"Spearman {vi['agreement']['spearman']:.4f}, max |Δ| {vi['agreement']['max_abs_diff']:.3g}, "
-                           f"verdicts {_pct(vi['agreement']['verdict_agreement'])}")
     peak_columns(res_backends, flops, batch, peaks)
     result = {
         "arch": trained.backbone.info.arch,
         "weights": trained.backbone.info.weights_id,
         "threads": threads,
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "python": platform.python_version(),
-        "versions": _versions(),
+        "versions": versions(),
         "images": {"calibration": [p.name for p in calib_paths], "held_out": [p.name for p in eval_paths],
                    "anomalous": [p.name for p in anomalies[:num_eval]]},
         "runs_batch1": runs,
@@ -517,30 +347,6 @@ def bench_export_command(
     return result
 
 
-def _export_subprocess(ck_path: Path, out: Path, images: list[Path], optimize: str, tmp: Path) -> dict[str, Any]:
-    """Run `fsac export` as a command; return its report with its peak RSS and the file size.
-
-    `fsac export` traces in a child process and waits for it, so its peak is the larger of
-    its own peak and (its resident memory while waiting + the child's peak); the export
-    report carries both of those figures, the parent's own peak is measured here."""
-    from fsac.procmem import peak_rss
-
-    report = tmp / "export-report.json"
-    args = ["export", str(ck_path), "-o", str(out), "--force", "--optimize", optimize, "--report", str(report),
-            "--quiet", *[a for p in images for a in ("--check-images", str(p))]]
-    hwm, _log = peak_rss("from fsac.cli import run; sys.argv = ['fsac'] + sys.argv[1:]; run()", args)
-    exp = json.loads(report.read_text())
-    parts = exp.get("peak_rss") or {}
-    child, waiting = parts.get("trace_process_bytes"), parts.get("export_process_while_tracing_bytes")
-    if hwm is not None and child is not None and waiting is not None:
-        hwm = max(hwm, waiting + child)
-    elif child is not None or waiting is not None:
-        hwm = None  # half the figure would flatter it
-    exp["peak_rss_bytes"] = hwm
-    exp["peak_rss_over_file"] = None if hwm is None else hwm / exp["size_bytes"]
-    return exp
-
-
 def _tensorrt_backend(fp32_path: Path, image_size: int, batch: int, tmp: Path, notes: list[str]):
     """A TensorRT FP16 runner when tensorrt and a CUDA GPU are present, else None (+ a note).
     It is the edge runtime's own TensorRT backend, so the benchmark times what fsac-run runs."""
@@ -556,23 +362,3 @@ def _tensorrt_backend(fp32_path: Path, image_size: int, batch: int, tmp: Path, n
         notes.append(f"TensorRT not timed: {e}")
         return None
     return backend.infer
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip() + f" ({os.cpu_count()} logical CPUs)"
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def _versions() -> dict[str, str]:
-    out = {}
-    for mod in ("torch", "onnx", "onnxruntime", "onnxslim", "numpy"):
-        try:
-            out[mod] = __import__(mod).__version__
-        except Exception:
-            pass
-    return out

@@ -16,6 +16,8 @@ import numpy as np
 
 from fsac.errors import FsacError
 
+from .bench_report import pct
+
 # Which peak each row is measured against: its arithmetic, not its runtime.
 ROW_PRECISION = {
     "pytorch eager fp32": "fp32",
@@ -140,7 +142,7 @@ def markdown_extra(res: dict[str, Any]) -> str:
         lines.append(
             f"| {name} | {b['precision']} | {b['gflops_b1']:.0f} | {f(b['pct_of_peak_b1'], '.1f')} % "
             f"| {f(b['pct_of_peak_bn'], '.1f')} % | {ref / b['batch1']['p50_ms']:.2f}x "
-            f"| {f(a.get('spearman'), '.4f')} | {_pct(a.get('verdict_agreement'))} "
+            f"| {f(a.get('spearman'), '.4f')} | {pct(a.get('verdict_agreement'))} "
             f"| {f(a.get('rel_max_abs_diff'), '.3f')} |")
     t = res.get("targets_hardware")
     if t:
@@ -202,10 +204,6 @@ def targets_extra(res: dict[str, Any]) -> dict[str, Any]:
     agree = res.get("logit_agreement", {})
     return {"cpu_class": cls, "rows": kind, "min_speedup": speedup, "min_fraction_of_peak": frac,
             "within_bounds": best([k for k in rows if within_bounds(agree.get(k))]), "any": best(list(rows))}
-
-
-def _pct(x) -> str:
-    return "n/a" if x is None else f"{x:.1%}"
 
 
 # --------------------------------------------------------------------------- encoder feature

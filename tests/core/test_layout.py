@@ -26,8 +26,9 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     # the calibration wing's INT8 quantizer and the runtime wing's own backends and policy bounds
     # (timing a copy would measure something fsac-run does not run). These two modules are the one
     # composition point of the wings (see export/bench.py's docstring).
-    "export/bench.py": ("fsac.calibration.quantize", "fsac.runtime.openvino_backend", "fsac.runtime.tensorrt_backend"),
+    "export/bench.py": ("fsac.calibration.quantize", "fsac.runtime.tensorrt_backend"),
     "export/bench_extra.py": ("fsac.runtime.openvino_backend", "fsac.runtime.policy"),
+    "export/bench_memory.py": ("fsac.runtime.openvino_backend",),  # the OpenVINO rows' peak memory
     # The tracing process streams the checkpoint's backbone weights file into its spilled image
     # tower: it checks the file against the same architecture and falls back to the same open_clip
     # loader that loading the checkpoint uses (a second copy of either could drift from it).
