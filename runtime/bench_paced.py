@@ -25,7 +25,7 @@ import numpy as np
 from fsac.errors import FsacError
 from fsac.preprocess import load_image
 
-from .bench import write_bytes  # the same counter as the main passes (bench imports this module lazily)
+from .bench_passes import write_bytes  # the same counter as the main passes
 from .config import ModelConfig, RuntimeConfig, SourceConfig, validate
 from .daemon import Daemon
 from .sinks.mqtt_config import MqttSettings
