@@ -24,7 +24,7 @@ from typing import Iterator
 import numpy as np
 
 from fsac.errors import FsacError
-from fsac.modelfile import _encode_varint
+from fsac.onnx_wire import encode_varint
 
 ALIGN = 4096  # tensor offsets: page-aligned, so a runtime may map them
 _GRAPH_FIELD = 7  # ModelProto.graph
@@ -34,7 +34,7 @@ _RAW_DATA_FIELD = 9  # TensorProto.raw_data
 
 def _len_field(number: int, length: int) -> bytes:
     """Tag and length prefix of a length-delimited protobuf field."""
-    return _encode_varint((number << 3) | 2) + _encode_varint(length)
+    return encode_varint((number << 3) | 2) + encode_varint(length)
 
 
 class TensorFile:

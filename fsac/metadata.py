@@ -25,42 +25,8 @@ from typing import Iterable
 
 from fsac.errors import FsacError
 from fsac.io import atomic_write_with
-from fsac.modelfile import (SEAL_KEY, SEAL_PLACEHOLDER, ModelInfo, _encode_varint, _varint, load_model_file,
-                            parse_model_info)
-
-_METADATA_FIELD = 14
-
-
-def _field_spans(data: bytes):
-    """Yield (field_number, start, end) for each top-level field; data[start:end] is the
-    field's complete encoding (tag included), so it can be copied verbatim."""
-    pos, n = 0, len(data)
-    while pos < n:
-        start = pos
-        key, pos = _varint(data, pos)
-        wt = key & 7
-        if wt == 0:
-            _, pos = _varint(data, pos)
-        elif wt == 1:
-            pos += 8
-        elif wt == 2:
-            ln, pos = _varint(data, pos)
-            pos += ln
-        elif wt == 5:
-            pos += 4
-        else:
-            raise ValueError(f"unsupported wire type {wt}")
-        if pos > n:
-            raise ValueError("truncated field")
-        yield key >> 3, start, pos
-
-
-def _encode_entry(key: str, value: str | bytes) -> bytes:
-    k = key.encode("utf-8")
-    v = value if isinstance(value, bytes) else value.encode("utf-8")
-    body = b"\x0a" + _encode_varint(len(k)) + k + b"\x12" + _encode_varint(len(v)) + v
-    return bytes([(_METADATA_FIELD << 3) | 2]) + _encode_varint(len(body)) + body
-
+from fsac.modelfile import SEAL_KEY, SEAL_PLACEHOLDER, ModelInfo, load_model_file, parse_model_info
+from fsac.onnx_wire import METADATA_FIELD, encode_metadata_entry, field_spans
 
 def _metadata_parts(data: bytes, metadata: dict[str, str], source: str) -> list[memoryview | bytes]:
     """The new file as a list of pieces: views of `data` (no copies) for every top-level
@@ -68,8 +34,8 @@ def _metadata_parts(data: bytes, metadata: dict[str, str], source: str) -> list[
     view = memoryview(data)
     parts: list[memoryview | bytes] = []
     try:
-        for num, start, end in _field_spans(data):
-            if num != _METADATA_FIELD:
+        for num, start, end in field_spans(data):
+            if num != METADATA_FIELD:
                 parts.append(view[start:end])
     except ValueError as e:
         raise FsacError(f"{source}: not a valid ONNX model file ({e})") from None
@@ -78,8 +44,8 @@ def _metadata_parts(data: bytes, metadata: dict[str, str], source: str) -> list[
             continue
         if not isinstance(value, str):
             raise TypeError(f"metadata value for {key!r} must be a string, got {type(value).__name__}")
-        parts.append(_encode_entry(key, value))
-    parts.append(_encode_entry(SEAL_KEY, SEAL_PLACEHOLDER))
+        parts.append(encode_metadata_entry(key, value))
+    parts.append(encode_metadata_entry(SEAL_KEY, SEAL_PLACEHOLDER))
     return parts
 
 

@@ -17,6 +17,8 @@ Normalisation by mean/std is inside the graph. Everything else the runtime needs
 graph's `metadata_props`, keys prefixed "fsac." (see `REQUIRED_KEYS`). Values are strings;
 structured values are JSON.
 
+Reading the metadata without onnx: fsac/onnx_wire.py.
+
 Sealing: the key "fsac.seal" holds the sha256 of the whole file computed with the seal's own
 64 bytes replaced by `SEAL_PLACEHOLDER`. Any changed byte (weights, graph, metadata such as
 the threshold) breaks the seal, and the runtime refuses the file. The check works on the raw
@@ -40,6 +42,7 @@ from typing import Any
 
 from fsac.errors import FsacError
 from fsac.io import atomic_write_bytes, atomic_write_json, sha256_bytes
+from fsac.onnx_wire import read_metadata_bytes, scan_metadata  # noqa: F401 - read_metadata_bytes: part of this API
 from fsac.preprocess import PreprocessSpec
 from fsac.score import score_from_logit
 
@@ -101,70 +104,6 @@ def _seal_mismatch(source: str, recorded: bytes, actual: bytes) -> FsacError:
 def verify_seal(data: bytes, source: str = "<model>") -> str:
     """Return the file's seal (its content hash) or raise FsacError if any byte changed."""
     return _stream_seal(io.BytesIO(data), source)
-
-
-# --------------------------------------------------------------------------- metadata parsing
-
-
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= len(data):
-            raise ValueError("truncated varint")
-        b = data[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return result, pos
-        shift += 7
-        if shift > 63:
-            raise ValueError("varint too long")
-
-
-def _fields(data: bytes):
-    """Yield (field_number, wire_type, value) for the top level of a protobuf message."""
-    pos = 0
-    n = len(data)
-    while pos < n:
-        key, pos = _varint(data, pos)
-        num, wt = key >> 3, key & 7
-        if wt == 0:
-            val, pos = _varint(data, pos)
-        elif wt in (1, 2, 5):
-            if wt == 2:
-                ln, pos = _varint(data, pos)
-            else:
-                ln = 8 if wt == 1 else 4
-            if pos + ln > n:
-                raise ValueError("truncated field")
-            val, pos = data[pos : pos + ln], pos + ln
-        else:
-            raise ValueError(f"unsupported wire type {wt}")
-        yield num, wt, val
-
-
-def read_metadata_bytes(data: bytes, source: str = "<model>") -> dict[str, str]:
-    """metadata_props of a serialized ONNX ModelProto (field 14), without importing onnx.
-
-    A key that occurs twice is refused (onnx's checker refuses it too): which of the two
-    values a reader would take is not defined, and for "fsac.threshold" that matters.
-    """
-    meta: dict[str, str] = {}
-    try:
-        for num, wt, val in _fields(data):
-            if num == 14 and wt == 2:
-                key = value = ""
-                for n2, w2, v2 in _fields(val):
-                    if n2 == 1 and w2 == 2:
-                        key = v2.decode("utf-8")
-                    elif n2 == 2 and w2 == 2:
-                        value = v2.decode("utf-8")
-                if key in meta:
-                    raise FsacError(f"{source}: metadata key {key!r} occurs more than once; refusing the file")
-                meta[key] = value
-    except (ValueError, UnicodeDecodeError) as e:
-        raise FsacError(f"{source}: not a valid ONNX model file ({e})") from None
-    return meta
 
 
 # --------------------------------------------------------------------------- model info
@@ -257,66 +196,6 @@ def load_model_file(path: str | os.PathLike) -> tuple[bytes, ModelInfo]:
     return data, _inspect(io.BytesIO(data), len(data), str(path))
 
 
-def _read_varint(f) -> int | None:
-    """A protobuf varint from a binary file; None at a clean end of file."""
-    result = shift = 0
-    while True:
-        b = f.read(1)
-        if not b:
-            if shift == 0:
-                return None
-            raise ValueError("truncated varint")
-        result |= (b[0] & 0x7F) << shift
-        if not b[0] & 0x80:
-            return result
-        shift += 7
-        if shift > 63:
-            raise ValueError("varint too long")
-
-
-def _scan_metadata(f, size: int, source: str) -> dict[str, str]:
-    """metadata_props of an ONNX file, reading only the top-level fields and seeking past the
-    graph, so a 500 MB model is never held in memory."""
-    meta: dict[str, str] = {}
-    f.seek(0)
-    while True:
-        key = _read_varint(f)
-        if key is None:
-            return meta
-        num, wt = key >> 3, key & 7
-        if wt == 0:
-            _read_varint(f)
-            continue
-        if wt == 2:
-            length = _read_varint(f)
-            if length is None:
-                raise ValueError("truncated field")
-        elif wt in (1, 5):
-            length = 8 if wt == 1 else 4
-        else:
-            raise ValueError(f"unsupported wire type {wt}")
-        start = f.tell()
-        if start + length > size:
-            raise ValueError("truncated field")
-        if num == 14 and wt == 2:
-            entry = read_metadata_bytes(b"\x72" + _encode_varint(length) + f.read(length))
-            for k, v in entry.items():
-                if k in meta:
-                    raise FsacError(f"{source}: metadata key {k!r} occurs more than once; refusing the file")
-                meta[k] = v
-        f.seek(start + length)
-
-
-def _encode_varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
 def _stream_seal(f, source: str, chunk: int = 1 << 20) -> str:
     """verify_seal without reading the whole file into memory: hash it in chunks with the
     seal's 64 bytes replaced by the placeholder, refusing a missing or repeated seal entry."""
@@ -374,7 +253,7 @@ def _inspect(f, size: int, source: str) -> ModelInfo:
     """Verify the seal and parse the metadata of a model file open as the binary file `f`."""
     seal = _stream_seal(f, source)
     try:
-        meta = _scan_metadata(f, size, source)
+        meta = scan_metadata(f, size, source)
     except (ValueError, UnicodeDecodeError) as e:
         raise FsacError(f"{source}: not a valid ONNX model file ({e})") from None
     if meta.get(SEAL_KEY) != seal:
