@@ -146,7 +146,8 @@ def bench_export_command(
 
     from dataclasses import asdict
 
-    from fsac.calibration.quantize import QuantizeSettings, agreement, quantize_bytes
+    from fsac.calibration.int8_agreement import agreement
+    from fsac.calibration.quantize import QuantizeSettings, quantize_bytes
     from fsac.export.bench_extra import (feature_cosines, markdown_extra, openvino_backends, peak_columns,
                                          run_batched, targets_extra)
     from fsac.agreement import logit_agreement

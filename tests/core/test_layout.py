@@ -24,9 +24,10 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "export/": ("fsac.train.checkpoint",),
     # `fsac bench export` benchmarks every backend the project ships on the same images: it runs
     # the calibration wing's INT8 quantizer and the runtime wing's own backends and policy bounds
-    # (timing a copy would measure something fsac-run does not run). These two modules are the one
+    # (timing a copy would measure something fsac-run does not run). These modules are the one
     # composition point of the wings (see export/bench.py's docstring).
-    "export/bench.py": ("fsac.calibration.quantize", "fsac.runtime.tensorrt_backend"),
+    "export/bench.py": ("fsac.calibration.quantize", "fsac.calibration.int8_agreement",
+                        "fsac.runtime.tensorrt_backend"),
     "export/bench_extra.py": ("fsac.runtime.openvino_backend", "fsac.runtime.policy"),
     "export/bench_memory.py": ("fsac.runtime.openvino_backend",),  # the OpenVINO rows' peak memory
     # The tracing process streams the checkpoint's backbone weights file into its spilled image
