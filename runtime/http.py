@@ -13,15 +13,20 @@ core): one thread waits on the listening socket and on accepted connections that
 sent anything yet (a selector, no thread each); a connection goes to the pool of WORKERS
 threads only once its request arrives, and every response closes it (no keep-alive). At
 most MAX_IDLE connections wait; one more closes the oldest waiting one, so a new client
-always gets in. A waiting or slow connection is closed after CONN_TIMEOUT_S. The listen
-backlog is LISTEN_BACKLOG. When accept() fails for lack of file descriptors (EMFILE /
-ENFILE) the server sleeps before trying again instead of spinning on a listening socket
-that stays readable.
+always gets in. A waiting connection is closed after CONN_TIMEOUT_S, and a request must
+arrive whole within CONN_TIMEOUT_S of a worker taking it (plus MIN_BODY_RATE for a body): a
+per-recv timeout alone lets a client that sends one byte every few seconds hold a worker
+forever. At most MAX_QUEUED requests wait for a worker; one more gets 503 at once, so
+connections (file descriptors) cannot pile up behind busy workers. One request per
+connection: every response closes it. The listen backlog is LISTEN_BACKLOG. When accept()
+fails for lack of file descriptors (EMFILE / ENFILE) the server sleeps before trying again
+instead of spinning on a listening socket that stays readable.
 """
 
 from __future__ import annotations
 
 import errno
+import io
 import logging
 import selectors
 import socket
@@ -42,6 +47,37 @@ MAX_IDLE = 64
 CONN_TIMEOUT_S = 5.0
 LISTEN_BACKLOG = 64
 MAX_POST_BYTES = 48 * 1024 * 1024  # an inspection request with an image (base64) fits
+MAX_QUEUED = 32  # requests waiting for a worker (trigger requests and event streams hold one)
+MIN_BODY_RATE = 2 * 1024 * 1024  # bytes/s a body must at least arrive at (a 48 MB image: 24 s more)
+BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 28\r\n"
+        b"Retry-After: 1\r\nConnection: close\r\n\r\nbusy: every worker is taken\n")
+
+
+class _DeadlineReader(io.RawIOBase):
+    """The request side of a connection with one deadline for the whole request: each recv
+    waits at most what is left of it (the socket's own timeout, CONN_TIMEOUT_S, stays for
+    the response's writes)."""
+
+    def __init__(self, sock: socket.socket, seconds: float) -> None:
+        self._sock = sock
+        self.deadline = time.monotonic() + seconds
+
+    def readable(self) -> bool:
+        return True
+
+    def extend(self, seconds: float) -> None:
+        self.deadline += seconds
+
+    def readinto(self, buf) -> int:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("request not received in time")
+        timeout = self._sock.gettimeout()
+        self._sock.settimeout(left if timeout is None else min(left, timeout))
+        try:
+            return self._sock.recv_into(buf)
+        finally:
+            self._sock.settimeout(timeout)
 
 
 class StatusServer:
@@ -75,6 +111,8 @@ class StatusServer:
         self._thread: threading.Thread | None = None
         self.refused = 0  # waiting connections closed to make room, or with every worker busy
         self.accept_failures = 0  # accept() without a free file descriptor
+        self._queued = 0  # handed to the pool and not finished (running or waiting for a worker)
+        self._queued_lock = threading.Lock()
         self.server_name, self.server_port = host, port  # what BaseHTTPRequestHandler may ask
 
     @property
@@ -112,11 +150,23 @@ class StatusServer:
                     conn = key.fileobj
                     sel.unregister(conn)
                     waiting.pop(conn, None)
+                    with self._queued_lock:
+                        full = self._queued >= WORKERS + MAX_QUEUED
+                        self._queued += not full
+                    if full:
+                        self.refused += 1
+                        try:
+                            conn.send(BUSY)  # non-blocking: a few bytes into an empty send buffer
+                        except OSError:
+                            pass
+                        conn.close()
+                        continue
                     conn.setblocking(True)
                     conn.settimeout(self._timeout)  # a client that stalls mid-request is dropped
                     try:
                         self._pool.submit(self._work, conn, key.data)
                     except RuntimeError:  # shutting down
+                        self._done()
                         conn.close()
                 limit = time.monotonic() - self._timeout
                 while waiting and next(iter(waiting.values())) < limit:
@@ -143,12 +193,17 @@ class StatusServer:
         waiting[conn] = time.monotonic()
         sel.register(conn, selectors.EVENT_READ, addr)
 
+    def _done(self) -> None:
+        with self._queued_lock:
+            self._queued -= 1
+
     def _work(self, conn: socket.socket, addr) -> None:
         try:
             self._handler(conn, addr, self)
         except Exception:
             log.debug("http: connection from %s failed", addr, exc_info=True)
         finally:
+            self._done()
             try:
                 conn.shutdown(socket.SHUT_WR)
             except OSError:
@@ -161,6 +216,20 @@ class StatusServer:
         class Handler(BaseHTTPRequestHandler):
             server_version = "fsac-run"
             protocol_version = "HTTP/1.1"
+
+            def setup(self) -> None:
+                super().setup()
+                self.rfile = io.BufferedReader(_DeadlineReader(self.connection, server._timeout))
+
+            def handle(self) -> None:
+                # One request per connection: a kept-alive connection would hold a worker while
+                # the client thinks (the live view's own responses do not all say close).
+                self.handle_one_request()
+
+            def end_headers(self) -> None:
+                if not self.close_connection:
+                    self.send_header("Connection", "close")  # also sets close_connection
+                super().end_headers()
 
             def _send(self, code: int, body: str, content_type: str = "text/plain; charset=utf-8") -> None:
                 data = body.encode("utf-8")
@@ -215,9 +284,19 @@ class StatusServer:
                     if n < 0 or n > MAX_POST_BYTES:
                         self._send(413, f"request body above {MAX_POST_BYTES} bytes\n")
                         return
-                    code, body = route(self.headers, self.rfile.read(n))
+                    self.rfile.raw.extend(n / MIN_BODY_RATE)
+                    data = self.rfile.read(n)
+                    if len(data) < n:  # the client closed early: not a request to act on
+                        self._send(400, f"request body ended after {len(data)} of {n} bytes\n")
+                        return
+                    code, body = route(self.headers, data)
                     self._send(code, body, "application/json")
-                except (BrokenPipeError, ConnectionResetError, TimeoutError):
+                except TimeoutError:  # the body did not arrive in time (_DeadlineReader)
+                    try:
+                        self._send(408, "request body not received in time\n")
+                    except OSError:
+                        pass
+                except (BrokenPipeError, ConnectionResetError):
                     pass
                 except Exception as e:
                     log.exception("http POST %s failed", path)

@@ -210,3 +210,113 @@ def test_no_busy_loop_when_accept_hits_the_fd_limit():
         proc.stdin.write("\n")
         proc.stdin.flush()
         proc.wait(10)
+
+
+def _dribble(host: str, port: int, stop: threading.Event, closed: list) -> None:
+    """A slowloris client: a request one byte at a time, each well inside the recv timeout."""
+    c = socket.create_connection((host, port), timeout=10)
+    try:
+        for ch in b"GET /healthz HTTP/1.1\r\nX-Slow: " + b"a" * 200:
+            if stop.is_set():
+                return
+            c.sendall(bytes([ch]))
+            time.sleep(0.2)
+    except OSError:
+        closed.append(c)  # the server gave up on it
+    finally:
+        c.close()
+
+
+def test_slow_clients_cannot_hold_every_worker(monkeypatch):
+    from fsac.runtime import http as http_mod
+
+    monkeypatch.setattr(http_mod, "CONN_TIMEOUT_S", 1.0)
+    server = StatusServer("127.0.0.1", 0, metrics=lambda: "", ready=lambda: (True, ""))
+    server.start()
+    host, port = server.address
+    stop, closed = threading.Event(), []
+    slow = [threading.Thread(target=_dribble, args=(host, port, stop, closed), daemon=True)
+            for _ in range(http_mod.WORKERS + 2)]
+    try:
+        for t in slow:
+            t.start()
+        time.sleep(0.5)  # every worker now holds a dribbling client
+        t0 = time.monotonic()
+        with urllib.request.urlopen(f"http://{host}:{port}/healthz", timeout=10) as r:
+            assert r.status == 200
+        # Answered once the slow requests ran out of their 1 s for the whole request, not after
+        # the 40 s they would take at one byte per 0.2 s.
+        assert time.monotonic() - t0 < 3.0
+        for t in slow:
+            t.join(10)
+        assert len(closed) == len(slow)  # the server closed every one of them
+    finally:
+        stop.set()
+        server.stop()
+
+
+class _BlockingApp:
+    """A live-view stand-in whose GET /block holds its worker until released."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def handle(self, handler, method, path) -> bool:
+        if path == "/block":
+            self.release.wait(20)
+        body = b"ok\n"
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(len(body)))  # no Connection header, as webui
+        handler.end_headers()
+        handler.wfile.write(body)
+        return True
+
+
+def test_requests_waiting_for_a_worker_are_bounded():
+    from fsac.runtime import http as http_mod
+
+    app = _BlockingApp()
+    server = StatusServer("127.0.0.1", 0, metrics=lambda: "", ready=lambda: (True, ""), app=app)
+    server.start()
+    host, port = server.address
+    n = http_mod.WORKERS + http_mod.MAX_QUEUED + 10
+    conns = []
+    try:
+        for _ in range(n):
+            c = socket.create_connection((host, port), timeout=10)
+            c.sendall(b"GET /block HTTP/1.1\r\nHost: x\r\n\r\n")
+            conns.append(c)
+            time.sleep(0.01)  # in order: the first ones take the workers and the queue
+        # The surplus is answered 503 at once instead of holding a descriptor behind busy workers.
+        answers = []
+        for c in conns[-10:]:
+            answers.append(c.recv(200))
+        assert all(a.startswith(b"HTTP/1.1 503") and b"busy" in a for a in answers)
+        assert server.refused == 10
+        app.release.set()
+        for c in conns[:-10]:  # every accepted request is still answered
+            assert c.recv(200).startswith(b"HTTP/1.1 200")
+    finally:
+        app.release.set()
+        for c in conns:
+            c.close()
+        server.stop()
+
+
+def test_every_response_closes_its_connection():
+    server = StatusServer("127.0.0.1", 0, metrics=lambda: "", ready=lambda: (True, ""), app=_BlockingApp())
+    server.start()
+    host, port = server.address
+    try:
+        c = socket.create_connection((host, port), timeout=10)
+        c.sendall(b"GET /page HTTP/1.1\r\nHost: x\r\n\r\n")  # HTTP/1.1: keep-alive unless told
+        t0, data = time.monotonic(), b""
+        while chunk := c.recv(4096):
+            data += chunk
+        # Closed right after the answer: a kept-alive connection holds one of the few workers
+        # for the whole socket timeout (5 s) while the client keeps it open.
+        assert time.monotonic() - t0 < 1.0
+        assert data.startswith(b"HTTP/1.1 200") and b"Connection: close" in data
+        c.close()
+    finally:
+        server.stop()
