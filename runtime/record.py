@@ -102,9 +102,13 @@ def iso_utc(t: float) -> str:
 
 
 def encode_record(record: dict[str, Any]) -> bytes:
-    """The one JSON encoding of a record: a journal line, and verbatim what JSONL and MQTT send."""
+    """The one JSON encoding of a record: a journal line, and verbatim what JSONL and MQTT send.
+
+    A lone surrogate (a file name that is not UTF-8, as os.listdir decodes it) cannot be
+    encoded as UTF-8; "backslashreplace" writes it as the JSON escape \\udcff instead, so
+    the line is still valid JSON and the record is journaled rather than stopping the scorer."""
     return (json.dumps(record, ensure_ascii=False, separators=(",", ":"), allow_nan=False,
-                       default=json_default) + "\n").encode("utf-8")
+                       default=json_default) + "\n").encode("utf-8", "backslashreplace")
 
 
 def make_record(frame: Any, model: Any, latency_s: float, outputs: dict[str, float] | None = None,

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import unicodedata
 import uuid
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
@@ -72,8 +73,16 @@ class TriggerFrame(Frame):
     inner: Frame | None = None  # the source's own frame (its on_result hook acknowledges it)
 
 
+# Refused in ids: control characters (C0, DEL, C1 such as U+0085), line and paragraph
+# separators (they break log lines and str.splitlines readers of the JSONL), and lone
+# surrogates: JSON's "\ud800" decodes to one, and it cannot be encoded as UTF-8, so the
+# record could never be journaled (it stopped the daemon).
+_BAD_CATEGORIES = ("Cc", "Cs", "Zl", "Zp")
+
+
 def _text(value: Any, name: str, limit: int = 256) -> str:
-    if not isinstance(value, str) or not value or len(value) > limit or any(ord(c) < 32 for c in value):
+    if not isinstance(value, str) or not value or len(value) > limit or any(
+            unicodedata.category(c) in _BAD_CATEGORIES for c in value):
         raise FsacError(f"{name}: expected non-empty text without control characters, at most {limit} "
                         f"characters, got {value!r:.80}")
     return value
@@ -204,6 +213,9 @@ class TriggerHub:
                 return
             req.state = ANSWERED
             req.record = record
+            # The request stays in _seen (trigger.remember of them) to answer a duplicate; its
+            # image is not needed for that, and 10000 kept images of a few MB each is no bound.
+            req.image = None
             self._open.pop(req.request_id, None)
             then, req.after_answer = req.after_answer, []
         self.latency.observe(time.monotonic() - req.t_mono)
@@ -287,10 +299,11 @@ class TriggerSource(Source):
             req = self.hub.next_request(stop)
             if req is None:
                 return
+            image = req.image  # before still_open: answer() drops it once the request is answered
             if not self.hub.still_open(req):  # the deadline answered it while it waited
                 continue
-            if req.image is not None:
-                yield self._for(req, ENCODED, req.image, None)
+            if image is not None:
+                yield self._for(req, ENCODED, image, None)
                 continue
             inner = self._inner_frame(req, stop)
             if inner is not None:

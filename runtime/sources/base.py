@@ -65,6 +65,19 @@ def check_frame_pixels(data: Any, where: str, max_pixels: int | None) -> str | N
     return None
 
 
+def file_too_big(size: int, where: str, max_pixels: int | None) -> str | None:
+    """The error text for an image file larger than any image of `max_pixels` can be (8 bytes
+    a pixel: 16-bit RGBA, uncompressed, plus 1 MiB of metadata), else None. Checked from the
+    file's size before it is read: a stray 20 GB file named *.png must not be read into memory."""
+    if not max_pixels:
+        return None
+    limit = 8 * max_pixels + (1 << 20)
+    if size <= limit:
+        return None
+    return (f"file {where} is {size} bytes, more than an image of source.max_frame_pixels={max_pixels} can take "
+            f"({limit} bytes); not read")
+
+
 def redact(uri: str) -> str:
     """rtsp://user:secret@cam/stream -> rtsp://user:***@cam/stream (for records and logs)."""
     return re.sub(r"(//[^/@:\s]+):[^/@\s]*@", r"\1:***@", uri)

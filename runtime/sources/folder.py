@@ -8,7 +8,7 @@ from typing import Iterator
 
 from fsac.preprocess import IMAGE_SUFFIXES, list_images
 
-from .base import ENCODED, Frame, Source
+from .base import ENCODED, Frame, Source, file_too_big
 
 log = logging.getLogger("fsac.runtime")
 
@@ -33,6 +33,10 @@ class FolderSource(Source):
             if stop.is_set():
                 return
             try:
+                too_big = file_too_big(path.stat().st_size, str(path), self.cfg.max_frame_pixels)
+                if too_big:
+                    yield self._frame(None, path.name, ENCODED, error=too_big)
+                    continue
                 data = path.read_bytes()
             except OSError as e:
                 yield self._frame(None, path.name, ENCODED, error=f"cannot read image {path}: {e.strerror or e}")

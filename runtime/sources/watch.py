@@ -15,7 +15,7 @@ from fsac.errors import FsacError, ImageDecodeError
 from fsac.preprocess import IMAGE_SUFFIXES, decode_image_bytes
 
 from ..config import SourceConfig
-from .base import ENCODED, RGB, Frame, Source, check_frame_pixels, require_folder
+from .base import ENCODED, RGB, Frame, Source, check_frame_pixels, file_too_big, require_folder
 
 log = logging.getLogger("fsac.runtime")
 
@@ -153,6 +153,9 @@ class WatchSource(Source):
 
     def _try_read(self, name: str, cand: _Candidate, now: float, give_up: float) -> Frame | None:
         path = self.folder / name
+        too_big = file_too_big(cand.size, str(path), self.cfg.max_frame_pixels)
+        if too_big:
+            return self._frame(None, name, ENCODED, error=too_big, path=path)
         try:
             data = path.read_bytes()
             st = path.stat()
@@ -209,6 +212,9 @@ class WatchSource(Source):
     def _read_claimed(self, path: Path, name: str | None = None) -> Frame:
         name = name or path.name.split("-", 1)[-1]
         try:
+            too_big = file_too_big(path.stat().st_size, str(path), self.cfg.max_frame_pixels)
+            if too_big:
+                return self._frame(None, name, ENCODED, error=too_big, path=path)
             data = path.read_bytes()
         except OSError as e:
             return self._frame(None, name, ENCODED, error=f"cannot read image {path}: {e.strerror or e}", path=path)

@@ -201,3 +201,49 @@ def test_frames_path_keeps_file_for_move(tmp_path, image_folder):
     src.open()
     frame = next(iter(src.frames(threading.Event())))
     assert isinstance(frame.path, Path) and frame.path.name == "img_000.png"
+
+
+def test_a_file_name_that_is_not_utf8_is_scored_not_fatal(tmp_path, bottle_images, model_file):
+    import os
+
+    from fsac.runtime.daemon import Daemon
+    from fsac_run_helpers import read_jsonl
+    from test_daemon import config
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(bottle_images[0].read_bytes())
+    # A producer writing Latin-1 names: os.listdir decodes b"\xff" to the lone surrogate
+    # "\udcff", which UTF-8 cannot encode (the record was never journaled; exit status 1).
+    with open(os.path.join(os.fsencode(folder), b"b\xff.png"), "wb") as f:
+        f.write(bottle_images[1].read_bytes())
+    out = tmp_path / "r.jsonl"
+    assert Daemon(config(model_file, str(folder), out), install_signals=False).run() == 0
+    records = read_jsonl(out)
+    assert [r["name"] for r in records] == ["a.png", "b\udcff.png"]  # the JSON escape round-trips
+    assert all(r["verdict"] in ("good", "defective") for r in records)
+
+
+def test_a_file_too_big_to_be_an_image_is_an_error_without_being_read(tmp_path, bottle_images):
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    (drop / "a.png").write_bytes(bottle_images[0].read_bytes())
+    with open(drop / "huge.png", "wb") as f:  # sparse: 64 MB on paper, nothing on disk
+        f.truncate(64 << 20)
+    # 4 MP at most: no image file can exceed 8 bytes a pixel + 1 MiB = 33 MiB. Without the size
+    # check the whole file was read into memory (a stray 20 GB "x.png" took the box down).
+    cfg = SourceConfig(kind="watch", uri=str(drop), settle_s=0.05, poll_s=0.05, give_up_s=0.0,
+                       max_frame_pixels=4_000_000)
+    col = Collector(WatchSource(cfg))
+    col.source.open()
+    wait_for(lambda: len(col.frames) >= 2, 15, what="a and huge")
+    col.close()
+    by_name = {f.name: f for f in col.frames}
+    assert by_name["a.png"].kind == RGB and by_name["a.png"].error is None
+    huge = by_name["huge.png"]
+    assert huge.data is None and "67108864 bytes, more than an image of source.max_frame_pixels" in huge.error
+    folder = FolderSource(SourceConfig(kind="folder", uri=str(drop), max_frame_pixels=4_000_000))
+    folder.open()
+    frames = {f.name: f for f in folder.frames(threading.Event())}
+    assert frames["huge.png"].data is None and "not read" in frames["huge.png"].error
+    assert frames["a.png"].data == bottle_images[0].read_bytes()

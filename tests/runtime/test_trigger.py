@@ -285,3 +285,46 @@ def test_trigger_without_a_source_scores_the_images_sent_and_refuses_requests_wi
     assert code == 200 and none["verdict"] == "error" and "no image sent with the request" in none["error"]
     assert stop(daemon, t, result) == 0
     assert [r["part_id"] for r in read_jsonl(out)] == ["P-9", "P-10"]
+
+
+def test_ids_that_cannot_be_journaled_or_break_lines_are_refused_and_the_daemon_keeps_serving(
+        tmp_path, model_file, image_folder):
+    out = tmp_path / "r.jsonl"
+    port = free_port()
+    cfg = config(model_file, str(image_folder), out, "source.mode=trigger", "http.enabled=true",
+                 f"http.port={port}", "trigger.deadline_s=5")
+    daemon, t, result = start(cfg)
+    # Raw JSON text: "\ud800" is a lone surrogate once decoded (it stopped the scorer: the record
+    # could not be encoded as UTF-8); U+2028 and U+0085 are line breaks to str.splitlines.
+    for part in (r"\ud800", r"P\u2028x", r"P\u0085x", r"P\u007fx"):
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/inspect",
+                                     data=f'{{"part_id": "{part}"}}'.encode(), method="POST")
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=10)
+        assert e.value.code == 400 and "part_id: expected non-empty text" in json.loads(e.value.read())["error"]
+    code, rec = post(port, {"part_id": "P-ok", "request_id": "r-ok"})
+    assert code == 200 and rec["verdict"] in ("good", "defective")
+    assert daemon.ready()[0]
+    assert stop(daemon, t, result) == 0
+    assert [r["part_id"] for r in read_jsonl(out)] == ["P-ok"]
+
+
+def test_answered_requests_kept_for_duplicates_do_not_keep_their_images(tmp_path, model_file):
+    import io
+
+    out = tmp_path / "r.jsonl"
+    port = free_port()
+    cfg = config(model_file, "", out, "source.mode=trigger", "http.enabled=true", f"http.port={port}")
+    daemon, t, result = start(cfg)
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (400, 400, 3), dtype=np.uint8)).save(buf, "PNG")
+    image = base64.b64encode(buf.getvalue()).decode()  # ~480 KB: trigger.remember=10000 of these is 4.8 GB
+    for i in range(3):
+        code, rec = post(port, {"part_id": f"P-{i}", "request_id": f"big-{i}", "image": image})
+        assert code == 200 and rec["verdict"] in ("good", "defective")
+    kept = [daemon.trigger.submit(f"P-{i}", f"big-{i}") for i in range(3)]  # what a duplicate gets back
+    assert all(dup and req.record is not None for req, dup in kept)
+    assert [req.image for req, _ in kept] == [None, None, None]
+    code, again = post(port, {"part_id": "P-1", "request_id": "big-1"})
+    assert code == 200 and again["seq"] == 1  # the duplicate is still answered with the first record
+    assert stop(daemon, t, result) == 0
