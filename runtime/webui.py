@@ -47,6 +47,7 @@ STATIC = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; 
           "style.css": "text/css; charset=utf-8"}
 MAX_STREAMS = 2  # of the status server's 4 workers
 STREAM_S = 120.0
+MAX_BODY = 65536  # the API's bodies are a key, a label or a model path
 _FRAME = re.compile(r"^/frame/([A-Za-z0-9TZ_-]+)\.jpg$")
 
 
@@ -214,7 +215,11 @@ class WebUI:
         else:
             match = _FRAME.match(path)
             kept = self.state.ring.get(match.group(1)) if match else None
-            width = min(max(int((query.get("w") or ["640"])[0] or 640), 32), 4096) if match else 640
+            try:
+                width = min(max(int((query.get("w") or ["640"])[0] or 640), 32), 4096)
+            except ValueError:  # ?w=abc: the client's mistake (a 400), not the server's (a 500)
+                self._send(handler, 400, b"w: expected a width in pixels, e.g. ?w=640\n")
+                return True
             data = encode_jpeg(kept, width) if kept is not None else None
             if data is None:
                 self._send(handler, 404, b"frame no longer in memory\n")
@@ -222,10 +227,29 @@ class WebUI:
                 self._send(handler, 200, data, "image/jpeg")
         return True
 
-    def _post(self, handler: Any, path: str) -> None:
+    @staticmethod
+    def _body(handler: Any) -> tuple[int, str] | dict[str, Any]:
+        """The POST's JSON object, or (status, reason) for a body the API cannot take."""
         try:
             n = int(handler.headers.get("Content-Length") or 0)
-            body = json.loads(handler.rfile.read(n) or b"{}") if 0 < n <= 65536 else {}
+        except ValueError:
+            return 400, "Content-Length: expected a number of bytes"
+        if n < 0 or n > MAX_BODY:
+            return 413, f"request body above {MAX_BODY} bytes"
+        try:
+            body = json.loads(handler.rfile.read(n) or b"{}") if n else {}
+        except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
+            return 400, f"request body: not JSON ({e})"
+        if not isinstance(body, dict):
+            return 400, "request body: expected a JSON object"
+        return body
+
+    def _post(self, handler: Any, path: str) -> None:
+        body = self._body(handler)
+        if isinstance(body, tuple):
+            self._json(handler, body[0], {"error": body[1]})
+            return
+        try:
             d = self.daemon
             if path == "/api/pause":
                 d.pause(True)

@@ -303,6 +303,28 @@ def test_posts_need_the_header_and_frames_expire(line):
     assert _get(line["url"] + "/readyz")[0] == 200  # not paused
 
 
+def test_malformed_requests_get_a_4xx_with_the_reason(line):
+    def post(path: str, data: bytes) -> tuple[int, dict]:
+        req = urllib.request.Request(line["url"] + path, data=data, method="POST", headers={"X-Fsac": "1"})
+        try:
+            with _OPENER.open(req, timeout=5) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    # Each was a 500 "internal error" (ValueError, AttributeError): the client's mistake, not ours.
+    code, body, _ = _get(line["url"] + "/frame/nope-1.jpg?w=wide")
+    assert code == 400 and b"w: expected a width" in body
+    code, out = post("/api/feedback", b'["key", "false_alarm"]')
+    assert code == 400 and out["error"] == "request body: expected a JSON object"
+    code, out = post("/api/feedback", b'{"key": ')
+    assert code == 400 and out["error"].startswith("request body: not JSON")
+    # A body above the API's bound is refused, not ignored: it used to pause the line as if empty.
+    code, out = post("/api/pause", b"{}" + b" " * 70000)
+    assert code == 413 and "above 65536 bytes" in out["error"]
+    assert _get(line["url"] + "/readyz")[0] == 200  # not paused; still serving
+
+
 def test_token_required_off_loopback(browser, tmp_path, make_model):
     model = make_model("token.fsac.onnx")
     watch = tmp_path / "in"
