@@ -158,9 +158,26 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         apply_override(data, f"source.uri={source}")
     if jsonl is not None:
         apply_override(data, f"sinks.jsonl.path={jsonl}")
-    cfg = check(RuntimeConfig, data)
-    validate(cfg)
+    try:
+        cfg = check(RuntimeConfig, data)
+        validate(cfg)
+    except FsacError as e:
+        flags = [k for k, v in (("model.path", model), ("source.uri", source), ("sinks.jsonl.path", jsonl))
+                 if v is not None]
+        raise _where(e, path, [*overrides, *flags]) from None
     return cfg
+
+
+def _where(error: FsacError, path: str | Path | None, overrides: list[str] | tuple[str, ...]) -> FsacError:
+    """The error, naming where its setting was written: a box may run several fsac-run units,
+    each with its own file, and "live.alpha: must be > 0.0" alone does not say which."""
+    if path is None:
+        return error
+    text = str(error)
+    key = text.split(":", 1)[0].split(" ", 1)[0]
+    if any(a.partition("=")[0].strip() == key for a in overrides):
+        return FsacError(f"{text} (from the command line)")
+    return FsacError(f"{text} (config file {path})")
 
 
 # A sink section switches on by being present, unless it says `enabled: false`.
@@ -189,6 +206,12 @@ def validate(cfg: RuntimeConfig) -> None:
     from .opcua_settings import validate_opcua
 
     validate_opcua(cfg.opcua)
+    topic = cfg.trigger.mqtt_command_topic
+    if topic is not None and (not topic or any(c in topic for c in "+#\x00")):
+        # A subscription with a wildcard would also take the daemon's own results (and any other
+        # station's traffic) as inspection requests.
+        raise FsacError(f"trigger.mqtt_command_topic: {topic!r} must be one topic, not empty and without the "
+                        "wildcards '+' or '#'")
     st = cfg.station
     for key in ("site", "line", "station"):
         if any(c in getattr(st, key) for c in "/+#\x00"):

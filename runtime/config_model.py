@@ -165,7 +165,7 @@ class LiveConfig(Settings):
     feedback_max_files: int = Field(1000, ge=1, description="marked frames kept per label; the oldest deleted first")
     calibration_images: List[str] = Field(default_factory=list, description="the original calibration images "
                                           "(files or folders) on this box, for re-calibration from the page")
-    alpha: Optional[float] = Field(None, description="target false-alarm rate of a re-calibration (default: the "
+    alpha: Optional[float] = Field(None, gt=0.0, lt=1.0, description="target false-alarm rate of a re-calibration (default: the "
                                    "model's own calibration alpha, else 0.01)")
     frames_in_memory: int = Field(16, ge=1, le=1000, description="recent frames whose pixels the page can show or "
                                   "mark (plus the last 12 defective ones)")
@@ -182,7 +182,7 @@ class TriggerConfig(Settings):
     token_env: str = Field("FSAC_TRIGGER_TOKEN", description="NAME of the environment variable holding the bearer "
                            "token POST /v1/inspect requires when http.host is not loopback")
     max_image_bytes: Size = Field(32 * 1024 * 1024, ge=1024, description="largest image sent with a request")
-    remember: int = Field(10000, ge=1, description="request ids remembered to answer a duplicated request once")
+    remember: int = Field(10000, ge=1, le=1_000_000, description="request ids remembered to answer a duplicated request once")
     mqtt_command_topic: Optional[str] = Field(None, description="MQTT topic (under sinks.mqtt.topic_prefix) taking "
                                               "inspection requests as JSON; results go to the results topic; "
                                               "null: MQTT requests off")

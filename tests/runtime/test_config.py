@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from fsac.errors import FsacError
@@ -254,3 +256,30 @@ def test_config_schema_flag(capsys):
 
     assert main(["--config-schema"]) == 0
     assert json.loads(capsys.readouterr().out)["title"] == "fsac-run configuration"
+
+
+def test_errors_name_the_file_and_out_of_range_settings_are_refused_at_start(tmp_path):
+    base = "model: {path: m.onnx}\nsource: {uri: x}\nsinks: {jsonl: {path: r.jsonl}}\n"
+    cfg_file = write(tmp_path / "cam2.yaml", base + "source: {uri: x, setle_s: 1}\n")
+    # Several fsac-run units may run on one box, each with its own file: the line names it.
+    with pytest.raises(FsacError) as e:
+        load_config(cfg_file)
+    assert str(e.value) == f"source.setle_s: unknown setting (did you mean settle_s?) (config file {cfg_file})"
+    cfg_file.write_text(base + "http: {port: 99999}\n")
+    with pytest.raises(FsacError, match=r"^http\.port: must be <= 65535, got 70000 \(from the command line\)$"):
+        load_config(cfg_file, ["http.port=70000"])  # an override is not blamed on the file
+    # A re-calibration alpha outside (0, 1) used to pass the start and fail only when the
+    # operator pressed Re-calibrate; a wildcard command topic takes the daemon's own results
+    # (and other stations' traffic) as inspection requests; remember bounds kept answers.
+    for extra, refused in (("live: {alpha: -1}", r"^live\.alpha: must be > 0\.0, got -1"),
+                           ("live: {alpha: 5}", r"^live\.alpha: must be < 1\.0, got 5"),
+                           ("trigger: {mqtt_command_topic: 'cmd/#'}", r"^trigger\.mqtt_command_topic: 'cmd/#' must be "
+                            r"one topic"),
+                           ("trigger: {mqtt_command_topic: '+'}", r"^trigger\.mqtt_command_topic: '\+'"),
+                           ("trigger: {remember: 100000000}", r"^trigger\.remember: must be <= 1000000")):
+        cfg_file.write_text(base + extra + "\n")
+        with pytest.raises(FsacError, match=refused + ".*" + re.escape(f"(config file {cfg_file})")):
+            load_config(cfg_file)
+    cfg_file.write_text(base + "live: {alpha: 0.05}\ntrigger: {mqtt_command_topic: line3/inspect}\n")
+    cfg = load_config(cfg_file)
+    assert cfg.live.alpha == 0.05 and cfg.trigger.mqtt_command_topic == "line3/inspect"
