@@ -180,6 +180,24 @@ def test_topic_prefix_and_disabled_anomalies(broker, tmp_path, cleanup):
     assert topics == {"plant/line7/results", "plant/line7/status"}
 
 
+def test_a_damaged_journal_line_is_published_raw_on_results_only_and_delivery_goes_on(broker, tmp_path, cleanup,
+                                                                                       caplog):
+    col = collector(cleanup, broker.port, ["fsac/s1/#"])
+    sink = MqttSink(sink_cfg(tmp_path, broker.port, errors_topic="errors"))
+    cleanup.append(sink)
+    wait_until(lambda: sink.stats()["connected"] == 1, 5, what="connected")
+    damaged = b'{"frame_id": 1, "verdict": "defect\n'  # torn by hand or a failing disk
+    with caplog.at_level(logging.ERROR, logger="fsac.runtime"):
+        sink.deliver([json.dumps(rec(0)).encode() + b"\n", damaged, json.dumps(rec(3)).encode() + b"\n"])
+    results = col.wait_count("fsac/s1/results", 3)
+    assert results[1] == damaged.rstrip(b"\n") and ids([results[0], results[2]]) == [0, 3]
+    assert ids(col.wait_count("fsac/s1/anomalies", 2)) == [0, 3]  # rec(0), rec(3): defective; not the raw line
+    time.sleep(0.3)
+    assert len(col.on("fsac/s1/anomalies")) == 2 and col.on("fsac/s1/errors") == []
+    assert sink.stats()["published"] == 3
+    assert "not JSON" in caplog.text
+
+
 # ------------------------------------------------------------------ status and last will
 
 
