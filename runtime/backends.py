@@ -34,6 +34,8 @@ from .config import ModelConfig
 
 log = logging.getLogger("fsac.runtime")
 
+SATURATED_LOGIT = 13.8  # |z| beyond which sigmoid(z) is within 1e-6 of 0 or 1
+
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 
 # Short names accepted in model.providers, and the default preference: the fastest
@@ -224,6 +226,11 @@ def _build_loaded(cfg: ModelConfig, kind: str, data: bytes | str, info: ModelInf
             threshold, origin = logit_from_score(cfg.threshold), "config (score units)"
         except ValueError as e:
             raise FsacError(f"model.threshold: {e}; set model.logit_threshold instead") from None
+        if abs(threshold) > SATURATED_LOGIT:
+            # Within ~1e-6 of 0 or 1 the score saturates: one digit more or less in what a person
+            # wrote moves the threshold by whole logits (0.999999 is 13.8, 0.9999999 is 16.1).
+            log.warning("model.threshold %r is logit %.4g, where the score saturates and its digits decide "
+                        "little; set model.logit_threshold: %.6g instead", cfg.threshold, threshold, threshold)
     elif info.logit_threshold is not None:
         threshold, origin = info.logit_threshold, "model file"
     else:

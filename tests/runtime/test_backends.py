@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -70,7 +71,7 @@ def test_fixed_batch_graph_is_padded(make_model, bottle_images):
     np.testing.assert_allclose(out["logit"], 2 * xs.reshape(5, -1).mean(axis=1) / 255.0 - 1, rtol=1e-5, atol=1e-6)
 
 
-def test_threshold_override_and_missing_threshold(make_model):
+def test_threshold_override_and_missing_threshold(make_model, caplog):
     path = make_model("nothr.onnx", threshold=None)
     with pytest.raises(FsacError, match=r"no decision threshold .* run `fsac calibrate` .* set model\.logit_threshold"):
         load_model(ModelConfig(path=str(path)))
@@ -83,6 +84,13 @@ def test_threshold_override_and_missing_threshold(make_model):
     assert model.threshold == pytest.approx(0.3, rel=1e-12) and model.threshold_source == "config (score units)"
     with pytest.raises(FsacError, match=r"model\.threshold: .*strictly between 0 and 1"):
         load_model(ModelConfig(path=str(path), threshold=1.0))
+    # Near 1 the score saturates: the conversion is still exact, but the user is told to write logits.
+    with caplog.at_level(logging.WARNING, logger="fsac.runtime"):
+        load_model(ModelConfig(path=str(path), threshold=0.99))
+        assert "saturates" not in caplog.text
+        model = load_model(ModelConfig(path=str(path), threshold=0.9999999))
+    assert model.logit_threshold == pytest.approx(np.log(0.9999999 / 1e-7), rel=1e-6)
+    assert "saturates" in caplog.text and "model.logit_threshold: 16.118" in caplog.text
     with pytest.raises(FsacError, match=r"model\.threshold and model\.logit_threshold are both set"):
         load_model(ModelConfig(path=str(path), threshold=0.3, logit_threshold=0.1))
 
