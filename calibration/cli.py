@@ -129,7 +129,7 @@ def calibrate_command(
 
     _say(quiet, f"scoring {len(normals)} normal" + (f" and {len(anomalies)} anomalous" if anomalies else "")
          + f" images with {model.name} ({info.precision})")
-    from fsac.preprocess import geometry_warnings, image_sizes
+    from fsac.image_geometry import geometry_warnings, image_sizes
 
     for w in geometry_warnings(image_sizes([*normals, *anomalies]), info.preprocess):
         _warn(w)

@@ -19,7 +19,8 @@ import torch
 
 from fsac.errors import FsacError, ImageDecodeError
 from fsac.metrics import image_metrics
-from fsac.preprocess import geometry_warnings, image_sizes, preprocess_file, stack
+from fsac.image_geometry import geometry_warnings, image_sizes
+from fsac.preprocess import preprocess_file, stack
 from fsac.score import score_from_logit
 from fsac.train.backbone import Backbone
 from fsac.train.checkpoint import versions

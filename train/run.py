@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from fsac.errors import FsacError
-from fsac.preprocess import geometry_warnings, image_sizes
+from fsac.image_geometry import geometry_warnings, image_sizes
 from fsac.train.backbone import DEFAULT_WEIGHTS, RANDOM_WEIGHTS, Backbone, load_backbone
 from fsac.train.checkpoint import META_FILE, TENSORS_FILE, save_checkpoint
 from fsac.train.data import Category
