@@ -16,7 +16,7 @@ from typing import Any
 
 from fsac.errors import FsacError
 
-from .frames import FramesSettings
+from .frames_config import FramesSettings
 from .jsonl import JsonlSettings
 from .mqtt_config import MqttSettings
 from .webhook import WebhookSettings

@@ -44,64 +44,21 @@ import time
 from collections import OrderedDict
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any
 
 import numpy as np
 
-from pydantic import BeforeValidator, Field, model_validator
-from typing_extensions import Annotated
-
 from fsac.errors import FsacError
 from fsac.io import atomic_write_bytes
-from fsac.runtime.settings_base import OptionalSize, Settings, section_dict, setting_error
 from fsac.runtime.sinks.base import json_default
 
-log = logging.getLogger("fsac.runtime.sinks.frames")
+from .frames_config import SECTION, FramesSettings, validate_frames_config
 
-SECTION = "sinks.frames"
+log = logging.getLogger("fsac.runtime.sinks.frames")
 
 _STEM_RE = re.compile(r"^(\d{8}T\d{6}\.\d{6}Z_[A-Za-z0-9._-]+)\.(png|jpg|json|bmp|tif|bin)$")
 _TMP_RE = re.compile(r"^\.\d{8}T\d{6}\.\d{6}Z_.*\.tmp$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
-
-
-def _format(value: Any) -> Any:
-    if isinstance(value, str) and value.lower() in ("png", "jpeg", "jpg"):
-        return "png" if value.lower() == "png" else "jpeg"
-    return value
-
-
-class FramesSettings(Settings):
-    """sinks.frames: keep the images of defective (and a sample of normal) frames beside their records."""
-
-    enabled: bool = Field(True, description="false: the section stays in the file but the sink is off")
-    dir: str = Field("/var/lib/fsac/frames", min_length=1, description="folder of the saved frames")
-    format: Annotated[Literal["png", "jpeg"], BeforeValidator(_format)] = Field(
-        "png", description="png (lossless) or jpeg")
-    jpeg_quality: int = Field(90, ge=1, le=100)
-    png_compression: int = Field(3, ge=0, le=9, description="cv2 IMWRITE_PNG_COMPRESSION")
-    save_defective: bool = True
-    sample_normal: float = Field(0.0, ge=0.0, le=1.0, description="probability of keeping a non-defective frame")
-    seed: int = 0
-    save_errors: bool = Field(False, description="keep the bytes of frames that could not be decoded")
-    max_files: Optional[int] = Field(10_000, ge=1, description="image+JSON pairs kept; null = no count bound")
-    max_bytes: OptionalSize = Field(2 * 1024**3, ge=1, description="null = no size bound (one of the two must be set)")
-    queue_size: int = Field(16, ge=1, le=1024, description="frames waiting to be written")
-    path_settings = ("dir",)
-
-    @model_validator(mode="after")
-    def _bounded(self) -> "FramesSettings":
-        if self.max_files is None and self.max_bytes is None:
-            raise setting_error("max_files", "set max_files and/or max_bytes: the saved frames must not fill the disk")
-        return self
-
-
-FRAMES_DEFAULTS: dict[str, Any] = FramesSettings().model_dump(exclude={"enabled"})
-
-
-def validate_frames_config(cfg: Any) -> dict[str, Any]:
-    """Check the `sinks.frames` section and return it as a dict with defaults filled in (pure)."""
-    return section_dict(FramesSettings, cfg, SECTION)
 
 
 def build(settings: FramesSettings) -> "FramesSink":

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from fsac.errors import FsacError
-from fsac.runtime.sinks.frames import FRAMES_DEFAULTS, FramesSink, validate_frames_config
+from fsac.runtime.sinks.frames import FramesSink
+from fsac.runtime.sinks.frames_config import FRAMES_DEFAULTS, validate_frames_config
 
 NAME_RE = re.compile(r"^\d{8}T\d{6}\.\d{6}Z_[A-Za-z0-9._-]+\.(png|jpg|json|bin|bmp|tif)$")
 
