@@ -80,7 +80,7 @@ def _usage_line(e: Exception) -> str:
 
 # OSErrors that are the machine's state, not fsac's bug: one line, no traceback.
 _ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EMFILE,
-                       errno.ENFILE, errno.EIO, errno.ENOTDIR, errno.EISDIR}
+                       errno.ENFILE, errno.EIO, errno.ENOTDIR, errno.EISDIR, errno.EEXIST}
 
 
 def main(argv: list[str] | None = None) -> int:

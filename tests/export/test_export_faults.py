@@ -128,6 +128,17 @@ def test_any_fsac_command_on_a_full_disk_is_one_line_not_a_traceback(bottle, mou
     assert "No space left on device" in line and f"{fs}/synth/" in line  # the file it could not write
 
 
+def test_an_output_folder_that_is_a_file_is_one_line_not_a_traceback(bottle, tmp_path):
+    """fsac/cli.py: mkdir on a path that is a file raises FileExistsError (EEXIST); `fsac bench
+    export --out-dir FILE` printed a traceback for it."""
+    taken = tmp_path / "results"
+    taken.write_text("not a folder")
+    r = subprocess.run([sys.executable, "-m", "fsac.cli", "bench", "export", "--images", str(bottle / "train" / "good"),
+                        "--out-dir", str(taken), "--quiet"], capture_output=True, text=True, timeout=300)
+    line = one_error_line(r)
+    assert "File exists" in line and str(taken) in line
+
+
 def _trace_child_pid(job: Path, deadline: float) -> int | None:
     """The pid of the `python -m fsac.export.trace <job>` process, from /proc."""
     while time.monotonic() < deadline:
