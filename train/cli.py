@@ -35,13 +35,10 @@ def build_train_config(mode: str, epochs1: int, epochs2: int, lr1: float, lr2: f
 
     chosen = resolve(preset, beta1=beta1, beta2=beta2, synth=synth)
     beta1, beta2, synth = float(chosen["beta1"]), float(chosen["beta2"]), str(chosen["synth"])
+    # HeadConfig refuses NaN, infinite and non-positive weights and temperatures.
     head = HeadConfig(alpha1=alpha1, alpha2=alpha2, beta1=beta1, beta2=beta2, tau=tau,
                       loss_temperature=loss_temperature, use_cross_attention=not no_cross_attention,
                       normalize_image_feature=normalize_image_feature)
-    if tau <= 0:
-        raise FsacError("--tau must be > 0")
-    if loss_temperature <= 0:
-        raise FsacError("--loss-temperature must be > 0")
     return TrainConfig(mode=mode, stage1_epochs=epochs1, stage2_epochs=epochs2, stage1_lr=lr1, stage2_lr=lr2,
                        seed=seed, head=head, synth=SynthConfig(kind=synth, per_image=synth_per_image, seed=seed),
                        preset=preset or DEFAULT_PRESET, encoder_precision=encoder_precision)
@@ -130,6 +127,8 @@ def train_command(
     cfg = build_train_config(mode, epochs1, epochs2, lr1, lr2, seed, alpha1, alpha2, beta1, beta2, tau,
                              loss_temperature, no_cross_attention, normalize_image_feature, synth, synth_per_image,
                              preset, encoder_precision)
+    if shots is not None and shots < 1:  # 0 used to read "no training images given", as if none were found
+        raise FsacError(f"--shots must be >= 1 to train, got {shots}")
     if images:
         pool = training_images(list(images))
         default_object, where = guess_object_name(images[0]), ", ".join(map(str, images))
@@ -177,6 +176,8 @@ def eval_command(
                              preset)
     cats = find_categories(data, category) if data is not None else [embedded_dataset()]
     if max_test is not None:
+        if max_test < 1:  # 0 used to end in a misleading "no anomalous images", < 0 in a traceback
+            raise FsacError(f"--max-test must be >= 1, got {max_test}")
         cats = [subsample(c, max_test, max_test) for c in cats]
     run_evaluation(cats, _shots_list(shots), tuple(range(seeds)), cfg, out, arch=arch, weights=weights,
                    device=device, object_name=object_name, resize_mode=resize_mode, quiet=quiet)
@@ -195,8 +196,12 @@ def synth_command(
     from fsac.preprocess import PreprocessSpec, preprocess_file
     from fsac.train.data import sample_shots, training_images
     from fsac.train.synth import SynthConfig, generate
+    from fsac.train.run import check_out_dir
     from fsac.train.synth_sheet import write_synth_images
 
+    check_out_dir(out)
+    if max_images < 1:
+        raise FsacError(f"--max-images must be >= 1, got {max_images}")
     pool = training_images(list(images))
     chosen = pool if len(pool) <= max_images else sample_shots(pool, max_images, seed)
     spec = PreprocessSpec(image_size=image_size)
@@ -217,12 +222,18 @@ def explain_command(
     """Gradient map |dz/dx| of the anomaly logit over the image (paper Fig. 5), saved as PNG."""
     from fsac.train.checkpoint import load_checkpoint
     from fsac.score import score_from_logit
-    from fsac.train.explain import explain_image
+    import math
 
+    from fsac.train.explain import explain_image, explain_names
+    from fsac.train.run import check_out_dir
+
+    check_out_dir(out)
+    if not (math.isfinite(smooth_sigma) and smooth_sigma >= 0):
+        raise FsacError(f"--smooth must be a finite number >= 0 (pixels; 0 = raw), got {smooth_sigma}")
     trained = load_checkpoint(model, weights=weights, device=device)
     note = "  |  RANDOM WEIGHTS: map meaningless" if trained.backbone.info.is_random else ""
-    for img in images:
-        logit, path = explain_image(trained, img, Path(out) / f"{Path(img).stem}_explain.png", smooth_sigma, note)
+    for img, name in zip(images, explain_names(images)):
+        logit, path = explain_image(trained, img, Path(out) / name, smooth_sigma, note)
         typer.echo(f"{img}: logit z = {logit:.4f}, AS = {score_from_logit(logit):.6g} -> {path}")
 
 

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as Fn
 from torch import nn
 
+from fsac.errors import FsacError
+
 
 @dataclass
 class HeadConfig:
@@ -55,6 +57,18 @@ class HeadConfig:
     # Open choice: METHOD.md feeds the raw projected [CLS] feature F to the adapter and the
     # attention query. True L2-normalises F first (CLIP-Adapter style).
     normalize_image_feature: bool = False
+
+    def __post_init__(self) -> None:
+        # A NaN or infinite weight or temperature trains without complaint and writes a
+        # checkpoint whose every logit is NaN (or 0): refuse it here, where both the options
+        # and a hand-edited model.json pass. Names are the command-line options.
+        for name in ("alpha1", "alpha2", "beta1", "beta2", "tau", "loss_temperature"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise FsacError(f"--{name.replace('_', '-')} must be a finite number, got {value!r}")
+        for name in ("tau", "loss_temperature"):
+            if getattr(self, name) <= 0:
+                raise FsacError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)

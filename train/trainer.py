@@ -18,6 +18,7 @@ lr and epochs), "one-stage" (stage 1 only; scoring then uses AT = T). HeadConfig
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import time
 from contextlib import contextmanager
@@ -72,8 +73,9 @@ class TrainConfig:
         if self.encoder_precision not in ("fp32", "bf16", "auto"):
             raise FsacError(f"encoder_precision must be fp32, bf16 or auto, got {self.encoder_precision!r}")
         for name in ("stage1_lr", "stage2_lr"):
-            if not getattr(self, name) > 0:
-                raise FsacError(f"{name} must be > 0")
+            # inf passes `> 0` and turns every adapter weight into NaN after one step.
+            if not (getattr(self, name) > 0 and math.isfinite(getattr(self, name))):
+                raise FsacError(f"{name} must be > 0 and finite (--lr{name[5]}), got {getattr(self, name)!r}")
         if self.preset is not None and self.preset not in PRESETS:
             raise FsacError(f"preset must be one of {', '.join(PRESETS)}, got {self.preset!r}")
 
@@ -135,6 +137,25 @@ def training_diagnostics(head: FSACHead, use_text_adapter: bool, f_pos: torch.Te
             "--beta2, fewer --epochs2 or --lr2")
     d["warnings"] = warnings
     return d
+
+
+@torch.no_grad()
+def check_finite(head: FSACHead, use_text_adapter: bool, history: dict[str, list[float]], f_pos: torch.Tensor) -> None:
+    """Refuse a diverged training run (finite options can still overflow, e.g. --lr1 1e20):
+    its checkpoint would score every image NaN, and `fsac train` would write it as if it
+    were a model."""
+    for stage, losses in history.items():
+        bad = next((i for i, v in enumerate(losses) if not math.isfinite(v)), None)
+        if bad is not None:
+            raise FsacError(f"training diverged: the {stage} loss became {losses[bad]} at epoch {bad + 1}; "
+                            "lower --lr1 / --lr2 or check --alpha1/--alpha2/--beta1/--beta2")
+    tensors = dict(head.named_parameters())
+    tensors["AT+"], tensors["AT-"] = head.adapted_text(use_text_adapter)
+    tensors["logit"] = head(f_pos, use_text_adapter).logit
+    bad_name = next((n for n, t in tensors.items() if not torch.isfinite(t).all()), None)
+    if bad_name is not None:
+        raise FsacError(f"training diverged: {bad_name} is not finite (NaN or inf); "
+                        "lower --lr1 / --lr2 or check --alpha1/--alpha2/--beta1/--beta2/--tau")
 
 
 Progress = Callable[[str, int], Callable[[int], None]]  # (description, total) -> update(n)
@@ -379,6 +400,7 @@ def train(backbone: Backbone, image_paths: list[Path], object_name: str, cfg: Tr
 
     head, use_text_adapter, history, stage_times = train_head(f_pos, f_neg, t_pos, t_neg, cfg, progress=progress)
     timings.update(stage_times)
+    check_finite(head, use_text_adapter, history, f_pos)
     diagnostics = training_diagnostics(head, use_text_adapter, f_pos, f_neg)
     timings["total_s"] = time.perf_counter() - t_start
     head = head.to(backbone.device)

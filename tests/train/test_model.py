@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from fsac.errors import FsacError
 from fsac.train.model import (DeployModel, FSACHead, HeadConfig, ImageToTextAttention, PixelNormalize,
                               anomaly_score, contrastive_loss, mlp, zero_shot_score)
 
@@ -214,3 +215,16 @@ def test_attention_module_shapes():
     att = ImageToTextAttention(8)
     out = att(torch.randn(5, 8), torch.randn(2, 8))
     assert out.shape == (5, 8)
+
+
+@pytest.mark.parametrize("field,value", [("tau", float("nan")), ("tau", float("inf")), ("tau", 0.0),
+                                         ("loss_temperature", float("nan")), ("loss_temperature", -1.0),
+                                         ("alpha1", float("nan")), ("alpha2", float("inf")),
+                                         ("beta1", float("nan")), ("beta2", float("-inf"))])
+def test_head_config_refuses_non_finite_and_non_positive_settings(field, value):
+    # A NaN tau or weight used to train silently into a checkpoint whose every logit is NaN.
+    with pytest.raises(FsacError, match=f"--{field.replace('_', '-')} must be"):
+        HeadConfig(**{field: value})
+    # ... and a hand-edited model.json goes through from_dict, which must refuse it the same way.
+    with pytest.raises(FsacError):
+        HeadConfig.from_dict({**HeadConfig().to_dict(), field: value})

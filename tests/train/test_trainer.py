@@ -190,3 +190,19 @@ def test_presets_set_the_paper_settings_and_explicit_options_win():
         TrainConfig(preset="cifar")
     with pytest.raises(FsacError, match="--preset must be one of mvtec, visa"):
         cfg("cifar")
+
+
+@pytest.mark.parametrize("lr", [float("inf"), float("nan"), 0.0])
+def test_learning_rate_must_be_finite_and_positive(lr):
+    # inf passed the `> 0` check and turned every adapter weight into NaN after one step.
+    with pytest.raises(FsacError, match="stage1_lr must be > 0 and finite \\(--lr1\\)"):
+        TrainConfig(stage1_lr=lr)
+
+
+def test_diverged_training_is_refused_not_returned(tiny_backbone, bottle_shots):
+    # A finite but huge learning rate overflows: train() must not hand back a NaN model
+    # that `fsac train` would then write as a checkpoint.
+    cfg = TrainConfig(stage1_epochs=2, stage2_epochs=2, stage1_lr=1e20, stage2_lr=1e20,
+                      synth=SynthConfig(per_image=2), encoder_precision="fp32")
+    with pytest.raises(FsacError, match="training diverged"):
+        train(tiny_backbone, bottle_shots[:1], "bottle", cfg, quiet=True)
