@@ -37,6 +37,9 @@ CHECKPOINT_FORMAT = "fsac-checkpoint"
 CHECKPOINT_VERSION = 1
 TENSORS_FILE = "adapters.safetensors"
 META_FILE = "model.json"
+# What `load_checkpoint` reads from model.json, and the JSON type each must have.
+REQUIRED_META = {"backbone": dict, "head": dict, "preprocess": dict, "tensors_file": str, "tensors_sha256": str,
+                 "use_text_adapter": bool, "object_name": str}
 
 
 def versions() -> dict[str, str]:
@@ -129,10 +132,17 @@ def read_checkpoint_meta(path: str | Path) -> tuple[Path, dict[str, Any]]:
         meta = json.loads(meta_path.read_text())
     except json.JSONDecodeError as e:
         raise FsacError(f"{meta_path}: not valid JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise FsacError(f"{meta_path}: not an fsac checkpoint (JSON {type(meta).__name__}, not an object)")
     if meta.get("format") != CHECKPOINT_FORMAT:
         raise FsacError(f"{meta_path}: not an fsac checkpoint (format {meta.get('format')!r})")
     if meta.get("format_version") != CHECKPOINT_VERSION:
         raise FsacError(f"{meta_path}: checkpoint format version {meta.get('format_version')} is not supported")
+    # model.json is not covered by a checksum: a hand-edited or truncated one used to fail
+    # later with a KeyError traceback.
+    missing = [k for k in REQUIRED_META if not isinstance(meta.get(k), REQUIRED_META[k])]
+    if missing:
+        raise FsacError(f"{meta_path}: damaged checkpoint, missing or malformed {', '.join(missing)}")
     return folder, meta
 
 
@@ -168,7 +178,12 @@ def load_checkpoint(path: str | Path, weights: str | None = None, device: str | 
     except (SafetensorError, Exception) as e:  # noqa: B014 - safetensors raises several types
         raise FsacError(f"{tensors_path}: cannot read safetensors ({e})") from None
 
-    info = BackboneInfo(**meta["backbone"])
+    try:
+        info = BackboneInfo(**meta["backbone"])
+        head_cfg = HeadConfig.from_dict(meta["head"])
+        spec = PreprocessSpec.from_dict(meta["preprocess"])
+    except (TypeError, ValueError, KeyError, FsacError) as e:  # name the file, not only the setting
+        raise FsacError(f"{folder / META_FILE}: damaged checkpoint settings ({e})") from None
     if weights is None:
         weights = info.weights_id
         if weights.startswith("file:"):
@@ -176,7 +191,7 @@ def load_checkpoint(path: str | Path, weights: str | None = None, device: str | 
                 f"{folder} was trained with a local backbone file ({weights[5:]}); pass it again with --weights PATH"
             )
     with (backbone_context or contextlib.nullcontext)():
-        backbone = load_backbone(info.arch, weights, device=device, resize_mode=meta["preprocess"]["resize_mode"],
+        backbone = load_backbone(info.arch, weights, device=device, resize_mode=spec.resize_mode,
                                  random_init_seed=info.random_init_seed, quiet=quiet, weights_loader=weights_loader)
     if info.weights_sha256 and backbone.info.weights_sha256 != info.weights_sha256:
         raise FsacError(
@@ -186,11 +201,19 @@ def load_checkpoint(path: str | Path, weights: str | None = None, device: str | 
     if backbone.info.weights_id != info.weights_id and not (
             info.weights_id.startswith("file:") and backbone.info.weights_id.startswith("file:")):
         raise FsacError(f"{folder} was trained with backbone weights {info.weights_id}, not {backbone.info.weights_id}")
-    spec = PreprocessSpec.from_dict(meta["preprocess"])
+    # The recorded architecture must fit the head and input size: an edited model.json (or
+    # one from another architecture) used to load and then fail inside the encoder.
+    if head_cfg.embed_dim != backbone.info.embed_dim or spec.image_size != backbone.info.image_size:
+        raise FsacError(f"{folder}: the head (width {head_cfg.embed_dim}, input {spec.image_size} px) does not fit "
+                        f"backbone {info.arch} (width {backbone.info.embed_dim}, input {backbone.info.image_size} px)")
     if spec != backbone.spec:
         backbone.spec = spec  # the recorded spec is authoritative
-    head_cfg = HeadConfig.from_dict(meta["head"])
-    head = FSACHead(head_cfg, tensors["t_pos"], tensors["t_neg"])
+    if "t_pos" not in tensors or "t_neg" not in tensors:
+        raise FsacError(f"{tensors_path}: tensors t_pos / t_neg are missing")
+    try:
+        head = FSACHead(head_cfg, tensors["t_pos"], tensors["t_neg"])
+    except ValueError as e:
+        raise FsacError(f"{tensors_path}: tensors do not fit the head ({e})") from None
     state = {k: v for k, v in tensors.items() if k not in ("at_pos", "at_neg")}
     missing, unexpected = head.load_state_dict(state, strict=False)
     if missing or unexpected:

@@ -108,3 +108,31 @@ def test_local_weights_file_must_be_given_again(trained, tmp_path):
     (copy / META_FILE).write_text(json.dumps(meta))
     with pytest.raises(FsacError, match="pass it again with --weights PATH"):
         load_checkpoint(copy, quiet=True)
+
+
+def _edited_copy(out, tmp_path, edit):
+    """A copy of the checkpoint whose model.json went through edit(meta) (model.json carries
+    no checksum, so a hand edit or a truncated write reaches the loader)."""
+    copy = tmp_path / "edited"
+    copy.mkdir()
+    (copy / TENSORS_FILE).write_bytes((out / TENSORS_FILE).read_bytes())
+    meta = json.loads((out / META_FILE).read_text())
+    (copy / META_FILE).write_text(json.dumps(edit(meta)))
+    return copy
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda m: [m], "JSON list, not an object"),
+    (lambda m: {k: v for k, v in m.items() if k != "head"}, "missing or malformed head"),
+    (lambda m: {**m, "head": {**m["head"], "tau": float("nan")}}, "damaged checkpoint settings .*--tau"),
+    (lambda m: {**m, "head": {**m["head"], "bogus": 1}}, "damaged checkpoint settings"),
+    (lambda m: {**m, "head": {**m["head"], "embed_dim": 4 * m["head"]["embed_dim"]}}, "does not fit backbone"),
+])
+def test_damaged_model_json_is_a_one_line_error_naming_it(trained, tmp_path, edit, message):
+    # These used to escape as AttributeError / KeyError / ValueError tracebacks, or (NaN tau)
+    # load fine and score every image NaN.
+    _, out = trained
+    copy = _edited_copy(out, tmp_path, edit)
+    with pytest.raises(FsacError, match=message) as e:
+        load_checkpoint(copy, quiet=True)
+    assert str(copy) in str(e.value)
