@@ -24,6 +24,20 @@ def _say(quiet: bool, *lines: str) -> None:
             print(line)
 
 
+def check_out_dir(out: Path, option: str = "--out") -> Path:
+    """Refuse an output folder that cannot be one before any work is done: a path that is
+    an existing file (or has a file among its parents) used to surface as a traceback from
+    mkdir only after the whole training or evaluation had run."""
+    out = Path(out)
+    for p in (out, *out.parents):
+        if p.exists():
+            if not p.is_dir():
+                where = "" if p == out else f" ({p} is a file)"
+                raise FsacError(f"{option} {out}: not a folder{where}; choose another {option}")
+            break
+    return out
+
+
 def checkpoint_extra(result: TrainResult, cfg: TrainConfig) -> dict:
     """Provenance recorded in model.json beside the tensors."""
     return {
@@ -41,12 +55,14 @@ def checkpoint_extra(result: TrainResult, cfg: TrainConfig) -> dict:
 
 
 def save_trained(out: Path, result: TrainResult, cfg: TrainConfig, write_synth: bool = False) -> Path:
+    from fsac.train.synth_sheet import remove_synth_images, write_synth_images
+
     path = save_checkpoint(out, result.model, checkpoint_extra(result, cfg))
     if write_synth:
-        from fsac.train.synth_sheet import write_synth_images
-
         names = [Path(t["name"]).stem for t in result.train_images]
         write_synth_images(list(result.shot_pixels), result.synth, out / "synth", names=names)
+    else:  # an overwritten (--force) checkpoint's synth/ showed the old model's anomalies as this one's
+        remove_synth_images(out / "synth")
     return path
 
 
@@ -97,7 +113,7 @@ def describe_training(result: TrainResult, cfg: TrainConfig, backbone: Backbone)
 def run_training(shots: list[Path], object_name: str, out: Path, cfg: TrainConfig, arch: str, weights: str,
                  device: str | None, force: bool = False, write_synth: bool = False, resize_mode: str = "squash",
                  quiet: bool = False) -> TrainResult:
-    out = Path(out)
+    out = check_out_dir(out)
     if (out / META_FILE).exists() and not force:
         raise FsacError(f"{out} already holds a checkpoint; pass --force to overwrite it or choose --out")
     backbone = load_backbone(arch, weights, device=device, resize_mode=resize_mode)
@@ -146,6 +162,7 @@ def run_evaluation(categories: list[Category], shots: tuple[int, ...], seeds: tu
     from fsac.train.report import format_table, write_report
 
     ecfg = EvalConfig(shots=shots, seeds=seeds, train=cfg, object_name=object_name)
+    check_out_dir(out)
     if backbone is None:
         backbone = load_backbone(arch, weights, device=device, resize_mode=resize_mode)
     t0 = time.perf_counter()
@@ -186,7 +203,9 @@ def run_demo(out: Path, weights: str, arch: str, device: str | None, max_test: i
     from fsac.train.data import embedded_dataset, subsample
     from fsac.train.explain import explain_image
 
-    out = Path(out)
+    out = check_out_dir(out)
+    if max_test < 1:
+        raise FsacError(f"--max-test must be >= 1, got {max_test}")
     weights = resolve_auto_weights(arch, weights)
     backbone = load_backbone(arch, weights, device=device)
     category = subsample(embedded_dataset(), max_normal=max_test + 4, max_anomalous=max_test)

@@ -78,6 +78,25 @@ def _write_png(path: Path, rgb_or_gray: np.ndarray) -> Path:
     return atomic_write_bytes(path, buf.tobytes())
 
 
+# The names `write_synth_images` writes; nothing else in a folder is ever removed.
+_SYNTH_FILE = re.compile(r"^\d{3,}(_[A-Za-z0-9._-]*)?_synth\d{2,}_[a-z]+\.png$|^contact_sheet\.png$")
+
+
+def remove_synth_images(out_dir: str | Path, keep: Sequence[Path] = ()) -> list[Path]:
+    """Delete earlier `write_synth_images` files in out_dir, except `keep`. A second run with
+    fewer images or anomalies per image used to leave the first run's extra files beside
+    the new ones, looking like part of this run. -> the paths removed."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        return []
+    kept = {Path(p).name for p in keep}
+    stale = [p for p in sorted(out_dir.iterdir())
+             if p.is_file() and _SYNTH_FILE.match(p.name) and p.name not in kept]
+    for p in stale:
+        p.unlink()
+    return stale
+
+
 def write_synth_images(images: Sequence[np.ndarray], samples: Sequence[Sequence[SynthSample]],
                        out_dir: str | Path, names: Sequence[str] | None = None) -> list[Path]:
     """Write every synthetic image and its mask as PNG, plus a contact sheet.
@@ -86,7 +105,7 @@ def write_synth_images(images: Sequence[np.ndarray], samples: Sequence[Sequence[
     per normal image (e.g. file stems), made file-name safe and prefixed with the index.
     Files in out_dir (created): <i>[_<name>]_synth<j>_<kind>.png (RGB),
     <i>[_<name>]_synth<j>_mask.png (0/255 grey), contact_sheet.png. Written atomically.
-    Returns the paths, contact sheet last.
+    Earlier such files not written this time are removed. Returns the paths, contact sheet last.
     """
     _check_rows(images, samples, names)
     out_dir = Path(out_dir)
@@ -98,4 +117,5 @@ def write_synth_images(images: Sequence[np.ndarray], samples: Sequence[Sequence[
             paths.append(_write_png(out_dir / f"{stem}_synth{j:02d}_mask.png", s.mask.astype(np.uint8) * 255))
     sheet_names = [_safe_name(n) for n in names] if names is not None else None
     paths.append(_write_png(out_dir / "contact_sheet.png", contact_sheet(images, samples, sheet_names)))
+    remove_synth_images(out_dir, keep=paths)
     return paths
