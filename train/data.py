@@ -171,6 +171,15 @@ def training_images(paths: list[str | Path]) -> list[Path]:
             out.append(p)
     if not out:
         raise FsacError("no training images given")
+    # The same file twice (a glob and a folder that overlap) would train on it twice and
+    # record it as two shots: a k-shot model that saw fewer than k images.
+    seen: dict[Path, Path] = {}
+    for p in out:
+        key = p.resolve()
+        if key in seen:
+            also = "" if str(seen[key]) == str(p) else f" (also as {seen[key]})"
+            raise FsacError(f"training image {p} is given twice{also}; each shot must be a different file")
+        seen[key] = p
     return out
 
 

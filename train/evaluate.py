@@ -47,6 +47,10 @@ class EvalConfig:
             raise FsacError("--shots needs at least one value")
         if any(k < 0 for k in self.shots):
             raise FsacError(f"--shots values must be >= 0, got {list(self.shots)}")
+        # A repeated value used to fail as "duplicate run in report" after every model trained.
+        repeated = sorted({k for k in self.shots if self.shots.count(k) > 1})
+        if repeated:
+            raise FsacError(f"--shots lists {', '.join(map(str, repeated))} more than once: {list(self.shots)}")
         if not self.seeds:
             raise FsacError("--seeds must be >= 1")
 
@@ -88,6 +92,13 @@ def evaluate(backbone: Backbone, categories: list[Category], cfg: EvalConfig, qu
         too_many = [k for k in cfg.shots if k > len(cat.train_pool)]
         if too_many:
             raise FsacError(f"asked for {max(too_many)} shots but {cat.root} has only {len(cat.train_pool)} normal images")
+        # A two-folder layout tests on the normals not drawn: k = all of them leaves none, which
+        # used to be found only after the smaller k had been trained.
+        if cat.layout == "two-folder" and max(cfg.shots) >= len(cat.train_pool):
+            raise FsacError(f"asked for {max(cfg.shots)} shots but {cat.root} has only {len(cat.train_pool)} normal "
+                            "images, and at least one must be left for the test set")
+        if cat.layout == "mvtec" and not any(t.label == 0 for t in cat.test):
+            raise FsacError(f"{cat.root}: no normal test images (expected test/good); I-AUROC needs both kinds")
     cache = FeatureCache(backbone)
     for cat in categories:
         t_cat = time.perf_counter()

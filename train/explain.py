@@ -68,6 +68,24 @@ def render(pixels: np.ndarray, grad: np.ndarray, logit: float, title: str,
     return buf.getvalue()
 
 
+def explain_names(images: list[str | Path]) -> list[str]:
+    """Output file names `<stem>_explain.png`, one per image. Images with the same stem
+    (good/000.png, broken/000.png) used to write the same file, the later map silently
+    replacing the earlier: those get their parent folder's name too, then a number."""
+    stems = [Path(p).stem for p in images]
+    used: set[str] = set()
+    names = []
+    for stem, p in zip(stems, images):
+        base = stem if stems.count(stem) == 1 else f"{stem}_{Path(p).parent.name}"
+        name, n = f"{base}_explain.png", 1
+        while name in used:
+            n += 1
+            name = f"{base}_{n}_explain.png"
+        used.add(name)
+        names.append(name)
+    return names
+
+
 def explain_image(model: TrainedModel, image: str | Path, out: str | Path, sigma: float = 0.0,
                   note: str = "") -> tuple[float, Path]:
     """Score one image file and write its explanation PNG. -> (logit z, path)."""

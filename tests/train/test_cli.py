@@ -112,3 +112,41 @@ def test_demo_prints_training_warnings_and_records_the_preset(tmp_path, capsys, 
     assert "overwhelmed" in four["diagnostics"]["warnings"][0]
     meta = json.loads((out / "model" / "model.json").read_text())
     assert meta["train"]["preset"] == "visa" and meta["head"]["beta1"] == 1.0 and meta["head"]["beta2"] == 1.0
+
+
+def test_out_that_is_a_file_is_refused_before_any_work(bottle, tmp_path, capsys, monkeypatch):
+    # Used to train (or evaluate) first and then die in mkdir with a FileExistsError traceback.
+    import fsac.train.run as run
+
+    def must_not_run(*a, **k):
+        raise AssertionError("backbone loaded before --out was checked")
+
+    monkeypatch.setattr(run, "load_backbone", must_not_run)
+    blocker = tmp_path / "taken.png"
+    blocker.write_bytes(b"x")
+    shot = str(bottle / "train" / "good" / "000.png")
+    for argv in (["train", shot, "--out", str(blocker)] + FAST,
+                 ["eval", str(bottle), "--shots", "0", "--out", str(blocker)] + FAST,
+                 ["synth", shot, "--out", str(blocker / "sub")],
+                 ["explain", shot, "--model", str(tmp_path), "--out", str(blocker)]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert f"--out {blocker}" in err and "not a folder" in err, argv
+
+
+def test_bad_numeric_options_are_one_line_errors(bottle, tmp_path, capsys):
+    # NaN options used to train into a NaN checkpoint (exit 0); --smooth nan, --max-test -1
+    # ended in tracebacks; --shots 0 / --max-images 0 gave messages that named no option.
+    shot = str(bottle / "train" / "good" / "000.png")
+    out = tmp_path / "o"
+    cases = [(["train", shot, "--out", str(out), "--tau", "nan"] + FAST, "--tau must be a finite number"),
+             (["train", shot, "--out", str(out), "--beta1", "inf"] + FAST, "--beta1 must be a finite number"),
+             (["train", shot, "--out", str(out), "--lr2", "inf"] + FAST, "stage2_lr must be > 0 and finite (--lr2)"),
+             (["train", str(bottle), "--shots", "0", "--out", str(out)] + FAST, "--shots must be >= 1"),
+             (["eval", str(bottle), "--max-test", "-1", "--out", str(out)] + FAST, "--max-test must be >= 1"),
+             (["synth", shot, "--out", str(out), "--max-images", "0"], "--max-images must be >= 1"),
+             (["explain", shot, "--model", str(tmp_path), "--smooth", "nan", "--out", str(out)], "--smooth must be")]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        assert message in capsys.readouterr().err, argv
+    assert not out.exists()  # nothing half-written

@@ -80,3 +80,14 @@ def test_embedded_default_input():
     small = subsample(cat, 10, 6, seed=0)
     assert len(small.train_pool) == 10 and len(small.test) == 6
     assert subsample(cat, 10, 6, seed=0).train_pool == small.train_pool
+
+
+def test_the_same_training_image_twice_is_refused(bottle):
+    # Overlapping arguments (a folder and one of its files) used to train on the file twice
+    # and record two shots for one image.
+    one = bottle / "train" / "good" / "000.png"
+    with pytest.raises(FsacError, match="000.png is given twice"):
+        training_images([one, one])
+    with pytest.raises(FsacError, match="000.png is given twice"):
+        training_images([bottle / "train" / "good", one])
+    assert len(training_images([one, bottle / "train" / "good" / "001.png"])) == 2

@@ -149,3 +149,47 @@ def test_saturated_scores_are_ranked_by_the_logit(bottle, tiny_backbone):
     assert run.metrics.auroc == pytest.approx(roc_auc_score(run.labels, z), abs=1e-12)
     assert run.metrics.aupr == pytest.approx(average_precision_score(run.labels, z), abs=1e-12)
     np.testing.assert_allclose(run.scores, 1 / (1 + np.exp(-z)), rtol=1e-12)
+
+
+def test_repeated_shot_count_is_refused_up_front():
+    # `--shots 1,1` used to train every model and then fail with "duplicate run in report".
+    from fsac.errors import FsacError
+
+    with pytest.raises(FsacError, match="--shots lists 1 more than once"):
+        EvalConfig(shots=(0, 1, 1), seeds=(0,))
+
+
+def _no_work(monkeypatch):
+    import fsac.train.evaluate as ev
+
+    def must_not_run(*a, **k):
+        raise AssertionError("work done before the layout was checked")
+
+    for name in ("_encode_valid", "cached_text", "train"):
+        monkeypatch.setattr(ev, name, must_not_run)
+
+
+def test_two_folder_k_equal_to_the_pool_is_refused_before_training(bottle, tiny_backbone, monkeypatch):
+    """Two-folder layout: the test set is the normals not drawn, so k = all of them leaves
+    none. That used to surface only after the smaller k had been encoded and trained."""
+    from fsac.errors import FsacError
+    from fsac.train.data import Category, TestItem
+
+    _no_work(monkeypatch)
+    pool = sorted((bottle / "train" / "good").glob("*.png"))[:2]
+    cat = Category("two", bottle, "two-folder", pool, [TestItem(next((bottle / "test" / "broken_large").glob("*.png")), 1,
+                                                                "broken_large")])
+    with pytest.raises(FsacError, match="at least one must be left for the test set"):
+        evaluate(tiny_backbone, [cat], EvalConfig(shots=(0, 1, 2), seeds=(0,)), quiet=True)
+
+
+def test_mvtec_category_without_normal_test_images_names_test_good(bottle, tiny_backbone, monkeypatch):
+    # Used to read "no normal test images left after drawing 0 shots", as if k were at fault.
+    from fsac.errors import FsacError
+
+    _no_work(monkeypatch)
+    (full,) = find_categories(bottle)
+    only_defects = subsample(full, 0, 2)
+    assert not any(t.label == 0 for t in only_defects.test)
+    with pytest.raises(FsacError, match="no normal test images \\(expected test/good\\)"):
+        evaluate(tiny_backbone, [only_defects], EvalConfig(shots=(0, 1), seeds=(0,)), quiet=True)

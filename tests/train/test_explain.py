@@ -4,7 +4,7 @@ import torch
 
 from fsac.preprocess import preprocess_file
 from fsac.train.checkpoint import TrainedModel
-from fsac.train.explain import gradient_map, render, smooth
+from fsac.train.explain import explain_names, gradient_map, render, smooth
 from fsac.train.model import FSACHead, HeadConfig
 
 
@@ -73,3 +73,14 @@ def test_map_is_not_blank_for_a_trained_model_whose_score_saturates(tiny_backbon
     logit, grad = gradient_map(model, best)
     assert logit == pytest.approx(float(logits.max()), rel=1e-4) and logit > 17  # sigmoid(17) == 1 in float32
     assert grad.max() > 0 and np.count_nonzero(grad) > 0.5 * grad.size
+
+
+def test_explain_names_are_unique_for_images_with_the_same_stem(tmp_path):
+    # good/000.png and broken/000.png used to write the same 000_explain.png, the later map
+    # silently replacing the earlier one.
+    images = [tmp_path / "good" / "000.png", tmp_path / "broken" / "000.png", tmp_path / "good" / "001.png",
+              tmp_path / "good" / "000.png"]
+    names = explain_names(images)
+    assert len(set(names)) == len(images) and all(n.endswith("_explain.png") for n in names)
+    assert names[2] == "001_explain.png"  # a unique stem keeps the plain name
+    assert "good" in names[0] and "broken" in names[1]
