@@ -72,7 +72,7 @@ class RunResult:
     labels: list[int]
     image_names: list[str] = field(default_factory=list)
     train_images: list[str] = field(default_factory=list)
-    # What training did (fsac.train.trainer.training_diagnostics, with its warnings); empty for
+    # What training did (fsac.train.diagnostics.training_diagnostics, with its warnings); empty for
     # shots = 0, which trains nothing.
     diagnostics: dict = field(default_factory=dict)
 

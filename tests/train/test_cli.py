@@ -97,9 +97,9 @@ def test_eval_checks_shots_against_the_pool_before_encoding(bottle):
 def test_demo_prints_training_warnings_and_records_the_preset(tmp_path, capsys, monkeypatch):
     """`fsac demo` trains a model: its warnings are printed as `fsac train` prints them, and
     --preset is applied and recorded in the report and the checkpoint."""
-    import fsac.train.trainer as trainer
+    import fsac.train.diagnostics as diagnostics
 
-    monkeypatch.setattr(trainer, "MIN_PROTOTYPE_COSINE", 2.0)  # any cosine warns
+    monkeypatch.setattr(diagnostics, "MIN_PROTOTYPE_COSINE", 2.0)  # any cosine warns
     out = tmp_path / "demo"
     assert main(["demo", "--arch", TINY_ARCH, "--weights", "random", "--max-test", "3", "--preset", "visa",
                  "--out", str(out), "-q"]) == 0

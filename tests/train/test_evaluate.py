@@ -15,11 +15,11 @@ FAST = ["--arch", TINY_ARCH, "--weights", "random", "--epochs1", "5", "--epochs2
 
 
 def test_eval_mvtec_end_to_end(bottle, tmp_path, capsys, monkeypatch):
-    import fsac.train.trainer as trainer
+    import fsac.train.diagnostics as diagnostics
 
     # Every trained model warns (any cosine is below 2): the warnings must be stored per model
     # and printed as one summary, not once in full per model.
-    monkeypatch.setattr(trainer, "MIN_PROTOTYPE_COSINE", 2.0)
+    monkeypatch.setattr(diagnostics, "MIN_PROTOTYPE_COSINE", 2.0)
     out = tmp_path / "report"
     rc = main(["eval", str(bottle), "--shots", "0,1,2", "--seeds", "2", "--max-test", "6", "--out", str(out)] + FAST)
     assert rc == 0

@@ -141,7 +141,7 @@ def test_diagnostics_record_the_text_side_and_warn_when_the_adapter_overwhelms_i
     """C = 2 by hand: A_g maps T+ to 0 and T- to (-1.9, -0.336), so AT+ = (1, 0) and
     AT- = (-1, 0.1) point apart although cos(T+, T-) = 0.9."""
     from fsac.train.model import FSACHead, HeadConfig
-    from fsac.train.trainer import training_diagnostics
+    from fsac.train.diagnostics import training_diagnostics
 
     t_pos, t_neg = torch.tensor([1.0, 0.0]), torch.tensor([0.9, 0.43589])
     head = FSACHead(HeadConfig(embed_dim=2, beta1=1.0, beta2=1.0, image_adapter_reduction=1), t_pos, t_neg)
