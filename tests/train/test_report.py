@@ -19,9 +19,9 @@ from fsac.train.report import (
     from_json,
     summarize,
     to_json,
-    to_markdown,
     write_report,
 )
+from fsac.train.report_markdown import to_markdown
 from fsac.train.report_figures import plot_roc, plot_score_histogram
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
