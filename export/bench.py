@@ -147,7 +147,9 @@ def bench_export_command(
     from dataclasses import asdict
 
     from fsac.calibration.int8_agreement import agreement
-    from fsac.calibration.quantize import QuantizeSettings, quantize_bytes
+    from fsac.calibration.quantize import QuantizeSettings, int8_metadata, quantize_bytes
+    from fsac.metadata import write_with_metadata
+    from fsac.modelfile import inspect_model_file
     from fsac.export.bench_extra import (feature_cosines, markdown_extra, openvino_backends, peak_columns,
                                          run_batched, targets_extra)
     from fsac.agreement import logit_agreement
@@ -155,7 +157,7 @@ def bench_export_command(
     from fsac.runner import expand_images, load_pixels, make_session, run_session
     from fsac.threshold import conformal_threshold, next_float32_up
     from fsac.export.cli import export_trained
-    from fsac.io import atomic_write_json, atomic_write_text
+    from fsac.io import atomic_write_json, atomic_write_text, sha256_file
     from fsac.train.checkpoint import (checkpoint_sha256, load_checkpoint, random_trained_model,
                                        save_checkpoint)
 
@@ -216,10 +218,15 @@ def bench_export_command(
         settings = QuantizeSettings(method=calibration_method)
         _say(quiet, f"quantizing to INT8 on {len(calib_paths)} normal images ({calibration_method}) ...")
         int8, qinfo = quantize_bytes(fp32, calib_px, settings, work_dir=tmp)
-        if keep_models:
-            (work / "bench.int8.onnx").write_bytes(int8)
-        int8_path = tmp / "bench.int8.onnx"
-        int8_path.write_bytes(int8)
+        # Sealed with the metadata `fsac quantize` writes, so the kept file is a model file
+        # that fsac-run and `fsac bench isa` accept (the raw quantizer output carried the
+        # fp32 file's seal, which its content no longer matched).
+        int8_path = work / "bench.int8.onnx"
+        write_with_metadata(int8_path, int8,
+                            int8_metadata(inspect_model_file(fp32_path), settings, qinfo,
+                                          [str(p) for p in calib_paths], [sha256_file(p) for p in calib_paths],
+                                          None),
+                            force=True)
 
         s_fp32 = make_session(fp32, threads)
         s_int8 = make_session(int8, threads)

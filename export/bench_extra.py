@@ -59,16 +59,11 @@ def openvino_backends(fp32_path: Path, int8_path: Path | None, threads: int, bat
         wanted.append(("openvino int8", int8_path, "int8"))
         if "BF16" in caps:
             wanted.append(("openvino int8_bf16", int8_path, "int8_bf16"))
-    import dataclasses
-
-    fp32_info = inspect_model_file(fp32_path)  # verifies the seal
+    infos = {p: inspect_model_file(p) for p in {fp32_path, int8_path} if p is not None}  # verifies the seals
     out: dict[str, Any] = {}
     for name, path, precision in wanted:
-        # The benchmark's INT8 graph is the quantizer's raw output (no seal of its own); it
-        # is the fp32 model's graph quantized in this run, so it takes the fp32 metadata.
-        info = fp32_info if path == fp32_path else dataclasses.replace(fp32_info, precision="int8", source=str(path))
         try:
-            out[name] = OpenVinoBackend(str(path), info, precision=precision, threads=threads, batch_size=batch)
+            out[name] = OpenVinoBackend(str(path), infos[path], precision=precision, threads=threads, batch_size=batch)
         except FsacError as e:
             notes.append(f"{name} not timed: {e}")
     return out

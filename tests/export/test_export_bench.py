@@ -15,7 +15,7 @@ def test_bench_tiny_end_to_end(bottle, tmp_path, models):
     res = bench_export_command(
         images=[bottle / "train" / "good"], anomalous_images=[bottle / "test" / "broken_small"],
         arch=models.TINY_ARCH, out_dir=tmp_path, runs=4, batch=2, batch_runs=2, num_calib=4, num_eval=4,
-        threads=1, quiet=True, int8_variants=["all-ops"])
+        threads=1, quiet=True, int8_variants=["all-ops"], keep_models=True)
     names = set(res["backends"])
     import openvino as ov
 
@@ -67,7 +67,16 @@ def test_bench_tiny_end_to_end(bottle, tmp_path, models):
     assert "| onnxruntime int8 |" in md and "Spearman" in md and "GFLOP" in md
     assert "`fsac export` (own processes) peak RSS" in md and "tracing process" in md
     assert "| openvino f32 | fp32 |" in md and "CPU flags (matrix units):" in md and "Measured peaks" in md
-    assert not list(tmp_path.glob("*.onnx"))  # models only with --keep-models
+    # --keep-models leaves the two timed files, each a sealed fsac model file (the INT8 one
+    # had kept the fp32 file's seal, so fsac-run and `fsac bench isa` refused it)
+    from fsac.modelfile import load_model_file
+
+    assert sorted(p.name for p in tmp_path.glob("*.onnx")) == ["bench.fp32.onnx", "bench.int8.onnx"]
+    _, fp_info = load_model_file(tmp_path / "bench.fp32.onnx")
+    _, q_info = load_model_file(tmp_path / "bench.int8.onnx")
+    assert (fp_info.precision, q_info.precision) == ("fp32", "int8")
+    assert q_info.metadata["fsac.source_model_seal"] == fp_info.seal
+    assert json.loads(q_info.metadata["fsac.quantization"])["n_calibration_images"] == 4
 
 
 def test_bench_needs_enough_images(bottle, tmp_path):
