@@ -193,8 +193,17 @@ def test_bench_isa_times_fp32_and_int8_under_each_cap(tiny_files, monkeypatch):
         assert r["openvino_fp32_ms"] > 0 and r["openvino_int8_ms"] > 0
         assert r["int8_speedup"] == pytest.approx(r["fp32_ms"] / r["int8_ms"])
         assert r["fp32_ms"] == min(v for k, v in r.items() if k.endswith("_fp32_ms") and k != "fp32_ms")
+    # the uncapped row is this CPU itself: both runtimes, whether or not the mask can work here
+    assert rows[1]["method"] == "none"
+    assert rows[1]["onnxruntime_fp32_ms"] > 0 and rows[1]["onnxruntime_int8_ms"] > 0
     text = format_rows(rows)
     assert "AVX2" in text and "target >= 1.8x" in text
+    from fsac.runtime.bench_isa import row_target
+
+    assert row_target(rows[1], ["avx2", "avx512f", "avx512_vnni"]) == 2.5
+    assert row_target(rows[1], ["avx2", "fma"]) == 1.8
+    assert row_target(rows[1], ["avx2", "amx_int8", "amx_bf16"]) is None  # AMX: judged in bench export
+    assert row_target(rows[0]) == 1.8
     if _cpuid_fault():  # this machine can fault on CPUID: the mask must work, for both runtimes
         assert [r["method"] for r in rows] == ["cpuid", "none"]
         assert all(r["onnxruntime_fp32_ms"] > 0 and r["onnxruntime_int8_ms"] > 0 for r in rows)
