@@ -70,6 +70,25 @@ def _abs(path: str | None) -> str | None:
     return str(Path(path).expanduser().absolute()) if _looks_like_path(path) and path else path
 
 
+def check_journal_dir(folder: str) -> None:
+    """The daemon creates journal.dir at start (runtime/journal.py) and stops if it cannot;
+    --check must say so too, without creating anything. The first part of the path that
+    exists must be a folder this process may write into (access() also reports a read-only
+    file system, even to root)."""
+    path = Path(folder)
+    if path.exists() and not path.is_dir():
+        raise FsacError(f"journal.dir: {path} is not a folder")
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise FsacError(f"journal.dir: cannot create {path}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "write in" if existing == path else "create folders in"
+        raise FsacError(f"journal.dir: cannot {what} {existing} (read-only or no permission), so {path} "
+                        "cannot hold the journal")
+
+
 def check(cfg) -> list[str]:
     """What `--check` verifies: everything the daemon would refuse at start, without scoring."""
     from .backends import load_model
@@ -97,6 +116,8 @@ def check(cfg) -> list[str]:
             raise FsacError(f"sinks.jsonl.path: cannot write {path} (permissions)")
         jl = cfg.sinks.jsonl
         lines.append(f"sink jsonl: {path} (rotate at {jl.max_bytes} bytes, keep {jl.backups})")
+    check_journal_dir(cfg.journal.dir)
+    lines.append(f"journal: {cfg.journal.dir}")
     for spec in SINKS:
         if spec.always_present or not sink_section_enabled(getattr(cfg.sinks, spec.name)):
             continue

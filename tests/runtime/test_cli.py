@@ -258,3 +258,20 @@ def _try(fn):
         return fn()
     except (urllib.error.URLError, ConnectionError, OSError):
         return False
+
+
+def test_check_refuses_a_journal_dir_that_cannot_be_created(tmp_path, model_file, image_folder, mount_small):
+    """--check says at once what the daemon would refuse at start: a journal.dir under a
+    regular file, or on a read-only file system, is one line naming the setting and the path."""
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file, not a folder\n")
+    readonly = mount_small("64k")
+    subprocess.run(["mount", "-o", "remount,ro", str(readonly)], check=True)
+    for journal in (blocker / "journal", blocker, readonly / "journal"):
+        proc = run_check("--model", str(model_file), "--source", str(image_folder), "--jsonl",
+                         str(tmp_path / "r.jsonl"), "--set", f"journal.dir={journal}")
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert len(lines) == 1 and "Traceback" not in proc.stderr
+        assert lines[0].startswith("fsac-run: error: journal.dir: ") and str(journal) in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fs0", "not-a-folder"]  # --check wrote nothing
