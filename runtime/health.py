@@ -55,6 +55,7 @@ class HealthMonitor:
         self.counts: dict[str, int] = {a: 0 for a in ALARMS}  # frames that raised it
         self.on_change: Any = None  # called (alarms, record) when the set of active alarms changes
         self._last: list[str] = []
+        self._pixel_alarms: list[str] = []  # those of the last frame with pixels
 
     def _ref(self, model: Any) -> dict[str, Any] | None:
         if model.sha256 not in self._refs:
@@ -74,9 +75,14 @@ class HealthMonitor:
         ref = self._ref(model)
         with self._lock:
             for record, prep in zip(records, preps):
-                alarms: list[str] = []
-                if ref is not None and getattr(prep, "x", None) is not None:
-                    alarms = frame_alarms(image_stats(prep.x), ref)
+                seen = ref is not None and getattr(prep, "x", None) is not None
+                if seen:
+                    self._pixel_alarms = frame_alarms(image_stats(prep.x), ref)
+                elif ref is None:
+                    self._pixel_alarms = []  # a model without statistics raises none
+                # A frame without pixels (an error record) says nothing about the lens or the
+                # light: the alarms of the last frame that had pixels stay in force.
+                alarms = list(self._pixel_alarms)
                 if record["verdict"] != "error":
                     self._verdicts.append(record["verdict"] == "defective")
                 rate = ref.get("false_alarm_rate") if ref else None
@@ -94,7 +100,8 @@ class HealthMonitor:
                 self._last = alarms
                 for a in ALARMS:
                     self.active[a] = int(a in alarms)
-                    self.counts[a] += int(a in alarms)
+                    # Frames that raised it: a pixel alarm only by the frame's own pixels.
+                    self.counts[a] += int(a in alarms and (seen or a == "reject_rate_high"))
 
     def metrics(self, e: Any) -> None:
         e.family("fsac_health_alarm", "gauge", "1 while the last frame raised the input-health alarm.")

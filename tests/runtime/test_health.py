@@ -95,3 +95,23 @@ def test_the_live_view_shows_the_daemons_input_health_alarms(tmp_path, model_fil
     assert any(t.startswith("lens blocked") for t in texts), state["alarms"]
     assert state["model"]["recipe"] == "default"
     assert state["counts"]["dropped_rate"] == 0.0 and state["counts"]["frames"] == len(EXPECTED)
+
+
+def test_an_error_frame_keeps_the_alarm_in_force(tmp_path, model_file, bottle_images, bottle):
+    """A frame without pixels (a corrupt file: an error record) says nothing about the lens, so
+    the covered lens stays alarmed until a frame with pixels shows it clear again."""
+    model, folder = make_inputs(tmp_path, model_file, bottle_images, bottle)
+    (folder / "e_corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    (folder / "f_corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not one either")
+    daemon = Daemon(config(model, str(folder), tmp_path / "r.jsonl"), install_signals=False)
+    changes = []
+    daemon.health.on_change = lambda alarms, record: changes.append((record["name"], alarms))
+    assert daemon.run() == 0
+    health = {r["name"]: (r["verdict"], r["health"]) for r in read_jsonl(tmp_path / "r.jsonl")}
+    assert health["e_corrupt.png"] == health["f_corrupt.png"] == ("error", ["lens_blocked"])
+    assert changes == [("b_dark.png", ["lighting_changed"]), ("c_blurred.png", ["focus_lost"]),
+                       ("d_covered.png", ["lens_blocked"])]  # no "all clear" from the corrupt files
+    assert daemon.health.current() == ["lens_blocked"]
+    text = daemon.render_metrics()
+    assert metric_value(text, "fsac_health_alarm", alarm="lens_blocked") == 1
+    assert metric_value(text, "fsac_health_alarm_frames_total", alarm="lens_blocked") == 1  # frames that showed it
