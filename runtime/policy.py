@@ -89,6 +89,16 @@ def _time_batch1(infer: Callable[[np.ndarray], Any], pixels: np.ndarray, runs: i
     return float(np.median(times) * 1e3)
 
 
+def _reference_failed(reference: str, what: str, why: str, built: dict[str, Any]) -> None:
+    """Without the reference's logits no candidate can be compared (nor served: the policy
+    only ever serves what agrees with it), so its failure is the error, named as such; the
+    other candidates are not even built."""
+    for backend in built.values():
+        backend.close()
+    raise FsacError(f"backend auto: the reference {reference} {what}, so no backend can be checked "
+                    f"against it: {why}")
+
+
 def select(candidates: dict[str, Callable[[], Any]], reference: str, pixels: np.ndarray,
            logits: Callable[[Any, np.ndarray], np.ndarray], logit_threshold: float | None,
            notes: list[str] | None = None, runs: int = TIMING_RUNS) -> tuple[Selection, Any]:
@@ -111,6 +121,8 @@ def select(candidates: dict[str, Callable[[], Any]], reference: str, pixels: np.
             backend = candidates[name]()
         except FsacError as e:
             res.reasons.append(f"not available: {e}")
+            if name == reference:
+                _reference_failed(reference, "is not available", str(e), built)
             continue
         try:
             z = logits(backend, pixels)
@@ -118,6 +130,9 @@ def select(candidates: dict[str, Callable[[], Any]], reference: str, pixels: np.
         except Exception as e:  # a candidate that crashes is skipped, never served
             res.reasons.append(f"failed: {type(e).__name__}: {e}")
             backend.close()
+            if name == reference:
+                _reference_failed(reference, f"failed on the calibration images ({len(pixels)})",
+                                  f"{type(e).__name__}: {e}", built)
             continue
         if name == reference:
             ref_logits = z
@@ -129,8 +144,6 @@ def select(candidates: dict[str, Callable[[], Any]], reference: str, pixels: np.
             res.qualified = not res.reasons
         built[name] = backend
     ok = [r for r in results if r.qualified and r.ms_batch1 is not None]
-    if not ok:
-        raise FsacError(f"backend auto: the reference {reference} failed: {'; '.join(results[0].reasons)}")
     best = min(ok, key=lambda r: r.ms_batch1)
     for name, backend in built.items():
         if name != best.name:
@@ -208,7 +221,13 @@ def build_auto(cfg, data: bytes | str, info, logit_threshold: float) -> tuple[An
         return np.concatenate([np.asarray(backend.infer(px[i:i + backend.max_batch])["logit"], np.float64)
                                for i in range(0, len(px), backend.max_batch)])
 
-    sel, backend = select(candidates, "onnxruntime fp32", pixels, logits, logit_threshold, notes)
+    try:
+        sel, backend = select(candidates, "onnxruntime fp32", pixels, logits, logit_threshold, notes)
+    except FsacError as e:
+        # The model's own failure, named with the settings that led to it (one line at start
+        # and in --check, where the daemon would have stopped anyway).
+        raise FsacError(f"model.backend auto: {str(e).removeprefix('backend auto: ')} "
+                        f"(model.calibration_images={cfg.calibration_images})") from None
     for c in sel.candidates:
         log.info("backend auto: %s %s", c.name, "ok" if c.qualified else "; ".join(c.reasons))
     log.info("%s", sel.summary())

@@ -84,3 +84,65 @@ def test_auto_on_too_few_calibration_images_serves_fp32_and_says_why(tiny_files,
     measured = [c for c in sel.candidates[1:] if c.agreement is not None]
     assert measured and all("only 12 images compared" in " ".join(c.reasons) for c in measured)
     model.backend.close()
+
+
+def _batch1_only_model(path):
+    """A sealed model whose graph reshapes to a hard-coded batch of 1 (an export bug): it loads,
+    and fails in ONNX Runtime as soon as it is run on more than one image at once."""
+    import onnx
+
+    from fsac.modelfile import write_model_file
+    from fsac_run_helpers import build_model_bytes
+
+    graph = onnx.load_from_string(build_model_bytes())
+    for t in graph.graph.initializer:
+        if t.name == "shape1":
+            t.CopyFrom(onnx.helper.make_tensor("shape1", onnx.TensorProto.INT64, [1], [1]))
+    write_model_file(path, graph.SerializeToString(), force=True)
+    return path
+
+
+def test_a_reference_that_fails_on_the_calibration_images_is_named_as_the_cause(tmp_path, model_file, image_folder):
+    """Without fp32 logits nothing can be compared: the reference's own failure is the error,
+    not a complaint about the comparison of the next candidate (which ran fine)."""
+    from fsac.modelfile import load_model_file
+    from fsac.runtime.backends import OnnxBackend
+    from fsac.runtime.policy import calibration_pixels, select
+
+    broken = _batch1_only_model(tmp_path / "batch1.onnx")
+    data, info = load_model_file(broken)
+    good_data, good_info = load_model_file(model_file)
+    pixels = calibration_pixels(str(image_folder), info)
+    candidates = {"onnxruntime fp32": lambda: OnnxBackend(data, info, batch_size=4),
+                  "other": lambda: OnnxBackend(good_data, good_info, batch_size=4)}
+
+    def logits(backend, px):
+        return np.asarray(backend.infer(px[:4])["logit"], np.float64)
+
+    with pytest.raises(FsacError) as e:
+        select(candidates, "onnxruntime fp32", pixels, logits, 0.0)
+    msg = str(e.value)
+    assert "reference onnxruntime fp32 failed on the calibration images" in msg, msg
+    assert "cannot be reshaped" in msg and "logit agreement" not in msg
+
+
+def test_auto_with_an_unavailable_reference_says_so_at_check(tmp_path, model_file, image_folder):
+    """The fp32 reference cannot even be built (a provider this onnxruntime lacks) while the
+    OpenVINO candidates can: --check names the reference and the setting, in one line."""
+    import subprocess
+    import sys
+
+    with pytest.raises(FsacError) as e:
+        load_model(ModelConfig(path=str(model_file), calibration_images=str(image_folder),
+                               providers=["TensorrtExecutionProvider"]))
+    msg = str(e.value)
+    assert msg.startswith("model.backend auto: the reference onnxruntime fp32 is not available"), msg
+    assert "model.providers: TensorrtExecutionProvider" in msg and "logit agreement" not in msg
+    proc = subprocess.run([sys.executable, "-m", "fsac.runtime.cli", "--check", "--model", str(model_file),
+                           "--source", str(image_folder), "--jsonl", str(tmp_path / "r.jsonl"),
+                           "--set", f"model.calibration_images={image_folder}",
+                           "--set", "model.providers=[TensorrtExecutionProvider]"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "fsac-run: error: model.backend auto: the reference onnxruntime fp32 is not available" \
+        in proc.stderr.strip().splitlines()[-1]
