@@ -24,6 +24,15 @@ prometheus_client.disable_created_metrics()
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 INFERENCE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
+# Sink statistics that only ever grow during a run (runtime/delivery.py and the sinks'
+# stats()): exported as counters, fsac_sink_<key>_total, so that rate() and increase() work
+# on them; every other key (pending, failing, connected, queued) is a gauge. The saved-frames
+# sink's "errors" stays a gauge named fsac_sink_errors: as a counter it would be the series
+# of the daemon's own fsac_sink_errors_total (exceptions raised by a sink).
+SINK_COUNTS = frozenset({"delivered", "delivery_errors", "lost", "written", "bytes", "rotations", "published",
+                         "reconnects", "posted", "post_failures", "dropped", "deleted", "images_missing",
+                         "unsaveable"})
+
 
 class Counter(prometheus_client.Counter):
     """A prometheus_client counter whose current value the daemon can read (summary line)."""
@@ -126,7 +135,10 @@ class RuntimeMetrics:
             e.sample("fsac_model_info", 1, model_info)
             for key in sorted({k for stats in sink_stats.values() for k in stats}):
                 metric = "fsac_sink_" + "".join(c if c.isalnum() or c == "_" else "_" for c in key)
-                e.family(metric, "gauge", f"Sink statistic '{key}' as reported by the sink.")
+                kind = "counter" if key in SINK_COUNTS else "gauge"
+                if kind == "counter":
+                    metric += "_total"
+                e.family(metric, kind, f"Sink statistic '{key}' as reported by the sink.")
                 for name in sorted(sink_stats):
                     value = sink_stats[name].get(key)
                     if isinstance(value, (int, float)):

@@ -233,7 +233,7 @@ def test_watch_daemon_http_sighup_notify_and_sigterm(tmp_path, bottle_images):
         assert info.value == 1 and info.labels["name"] == "live.onnx" and info.labels["arch"] == "test-mean-pixel"
         assert re.fullmatch(r"[0-9a-f]{64}", info.labels["sha256"]) and info.labels["logit_threshold"] == "0.6"
         assert "# TYPE fsac_latency_seconds histogram" in text
-        assert metric(text, 'fsac_sink_written{sink="jsonl"}') == 5
+        assert metric(text, 'fsac_sink_written_total{sink="jsonl"}') == 5
     finally:
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=20)

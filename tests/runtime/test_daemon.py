@@ -115,7 +115,7 @@ def test_folder_run_scores_every_image_and_reports_bad_files(tmp_path, image_fol
     text = daemon.render_metrics()
     assert metric_value(text, "fsac_frames_total") == len(names) and metric_value(text, "fsac_errors_total") == 2
     assert f'sha256="{records[0]["model_sha256"]}"' in text
-    assert metric_value(text, "fsac_sink_written", sink="jsonl") == 14
+    assert metric_value(text, "fsac_sink_written_total", sink="jsonl") == 14
 
 
 def test_bad_camera_frames_become_error_records(tmp_path, model_file):

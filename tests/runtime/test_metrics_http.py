@@ -39,13 +39,34 @@ def test_metrics_page_parses_with_prometheus_and_counts_exactly():
     assert metric_value(text, "fsac_latency_seconds_bucket", le="+Inf") == 5
     assert metric_value(text, "fsac_latency_seconds_count") == 5
     assert metric_value(text, "fsac_latency_seconds_sum") == pytest.approx(30.535)
-    assert metric_value(text, "fsac_sink_written", sink="jsonl") == 3
+    assert metric_value(text, "fsac_sink_written_total", sink="jsonl") == 3
     assert metric_value(text, "fsac_sink_errors_total", sink="mqtt") == 1
     assert metric_value(text, "fsac_sink_errors_total", sink="jsonl") == 0  # shown before its first error
     families = [f.name for f in text_string_to_metric_families(text)]
     assert len(families) == len(set(families))  # every family declared once
     assert "_created" not in text
 
+
+
+def test_per_sink_counts_are_counters_and_states_are_gauges():
+    """A sink's delivered / lost / written counts only grow: Prometheus counters (rate() and
+    increase() need them as such); pending, failing and connected go up and down: gauges."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    stats = {"jsonl": {"delivered": 5, "pending": 2, "delivery_errors": 1, "failing": 0, "lost": 0, "written": 5},
+             "mqtt": {"delivered": 3, "pending": 4, "lost": 2, "published": 3, "connected": 1, "reconnects": 1}}
+    text = RuntimeMetrics().render(queue_depth=0, reconnects=0, ready=True, source_connected=True,
+                                   model_info={}, sink_stats=stats)
+    kinds = {f.name: f.type for f in text_string_to_metric_families(text)}
+    for key in ("delivered", "lost", "delivery_errors", "written", "published", "reconnects"):
+        assert kinds[f"fsac_sink_{key}"] == "counter", key
+    for key in ("pending", "failing", "connected"):
+        assert kinds[f"fsac_sink_{key}"] == "gauge", key
+    assert metric_value(text, "fsac_sink_delivered_total", sink="mqtt") == 3
+    assert metric_value(text, "fsac_sink_lost_total", sink="mqtt") == 2
+    assert metric_value(text, "fsac_sink_lost_total", sink="jsonl") == 0
+    assert metric_value(text, "fsac_sink_pending", sink="mqtt") == 4
+    assert "fsac_sink_delivered{" not in text  # the count is no longer also a gauge of that name
 
 def test_status_server_readiness_and_port_conflict():
     state = {"ready": (False, "source /dev/video0 is not open")}
