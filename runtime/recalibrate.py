@@ -43,6 +43,32 @@ def _stem(path: Path) -> str:
     return name.split(".recal-")[0]
 
 
+def _confirmed_defects(images: list[Path], feedback_dir: Path) -> list[Path]:
+    """The images that are frames marked Confirmed defect: inside that label's folder, or the
+    same bytes (a copy; the size is compared first, so few files are hashed)."""
+    from fsac.feedback import CONFIRMED_DEFECT, defect_images
+    from fsac.io import sha256_file
+
+    folder = (feedback_dir / CONFIRMED_DEFECT).resolve()
+    frames = defect_images(feedback_dir)
+    sizes: dict[int, set[str] | None] = {}
+    for f in frames:
+        sizes.setdefault(f.stat().st_size, None)
+    found = []
+    for p in images:
+        if p.parent == folder:
+            found.append(p)
+            continue
+        size = p.stat().st_size
+        if size not in sizes:
+            continue
+        if sizes[size] is None:  # hash the marked frames of this size once
+            sizes[size] = {sha256_file(f) for f in frames if f.stat().st_size == size}
+        if sha256_file(p) in sizes[size]:
+            found.append(p)
+    return found
+
+
 class RecalJob:
     """At most one re-calibration at a time; its state is what the page shows."""
 
@@ -67,12 +93,13 @@ class RecalJob:
         missing = [p for p in self.calibration_images if not Path(p).exists()]
         if missing:
             raise FsacError(f"live.calibration_images: not found: {', '.join(missing)}")
+        info = threshold_info(model.info.metadata)
+        alpha = self.alpha if self.alpha is not None else float(info.get("alpha") or DEFAULT_ALPHA)
+        self._check_images(alpha)
         with self._lock:
             if self.state.get("status") == "running":
                 raise FsacError("a re-calibration is already running")
             source = Path(model.info.source)
-            info = threshold_info(model.info.metadata)
-            alpha = self.alpha if self.alpha is not None else float(info.get("alpha") or DEFAULT_ALPHA)
             out = source.with_name(f"{_stem(source)}.recal-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.onnx")
             if not os.access(source.parent, os.W_OK):
                 raise FsacError(f"cannot write the new model beside the old one: {source.parent} is not writable")
@@ -94,6 +121,30 @@ class RecalJob:
                              daemon=True).start()
             log.info("re-calibration started: %s (%d feedback images, alpha %g)", out.name, n_good, alpha)
             return dict(self.state)
+
+    def _check_images(self, alpha: float) -> None:
+        """What `fsac calibrate` would refuse only after scoring every image, refused before the
+        job starts: too few normal images for alpha, and frames the operator marked Confirmed
+        defect among the calibration images (calibrated as normal, a defect raises the
+        threshold over itself; `--feedback` adds only the False alarm ones, fsac.feedback)."""
+        from fsac.runner import expand_images
+        from fsac.threshold import min_normal_images
+
+        try:
+            images = list(dict.fromkeys(p.resolve() for p in expand_images(self.calibration_images)))
+        except FsacError as e:
+            raise FsacError(f"live.calibration_images: {e}") from None
+        defects = _confirmed_defects(images, Path(self.feedback_dir))
+        if defects:
+            raise FsacError(f"live.calibration_images: {len(defects)} of its images are frames marked Confirmed "
+                            f"defect in {self.feedback_dir} ({', '.join(p.name for p in defects[:3])}"
+                            f"{', ...' if len(defects) > 3 else ''}); take them out of the normal images")
+        marked = [p for p in good_images(self.feedback_dir) if p.resolve() not in set(images)]
+        n, need = len(images) + len(marked), min_normal_images(alpha)
+        if n < need:
+            raise FsacError(f"live.calibration_images: {n} normal images found ({len(images)} calibration images, "
+                            f"{len(marked)} marked False alarm); alpha {alpha:g} needs at least {need} (add "
+                            "calibration images, or set a larger live.alpha)")
 
     def _wait(self, proc: subprocess.Popen, out: Path, report: Path) -> None:
         _, err = proc.communicate()

@@ -40,3 +40,21 @@ def test_a_json_that_is_not_an_object_or_points_outside_the_folder_is_no_pair(tm
         (d / f"bad{i}.json").write_text(json.dumps(data))
     assert [p.name for p in good_images(tmp_path)] == ["ok.png"]
     assert counts(tmp_path)[FALSE_ALARM] == 1
+
+
+def test_a_frame_also_marked_confirmed_defect_is_never_a_good_image(tmp_path):
+    """An operator who marked a frame False alarm and then Confirmed defect (or the other way
+    round) has said it may be a defect: calibrating on it as a normal image would raise the
+    threshold over that very defect. The frame is known by its record (run_id, seq)."""
+    def pair(label, stem, run_id, seq):
+        d = tmp_path / label
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"{stem}.png").write_bytes(b"\x89PNG fake " + stem.encode())
+        (d / f"{stem}.json").write_text(json.dumps({"label": label, "image": f"{stem}.png",
+                                                    "record": {"run_id": run_id, "seq": seq}}))
+
+    pair(FALSE_ALARM, "20240101", "run-a", 7)
+    pair(FALSE_ALARM, "20240102", "run-a", 8)
+    pair(CONFIRMED_DEFECT, "20240103", "run-a", 7)  # the same frame as 20240101, judged again
+    pair(CONFIRMED_DEFECT, "20240104", "run-b", 8)  # another run's seq 8: another frame
+    assert [p.name for p in good_images(tmp_path)] == ["20240102.png"]

@@ -98,8 +98,9 @@ def line(tmp_path_factory, make_model):
     watch.mkdir()
     port = h.free_port()
     cfg = root / "fsac-run.yaml"
-    # alpha 0.05 with 20 + 1 normal images: k = n, the new threshold lies just above the largest
-    # normal logit, which is the frame the operator marked as a false alarm.
+    # alpha 0.05 with 20 normal images: k = n, the new threshold lies just above the largest
+    # normal logit. The frame the operator marks False alarm and then Confirmed defect is not
+    # one of them (fsac.feedback.good_images).
     cfg.write_text(yaml.safe_dump({
         "model": {"path": str(model)},
         "source": {"kind": "watch", "uri": str(watch), "settle_s": 0.05, "poll_s": 0.05, "give_up_s": 0.3},
@@ -185,7 +186,8 @@ def test_live_view_follows_the_line_marks_recalibrates_and_activates(browser, li
     (confirmed,) = (line["feedback"] / "confirmed_defect").glob("*.json")
     assert json.loads(confirmed.read_text())["record"]["name"] == "p002.png"
 
-    # Re-calibration on the box: old and new thresholds and the expected false-alarm rate.
+    # Re-calibration on the box: old and new thresholds and the expected false-alarm rate. The
+    # frame was marked False alarm, then Confirmed defect: it is no normal image any more.
     d.find_element("id", "btn-recalibrate").click()
     _wait_text(d, "recal-status", lambda t: t.startswith("done"), "re-calibration", timeout=60)
     new_path = Path(_text(d, "recal-status").split("done: ", 1)[1])
@@ -196,23 +198,25 @@ def test_live_view_follows_the_line_marks_recalibrates_and_activates(browser, li
     _, old_info = load_model_file(line["model"])
     assert old_info.logit_threshold == 0.0  # the old file is untouched
     new_t = new_info.logit_threshold
-    assert rec["logit"] < new_t < rec["logit"] + 1e-6  # just above the false alarm (k = n)
+    z_max = max(h.expected_logit(np.asarray(Image.open(p).convert("RGB")))
+                for p in (line["root"] / "calib").iterdir())
+    assert z_max < new_t < z_max + 1e-6 < rec["logit"]  # just above the calibration images (k = n)
     assert float(_text(d, "recal-new")) == pytest.approx(new_t, rel=1e-5)
     assert float(_text(d, "recal-old")) == 0.0
-    assert _text(d, "recal-fpr") == "4.5 % (n = 21)"  # (n + 1 - k) / (n + 1) = 1 / 22, n = 20 + 1
+    assert _text(d, "recal-fpr") == "4.8 % (n = 20)"  # (n + 1 - k) / (n + 1) = 1 / 21
     assert _text(d, "recal-old-fpr") == "–"  # the file in use was never calibrated: no rate to show
-    # Activate: the daemon now serves the new file; the same part is good under it.
+    # Activate: the daemon now serves the new file; the confirmed defect is still one under it.
     d.find_element("id", "btn-activate").click()
     _wait_text(d, "model", lambda t: new_path.name in t, "new model shown as active")
     _wait_text(d, "recal-status", lambda t: t.startswith("activated"), "activated")
     shutil.copyfile(png, line["root"] / "again.png")
     shutil.move(line["root"] / "again.png", line["watch"] / "p003.png")
     _wait_text(d, "part", lambda t: t == "p003.png", "third frame")
-    assert _text(d, "verdict") == "GOOD"
+    assert _text(d, "verdict") == "DEFECTIVE"
     h.wait_for(lambda: len(h.read_jsonl(line["jsonl"])) == 3, 10, what="third record")
     third = h.read_jsonl(line["jsonl"])[-1]
     assert third["model"] == new_path.name and third["logit_threshold"] == pytest.approx(new_t)
-    assert third["logit"] == pytest.approx(rec["logit"], abs=1e-6) and third["verdict"] == "good"
+    assert third["logit"] == pytest.approx(rec["logit"], abs=1e-6) and third["verdict"] == "defective"
 
     # Pause: frames wait (not scored, /readyz says why); resume: they are scored.
     d.find_element("id", "btn-pause").click()

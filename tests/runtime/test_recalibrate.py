@@ -1,0 +1,61 @@
+"""Re-calibration from the live view (runtime/recalibrate.py): what `start` refuses before
+any work is done (too few normal images; frames the operator marked Confirmed defect among
+them), with messages that name the setting and the counts."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from fsac.errors import FsacError
+from fsac.feedback import CONFIRMED_DEFECT, FALSE_ALARM
+from fsac.runtime.backends import load_model
+from fsac.runtime.config import ModelConfig
+from fsac.runtime.feedback import save_feedback
+from fsac.runtime.recalibrate import RecalJob
+
+
+def served(tmp_path, model_file):
+    path = tmp_path / "models" / "line.fsac.onnx"
+    path.parent.mkdir()
+    shutil.copy(model_file, path)
+    return load_model(ModelConfig(path=str(path)))
+
+
+def record(seq):
+    return {"run_id": "r1", "seq": seq, "frame_id": seq, "verdict": "defective"}
+
+
+def test_too_few_normal_images_are_refused_before_any_work(tmp_path, model_file, image_folder, bottle_images):
+    from PIL import Image
+    import numpy as np
+
+    model = served(tmp_path, model_file)
+    fb = tmp_path / "fb"
+    save_feedback(fb, FALSE_ALARM, record(1), np.asarray(Image.open(bottle_images[0]).convert("RGB")), 10)
+    job = RecalJob([str(image_folder)], str(fb), alpha=0.01)
+    with pytest.raises(FsacError) as e:
+        job.start(model)
+    msg = str(e.value)
+    assert msg.startswith("live.calibration_images: ") and "13 normal images" in msg and "at least 99" in msg, msg
+    assert "alpha 0.01" in msg
+    assert job.snapshot() == {"status": "idle"}  # nothing started
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["line.fsac.onnx"]
+
+
+def test_calibration_images_holding_confirmed_defects_are_refused(tmp_path, model_file, bottle_images):
+    from PIL import Image
+    import numpy as np
+
+    model = served(tmp_path, model_file)
+    fb = tmp_path / "fb"
+    for i, src in enumerate(bottle_images[6:]):
+        save_feedback(fb, CONFIRMED_DEFECT, record(i), np.asarray(Image.open(src).convert("RGB")), 10)
+    # Pointed at the feedback folder's defects (by mistake, or the whole folder copied in).
+    job = RecalJob([str(fb / CONFIRMED_DEFECT)], str(fb), alpha=0.5)
+    with pytest.raises(FsacError) as e:
+        job.start(model)
+    msg = str(e.value)
+    assert msg.startswith("live.calibration_images: ") and "marked Confirmed defect" in msg, msg
+    assert job.snapshot() == {"status": "idle"}
