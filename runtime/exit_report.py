@@ -48,6 +48,11 @@ def exit_report(daemon: Any, pending: dict[str, int], lost: int, ended: bool) ->
             code = 1
         else:
             log.warning("pending in the journal %s: %s records (delivered on the next start)", j.folder, what)
+    pub = getattr(daemon, "_health_pub", None)
+    if pub is not None:  # not journaled, so reported here rather than left for the next start
+        lossy = pub.dropped or pub.unsent
+        log.log(logging.WARNING if lossy else logging.INFO, "health events: %d published, %d dropped, %d not "
+                "delivered at shutdown (MQTT %s)", pub.published, pub.dropped, pub.unsent, pub.topic)
     for d in daemon.deliveries:
         if d.errors:
             log.warning("sink %s: %d failed delivery attempts during the run%s", d.name, d.errors,

@@ -71,6 +71,7 @@ def _extra_metrics(d: Any, journal_metrics: Any) -> Any:
     from .trigger_io import trigger_metrics
 
     return lambda e: (journal_metrics(e), d.health.metrics(e),
+                      d._health_pub.metrics(e) if d._health_pub is not None else None,
                       trigger_metrics(e, d.trigger) if d.trigger is not None else None)
 
 
