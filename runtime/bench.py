@@ -68,11 +68,17 @@ def _percentiles(values_ms: list[float]) -> tuple[float, float]:
 def bench_runtime(model: str | os.PathLike, images: str | os.PathLike, n_frames: int = 200, batch_size: int = 4,
                   out_json: str | os.PathLike | None = None, *, providers: list[str] | None = None,
                   threads: int = 0, workers: int = 2, queue_size: int = 8, measure_rss: bool = True,
-                  spin_wait: bool = False, rounds: int = 2, backend: str = "", precision: str = "", streams: int = 0,
+                  spin_wait: bool = False, rounds: int = 2, backend: str = "", precision: str = "",
+                  streams: int | str = "auto",
                   peaks: bool = True, page_client: bool = False, trigger_requests: int = 50,
                   paced_fps: float = 0.0, paced_seconds: float = 15.0) -> dict[str, Any]:
     """Bare backend vs daemon on the same frames; returns (and optionally writes) the figures."""
+    from .config import auto_streams
+
+    # The trigger and paced passes resolve `auto` for their own source, as fsac-run would; the
+    # bare loop takes what the daemon pass (a folder, every frame) resolves it to.
     bk = {"backend": backend, "precision": precision, "streams": streams}
+    bk_folder = {**bk, "streams": auto_streams("folder", "every-frame") if streams == "auto" else streams}
     model, images = Path(model), Path(images)
     if n_frames < 1 or rounds < 1:
         raise FsacError("--frames and --rounds must be >= 1")
@@ -84,7 +90,7 @@ def bench_runtime(model: str | os.PathLike, images: str | os.PathLike, n_frames:
                                   "cpu_count": os.cpu_count(), "workers": workers}
         result["spin_wait"] = spin_wait
         result["rounds"] = rounds
-        bare = Bare(model, files, batch_size, providers, threads, spin_wait, bk)
+        bare = Bare(model, files, batch_size, providers, threads, spin_wait, bk_folder)
         served = bare.model.backend
         result.update({"serial_fps": n_frames / bare.serial_s, "batch_size": served.max_batch,
                        "providers": list(served.providers), "model_bytes": bare.model.size_bytes,
@@ -103,11 +109,12 @@ def bench_runtime(model: str | os.PathLike, images: str | os.PathLike, n_frames:
                 bare_lat += lat
                 runs.append(daemon_pass(model, work / "frames", work / f"daemon{i}.jsonl", batch_size, providers,
                                          threads, workers, queue_size, spin_wait,
-                                         broker.port if broker is not None else None, bk))
+                                         broker.port if broker is not None else None, bk_folder))
                 if page_client:  # the same pass with the live view on and a page connected
                     page_runs.append(daemon_pass(model, work / "frames", work / f"page{i}.jsonl", batch_size,
                                                   providers, threads, workers, queue_size, spin_wait,
-                                                  broker.port if broker is not None else None, bk, page=True))
+                                                  broker.port if broker is not None else None, bk_folder,
+                                                  page=True))
             if paced_seconds > 0:  # frames at a camera's pace: batches of one (runtime/bench_paced.py)
                 from .bench_paced import bench_paced
 
@@ -115,7 +122,7 @@ def bench_runtime(model: str | os.PathLike, images: str | os.PathLike, n_frames:
                 fps = paced_fps or min(30.0, max(0.5, 0.5 * sum(r["frames"] for r in runs) / run_s if run_s else 1))
                 result["paced"] = bench_paced(model, files, round(fps, 1), paced_seconds, work / "paced",
                                               mqtt_port=broker.port if broker is not None else None,
-                                              batch_size=batch_size, threads=threads)
+                                              batch_size=batch_size, threads=threads, backend=bk)
         finally:
             if broker is not None:
                 broker.stop()
@@ -148,14 +155,14 @@ def bench_runtime(model: str | os.PathLike, images: str | os.PathLike, n_frames:
         result["rss_budget_bytes"] = result["model_bytes"] + RSS_ALLOWANCE
         if measure_rss:
             result.update(rss_subprocess(model, work / "frames", work, batch_size, providers, threads, workers,
-                                          spin_wait, bk, live=page_client))
+                                          spin_wait, bk_folder, live=page_client))
             result["rss_within_budget"] = bool(result["rss_peak_bytes"] <= result["rss_budget_bytes"])
         if trigger_requests:  # request -> answer in trigger mode (runtime/bench_trigger.py)
             from .bench_trigger import bench_trigger
 
             (work / "trigger").mkdir()
             result["trigger"] = bench_trigger(model, list_images(images)[0], trigger_requests, work / "trigger",
-                                              batch_size=batch_size, threads=threads)
+                                              batch_size=batch_size, threads=threads, backend=bk)
     if peaks:
         from fsac.peaks import measure_peaks
 
@@ -274,8 +281,9 @@ try:  # typer is a base dependency; the runtime itself does not need it
                                              "default: the config default)")] = "",
         precision: Annotated[str, typer.Option("--precision", help="model.openvino.precision (f32, bf16, int8, int8_bf16, "
                                                "auto) for --backend openvino")] = "",
-        streams: Annotated[int, typer.Option("--streams", min=0, help="model.openvino.streams for --backend "
-                                             "openvino (0: one stream, the latency hint)")] = 0,
+        streams: Annotated[str, typer.Option("--streams", help="model.openvino.streams for --backend openvino: "
+                                             "auto (the daemon's rule per source), throughput, or a number "
+                                             "(0 or 1: one stream, the latency hint)")] = "auto",
         peaks: Annotated[bool, typer.Option("--peaks/--no-peaks", help="measure this CPU's matmul peaks")] = True,
         page_client: Annotated[bool, typer.Option("--page-client/--no-page-client",
                                                   help="also time the daemon with the live view on and a page "
@@ -290,6 +298,14 @@ try:  # typer is a base dependency; the runtime itself does not need it
                                                      help="length of the paced storage pass (0: skip)")] = 15.0,
     ) -> None:
         """Daemon throughput and p50/p99 latency against the bare backend on the same frames."""
+        from pydantic import ValidationError
+
+        from .config import OpenVinoConfig
+
+        try:  # the daemon's own check of the value, so the bench refuses what fsac-run would
+            streams = OpenVinoConfig(streams=int(streams) if streams.strip().isdigit() else streams).streams
+        except ValidationError as e:
+            raise typer.BadParameter(e.errors()[0]["msg"].removeprefix("Value error, "), param_hint="--streams") from None
         result = bench_runtime(model, images, frames, batch_size, out,
                                providers=[p for p in (providers or "").split(",") if p], threads=threads,
                                workers=workers, measure_rss=rss, spin_wait=spin_wait, rounds=rounds,

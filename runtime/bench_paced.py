@@ -56,7 +56,8 @@ class PacedSource(Source):
 
 
 def bench_paced(model: Path, files: list[Path], fps: float, seconds: float, work: Path, *,
-                mqtt_port: int | None = None, batch_size: int = 4, threads: int = 0) -> dict[str, Any]:
+                mqtt_port: int | None = None, batch_size: int = 4, threads: int = 0,
+                backend: dict[str, Any] | None = None) -> dict[str, Any]:
     """One paced pass; returns fps, records, achieved rate and bytes written per record."""
     if fps <= 0 or seconds <= 0:
         raise FsacError("paced pass: fps and seconds must be > 0")
@@ -64,7 +65,10 @@ def bench_paced(model: Path, files: list[Path], fps: float, seconds: float, work
     arrays = [load_image(p) for p in files[:8]]
     work.mkdir(parents=True, exist_ok=True)
     cfg = RuntimeConfig()
-    cfg.model = ModelConfig(path=str(model), batch_size=batch_size, threads=threads, threshold=0.5)
+    from .bench_passes import _backend_kw
+
+    cfg.model = ModelConfig(path=str(model), batch_size=batch_size, threads=threads, threshold=0.5,
+                            **_backend_kw(backend))
     cfg.source = SourceConfig(kind="camera", uri="0", mode="every-frame")
     out = work / "paced.jsonl"
     cfg.sinks.jsonl.path = str(out)

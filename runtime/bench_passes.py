@@ -123,7 +123,7 @@ def _backend_kw(backend: dict[str, Any] | None) -> dict[str, Any]:
     kw: dict[str, Any] = {}
     if b.get("backend"):
         kw["backend"] = b["backend"]
-    ov = {k: b[k] for k in ("precision", "streams") if b.get(k)}
+    ov = {k: b[k] for k in ("precision", "streams") if b.get(k) not in (None, "")}  # streams 0 is a choice
     if ov:
         kw["openvino"] = OpenVinoConfig(**ov)
     return kw
@@ -136,7 +136,7 @@ def _backend_args(backend: dict[str, Any] | None) -> list[str]:
         args += ["--set", f"model.backend={b['backend']}"]
     if b.get("precision"):
         args += ["--set", f"model.openvino.precision={b['precision']}"]
-    if b.get("streams"):
+    if b.get("streams") not in (None, ""):
         args += ["--set", f"model.openvino.streams={b['streams']}"]
     return args
 

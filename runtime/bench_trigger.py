@@ -65,9 +65,12 @@ def summarize(latencies_ms: list[float], errors: int) -> dict[str, Any]:
 
 
 def _requests(model: Path, work: Path, name: str, source: SourceConfig, n: int, image: bytes | None,
-              batch_size: int, threads: int) -> dict[str, Any]:
+              batch_size: int, threads: int, backend: dict[str, Any] | None = None) -> dict[str, Any]:
+    from .bench_passes import _backend_kw
+
     cfg = RuntimeConfig()
-    cfg.model = ModelConfig(path=str(model), batch_size=batch_size, threads=threads, threshold=0.5)
+    cfg.model = ModelConfig(path=str(model), batch_size=batch_size, threads=threads, threshold=0.5,
+                            **_backend_kw(backend))  # the backend the bench's header names
     cfg.source = source
     cfg.sinks.jsonl.path = str(work / f"{name}.jsonl")
     cfg.journal.dir = str(work / f"{name}.journal")
@@ -88,6 +91,7 @@ def _requests(model: Path, work: Path, name: str, source: SourceConfig, n: int, 
             time.sleep(0.02)
         body: dict[str, Any] = {"image": base64.b64encode(image).decode()} if image is not None else {}
         _post(cfg.http.port, {"part_id": "warm-up", **body})  # first-call costs are not a station's latency
+        served = daemon.handle.current.backend
         latencies, errors = [], 0
         for i in range(n):
             t0 = time.perf_counter()
@@ -98,7 +102,8 @@ def _requests(model: Path, work: Path, name: str, source: SourceConfig, n: int, 
         daemon.request_stop()
         thread.join(30)
         logger.setLevel(level)
-    return summarize(latencies, errors)
+    return {**summarize(latencies, errors), "backend": served.name, "streams": getattr(served, "streams", None),
+            "precision": getattr(served, "precision", None)}
 
 
 class _FakeCamera:
@@ -130,11 +135,11 @@ def _gige_missing() -> str | None:
 
 
 def bench_trigger(model: Path, image_file: Path, n: int, work: Path, batch_size: int = 1,
-                  threads: int = 0) -> dict[str, Any]:
+                  threads: int = 0, backend: dict[str, Any] | None = None) -> dict[str, Any]:
     """The trigger rows of bench.json: {row name: figures, or {"skipped": reason}}."""
     rows: dict[str, Any] = {}
     rows["http_image"] = _requests(model, work, "trigger-http", SourceConfig(mode="trigger"), n,
-                                   image_file.read_bytes(), batch_size, threads)
+                                   image_file.read_bytes(), batch_size, threads, backend)
     missing = _gige_missing()
     if missing:
         rows["gige_software"] = {"skipped": missing}
@@ -143,10 +148,19 @@ def bench_trigger(model: Path, image_file: Path, n: int, work: Path, batch_size:
     try:
         source = SourceConfig(kind="gige", uri="127.0.0.1", mode="trigger",
                               gige={"acquisition": "software", "pixel_format": "Mono8"})
-        rows["gige_software"] = _requests(model, work, "trigger-gige", source, n, None, batch_size, threads)
+        rows["gige_software"] = _requests(model, work, "trigger-gige", source, n, None, batch_size, threads,
+                                          backend)
     finally:
         camera.stop()
     return rows
+
+
+def _served(r: dict[str, Any]) -> str:
+    if not r.get("backend"):
+        return ""
+    streams = r.get("streams")
+    return (f" ({r['backend']}" + (f" {r['precision']}" if r.get("precision") else "")
+            + (f", {streams} stream{'s' if streams != 1 else ''}" if streams else "") + ")")
 
 
 def format_rows(rows: dict[str, Any]) -> list[str]:
@@ -159,5 +173,5 @@ def format_rows(rows: dict[str, Any]) -> list[str]:
         else:
             lines.append(f"  trigger latency ({labels.get(key, key)}), request -> answer over {r['requests']}: "
                          f"p50 {r['p50_ms']:.2f} ms, p95 {r['p95_ms']:.2f} ms, max {r['max_ms']:.2f} ms, "
-                         f"{r['errors']} error answers")
+                         f"{r['errors']} error answers" + _served(r))
     return lines

@@ -10,9 +10,9 @@ runtime/config.py.
 
 from __future__ import annotations
 
-from typing import Dict, List, Literal, Optional
+from typing import Any, Dict, List, Literal, Optional, Union
 
-from pydantic import Field, create_model
+from pydantic import Field, create_model, field_validator
 
 from .gige_settings import GigeSettings
 from .opcua_settings import OpcuaSettings
@@ -36,11 +36,22 @@ class OpenVinoConfig(Settings):
         "auto", description="auto: int8 for a QDQ file, else bf16 where the device has it, else f32; "
                             "int8_bf16: a QDQ file with its float parts at bf16 (faster on AMX, further from fp32)")
     device: str = Field("CPU", description="OpenVINO device: CPU, GPU (GPU.N), or AUTO")
-    streams: int = Field(0, ge=0, le=64, description="OpenVINO NUM_STREAMS (0: one, the latency hint). N > 1: "
-                         "the throughput hint, each batch split into N parts run at once (more frames/s in "
-                         "every-frame mode, a slower single frame in trigger mode)")
+    streams: Union[int, str] = Field(
+        "auto", description="OpenVINO streams. auto: throughput for a folder or video source in every-frame mode "
+                            "(frames queue up, so frames/s is what counts), else one stream (a lone frame on all "
+                            "the threads: triggers, cameras, watch folders); throughput: OpenVINO's throughput hint, "
+                            "its own number of streams for this machine; 0 or 1: one stream, the latency hint; "
+                            "N > 1: N streams. With more than one, each batch is split into one part per stream, "
+                            "run at once (more frames/s), and a lone frame runs on one stream's threads (slower)")
     cache_dir: str = Field("", description="OpenVINO compiled-model cache folder (empty: compile at every start)")
     path_settings = ("cache_dir",)
+
+    @field_validator("streams", mode="before")
+    @classmethod
+    def _streams(cls, v: Any) -> Any:
+        if v in ("auto", "throughput") or (isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 64):
+            return v
+        raise ValueError(f"must be auto, throughput or a number of streams from 0 to 64, got {v!r}")
 
 
 class ModelConfig(Settings):

@@ -96,7 +96,7 @@ class OpenVinoBackend:
     name = "openvino"
 
     def __init__(self, model: bytes | str, info: ModelInfo, *, precision: str = "auto", device: str = "CPU",
-                 threads: int = 0, streams: int = 0, batch_size: int = 4, cache_dir: str = "") -> None:
+                 threads: int = 0, streams: int | str = 0, batch_size: int = 4, cache_dir: str = "") -> None:
         ov = import_openvino()
         self.info = info
         if device.split(".")[0].upper() not in DEVICES:
@@ -122,6 +122,10 @@ class OpenVinoBackend:
             raise FsacError(f"{info.source}: OpenVINO cannot read the model ({type(e).__name__}: "
                             f"{str(e).splitlines()[0][:200]})") from None
         self._check_io(ov_model)
+        # streams: "throughput" = OpenVINO's throughput hint with its own number of streams;
+        # "auto" reaching here unresolved (no source to decide from, runtime/config.py) = one.
+        if streams == "auto":
+            streams = 1
         config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY" if streams in (0, 1) else "THROUGHPUT"}
         # int8 QDQ: the quantized MatMuls run int8 either way; the hint sets the rest.
         hint = FLOAT_HINT[self.precision]
@@ -131,7 +135,7 @@ class OpenVinoBackend:
             config["INFERENCE_PRECISION_HINT"] = "f32"  # Intel GPUs default to f16
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
-        if streams:
+        if isinstance(streams, int) and streams:
             config["NUM_STREAMS"] = int(streams)
         if cache_dir:
             config["CACHE_DIR"] = cache_dir

@@ -63,6 +63,45 @@ def test_openvino_streams_split_each_batch_and_keep_frame_order(tiny_files, pixe
     model.backend.close()
 
 
+def test_openvino_streams_auto_follows_the_source(tiny_files, tmp_path):
+    """model.openvino.streams auto: the throughput hint where frames queue up (a folder or a
+    video in every-frame mode), one stream (all threads on a lone frame) for triggers, live
+    sources, watch folders and latest-frame mode; a value given is kept, a wrong one named."""
+    from fsac.runtime.config import load_config
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    video = tmp_path / "line.mp4"
+    video.write_bytes(b"\0")
+
+    def resolved(*sets, source=str(frames)):
+        return load_config(None, list(sets), model=str(tiny_files[0]), source=source,
+                           jsonl=str(tmp_path / "r.jsonl")).model.openvino.streams
+
+    assert resolved() == "throughput"
+    assert resolved(source=str(video)) == "throughput"
+    assert resolved("source.mode=latest-frame") == 1
+    assert resolved("source.kind=watch") == 1
+    assert resolved(source="rtsp://127.0.0.1/line") == 1
+    assert resolved("source.mode=trigger") == 1
+    assert resolved("model.openvino.streams=0") == 0
+    assert resolved("model.openvino.streams=3") == 3
+    assert resolved("model.openvino.streams=throughput", "source.mode=trigger") == "throughput"
+    with pytest.raises(FsacError, match=r"model\.openvino\.streams: must be auto, throughput or a number"):
+        resolved("model.openvino.streams=fast")
+    # what runs: OpenVINO's throughput hint gives more than one stream on 2 or more cores; one
+    # stream (the latency hint) otherwise; "auto" unresolved (no source) is one stream
+    for streams, want in (("throughput", None), (1, 1), ("auto", 1)):
+        model = load_model(ModelConfig(path=str(tiny_files[0]), threshold=0.5, backend="openvino", batch_size=2,
+                                       openvino=OpenVinoConfig(precision="f32", streams=streams), threads=2))
+        got = model.backend.streams
+        model.backend.close()
+        if want is None:
+            assert got == min(2, os.cpu_count() or 1), got
+        else:
+            assert got == want
+
+
 def test_openvino_bf16_agrees_with_fp32_within_bf16_error(tiny_files, pixels):
     import openvino as ov
 
@@ -163,8 +202,15 @@ def test_bench_runtime_times_the_openvino_backend_against_the_peaks(tiny_files, 
     from fsac.runtime.bench import bench_runtime, format_table
 
     r = bench_runtime(tiny_files[0], image_folder, n_frames=8, batch_size=4, out_json=tmp_path / "b.json",
-                      backend="openvino", precision="f32", rounds=1, measure_rss=True, paced_seconds=0)
+                      backend="openvino", precision="f32", rounds=1, measure_rss=True, paced_seconds=0,
+                      trigger_requests=3)
     assert r["backend"] == "openvino" and r["precision"] == "fp32" and "OpenVINO" in r["providers"][0]
+    # streams auto: the folder pass queues frames (throughput hint), the trigger pass runs each
+    # request on all threads (one stream), on the backend the header names (it had run the
+    # config default, ONNX Runtime, whatever --backend said)
+    assert r["streams"] == (2 if (os.cpu_count() or 1) >= 2 else 1)
+    trig = r["trigger"]["http_image"]
+    assert (trig["backend"], trig["precision"], trig["streams"]) == ("openvino", "f32", 1) and trig["requests"] == 3
     assert r["daemon_frames"] == 8 and r["daemon_errors"] == 0 and r["bare_fps"] > 0 and r["rss_peak_bytes"] > 0
     assert r["gflop_per_image"] > 0  # recorded by fsac export
     assert r["peaks"]["fp32"] > 0 and r["bare_pct_of_peak"] == pytest.approx(
