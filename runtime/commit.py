@@ -47,12 +47,19 @@ def stop_for_sync_error(d: Any, e: OSError) -> None:
     d.queue.close()
 
 
+def waiting(d: Any) -> None:
+    """The scorer is in a bounded wait for the journal (room, or a disk it retries): alive,
+    for the watchdog (runtime/lifecycle.py `alive`), as long as the journal thread is."""
+    d._wait_beat = time.monotonic()
+
+
 def journal_append(d: Any, lines: list[bytes]) -> int | None:
     """Append a batch; retries a failing disk (the input waits: back-pressure) until the
     shutdown deadline, then counts the batch as abandoned. Returns the end index or None."""
     while True:
+        waiting(d)
         try:
-            end = d.journal.append(lines, d._hard_stop) + len(lines)
+            end = d.journal.append(lines, d._hard_stop, on_wait=lambda: waiting(d)) + len(lines)
             if d.journal_error:
                 log.warning("journal %s writable again", d.journal.folder)
                 d.journal_error = None
@@ -75,6 +82,7 @@ def journal_loop(d: Any) -> None:
     """fdatasync, then acknowledge the inputs whose records are durable; save cursors, trim."""
     interval = max(0.005, d.cfg.journal.commit_interval_s)
     while True:
+        d._jbeat = time.monotonic()  # this thread makes the room a blocked scorer waits for
         d._jwake.wait(interval)  # group commit: one fdatasync for every batch of the interval
         d._jwake.clear()
         stopping = d._jstop.is_set()

@@ -125,7 +125,10 @@ class Daemon:
         self._sig_reload = False
         self._failure: str | None = None
         self._timed_out = False
-        self._heartbeat = time.monotonic()
+        self._heartbeat = time.monotonic()  # the scorer's last step (runtime/lifecycle.py `alive`)
+        self._wait_beat = 0.0  # the scorer's last round of waiting for the journal
+        self._jbeat = time.monotonic()  # the journal thread's last round
+        self._reload_thread: threading.Thread | None = None
         self._reader: threading.Thread | None = None
         self._scorer: threading.Thread | None = None
         self._jthread: threading.Thread | None = None

@@ -37,6 +37,7 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 from fsac.errors import FsacError
 
@@ -125,11 +126,13 @@ class Journal:
 
     # ---------------------------------------------------------------- writer (the scorer)
 
-    def append(self, lines: list[bytes], stop: threading.Event | None = None) -> int:
+    def append(self, lines: list[bytes], stop: threading.Event | None = None,
+               on_wait: Callable[[], None] | None = None) -> int:
         """Append complete JSON lines (each ends in b"\\n"); returns the index of the first.
 
         Blocks while the journal is full in `block` mode (until a sink catches up, or `stop`
-        is set: then raises FsacError, nothing written). One write() per call.
+        is set: then raises FsacError, nothing written), calling `on_wait` every 0.1 s of it
+        (the daemon's watchdog: waiting, not hung). One write() per call.
         """
         data = b"".join(lines)
         n = len(lines)
@@ -146,6 +149,8 @@ class Journal:
                 if stop is not None and stop.is_set() or self._closed:
                     raise FsacError(f"journal.dir: {self.folder} is full and the daemon is stopping")
                 self.waiting = True
+                if on_wait is not None:
+                    on_wait()
                 self._cond.wait(0.1)
             self.waiting = False
             self.blocked_s += time.monotonic() - t0

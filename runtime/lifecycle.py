@@ -3,7 +3,8 @@ drain and shutdown deadlines, and closing everything in order. Functions of the 
 (`d`, runtime/daemon.py).
 
   main        handles signals (SIGTERM/SIGINT: stop, drain, flush, exit; SIGHUP: reload the
-              model), pings the systemd watchdog while the scorer makes progress, and serves
+              model, in a thread of its own so that a slow load cannot hold up the pings),
+              pings the systemd watchdog while the daemon is alive (`alive`), and serves
               nothing else; the HTTP endpoints run on their own thread.
 
 Of daemon.shutdown_timeout_s, three quarters go to draining the queue and the rest to
@@ -13,6 +14,7 @@ closing the sinks; the reader gets at most 3 s to leave a read it is stuck in.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Any
 
@@ -30,9 +32,10 @@ def main_loop(d: Any) -> float:
     drain_deadline = reader_deadline = None
     while d._scorer is not None and d._scorer.is_alive():
         now = time.monotonic()
-        if d._sig_reload:
-            d._sig_reload = False
-            reload_model(d)
+        if d._sig_reload and (d._reload_thread is None or not d._reload_thread.is_alive()):
+            d._sig_reload = False  # a SIGHUP during a reload is kept for after it
+            d._reload_thread = threading.Thread(target=reload_model, args=(d,), name="fsac-reload", daemon=True)
+            d._reload_thread.start()
         if d._sig_stop and drain_deadline is None:
             begin_stop(d, now)
             drain_deadline = now + timeout * 0.75  # the rest is for closing the sinks
@@ -50,8 +53,8 @@ def main_loop(d: Any) -> float:
                           timeout * 0.75)
                 break
         if wd is not None and now >= next_ping:
-            # Ping only while the scorer makes progress: a hung inference gets us restarted.
-            if now - d._heartbeat < max(2 * wd, 5.0):
+            # Ping only while alive: a hung inference gets us restarted.
+            if alive(d, now, max(2 * wd, 5.0)):
                 sd_notify("WATCHDOG=1")
             next_ping = now + wd
         time.sleep(0.05)
@@ -59,6 +62,20 @@ def main_loop(d: Any) -> float:
         begin_stop(d, time.monotonic())
         return time.monotonic() + timeout * 0.25 + 1.0
     return drain_deadline + timeout * 0.25
+
+
+def alive(d: Any, now: float, stale_s: float) -> bool:
+    """For the watchdog: the scorer took a step within stale_s (a batch, or an idle or paused
+    round), or it is waiting honestly: looping in a bounded wait for journal room
+    (back-pressure from a sink that fails or a full disk, which recover on their own) while
+    the journal thread, which makes that room, still goes round (it sleeps up to
+    journal.commit_interval_s between rounds). Not alive: a scorer stuck inside a call (a hung
+    inference, a write that never returns), or waiting on a journal thread that is stuck."""
+    if now - d._heartbeat < stale_s:
+        return True
+    journal = d._jthread is not None and d._jthread.is_alive() \
+        and now - d._jbeat < stale_s + d.cfg.journal.commit_interval_s
+    return journal and now - d._wait_beat < stale_s
 
 
 def begin_stop(d: Any, now: float) -> None:

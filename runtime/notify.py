@@ -2,8 +2,9 @@
 
 With `Type=notify` systemd waits for READY=1 before it counts the service as started, and
 with `WatchdogSec=` it restarts the service when WATCHDOG=1 stops arriving. The daemon only
-pings the watchdog while its scoring thread is making progress, so a hung inference call
-(a wedged GPU driver, say) ends in a restart instead of a silent line.
+pings the watchdog while its scoring thread is making progress or waiting honestly for
+journal room (runtime/lifecycle.py `alive`), so a hung inference call (a wedged GPU driver,
+say) ends in a restart instead of a silent line, and a full disk does not.
 
 Outside systemd NOTIFY_SOCKET is unset and every call is a no-op.
 """
