@@ -138,6 +138,12 @@ class OnnxBackend:
 # --------------------------------------------------------------------------- model handle
 
 
+def _streams_text(backend: Any) -> str:
+    """OpenVINO's streams as compiled (model.openvino.streams resolved, runtime/config.py)."""
+    n = getattr(backend, "streams", None)
+    return f", {n} stream{'s' if n != 1 else ''}" if isinstance(n, int) and n > 0 else ""
+
+
 @dataclass(frozen=True)
 class LoadedModel:
     """One model ready to serve: verified file, backend, and the threshold in force."""
@@ -168,7 +174,7 @@ class LoadedModel:
                 f"input {self.info.image_size}x{self.info.image_size}, logit threshold {self.logit_threshold:.4g} "
                 f"(score {self.threshold:.6g}) from "
                 f"{self.threshold_source}, backend {self.backend.name} {','.join(self.backend.providers)}, "
-                f"batch <= {self.backend.max_batch})"
+                f"batch <= {self.backend.max_batch}{_streams_text(self.backend)})"
                 + (f"; {self.selection.summary()}" if self.selection is not None else ""))
 
 

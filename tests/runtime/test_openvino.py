@@ -95,6 +95,7 @@ def test_openvino_streams_auto_follows_the_source(tiny_files, tmp_path):
         model = load_model(ModelConfig(path=str(tiny_files[0]), threshold=0.5, backend="openvino", batch_size=2,
                                        openvino=OpenVinoConfig(precision="f32", streams=streams), threads=2))
         got = model.backend.streams
+        assert f", {got} stream{'s' if got != 1 else ''})" in model.describe()  # what --check and the log say
         model.backend.close()
         if want is None:
             assert got == min(2, os.cpu_count() or 1), got
