@@ -27,11 +27,12 @@ INFERENCE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.
 # Sink statistics that only ever grow during a run (runtime/delivery.py and the sinks'
 # stats()): exported as counters, fsac_sink_<key>_total, so that rate() and increase() work
 # on them; every other key (pending, failing, connected, queued) is a gauge. The saved-frames
-# sink's "errors" stays a gauge named fsac_sink_errors: as a counter it would be the series
-# of the daemon's own fsac_sink_errors_total (exceptions raised by a sink).
+# sink's failed saves are "save_failures" (it was "errors", a gauge fsac_sink_errors beside
+# the daemon's counter fsac_sink_errors_total of exceptions raised by a sink: two meanings,
+# one name).
 SINK_COUNTS = frozenset({"delivered", "delivery_errors", "lost", "written", "bytes", "rotations", "published",
                          "reconnects", "posted", "post_failures", "dropped", "deleted", "images_missing",
-                         "unsaveable"})
+                         "unsaveable", "save_failures"})
 
 
 class Counter(prometheus_client.Counter):

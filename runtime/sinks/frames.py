@@ -117,7 +117,7 @@ class FramesSink:
         self._written = 0
         self._dropped = 0
         self._deleted = 0
-        self._errors = 0
+        self._save_failures = 0
         self._last_drop_log: float | None = None
         self._last_error_log: float | None = None
         self._closed = False
@@ -197,8 +197,8 @@ class FramesSink:
             except Exception as e:  # one bad frame (or a full disk) must not stop the sink
                 now = time.monotonic()
                 with self._lock:
-                    self._errors += 1
-                    errors = self._errors
+                    self._save_failures += 1
+                    errors = self._save_failures
                     loud = self._last_error_log is None or now - self._last_error_log >= 60.0
                     if loud:
                         self._last_error_log = now
@@ -375,7 +375,7 @@ class FramesSink:
                 "written": self._written,
                 "dropped": self._dropped,
                 "deleted": self._deleted,
-                "errors": self._errors,
+                "save_failures": self._save_failures,
                 "queued": self._queue.unfinished_tasks + len(self._staged),
                 "images_missing": self._missing,
                 "unsaveable": self._unsaveable,

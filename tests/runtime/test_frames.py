@@ -77,7 +77,7 @@ def test_saves_defective_with_json_and_skips_good(tmp_path, sinks):
         assert np.array_equal(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), frames[meta["frame_id"]])  # RGB kept
     assert saved_ids(tmp_path / "f") == [1, 3, 5]
     st = s.stats()
-    assert st["written"] == 3 and st["files"] == 3 and st["dropped"] == 0 and st["errors"] == 0
+    assert st["written"] == 3 and st["files"] == 3 and st["dropped"] == 0 and st["save_failures"] == 0
     assert st["bytes"] == sum(f.stat().st_size for f in (tmp_path / "f").iterdir())
     s.close()
     with pytest.raises(RuntimeError):
@@ -221,7 +221,7 @@ def test_bad_image_is_counted_not_fatal(tmp_path, sinks):
     s.write(rec(1), np.zeros((4, 4, 5), np.uint8))
     s.write(rec(2), img(2))
     s.flush(20)
-    assert s.stats()["errors"] == 2 and saved_ids(tmp_path / "f") == [2]
+    assert s.stats()["save_failures"] == 2 and saved_ids(tmp_path / "f") == [2]
     with pytest.raises(TypeError):
         s.write(rec(3), "not an image")
 

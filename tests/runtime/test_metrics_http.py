@@ -68,6 +68,32 @@ def test_per_sink_counts_are_counters_and_states_are_gauges():
     assert metric_value(text, "fsac_sink_pending", sink="mqtt") == 4
     assert "fsac_sink_delivered{" not in text  # the count is no longer also a gauge of that name
 
+def test_the_frames_sinks_failed_saves_are_a_counter_of_their_own(tmp_path):
+    """The saved-frames sink's failed saves only grow: a counter, fsac_sink_save_failures_total.
+    They had been a gauge fsac_sink_errors beside the daemon's own counter
+    fsac_sink_errors_total (exceptions raised by a sink): one name, two meanings. No metric
+    name is declared twice with every sink's stats present."""
+    import re
+
+    from fsac.runtime.sinks.frames import FramesSink
+
+    sink = FramesSink({"dir": str(tmp_path / "frames")})
+    sink._save_failures = 1  # what one failed save leaves (tests/runtime/test_frames.py makes real ones)
+    frames_stats = sink.stats()
+    sink.close(1.0)
+    stats = {"jsonl": {"delivered": 5, "pending": 0, "delivery_errors": 0, "failing": 0, "lost": 0, "written": 5},
+             "frames": {"delivered": 2, "pending": 0, "failing": 0, "lost": 0, **frames_stats}}
+    m = RuntimeMetrics()
+    m.sink_error("frames")
+    text = m.render(queue_depth=0, reconnects=0, ready=True, source_connected=True, model_info={},
+                    sink_stats=stats)
+    declared = re.findall(r"^# TYPE (\S+) ", text, flags=re.M)
+    assert len(declared) == len(set(declared)), sorted(n for n in declared if declared.count(n) > 1)
+    assert metric_value(text, "fsac_sink_errors_total", sink="frames") == 1  # exceptions raised by the sink
+    assert metric_value(text, "fsac_sink_save_failures_total", sink="frames") == 1  # frames it could not save
+    assert "fsac_sink_errors{" not in text
+
+
 def test_status_server_readiness_and_port_conflict():
     state = {"ready": (False, "source /dev/video0 is not open")}
     server = StatusServer("127.0.0.1", 0, metrics=lambda: "fsac_up 1\n", ready=lambda: state["ready"])
