@@ -80,6 +80,7 @@ class RecalJob:
         self.state: dict[str, Any] = {"status": "idle"}
         self._proc: subprocess.Popen | None = None
         self.outputs: set[str] = set()  # model files this daemon produced: the only ones it activates
+        self.activated: set[str] = set()  # of those, the ones ever served (a recipe may go back to one)
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
@@ -100,7 +101,11 @@ class RecalJob:
             if self.state.get("status") == "running":
                 raise FsacError("a re-calibration is already running")
             source = Path(model.info.source)
-            out = source.with_name(f"{_stem(source)}.recal-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.onnx")
+            stamp = time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())
+            out = source.with_name(f"{_stem(source)}.recal-{stamp}.onnx")
+            k = 2
+            while out.exists() or str(out) in self.outputs:  # two within a second: never overwrite one
+                out, k = source.with_name(f"{_stem(source)}.recal-{stamp}-{k}.onnx"), k + 1
             if not os.access(source.parent, os.W_OK):
                 raise FsacError(f"cannot write the new model beside the old one: {source.parent} is not writable")
             report = out.with_name(out.name + ".report.json")
@@ -168,6 +173,28 @@ class RecalJob:
             self.outputs.add(str(out))
             log.info("re-calibration done: %s, logit threshold %s (was %s)", out.name, rep.get("logit_threshold"),
                      self.state.get("old_logit_threshold"))
+            self._prune(keep={str(out)} | self.activated)
+
+    def _prune(self, keep: set[str]) -> None:
+        """Remove this daemon's earlier re-calibrated models that were never activated, with
+        their report and plot: each is a whole model file (471 MB for ViT-B-16-plus-240), the
+        page offers only the latest, and an operator pressing Re-calibrate a few times a
+        shift would fill the box's disk. The newest and every one ever activated (served now,
+        or by a recipe the line may switch back to) are kept; files of earlier daemon runs
+        are not this job's to remove."""
+        for path in sorted(self.outputs - keep):
+            freed = 0
+            for f in (Path(path), Path(path + ".report.json"), Path(path + ".scores.png")):
+                try:
+                    freed += f.stat().st_size
+                    f.unlink()
+                except FileNotFoundError:
+                    pass
+                except OSError as e:
+                    log.warning("re-calibration: cannot remove the superseded %s: %s", f, e)
+            self.outputs.discard(path)
+            log.info("re-calibration: removed the superseded %s (never activated, %.1f MB)", Path(path).name,
+                     freed / 1e6)
 
     def activate(self, handle: Any, path: str) -> dict[str, Any]:
         """Serve the re-calibrated model `path` (verified first; the old one kept if it fails)."""
@@ -179,6 +206,7 @@ class RecalJob:
         if not handle.switch(path):
             raise FsacError(f"{Path(path).name} was refused (see the log); still serving the old model")
         with self._lock:
+            self.activated.add(path)
             if self.state.get("model") == path:
                 self.state["status"] = "activated"
         return self.snapshot()

@@ -59,3 +59,48 @@ def test_calibration_images_holding_confirmed_defects_are_refused(tmp_path, mode
     msg = str(e.value)
     assert msg.startswith("live.calibration_images: ") and "marked Confirmed defect" in msg, msg
     assert job.snapshot() == {"status": "idle"}
+
+
+def _finish(job, timeout=120.0):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while job.snapshot()["status"] == "running":
+        assert time.monotonic() < deadline, "re-calibration did not finish"
+        time.sleep(0.1)
+    state = job.snapshot()
+    assert state["status"] == "done", state
+    return state["model"]
+
+
+def test_superseded_recalibrations_are_removed_and_activated_ones_kept(tmp_path, model_file, image_folder):
+    """Each press of Re-calibrate writes a whole model file beside the served one; the page
+    offers only the newest. A finished job removes this daemon's earlier outputs that were
+    never activated (model, report, plot), and keeps every activated one and the served file."""
+    from pathlib import Path
+
+    from fsac.runtime.backends import ModelHandle
+
+    model = served(tmp_path, model_file)
+    (tmp_path / "fb").mkdir()
+    job = RecalJob([str(image_folder)], str(tmp_path / "fb"), alpha=0.2)
+    job.start(model)
+    first = _finish(job)
+    assert Path(first).is_file() and Path(first + ".report.json").is_file()
+    job.start(model)
+    second = _finish(job)
+    assert second != first and Path(second).is_file()
+    assert not Path(first).exists() and not Path(first + ".report.json").exists()
+    assert not Path(first + ".scores.png").exists()
+    handle = ModelHandle(ModelConfig(path=model.info.source), model)
+    assert job.activate(handle, second)["status"] == "activated"
+    job.start(handle.current)
+    third = _finish(job)
+    assert Path(third).is_file() and Path(second).is_file()  # served now: kept
+    job.start(handle.current)
+    fourth = _finish(job)
+    assert Path(fourth).is_file() and Path(second).is_file() and not Path(third).exists()
+    names = sorted(p.name for p in (tmp_path / "models").iterdir())
+    assert "line.fsac.onnx" in names and sum(n.endswith(".onnx") for n in names) == 3, names
+    with pytest.raises(FsacError, match="not a model this daemon re-calibrated"):
+        job.activate(handle, third)  # removed, and no longer offered
