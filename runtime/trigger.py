@@ -246,10 +246,19 @@ class TriggerHub:
             log.exception("trigger: the fail-safe record of request %s could not be journaled", req.request_id)
 
     def _watch(self) -> None:
-        while not self._stop.wait(0.005):
+        """Answer requests at their deadline. Sleeps until the earliest open deadline (submit and
+        stop wake it): it had polled every 5 ms, and on 2 cores a thread waking 200 times a
+        second while a request was scored slowed the inference itself (OpenVINO int8 on all
+        threads, measured: p50 115-137 ms with it, 102-104 without, 103 bare)."""
+        while not self._stop.is_set():
             now = time.monotonic()
             with self._lock:
+                pending = [r.deadline for r in self._open.values() if r.state == PENDING]
                 due = [r for r in self._open.values() if r.state == PENDING and r.deadline <= now]
+                if not due:
+                    if not self._stop.is_set():
+                        self._lock.wait(min(1.0, max(0.001, min(pending, default=now + 1.0) - now)))
+                    continue
             for req in due:
                 where = self.source_state()
                 self._expire(req, f"deadline exceeded: no result within trigger.deadline_s={self.cfg.deadline_s:g}s"
