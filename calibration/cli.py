@@ -78,7 +78,7 @@ def calibrate_command(
     from fsac.metadata import update_model_metadata
     from fsac.calibration.plot import write_scores_png
     from fsac.runner import score_model_file
-    from fsac.threshold import METHODS, check_alpha, check_not_degenerate, compute_threshold
+    from fsac.threshold import METHODS, check_alpha, check_not_degenerate, compute_threshold, training_shots
     from fsac.score import VERDICT_RULE
     from fsac.io import sha256_bytes
     from fsac.modelfile import load_model_file
@@ -108,12 +108,9 @@ def calibrate_command(
         notes.append(f"added {len(marked)} frame(s) marked False alarm from {feedback}")
     # Training shots score lower than other good parts (the model was fit on them), so
     # they would pull a conformal threshold down and break exchangeability: drop them.
-    train_hashes = {e.get("sha256") for e in json.loads(info.metadata.get("fsac.train_images", "[]") or "[]")
-                    if isinstance(e, dict)}
-    if train_hashes:
-        from fsac.io import sha256_file
-
-        kept = [p for p in normals if sha256_file(p) not in train_hashes]
+    shots = set(training_shots(normals, info.metadata))
+    if shots:
+        kept = [p for p in normals if p not in shots]
         if len(kept) < len(normals):
             note = (f"left out {len(normals) - len(kept)} training shot(s) from the normal images: "
                     + ", ".join(p.name for p in normals if p not in set(kept)))

@@ -111,6 +111,24 @@ def conformal_rank(n: int, alpha: float) -> int:
     return k
 
 
+def training_shots(images: list, metadata: dict[str, str]) -> list:
+    """The images among `images` (paths) that are the model's own training shots, by content
+    (the sha256 list `fsac.train_images` in the model file). They score lower than other good
+    parts, the model having been fit on them, so they would pull a conformal threshold down
+    and break exchangeability: `fsac calibrate` leaves them out, and the live view's
+    re-calibration counts without them."""
+    import json
+
+    from fsac.io import sha256_file
+
+    try:
+        entries = json.loads(metadata.get("fsac.train_images", "[]") or "[]")
+    except ValueError:
+        return []
+    hashes = {e.get("sha256") for e in entries if isinstance(e, dict)} if isinstance(entries, list) else set()
+    return [p for p in images if hashes and sha256_file(p) in hashes]
+
+
 def min_normal_images(alpha: float) -> int:
     """Smallest n for which the conformal threshold is finite: ceil((n+1)(1-alpha)) <= n."""
     # (n+1)(1-alpha) <= n  <=>  n >= (1-alpha)/alpha: start just below that (a tiny alpha would

@@ -96,7 +96,7 @@ class RecalJob:
             raise FsacError(f"live.calibration_images: not found: {', '.join(missing)}")
         info = threshold_info(model.info.metadata)
         alpha = self.alpha if self.alpha is not None else float(info.get("alpha") or DEFAULT_ALPHA)
-        self._check_images(alpha)
+        self._check_images(alpha, model.info.metadata)
         with self._lock:
             if self.state.get("status") == "running":
                 raise FsacError("a re-calibration is already running")
@@ -127,13 +127,14 @@ class RecalJob:
             log.info("re-calibration started: %s (%d feedback images, alpha %g)", out.name, n_good, alpha)
             return dict(self.state)
 
-    def _check_images(self, alpha: float) -> None:
+    def _check_images(self, alpha: float, metadata: dict[str, str]) -> None:
         """What `fsac calibrate` would refuse only after scoring every image, refused before the
-        job starts: too few normal images for alpha, and frames the operator marked Confirmed
-        defect among the calibration images (calibrated as normal, a defect raises the
-        threshold over itself; `--feedback` adds only the False alarm ones, fsac.feedback)."""
+        job starts: too few normal images for alpha (counted as it counts them: without the
+        model's own training shots), and frames the operator marked Confirmed defect among the
+        calibration images (calibrated as normal, a defect raises the threshold over itself;
+        `--feedback` adds only the False alarm ones, fsac.feedback)."""
         from fsac.runner import expand_images
-        from fsac.threshold import min_normal_images
+        from fsac.threshold import min_normal_images, training_shots
 
         try:
             images = list(dict.fromkeys(p.resolve() for p in expand_images(self.calibration_images)))
@@ -145,11 +146,14 @@ class RecalJob:
                             f"defect in {self.feedback_dir} ({', '.join(p.name for p in defects[:3])}"
                             f"{', ...' if len(defects) > 3 else ''}); take them out of the normal images")
         marked = [p for p in good_images(self.feedback_dir) if p.resolve() not in set(images)]
-        n, need = len(images) + len(marked), min_normal_images(alpha)
+        shots = training_shots(images + marked, metadata)
+        n, need = len(images) + len(marked) - len(shots), min_normal_images(alpha)
         if n < need:
             raise FsacError(f"live.calibration_images: {n} normal images found ({len(images)} calibration images, "
-                            f"{len(marked)} marked False alarm); alpha {alpha:g} needs at least {need} (add "
-                            "calibration images, or set a larger live.alpha)")
+                            f"{len(marked)} marked False alarm"
+                            + (f", less {len(shots)} that are the model's training shots" if shots else "")
+                            + f"); alpha {alpha:g} needs at least {need} (add calibration images, or set a larger "
+                            "live.alpha)")
 
     def _wait(self, proc: subprocess.Popen, out: Path, report: Path) -> None:
         _, err = proc.communicate()

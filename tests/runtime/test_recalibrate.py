@@ -104,3 +104,29 @@ def test_superseded_recalibrations_are_removed_and_activated_ones_kept(tmp_path,
     assert "line.fsac.onnx" in names and sum(n.endswith(".onnx") for n in names) == 3, names
     with pytest.raises(FsacError, match="not a model this daemon re-calibrated"):
         job.activate(handle, third)  # removed, and no longer offered
+
+
+def test_training_shots_do_not_count_as_normal_images(tmp_path, model_file, image_folder):
+    """`fsac calibrate` leaves the model's own training shots out of the normal images, so the
+    up-front count must too: 12 calibration images of which 4 are training shots are 8, too
+    few for alpha 0.1 (9), refused before any work and saying why."""
+    import json
+
+    from fsac.io import sha256_file
+    from fsac.metadata import update_model_metadata
+    from fsac.runner import expand_images
+
+    images = expand_images([image_folder])
+    assert len(images) == 12
+    model = served(tmp_path, model_file)
+    update_model_metadata(model.info.source, {"fsac.train_images": json.dumps(
+        [{"name": p.name, "sha256": sha256_file(p)} for p in images[:4]])})
+    model = load_model(ModelConfig(path=model.info.source))
+    (tmp_path / "fb").mkdir()
+    job = RecalJob([str(image_folder)], str(tmp_path / "fb"), alpha=0.1)
+    with pytest.raises(FsacError) as e:
+        job.start(model)
+    msg = str(e.value)
+    assert "8 normal images found (12 calibration images, 0 marked False alarm, less 4 that are the model's " \
+           "training shots); alpha 0.1 needs at least 9" in msg, msg
+    assert job.snapshot() == {"status": "idle"}
