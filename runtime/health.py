@@ -11,7 +11,9 @@ alarms on the frame's record (`health`, empty when all is well):
   lighting_changed  brightness outside the calibrated band
   focus_lost        sharpness far below the calibrated images'
   reject_rate_high  defective verdicts over the last WINDOW frames far above the calibrated
-                    false-alarm rate (with a floor, so a small rate does not alarm on noise)
+                    false-alarm rate (with a floor, so a small rate does not alarm on noise),
+                    each model's verdicts against its own rate: a re-calibrated model
+                    activated, a SIGHUP reload of a new file or a recipe starts its own window
 
 Bands are wide on purpose (K spreads, with absolute floors): an alarm means "the picture
 itself went wrong", not "this part is unusual" (that is the model's job).
@@ -30,6 +32,7 @@ from fsac.imagestats import image_stats
 
 K = 4.0  # spreads of the calibration images' statistic
 WINDOW = 200
+MAX_WINDOWS = 16  # models whose verdict windows are kept (recipes, re-calibrations); oldest dropped
 ALARMS = ("lens_blocked", "lighting_changed", "focus_lost", "reject_rate_high")
 
 
@@ -49,7 +52,7 @@ def frame_alarms(s: dict[str, float], ref: dict[str, Any]) -> list[str]:
 class HealthMonitor:
     def __init__(self) -> None:
         self._refs: dict[str, dict[str, Any] | None] = {}  # model sha256 -> parsed fsac.image_stats
-        self._verdicts: deque[bool] = deque(maxlen=WINDOW)
+        self._verdicts: dict[str, deque[bool]] = {}  # model sha256 -> its last WINDOW verdicts
         self._lock = threading.Lock()
         self.active: dict[str, int] = {a: 0 for a in ALARMS}  # 1 if the last frame raised it
         self.counts: dict[str, int] = {a: 0 for a in ALARMS}  # frames that raised it
@@ -65,6 +68,17 @@ class HealthMonitor:
             except (TypeError, ValueError):
                 self._refs[model.sha256] = None
         return self._refs[model.sha256]
+
+    def _window(self, sha256: str) -> deque[bool]:
+        """This model's verdicts: another model's (the one a re-calibration replaced, say) are
+        judged against that model's own false-alarm rate, not this one's."""
+        window = self._verdicts.pop(sha256, None)
+        if window is None:
+            window = deque(maxlen=WINDOW)
+            while len(self._verdicts) >= MAX_WINDOWS:
+                self._verdicts.pop(next(iter(self._verdicts)))
+        self._verdicts[sha256] = window  # most recently used last
+        return window
 
     def current(self) -> list[str]:
         """The alarms in force (those of the last frame), for a record without a frame of its own."""
@@ -83,11 +97,12 @@ class HealthMonitor:
                 # A frame without pixels (an error record) says nothing about the lens or the
                 # light: the alarms of the last frame that had pixels stay in force.
                 alarms = list(self._pixel_alarms)
+                verdicts = self._window(model.sha256)
                 if record["verdict"] != "error":
-                    self._verdicts.append(record["verdict"] == "defective")
+                    verdicts.append(record["verdict"] == "defective")
                 rate = ref.get("false_alarm_rate") if ref else None
-                if rate is not None and len(self._verdicts) >= 50:
-                    if sum(self._verdicts) / len(self._verdicts) > max(3.0 * rate, rate + 0.1):
+                if rate is not None and len(verdicts) >= 50:
+                    if sum(verdicts) / len(verdicts) > max(3.0 * rate, rate + 0.1):
                         alarms.append("reject_rate_high")
                 record["health"] = alarms
                 if alarms != self._last and self.on_change is not None:

@@ -115,3 +115,43 @@ def test_an_error_frame_keeps_the_alarm_in_force(tmp_path, model_file, bottle_im
     text = daemon.render_metrics()
     assert metric_value(text, "fsac_health_alarm", alarm="lens_blocked") == 1
     assert metric_value(text, "fsac_health_alarm_frames_total", alarm="lens_blocked") == 1  # frames that showed it
+
+
+def test_each_model_judges_the_reject_rate_on_its_own_verdicts(tmp_path, model_file, bottle):
+    """reject_rate_high compares the defective share of the last frames with the served
+    model's calibrated false-alarm rate. The window had been shared: after a re-calibrated
+    model (or a recipe) took over, the old model's rejects kept the alarm up against the new
+    model's rate for up to 200 frames. Each model now counts its own verdicts."""
+    from types import SimpleNamespace
+
+    from fsac.runtime.backends import load_model
+    from fsac.runtime.config import ModelConfig
+    from fsac.runtime.health import HealthMonitor
+
+    spec = PreprocessSpec(image_size=S)
+    calib = sorted((bottle / "train" / "good").glob("*.png"))[:8]
+    ref = reference_stats([resize_crop(np.asarray(Image.open(p).convert("RGB")), spec) for p in calib], 0.05)
+    models = []
+    for name in ("old", "recal"):
+        path = tmp_path / f"{name}.fsac.onnx"
+        shutil.copy(model_file, path)
+        update_model_metadata(path, {"fsac.image_stats": json.dumps(ref), "fsac.note": name})  # two files
+        models.append(load_model(ModelConfig(path=str(path))))
+    old, recal = models
+    assert old.sha256 != recal.sha256
+    monitor = HealthMonitor()
+    no_pixels = SimpleNamespace(x=None)
+
+    def frame(model, verdict):
+        record = {"verdict": verdict}
+        monitor.annotate([record], [no_pixels], model)
+        return record["health"]
+
+    for _ in range(60):  # the old model rejects every part: far above its 5 % false alarms
+        got = frame(old, "defective")
+    assert got == ["reject_rate_high"]
+    assert frame(recal, "good") == []  # the new model's own window: one good part
+    for _ in range(59):
+        frame(recal, "good")
+    assert frame(recal, "good") == [] and monitor.current() == []
+    assert frame(old, "good") == ["reject_rate_high"]  # back to the old model (a recipe): its window
