@@ -113,6 +113,15 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def nearest_existing(path: str | os.PathLike) -> Path:
+    """`path` itself if it exists, else its closest ancestor that does: where a folder that is
+    still to be created would be made (what a writability check must look at)."""
+    existing = Path(path)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    return existing
+
+
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from fsac import __version__
 from fsac.errors import FsacError
+from fsac.io import nearest_existing
 
 from .config import load_config, sink_section_enabled
 
@@ -78,9 +79,7 @@ def check_journal_dir(folder: str) -> None:
     path = Path(folder)
     if path.exists() and not path.is_dir():
         raise FsacError(f"journal.dir: {path} is not a folder")
-    existing = path
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
+    existing = nearest_existing(path)
     if not existing.is_dir():
         raise FsacError(f"journal.dir: cannot create {path}: {existing} is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
@@ -109,9 +108,7 @@ def check(cfg) -> list[str]:
         lines.append("source: none, mode trigger (images sent with the requests)")
     if cfg.sinks.jsonl.path:
         path = Path(cfg.sinks.jsonl.path)
-        parent = path.parent
-        while not parent.exists() and parent != parent.parent:
-            parent = parent.parent
+        parent = nearest_existing(path.parent)
         if (path.exists() and not os.access(path, os.W_OK)) or (not path.exists() and not os.access(parent, os.W_OK)):
             raise FsacError(f"sinks.jsonl.path: cannot write {path} (permissions)")
         jl = cfg.sinks.jsonl

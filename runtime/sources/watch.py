@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from fsac.errors import FsacError, ImageDecodeError
+from fsac.io import nearest_existing
 from fsac.preprocess import IMAGE_SUFFIXES, decode_image_bytes
 
 from ..config import SourceConfig
@@ -64,9 +65,7 @@ class WatchSource(Source):
             raise FsacError(f"source.uri: cannot read folder {self.folder} (permissions)")
         if self.cfg.processed == "move":
             if self.done_dir.is_dir() or not create:
-                existing = self.done_dir
-                while not existing.exists() and existing != existing.parent:
-                    existing = existing.parent
+                existing = nearest_existing(self.done_dir)
                 if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
                     raise FsacError(f"source.done_dir: {self.done_dir} is not a writable folder")
             else:

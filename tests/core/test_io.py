@@ -159,3 +159,12 @@ def test_a_full_disk_names_the_file_and_leaves_nothing(mount_small):
         atomic_write_bytes(fs / "weights.safetensors", b"\0" * (1 << 20))
     assert e.value.errno == errno.ENOSPC and e.value.filename == str(fs / "weights.safetensors")
     assert list(fs.iterdir()) == []
+
+
+def test_nearest_existing_is_the_path_or_its_closest_existing_ancestor(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "f").write_text("x")
+    assert fio.nearest_existing(tmp_path / "a") == tmp_path / "a"
+    assert fio.nearest_existing(tmp_path / "a" / "b" / "c") == tmp_path / "a"
+    assert fio.nearest_existing(tmp_path / "f" / "sub") == tmp_path / "f"  # a file: the caller refuses it
+    assert fio.nearest_existing("/") == fio.Path("/")
