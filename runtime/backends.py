@@ -138,9 +138,9 @@ class OnnxBackend:
 # --------------------------------------------------------------------------- model handle
 
 
-def _streams_text(backend: Any) -> str:
-    """OpenVINO's streams as compiled (model.openvino.streams resolved, runtime/config.py)."""
-    n = getattr(backend, "streams", None)
+def streams_text(n: Any) -> str:
+    """", 2 streams" for OpenVINO's streams as compiled (model.openvino.streams resolved,
+    runtime/config.py); "" for a backend without streams."""
     return f", {n} stream{'s' if n != 1 else ''}" if isinstance(n, int) and n > 0 else ""
 
 
@@ -174,7 +174,7 @@ class LoadedModel:
                 f"input {self.info.image_size}x{self.info.image_size}, logit threshold {self.logit_threshold:.4g} "
                 f"(score {self.threshold:.6g}) from "
                 f"{self.threshold_source}, backend {self.backend.name} {','.join(self.backend.providers)}, "
-                f"batch <= {self.backend.max_batch}{_streams_text(self.backend)})"
+                f"batch <= {self.backend.max_batch}{streams_text(getattr(self.backend, 'streams', None))})"
                 + (f"; {self.selection.summary()}" if self.selection is not None else ""))
 
 

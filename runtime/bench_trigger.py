@@ -156,11 +156,12 @@ def bench_trigger(model: Path, image_file: Path, n: int, work: Path, batch_size:
 
 
 def _served(r: dict[str, Any]) -> str:
+    from .backends import streams_text
+
     if not r.get("backend"):
         return ""
-    streams = r.get("streams")
     return (f" ({r['backend']}" + (f" {r['precision']}" if r.get("precision") else "")
-            + (f", {streams} stream{'s' if streams != 1 else ''}" if streams else "") + ")")
+            + streams_text(r.get("streams")) + ")")
 
 
 def format_rows(rows: dict[str, Any]) -> list[str]:

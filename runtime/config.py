@@ -247,9 +247,10 @@ def resolve_openvino_streams(cfg: RuntimeConfig) -> None:
     threads; with two on 2 cores each stream has one core, so a decoder taking a core stalls
     one stream instead of the whole inference: measured on an AVX-512 VNNI EPYC (2 cores, int8),
     fsac-run at 86-99 % (mean 94 %) of the bare backend with two streams against 85-89 % with
-    one, the bare throughput the same, but a lone frame 190 instead of 103 ms (README). So two where frames queue
-    up (OpenVINO's throughput hint: two streams of one thread on 2 cores, its own choice on
-    more), one where each frame's latency counts (triggers, cameras, watch folders)."""
+    one, the bare throughput the same, but a lone frame 190 instead of 103 ms (README). So two
+    where frames queue up (OpenVINO's throughput hint: two streams of one thread on 2 cores,
+    its own choice on more), one where each frame's latency counts (triggers, cameras, watch
+    folders)."""
     ov = cfg.model.openvino
     if ov.streams != "auto":
         return

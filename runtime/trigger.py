@@ -253,11 +253,12 @@ class TriggerHub:
         while not self._stop.is_set():
             now = time.monotonic()
             with self._lock:
-                pending = [r.deadline for r in self._open.values() if r.state == PENDING]
-                due = [r for r in self._open.values() if r.state == PENDING and r.deadline <= now]
+                pending = [r for r in self._open.values() if r.state == PENDING]
+                due = [r for r in pending if r.deadline <= now]
                 if not due:
-                    if not self._stop.is_set():
-                        self._lock.wait(min(1.0, max(0.001, min(pending, default=now + 1.0) - now)))
+                    if not self._stop.is_set():  # stop() sets it, then notifies under this lock
+                        nearest = min((r.deadline for r in pending), default=now + 1.0)
+                        self._lock.wait(min(1.0, max(0.001, nearest - now)))
                     continue
             for req in due:
                 where = self.source_state()
