@@ -213,7 +213,11 @@ def quantize_command(
                                              "(symmetric int8, for explicit-precision TensorRT engines)")] = "cpu",
     num_calib: Annotated[int, typer.Option(help="at most this many calibration images")] = 32,
     per_channel: Annotated[bool, typer.Option("--per-channel/--per-tensor", help="weight scales per output channel")] = True,
-    reduce_range: Annotated[bool, typer.Option("--reduce-range", help="7-bit weights (old CPUs without VNNI)")] = False,
+    reduce_range: Annotated[Optional[bool], typer.Option(
+        "--reduce-range/--no-reduce-range",
+        help="7-bit weights, which every CPU runs without saturating (x86 without VNNI clamps 8-bit "
+             "products) [default: 7-bit for --target cpu, 8-bit for tensorrt]; --no-reduce-range: 8-bit, "
+             "only for boxes with VNNI or AMX")] = None,
     percentile: Annotated[float, typer.Option(help="for --calibration-method percentile")] = 99.999,
     ops: Annotated[str, typer.Option(help="op types to quantize: matmul (MatMul/Gemm/Conv) or all")] = "matmul",
     scope: Annotated[str, typer.Option(help="encoder (head and score stay float) or all")] = "encoder",

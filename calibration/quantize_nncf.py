@@ -34,7 +34,8 @@ from fsac.modelfile import INPUT_NAME
 
 ENGINES = ("onnxruntime", "nncf")
 # QuantizeSettings fields that only the ONNX Runtime quantizer reads, and their defaults.
-ORT_ONLY = {"method": "minmax", "per_channel": True, "reduce_range": False, "percentile": 99.999,
+# (reduce_range does apply: it becomes NNCF's overflow fix, see quantize_nncf.)
+ORT_ONLY = {"method": "minmax", "per_channel": True, "percentile": 99.999,
             "const_weights_only": True, "float_outputs": True}
 
 
@@ -83,11 +84,16 @@ def quantize_nncf(fp32: bytes, calib_pixels: np.ndarray, settings,
     nncf.set_log_level(logging.ERROR)  # it logs every node it leaves alone at INFO
     t0 = time.perf_counter()
     try:
+        # 7-bit weights on every matrix product (ENABLE), not NNCF's default FIRST_LAYER: in a
+        # ViT every MatMul sees full-range activations, so every one saturates without VNNI.
+        fix = nncf.OverflowFix.ENABLE if settings.reduce_range else nncf.OverflowFix.DISABLE
+        info["overflow_fix"] = fix.value
         q = nncf.quantize(model, dataset, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(calib_pixels),
-                          ignored_scope=nncf.IgnoredScope(names=exclude, validate=False))
+                          ignored_scope=nncf.IgnoredScope(names=exclude, validate=False),
+                          advanced_parameters=nncf.AdvancedQuantizationParameters(overflow_fix=fix))
     except Exception as e:
         raise FsacError(f"NNCF quantization failed ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
     info["quantize_s"] = time.perf_counter() - t0
     info["activation_type"] = "int8 (NNCF transformer preset)"
-    info["weight_type"] = "int8 symmetric per-channel (NNCF)"
+    info["weight_type"] = ("7-bit" if settings.reduce_range else "8-bit") + " int8 symmetric per-channel (NNCF)"
     return q.SerializeToString(), info  # the fp32 graph it came from was under protobuf's 2 GB

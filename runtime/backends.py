@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from fsac.errors import FsacError
+from fsac.int8_saturation import saturation_warning
 from fsac.modelfile import INPUT_NAME, OUTPUT_NAMES, ModelInfo, inspect_model_file, load_engine_file, load_model_file
 from fsac.runner import make_session
 from fsac.score import logit_from_score, score_from_logit
@@ -155,6 +156,7 @@ class LoadedModel:
     size_bytes: int
     loaded_at: float
     selection: Any = None  # fsac.runtime.policy.Selection when backend: auto measured the candidates
+    warnings: tuple[str, ...] = ()  # said at load (log) and by --check
 
     @property
     def sha256(self) -> str:
@@ -264,8 +266,21 @@ def _build_loaded(cfg: ModelConfig, kind: str, data: bytes | str, info: ModelInf
                               spin_wait=cfg.spin_wait, cpu_prepack=cfg.cpu_prepack)
     if cfg.warm_up:
         warm_up(backend, info.image_size)
+    warnings = tuple(w for w in [saturation_warning(info.metadata, info.source, runs_on_cpu(backend))] if w)
+    for w in warnings:
+        log.warning("%s", w)
     return LoadedModel(info=info, backend=backend, logit_threshold=float(threshold), threshold_source=origin,
-                       size_bytes=size, loaded_at=time.time(), selection=selection)
+                       size_bytes=size, loaded_at=time.time(), selection=selection, warnings=warnings)
+
+
+def runs_on_cpu(backend: Any) -> bool:
+    """Whether `backend` may compute on this machine's CPU (ONNX Runtime's CPU provider first,
+    or an OpenVINO device list naming the CPU); TensorRT and GPU providers do not."""
+    device = getattr(backend, "device", None)
+    if isinstance(device, str):  # OpenVINO: "CPU", "GPU", "AUTO:GPU,CPU", "AUTO"
+        return "CPU" in device or device == "AUTO"
+    providers = list(getattr(backend, "providers", None) or [])
+    return bool(providers) and providers[0] == "CPUExecutionProvider"
 
 
 def warm_up_sizes(max_batch: int) -> list[int]:

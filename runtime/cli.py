@@ -97,6 +97,7 @@ def check(cfg) -> list[str]:
     lines = []
     model = load_model(cfg.model)
     lines.append(f"model: {model.describe()}")
+    lines.extend(f"warning: {w}" for w in model.warnings)
     model.backend.close()
     if cfg.source.uri:
         source = make_source(cfg.source)

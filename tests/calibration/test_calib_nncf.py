@@ -37,7 +37,12 @@ def test_nncf_file_is_a_sealed_encoder_only_qdq_model(nncf_model, exported_model
     q = json.loads(info.metadata["fsac.quantization"])
     assert q["engine"] == "nncf" and q["model_type"] == "transformer" and q["nncf"]
     assert q["n_calibration_images"] == 6 and q["nodes_excluded"] > 0
+    assert q["reduce_range"] is True and q["overflow_fix"] == "enable"  # 7-bit weights on every product
     m = onnx.load(str(path))
+    from tests.calibration.test_calib_quantize import int8_weights
+
+    weights = int8_weights(m)
+    assert len(weights) >= 4 and max(int(np.abs(w.astype(np.int16)).max()) for w in weights) <= 64
     assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in m.graph.node}
     producer = {o: n for n in m.graph.node for o in n.output}
     assert producer["score"].op_type not in ("DequantizeLinear", "QuantizeLinear")

@@ -39,7 +39,11 @@ def test_int8_model_end_to_end(int8_model, exported_model, bottle):
     assert q["format"] == "QDQ" and q["method"] == "minmax" and q["per_channel"] and q["target"] == "cpu"
     assert q["n_calibration_images"] == 6 and len(q["calibration_images"]) == 6
     assert q["op_types"] == ["MatMul", "Gemm", "Conv"] and q["scope"] == "encoder" and q["nodes_excluded"] > 0
+    assert q["reduce_range"] is True and q["weight_type"].startswith("7-bit")  # the CPU default
     m = onnx.load(str(path))
+    weights = int8_weights(m)
+    assert len(weights) >= 4 and max(int(np.abs(w.astype(np.int16)).max()) for w in weights) <= 64  # 7 bits, so
+    # no CPU without VNNI clamps its u8 x s8 pair sums (fsac/int8_saturation.py)
     ops = {n.op_type for n in m.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     # Only the encoder is quantized: the head and the score tail stay float.
@@ -66,6 +70,25 @@ def test_int8_model_end_to_end(int8_model, exported_model, bottle):
     assert any("RANDOM" in n for n in a["notes"])
     assert json.loads(info.metadata["fsac.int8_agreement"])["n_images"] == 41
     assert json.loads(path.with_suffix(".json").read_text())["agreement"]["spearman"] == a["spearman"]
+
+
+def int8_weights(model) -> list[np.ndarray]:
+    """The int8 initializers that DequantizeLinear nodes read (the quantized weights)."""
+    from onnx import TensorProto, numpy_helper
+
+    inits = {t.name: t for t in model.graph.initializer}
+    return [numpy_helper.to_array(inits[n.input[0]]) for n in model.graph.node
+            if n.op_type == "DequantizeLinear" and n.input[0] in inits
+            and inits[n.input[0]].data_type == TensorProto.INT8]
+
+
+def test_full_range_weights_on_request_and_for_tensorrt():
+    from fsac.calibration.quantize import QuantizeSettings
+
+    assert QuantizeSettings().reduce_range is True
+    assert QuantizeSettings(target="tensorrt").reduce_range is False  # GPUs accumulate in 32 bits
+    assert QuantizeSettings(reduce_range=False).reduce_range is False
+    assert QuantizeSettings(target="tensorrt", reduce_range=True).reduce_range is True
 
 
 def test_refused_below_bounds_unless_allowed(exported_model, bottle, tmp_path):

@@ -37,7 +37,11 @@ def test_bench_tiny_end_to_end(bottle, tmp_path, models):
     assert set(la) == names - {"pytorch eager fp32", "onnxruntime fp32"}
     assert la["openvino f32"]["rel_max_abs_diff"] < 1e-3 and la["openvino f32"]["spearman"] > 0.999
     assert all(a["n_images"] == 8 for a in la.values())
-    assert res["targets_hardware"]["cpu_class"] == pk["cpu_class"]
+    th = res["targets_hardware"]
+    assert th["cpu_class"] == pk["cpu_class"]
+    if th["rows"] == "int8":  # the int8 rows' ceiling here, printed beside the target
+        assert th["int8_over_fp32_peak"] == pytest.approx(pk["int8"] / pk["fp32"])
+        assert f"int8 / fp32 matrix-multiply peak: {pk['int8'] / pk['fp32']:.2f}x" in (tmp_path / "bench.md").read_text()
     # encoder feature F against fp32: the figure to read when random weights flatten the logits
     fc = res["feature_cosine"]
     assert {"openvino f32", "onnxruntime int8", "openvino int8"} <= set(fc)

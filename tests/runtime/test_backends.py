@@ -242,3 +242,44 @@ def test_onnx_backend_rejects_a_non_fsac_graph(tmp_path):
     with pytest.raises(FsacError, match=r"has no input 'image'"):
         OnnxBackend(data, info)
     assert onnx  # imported for the graph above
+
+
+def test_an_int8_file_with_8_bit_weights_is_named_on_a_cpu_that_saturates(tiny_files, image_folder, tmp_path,
+                                                                           monkeypatch, caplog, capsys):
+    """On an x86 CPU without VNNI the int8 kernels clamp 8-bit weights' pair sums
+    (fsac/int8_saturation.py); fsac-run says so at load and in --check, for either CPU backend,
+    and says nothing for a 7-bit file (the `fsac quantize` default) or on a VNNI CPU."""
+    import onnx
+
+    import fsac.peaks
+    from fsac.calibration.quantize import QuantizeSettings, quantize_model_file
+    from fsac.runtime.cli import main
+    from tests.calibration.test_calib_quantize import int8_weights
+
+    fp32, seven_bit = tiny_files
+    spec = load_model(ModelConfig(path=str(fp32), threshold=0.5)).info.preprocess
+    px = np.stack([resize_crop(load_image(p, spec), spec) for p in sorted(image_folder.iterdir())[:6]])
+    eight_bit = tmp_path / "m8.int8.onnx"
+    quantize_model_file(fp32, eight_bit, px, QuantizeSettings(reduce_range=False))
+    assert max(int(np.abs(w.astype(np.int16)).max()) for w in int8_weights(onnx.load(str(eight_bit)))) > 64
+
+    monkeypatch.setattr(fsac.peaks, "cpu_flags", lambda: ["sse2", "avx2", "fma"])  # an AVX2-only PC
+    for backend in ("onnxruntime", "openvino"):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="fsac"):
+            model = load_model(ModelConfig(path=str(eight_bit), threshold=0.5, backend=backend))
+        model.backend.close()
+        assert len(model.warnings) == 1 and "m8.int8.onnx: INT8 file with 8-bit weights" in model.warnings[0]
+        assert "class avx2" in model.warnings[0] and model.warnings[0] in caplog.text
+        model = load_model(ModelConfig(path=str(seven_bit), threshold=0.5, backend=backend))
+        model.backend.close()
+        assert model.warnings == ()
+    assert main(["--check", "--model", str(eight_bit), "--set", "model.threshold=0.5", "--source",
+                 str(image_folder), "--jsonl", str(tmp_path / "r.jsonl")]) == 0
+    out = capsys.readouterr().out
+    assert "warning: " in out and "8-bit weights on a CPU without VNNI" in out and "--check: OK" in out
+
+    monkeypatch.setattr(fsac.peaks, "cpu_flags", lambda: ["sse2", "avx2", "avx512f", "avx512_vnni"])
+    model = load_model(ModelConfig(path=str(eight_bit), threshold=0.5))
+    model.backend.close()
+    assert model.warnings == ()
