@@ -81,8 +81,9 @@ class Delivery:
                     backoff = min(backoff * 2, 5.0)
                     continue
                 break
-            else:
-                return  # halted mid-retry: the cursor stays before this batch
+            else:  # halted mid-retry: the cursor stays before this batch, and what of it
+                self.journal.abandon(self.name)  # drop-oldest deleted meanwhile is lost now
+                return
             self.journal.commit(self.name, pos, pos + len(lines))
             pos += len(lines)
             self.delivered += len(lines)
@@ -122,7 +123,10 @@ class Delivery:
 
     def stats(self) -> dict[str, float]:
         out = {"delivered": self.delivered, "pending": self.pending(), "delivery_errors": self.errors,
-               "failing": 1 if self.failing else 0, "lost": self.journal.lost.get(self.name, 0)}
+               "failing": 1 if self.failing else 0, "lost": self.journal.lost.get(self.name, 0),
+               # read and being delivered, their journal copy deleted by drop-oldest: lost if the
+               # sink never delivers them (a gauge; `lost` is the counter)
+               "at_risk": self.journal.at_risk.get(self.name, 0)}
         try:
             out.update(self.sink.stats())
         except Exception:

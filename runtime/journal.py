@@ -24,6 +24,11 @@ Bound (`max_bytes`, `max_records`): segments are trimmed behind the slowest dura
 persisted cursor. When the bound is reached, `append` either waits (back-pressure: file and
 watch sources stop consuming input) or deletes the oldest segment (live streams: newest
 wins); what a sink had not yet read from a deleted segment is counted, exactly, as lost.
+A batch a sink has read and is still delivering (retrying) is held in its memory, not lost:
+when its segment goes, those records are "at risk" (a gauge) until the sink delivers them
+(then they were never lost) or gives up at shutdown (`abandon`: then they are). So `lost`
+only ever grows, as the counter fsac_records_lost_total must (a counter that steps back
+reads as a reset, and `increase()` then counts the whole total again).
 
 The files themselves (finding segments at start, reading lines, the cursors and reserve
 files) are runtime/journal_files.py.
@@ -70,9 +75,10 @@ class Journal:
         self._closed = False
         self.blocked_s = 0.0  # time append() spent waiting for room (back-pressure)
         self.lost: dict[str, int] = {name: 0 for name in consumers}  # per sink, never delivered
-        # Per sink, the range [from, to) of records counted lost by drop-oldest: a batch the sink
-        # had already read and delivers afterwards is taken out of the count again (exact).
-        self._gone: dict[str, tuple[int, int]] = {}
+        # Per sink, the batch [from, to) it has read and not yet committed, and how many of
+        # those records drop-oldest has deleted from the journal meanwhile (held only by the sink).
+        self._inflight: dict[str, tuple[int, int]] = {}
+        self.at_risk: dict[str, int] = {name: 0 for name in consumers}
         self._lost_logged: dict[str, int] = {}
         self._offsets: dict[tuple[int, int], int] = {}  # (segment first, index) -> byte offset
         try:
@@ -211,9 +217,10 @@ class Journal:
         for name, pos in self.cursors.items():
             if pos >= old.end:
                 continue
-            self.lost[name] += old.end - pos
-            lo, hi = self._gone.get(name, (pos, pos))
-            self._gone[name] = (lo if hi == pos else pos, old.end)  # extend a contiguous run
+            lo, hi = self._inflight.get(name, (pos, pos))
+            held = max(0, min(hi, old.end) - max(lo, pos))  # read by the sink, being delivered
+            self.lost[name] += old.end - pos - held
+            self.at_risk[name] += held
             self.cursors[name] = old.end
         self._unlink(old)
 
@@ -257,7 +264,7 @@ class Journal:
         """Up to max_n complete lines from index `pos` on (waits up to `timeout` for new ones).
 
         Returns (pos, lines): `pos` moves forward past records deleted by drop-oldest (counted
-        in `lost[name]`)."""
+        in `lost[name]`). The lines are the sink's batch in flight until `commit` or `abandon`."""
         with self._cond:
             pos = max(pos, self.first)  # records deleted by drop-oldest were counted when deleted
             if pos >= self.end:
@@ -277,23 +284,37 @@ class Journal:
             start = self._offsets.get((seg.first, pos))
         lines, offset = read_lines(seg, pos, upto, size, start)
         with self._cond:
+            if lines and pos < self.first:  # drop-oldest deleted (and counted lost) some while we read
+                cut = min(len(lines), self.first - pos)
+                lines, pos = lines[cut:], pos + cut
+                if not lines:
+                    return self.first, []
+                offset = None  # its segment is gone: nothing to cache
             if len(self._offsets) > 64:  # a few per sink are all that is ever looked up
                 self._offsets.clear()
-            if lines:
+            if lines and offset is not None:
                 self._offsets[(seg.first, pos + len(lines))] = offset
-            if start is None and lines:
-                self._offsets[(seg.first, pos)] = offset - sum(len(x) for x in lines)
+                if start is None:
+                    self._offsets[(seg.first, pos)] = offset - sum(len(x) for x in lines)
+            if lines:
+                self._inflight[name] = (pos, pos + len(lines))
         return pos, lines
 
     def commit(self, name: str, start: int, next_pos: int) -> None:
-        """A sink delivered the records start..next_pos-1 durably."""
+        """A sink delivered the records start..next_pos-1 (the batch it read) durably."""
         with self._cond:
-            lo, hi = self._gone.get(name, (0, 0))
-            back = max(0, min(next_pos, hi) - max(start, lo))
-            if back:  # read before drop-oldest deleted them, delivered after: not lost after all
-                self.lost[name] -= back
+            self._inflight.pop(name, None)
+            self.at_risk[name] = 0  # the ones drop-oldest deleted meanwhile were delivered: not lost
             self.cursors[name] = max(self.cursors[name], next_pos)
             self._cond.notify_all()
+
+    def abandon(self, name: str) -> None:
+        """A sink stops without delivering the batch it read (shutdown mid-retry): the records
+        of it that drop-oldest deleted meanwhile are lost now; the rest are still here."""
+        with self._cond:
+            self._inflight.pop(name, None)
+            self.lost[name] += self.at_risk[name]
+            self.at_risk[name] = 0
 
     # ---------------------------------------------------------------- housekeeping (journal thread)
 

@@ -173,7 +173,8 @@ class Feed:
 
     def stats(self) -> dict:
         return {**self.sink.stats(), "buffered": self.delivery.pending(),
-                "lost": self.journal.lost[self.sink.name], "delivery_errors": self.delivery.errors}
+                "lost": self.journal.lost[self.sink.name], "at_risk": self.journal.at_risk[self.sink.name],
+                "delivery_errors": self.delivery.errors}
 
     def wait_delivered(self, timeout: float = 10.0) -> bool:
         return self.delivery.wait_delivered(time.monotonic() + timeout)

@@ -257,6 +257,9 @@ def test_live_stream_journal_full_drops_oldest_with_exact_counts(tmp_path, model
     assert f"records lost: deleted from the full journal before delivery (journal.when_full=drop-oldest): " \
            f"broken {lost}" in caplog.text
     assert metric_value(daemon.render_metrics(), "fsac_records_lost_total", sink="broken") == lost
+    # the batch the broken sink held when it stopped was counted lost then: nothing is left at risk
+    assert daemon.journal.at_risk["broken"] == 0
+    assert metric_value(daemon.render_metrics(), "fsac_sink_at_risk", sink="broken") == 0
 
 
 def test_reload_mid_run_changes_model_between_batches_without_losing_frames(tmp_path):

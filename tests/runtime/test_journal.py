@@ -134,3 +134,70 @@ def test_a_segment_whose_tail_is_gone_is_skipped_and_counted_not_a_silent_stall(
     assert pos == j.end == i and len(got) == i - 5
     assert j.lost["jsonl"] == 5
     j.close()
+
+
+def _fill_until_dropped(j: Journal, first_seg_end: int, i: int) -> int:
+    """Append records until drop-oldest has deleted the segment ending at `first_seg_end`."""
+    while j.first < first_seg_end:
+        j.append([line(i)])
+        i += 1
+    return i
+
+
+def _drop_oldest_journal(tmp_path) -> tuple[Journal, int]:
+    j = Journal(tmp_path / "j", ["mqtt"], segment_bytes=1000, max_records=8, when_full="drop-oldest")
+    i = 0
+    while len(j.segments) < 2:
+        j.append([line(i)])
+        i += 1
+    assert j.segments[0].count >= 3
+    return j, i
+
+
+def test_a_batch_being_delivered_when_its_segment_is_dropped_is_at_risk_not_lost(tmp_path):
+    """drop-oldest deletes a segment while the sink holds 2 of its records (read, delivery
+    being retried): those 2 are at risk, the unread rest is lost; the delivery then succeeds
+    and the 2 were never lost. The lost count only grows: it is a Prometheus counter, and
+    it used to be taken back down after the delivery (a counter reset to `increase()`)."""
+    j, i = _drop_oldest_journal(tmp_path)
+    seg0 = j.segments[0]
+    pos, lines = j.read("mqtt", 0, 2, timeout=0)
+    assert (pos, len(lines)) == (0, 2)
+    _fill_until_dropped(j, seg0.end, i)
+    assert j.lost["mqtt"] == seg0.count - 2 and j.at_risk["mqtt"] == 2
+    j.commit("mqtt", 0, 2)  # delivered after all
+    assert j.lost["mqtt"] == seg0.count - 2 and j.at_risk["mqtt"] == 0
+    assert j.cursors["mqtt"] == seg0.end  # it goes on after the deleted segment
+    j.close()
+
+
+def test_a_batch_abandoned_after_its_segment_was_dropped_is_lost(tmp_path):
+    j, i = _drop_oldest_journal(tmp_path)
+    seg0 = j.segments[0]
+    j.read("mqtt", 0, 2, timeout=0)
+    _fill_until_dropped(j, seg0.end, i)
+    j.abandon("mqtt")  # the sink stopped mid-retry: its 2 records exist nowhere now
+    assert j.lost["mqtt"] == seg0.count and j.at_risk["mqtt"] == 0
+    j.close()
+
+
+def test_records_dropped_while_a_sink_reads_them_are_not_handed_out(tmp_path, monkeypatch):
+    """drop-oldest runs between the journal choosing the lines and the sink getting them
+    (the file is read outside the lock): those records were counted lost when deleted, so
+    the sink must not deliver them as well."""
+    j, i = _drop_oldest_journal(tmp_path)
+    seg0, seg1 = j.segments[0], j.segments[1]
+    real = journal_mod.read_lines
+
+    def read_then_drop(seg, pos, upto, size, start):
+        out = real(seg, pos, upto, size, start)
+        _fill_until_dropped(j, seg0.end, i)  # the scorer appends meanwhile
+        return out
+
+    monkeypatch.setattr(journal_mod, "read_lines", read_then_drop)
+    pos, lines = j.read("mqtt", 0, 2, timeout=0)
+    assert (pos, lines) == (seg0.end, []) and j.lost["mqtt"] == seg0.count and j.at_risk["mqtt"] == 0
+    monkeypatch.setattr(journal_mod, "read_lines", real)
+    pos, lines = j.read("mqtt", pos, 100, timeout=0)
+    assert pos == seg1.first and json.loads(lines[0])["seq"] == seg1.first  # on from the next segment
+    j.close()
