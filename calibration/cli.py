@@ -304,6 +304,10 @@ def quantize_command(
         for n in rep.notes:
             _say(quiet, f"note: {n}")
     _say(quiet, f"wrote {path} ({int8_size / 1e6:.1f} MB, fp32 was {fp32_size / 1e6:.1f} MB)")
+    if settings.reduce_range is False and settings.target == "cpu":
+        # The agreement above was measured on this CPU; an x86 box without VNNI clamps these sums.
+        _say(quiet, "note: 8-bit weights (--no-reduce-range): serve this file only on CPUs with VNNI or AMX; "
+                    "AVX2-only and AVX-512-without-VNNI CPUs saturate its int8 sums (fsac-run warns there)")
     if report is not None:
         from fsac.io import atomic_write_json
 

@@ -51,6 +51,24 @@ def test_export_then_calibrate_through_typer(app, tiny_checkpoint, bottle, tmp_p
     assert r.exit_code != 0 and "already has a threshold" in str(r.exception)
 
 
+def test_quantize_no_reduce_range_makes_8_bit_weights_and_says_where_they_may_run(app, exported_model, bottle,
+                                                                                  tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from fsac.modelfile import load_model_file
+
+    out = tmp_path / "m8.int8.onnx"
+    r = CliRunner().invoke(app, ["quantize", str(exported_model), "-c", str(bottle / "train" / "good"),
+                                 "-e", str(bottle / "test" / "good"), "--num-calib", "6", "--no-reduce-range",
+                                 "--allow-disagreement", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "8-bit weights (--no-reduce-range): serve this file only on CPUs with VNNI or AMX" in r.output
+    q = json.loads(load_model_file(out)[1].metadata["fsac.quantization"])
+    assert q["reduce_range"] is False and q["weight_type"].startswith("8-bit")
+
+
 def test_model_file_preset_names_the_settings_that_differ_from_it():
     """fsac.train_preset never names a preset whose values the model does not have."""
     from fsac.export.cli import _preset_text
