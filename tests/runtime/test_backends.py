@@ -245,7 +245,7 @@ def test_onnx_backend_rejects_a_non_fsac_graph(tmp_path):
 
 
 def test_an_int8_file_with_8_bit_weights_is_named_on_a_cpu_that_saturates(tiny_files, image_folder, tmp_path,
-                                                                           monkeypatch, caplog, capsys):
+                                                                           monkeypatch, caplog):
     """On an x86 CPU without VNNI the int8 kernels clamp 8-bit weights' pair sums
     (fsac/int8_saturation.py); fsac-run says so at load and in --check, for either CPU backend,
     and says nothing for a 7-bit file (the `fsac quantize` default) or on a VNNI CPU."""
@@ -253,7 +253,8 @@ def test_an_int8_file_with_8_bit_weights_is_named_on_a_cpu_that_saturates(tiny_f
 
     import fsac.peaks
     from fsac.calibration.quantize import QuantizeSettings, quantize_model_file
-    from fsac.runtime.cli import main
+    from fsac.runtime.cli import check
+    from fsac.runtime.config import load_config
     from tests.calibration.test_calib_quantize import int8_weights
 
     fp32, seven_bit = tiny_files
@@ -274,10 +275,13 @@ def test_an_int8_file_with_8_bit_weights_is_named_on_a_cpu_that_saturates(tiny_f
         model = load_model(ModelConfig(path=str(seven_bit), threshold=0.5, backend=backend))
         model.backend.close()
         assert model.warnings == ()
-    assert main(["--check", "--model", str(eight_bit), "--set", "model.threshold=0.5", "--source",
-                 str(image_folder), "--jsonl", str(tmp_path / "r.jsonl")]) == 0
-    out = capsys.readouterr().out
-    assert "warning: " in out and "8-bit weights on a CPU without VNNI" in out and "--check: OK" in out
+    # --check's lines (`check`, not `main`: main installs the daemon's own log handler, which
+    # would take the records from every later test's caplog)
+    cfg = load_config(None, ["model.threshold=0.5"], model=str(eight_bit), source=str(image_folder),
+                      jsonl=str(tmp_path / "r.jsonl"))
+    lines = check(cfg)
+    assert lines[0].startswith("model: ") and lines[1].startswith("warning: ")
+    assert "8-bit weights on a CPU without VNNI" in lines[1]
 
     monkeypatch.setattr(fsac.peaks, "cpu_flags", lambda: ["sse2", "avx2", "avx512f", "avx512_vnni"])
     model = load_model(ModelConfig(path=str(eight_bit), threshold=0.5))
