@@ -266,7 +266,10 @@ def _build_loaded(cfg: ModelConfig, kind: str, data: bytes | str, info: ModelInf
                               spin_wait=cfg.spin_wait, cpu_prepack=cfg.cpu_prepack)
     if cfg.warm_up:
         warm_up(backend, info.image_size)
-    warnings = tuple(w for w in [saturation_warning(info.metadata, info.source, runs_on_cpu(backend))] if w)
+    if selection is not None:  # backend auto: the file it serves may be model.int8_path
+        warnings = tuple(selection.warnings)
+    else:
+        warnings = tuple(w for w in [saturation_warning(info.metadata, info.source, runs_on_cpu(backend))] if w)
     for w in warnings:
         log.warning("%s", w)
     return LoadedModel(info=info, backend=backend, logit_threshold=float(threshold), threshold_source=origin,

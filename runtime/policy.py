@@ -64,6 +64,7 @@ class Selection:
     bounds: dict[str, float]
     candidates: list[CandidateResult]
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # about the file served (fsac-run logs them at load)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -228,6 +229,14 @@ def build_auto(cfg, data: bytes | str, info, logit_threshold: float) -> tuple[An
         # and in --check, where the daemon would have stopped anyway).
         raise FsacError(f"model.backend auto: {str(e).removeprefix('backend auto: ')} "
                         f"(model.calibration_images={cfg.calibration_images})") from None
+    if qinfo is not None and "int8" in sel.chosen:  # the INT8 file is served: its weights' bits matter
+        from fsac.int8_saturation import saturation_warning
+
+        from .backends import runs_on_cpu
+
+        w = saturation_warning(qinfo.metadata, qinfo.source, runs_on_cpu(backend))
+        if w:
+            sel.warnings.append(w)
     for c in sel.candidates:
         log.info("backend auto: %s %s", c.name, "ok" if c.qualified else "; ".join(c.reasons))
     log.info("%s", sel.summary())

@@ -74,3 +74,22 @@ def tiny_files(tmp_path_factory, bottle):
     int8 = root / "tiny.int8.onnx"
     quantize_model_file(fp32, int8, px, QuantizeSettings(), calib_names=[p.name for p in calib])
     return fp32, int8
+
+
+@pytest.fixture(scope="session")
+def tiny_8bit_file(tiny_files, bottle, tmp_path_factory):
+    """The tiny fp32 file quantized with full-range (8-bit) weights (`--no-reduce-range`), which
+    x86 CPUs without VNNI run with clamped sums (fsac/int8_saturation.py)."""
+    import numpy as np
+
+    from fsac.calibration.quantize import QuantizeSettings, quantize_model_file
+    from fsac.modelfile import inspect_model_file
+    from fsac.preprocess import load_image, resize_crop
+
+    fp32 = tiny_files[0]
+    spec = inspect_model_file(fp32).preprocess
+    calib = sorted((bottle / "train" / "good").glob("*.png"))[2:10]
+    px = np.stack([resize_crop(load_image(p, spec), spec) for p in calib])
+    out = tmp_path_factory.mktemp("int8-8bit") / "m8.int8.onnx"
+    quantize_model_file(fp32, out, px, QuantizeSettings(reduce_range=False), calib_names=[p.name for p in calib])
+    return out

@@ -244,24 +244,20 @@ def test_onnx_backend_rejects_a_non_fsac_graph(tmp_path):
     assert onnx  # imported for the graph above
 
 
-def test_an_int8_file_with_8_bit_weights_is_named_on_a_cpu_that_saturates(tiny_files, image_folder, tmp_path,
-                                                                           monkeypatch, caplog):
+def test_an_int8_file_with_8_bit_weights_is_named_on_a_cpu_that_saturates(tiny_files, tiny_8bit_file, image_folder,
+                                                                           tmp_path, monkeypatch, caplog):
     """On an x86 CPU without VNNI the int8 kernels clamp 8-bit weights' pair sums
     (fsac/int8_saturation.py); fsac-run says so at load and in --check, for either CPU backend,
     and says nothing for a 7-bit file (the `fsac quantize` default) or on a VNNI CPU."""
     import onnx
 
     import fsac.peaks
-    from fsac.calibration.quantize import QuantizeSettings, quantize_model_file
     from fsac.runtime.cli import check
     from fsac.runtime.config import load_config
     from tests.calibration.test_calib_quantize import int8_weights
 
     fp32, seven_bit = tiny_files
-    spec = load_model(ModelConfig(path=str(fp32), threshold=0.5)).info.preprocess
-    px = np.stack([resize_crop(load_image(p, spec), spec) for p in sorted(image_folder.iterdir())[:6]])
-    eight_bit = tmp_path / "m8.int8.onnx"
-    quantize_model_file(fp32, eight_bit, px, QuantizeSettings(reduce_range=False))
+    eight_bit = tiny_8bit_file
     assert max(int(np.abs(w.astype(np.int16)).max()) for w in int8_weights(onnx.load(str(eight_bit)))) > 64
 
     monkeypatch.setattr(fsac.peaks, "cpu_flags", lambda: ["sse2", "avx2", "fma"])  # an AVX2-only PC

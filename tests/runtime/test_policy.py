@@ -146,3 +146,31 @@ def test_auto_with_an_unavailable_reference_says_so_at_check(tmp_path, model_fil
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "fsac-run: error: model.backend auto: the reference onnxruntime fp32 is not available" \
         in proc.stderr.strip().splitlines()[-1]
+
+
+def test_auto_serving_an_8_bit_int8_file_on_a_cpu_that_saturates_says_so(tiny_files, tiny_8bit_file, bottle,
+                                                                         monkeypatch):
+    """backend auto serves model.int8_path's file when an INT8 candidate wins; the saturation
+    warning is about that file, not model.path's fp32 one. Which candidate wins is a timing, so
+    the selection is made to pick ONNX Runtime int8 here; the rest is the real load."""
+    import fsac.peaks
+    import fsac.runtime.policy as policy
+
+    real = policy.select
+
+    def int8_wins(candidates, reference, *args):
+        sel, backend = real(candidates, reference, *args)
+        backend.close()
+        sel.chosen = "onnxruntime int8"
+        return sel, candidates["onnxruntime int8"]()
+
+    monkeypatch.setattr(policy, "select", int8_wins)
+    monkeypatch.setattr(fsac.peaks, "cpu_flags", lambda: ["sse2", "avx2", "fma"])
+    cfg = dict(path=str(tiny_files[0]), threshold=0.5, calibration_images=str(bottle / "train" / "good"))
+    model = load_model(ModelConfig(**cfg, int8_path=str(tiny_8bit_file)))
+    model.backend.close()
+    assert len(model.warnings) == 1 and "m8.int8.onnx: INT8 file with 8-bit weights" in model.warnings[0]
+    assert model.selection.warnings == list(model.warnings)
+    model = load_model(ModelConfig(**cfg, int8_path=str(tiny_files[1])))  # 7-bit: nothing to say
+    model.backend.close()
+    assert model.warnings == () and model.selection.warnings == []
