@@ -68,6 +68,21 @@ print("FSAC-ISA " + json.dumps(out))
 """
 
 _LEVEL = {"AVX2": 1, "AVX2_VNNI": 2, "AVX512_CORE_VNNI": 3}
+# A cap only hides instructions: it emulates its class only on a CPU that has that class's own.
+# (On an AVX2-only EPYC the AVX2_VNNI and AVX-512 VNNI caps timed the AVX2 CPU again and printed
+# those classes' targets against it.)
+CAP_NEEDS = {"AVX2": "avx2", "AVX2_VNNI": "avx_vnni", "AVX512_CORE_VNNI": "avx512_vnni"}
+
+
+def cap_unavailable(cap: str, flags: list[str] | None = None) -> str | None:
+    """Why `cap` cannot emulate its class on this CPU (None: it can, or no cap)."""
+    from fsac.peaks import cpu_flags
+
+    need = CAP_NEEDS.get(cap)
+    have = set(cpu_flags() if flags is None else flags)
+    if need is None or need in have:
+        return None
+    return f"this CPU has no {need}: capped at {cap} it would still be this CPU, not that class"
 
 
 def build_cpuid_mask(cache_dir: str | os.PathLike | None = None) -> tuple[Path | None, str]:
@@ -120,6 +135,10 @@ def bench_isa(fp32_model: str | os.PathLike, int8_model: str | os.PathLike, repe
             notes.append(why)
     rows = []
     for cap in caps:
+        why_not = cap_unavailable(cap)
+        if why_not:
+            rows.append({"cap": cap, "method": "-", "skipped": why_not})
+            continue
         use = "onednn" if method == "onednn" or lib is None else "cpuid"
         if not cap:  # this CPU as it is: both runtimes, no mask (whether or not the mask could work)
             use = "none"
@@ -178,6 +197,9 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
         if "error" in r:
             lines.append(f"  {r['cap']:<18} failed: {r['error']}")
             continue
+        if "skipped" in r:
+            lines.append(f"  {r['cap']:<18} not timed: {r['skipped']}")
+            continue
         ort = (f"{r['onnxruntime_fp32_ms']:8.1f} {r['onnxruntime_int8_ms']:9.1f} {r['onnxruntime_int8_speedup']:5.2f}x"
                if "onnxruntime_fp32_ms" in r else f"{'-':>8} {'-':>9} {'-':>6}")
         ov = f"{r['openvino_fp32_ms']:7.1f} {r['openvino_int8_ms']:8.1f} {r['openvino_int8_speedup']:5.2f}x"
@@ -185,7 +207,7 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
         verdict = "" if target is None else (f"  (target >= {target}x{' natively' if r['cap'] == 'none' else ''}: "
                                               f"{'met' if r['int8_speedup'] >= target else 'NOT met'})")
         lines.append(f"  {r['cap']:<18} {r['method']:<7} {ort}  {ov}  {r['int8_speedup']:21.2f}x{verdict}")
-    methods = {r.get("method") for r in rows if "error" not in r}
+    methods = {r.get("method") for r in rows if "error" not in r and "skipped" not in r}
     if "cpuid" in methods:
         lines.append("  cpuid: every library sees the older CPU's CPUID bits (runtime/native/cpuid_mask.c)")
     if "onednn" in methods:

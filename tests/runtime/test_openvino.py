@@ -264,6 +264,23 @@ def test_bench_isa_times_fp32_and_int8_under_each_cap(tiny_files, monkeypatch):
     assert "error" in broken[0] and "int8" in broken[0]["error"].lower()
 
 
+def test_bench_isa_does_not_time_a_cap_above_this_cpu(tiny_files, monkeypatch):
+    """A cap hides instructions, it cannot add them: on an AVX2-only CPU the AVX2_VNNI and
+    AVX-512 VNNI caps are not rows of those classes (they timed this CPU again, under those
+    classes' targets); they say why, and the caps this CPU can emulate still run."""
+    import fsac.peaks
+    from fsac.runtime.bench_isa import bench_isa, cap_unavailable, format_rows
+
+    assert cap_unavailable("AVX2_VNNI", ["avx2", "fma"]).startswith("this CPU has no avx_vnni")
+    assert cap_unavailable("AVX512_CORE_VNNI", ["avx2", "avx512f", "avx512_vnni"]) is None
+    assert cap_unavailable("AVX2", ["avx2"]) is None and cap_unavailable("", []) is None
+    monkeypatch.setattr(fsac.peaks, "cpu_flags", lambda: ["sse2", "avx2", "fma"])
+    rows = bench_isa(tiny_files[0], tiny_files[1], repeats=1, caps=("AVX2_VNNI", "AVX512_CORE_VNNI", ""))
+    assert [("skipped" in r) for r in rows] == [True, True, False] and rows[2]["openvino_int8_ms"] > 0
+    text = format_rows(rows)
+    assert "AVX512_CORE_VNNI   not timed: this CPU has no avx512_vnni" in text and "target >= 2.5x" not in text
+
+
 @pytest.mark.skipif(not _cpuid_fault(), reason="this CPU / kernel has no CPUID faulting (cpuid_fault)")
 def test_cpuid_mask_hides_the_matrix_units_from_every_library(tmp_path):
     """The preloaded mask: OpenVINO's capabilities lose BF16 under AVX2 (where this CPU has
