@@ -246,7 +246,10 @@ def bench_export_command(
             vb, _ = quantize_bytes(fp32, calib_px, st, work_dir=tmp)
             sess = make_session(vb, threads)
             backends[f"onnxruntime int8 [{v}]"] = (lambda s: lambda x: s.run(None, {"image": x}))(sess)
-            variant_info[v] = {"settings": st.to_dict(), "session": sess}
+            vpath = tmp / f"variant-{v}.onnx"  # for its encoder feature cosine, below
+            vpath.write_bytes(vb)
+            del vb
+            variant_info[v] = {"settings": st.to_dict(), "session": sess, "path": vpath}
         trt = _tensorrt_backend(fp32_path, spec.image_size, batch, tmp, notes)
         if trt is not None:
             backends["tensorrt fp16"] = trt
@@ -282,6 +285,10 @@ def bench_export_command(
             logit_agree[name] = asdict(logit_agreement(ref_out["logit"], got, logit_thr))
         feature_cos = feature_cosines(fp32_path, int8_path, agree_px, threads,
                                       [b.precision for b in ov_backends.values()])
+        for v, vi in variant_info.items():  # e.g. full-range against the 7-bit default: the saturation
+            vc = feature_cosines(fp32_path, vi.pop("path"), agree_px, threads, []).get("onnxruntime int8")
+            if vc is not None:
+                feature_cos[f"onnxruntime int8 [{v}]"] = vc
         if trained.backbone.info.is_random:
             notes.append("RANDOM weights: the logits barely vary between images, so the logit agreement bounds "
                          "are not meaningful here; the encoder feature cosine against fp32 is reported as well")
