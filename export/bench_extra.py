@@ -154,9 +154,11 @@ def markdown_extra(res: dict[str, Any]) -> str:
                          f"{'met' if r['met'] else 'NOT met'}")
         ratio = t.get("int8_over_fp32_peak")
         if ratio is not None:
-            lines.append(f"- this CPU's measured int8 / fp32 matrix-multiply peak: {ratio:.2f}x"
-                         + (f", under the {t['min_speedup']}x target: int8 kernels running at their own peak "
-                            "against fp32 at its peak would not meet it here" if ratio < t["min_speedup"] else ""))
+            # Only the figure, no verdict: on a shared CPU the int8 peak of one run can be far under
+            # the machine's (an AVX2 EPYC gave 268, 273 and 356 GOP/s in three runs, fp32 172-186).
+            lines.append(f"- this run's measured int8 / fp32 matrix-multiply peak: {ratio:.2f}x (the int8 rows' "
+                         f"ceiling against the {t['min_speedup']}x target, as far as the peaks measured are the "
+                         "machine's)")
     if res.get("feature_cosine"):
         lines.append("")
         lines.append("Encoder feature (projected [CLS]) cosine against onnxruntime fp32, min over images: "
