@@ -126,6 +126,8 @@ def _backend_kw(backend: dict[str, Any] | None) -> dict[str, Any]:
     ov = {k: b[k] for k in ("precision", "streams") if b.get(k) not in (None, "")}  # streams 0 is a choice
     if ov:
         kw["openvino"] = OpenVinoConfig(**ov)
+    if b.get("cpu_prepack") not in (None, "", "auto"):
+        kw["cpu_prepack"] = bool(b["cpu_prepack"])
     return kw
 
 
@@ -138,6 +140,8 @@ def _backend_args(backend: dict[str, Any] | None) -> list[str]:
         args += ["--set", f"model.openvino.precision={b['precision']}"]
     if b.get("streams") not in (None, ""):
         args += ["--set", f"model.openvino.streams={b['streams']}"]
+    if b.get("cpu_prepack") not in (None, "", "auto"):
+        args += ["--set", f"model.cpu_prepack={'true' if b['cpu_prepack'] else 'false'}"]
     return args
 
 
