@@ -89,8 +89,7 @@ class OnnxBackend:
     name = "onnxruntime"
 
     def __init__(self, model: bytes | str, info: ModelInfo, *, providers: list[str] | None = None,
-                 batch_size: int = 4, threads: int = 0, spin_wait: bool = False,
-                 cpu_prepack: bool | str = "auto") -> None:
+                 batch_size: int = 4, threads: int = 0, spin_wait: bool = False, cpu_prepack: bool = True) -> None:
         try:
             import onnxruntime as ort
         except ImportError:
@@ -102,8 +101,8 @@ class OnnxBackend:
         # The one session builder calibration uses too, so calibration sees the logits the line
         # sees. Spinning worker threads burn the cores the decode threads need (measured on a
         # 2-core CPU: ~70-78 % of the bare backend with spinning, ~85-96 % without); pre-packed
-        # weights are a second copy of every MatMul weight (model.cpu_prepack).
-        self.cpu_prepack = resolve_cpu_prepack(cpu_prepack, info)
+        # weights take the unpacked ones' place, a little larger (model.cpu_prepack).
+        self.cpu_prepack = bool(cpu_prepack)
         self.session = make_session(model, threads or None, chosen, spin_wait=spin_wait, cpu_prepack=self.cpu_prepack,
                                     source=info.source)
         self.providers = list(self.session.get_providers())
@@ -136,21 +135,6 @@ class OnnxBackend:
 
     def close(self) -> None:
         self.session = None  # onnxruntime frees the session with the last reference
-
-
-def resolve_cpu_prepack(setting: bool | str, info: ModelInfo) -> bool:
-    """model.cpu_prepack `auto` -> on for an INT8 file, off for a float one.
-
-    Measured on a 2-core AVX2 EPYC with the full ViT-B-16-plus-240 (README): for the INT8 file
-    pre-packed weights made batch 1 about 5 % faster (238.7 -> 227.9 ms, 30 interleaved rounds)
-    and `fsac bench runtime`'s bare backend 3.9 -> 4.4 frames/s (one run each), for fsac-run's
-    peak RSS 315 -> 389 MB, within its budget of model size + 300 MB (416 MB). For the fp32
-    file they were worth about 8 % for 51 MiB in one process here, but fsac-run's peak with them
-    had been 843 MB against a 749 MB budget (README), so a float file keeps them off unless the
-    setting says true."""
-    if setting == "auto":
-        return str(info.precision).lower() == "int8"
-    return bool(setting)
 
 
 def prepack_text(on: Any) -> str:

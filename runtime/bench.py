@@ -69,7 +69,7 @@ def bench_runtime(model: str | os.PathLike, images: str | os.PathLike, n_frames:
                   out_json: str | os.PathLike | None = None, *, providers: list[str] | None = None,
                   threads: int = 0, workers: int = 2, queue_size: int = 8, measure_rss: bool = True,
                   spin_wait: bool = False, rounds: int = 2, backend: str = "", precision: str = "",
-                  streams: int | str = "auto", cpu_prepack: bool | str = "auto",
+                  streams: int | str = "auto", cpu_prepack: bool = True,
                   peaks: bool = True, page_client: bool = False, trigger_requests: int = 50,
                   paced_fps: float = 0.0, paced_seconds: float = 15.0) -> dict[str, Any]:
     """Bare backend vs daemon on the same frames; returns (and optionally writes) the figures."""
@@ -286,9 +286,8 @@ try:  # typer is a base dependency; the runtime itself does not need it
         streams: Annotated[str, typer.Option("--streams", help="model.openvino.streams for --backend openvino: "
                                              "auto (the daemon's rule per source), throughput, or a number "
                                              "(0 or 1: one stream, the latency hint)")] = "auto",
-        cpu_prepack: Annotated[str, typer.Option("--cpu-prepack", help="model.cpu_prepack for every pass: auto "
-                                                 "(ONNX Runtime keeps pre-packed weights for an INT8 file), "
-                                                 "true or false")] = "auto",
+        cpu_prepack: Annotated[bool, typer.Option("--cpu-prepack/--no-cpu-prepack",
+                                                  help="model.cpu_prepack for every pass")] = True,
         peaks: Annotated[bool, typer.Option("--peaks/--no-peaks", help="measure this CPU's matmul peaks")] = True,
         page_client: Annotated[bool, typer.Option("--page-client/--no-page-client",
                                                   help="also time the daemon with the live view on and a page "
@@ -311,13 +310,10 @@ try:  # typer is a base dependency; the runtime itself does not need it
             streams = OpenVinoConfig(streams=int(streams) if streams.strip().isdigit() else streams).streams
         except ValidationError as e:
             raise typer.BadParameter(e.errors()[0]["msg"].removeprefix("Value error, "), param_hint="--streams") from None
-        prepack = {"auto": "auto", "true": True, "false": False}.get(cpu_prepack.strip().lower())
-        if prepack is None:
-            raise typer.BadParameter(f"must be auto, true or false, got {cpu_prepack!r}", param_hint="--cpu-prepack")
         result = bench_runtime(model, images, frames, batch_size, out,
                                providers=[p for p in (providers or "").split(",") if p], threads=threads,
                                workers=workers, measure_rss=rss, spin_wait=spin_wait, rounds=rounds,
-                               backend=backend, precision=precision, streams=streams, cpu_prepack=prepack,
+                               backend=backend, precision=precision, streams=streams, cpu_prepack=cpu_prepack,
                                peaks=peaks, page_client=page_client,
                                trigger_requests=trigger_requests, paced_fps=paced_fps,
                                paced_seconds=paced_seconds)

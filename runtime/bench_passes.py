@@ -126,7 +126,7 @@ def _backend_kw(backend: dict[str, Any] | None) -> dict[str, Any]:
     ov = {k: b[k] for k in ("precision", "streams") if b.get(k) not in (None, "")}  # streams 0 is a choice
     if ov:
         kw["openvino"] = OpenVinoConfig(**ov)
-    if b.get("cpu_prepack") not in (None, "", "auto"):
+    if b.get("cpu_prepack") is not None:
         kw["cpu_prepack"] = bool(b["cpu_prepack"])
     return kw
 
@@ -140,7 +140,7 @@ def _backend_args(backend: dict[str, Any] | None) -> list[str]:
         args += ["--set", f"model.openvino.precision={b['precision']}"]
     if b.get("streams") not in (None, ""):
         args += ["--set", f"model.openvino.streams={b['streams']}"]
-    if b.get("cpu_prepack") not in (None, "", "auto"):
+    if b.get("cpu_prepack") is not None:
         args += ["--set", f"model.cpu_prepack={'true' if b['cpu_prepack'] else 'false'}"]
     return args
 

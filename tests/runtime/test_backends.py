@@ -285,10 +285,9 @@ def test_an_int8_file_with_8_bit_weights_is_named_on_a_cpu_that_saturates(tiny_f
     assert model.warnings == ()
 
 
-def test_cpu_prepack_auto_packs_an_int8_files_weights_and_not_a_float_files(tiny_files, image_folder, tmp_path):
-    """model.cpu_prepack auto: ONNX Runtime keeps pre-packed weights for an INT8 file (a small
-    copy, measured faster) and not for a float file (a second copy of the fp32 weights);
-    true / false override it, and --check names what runs."""
+def test_cpu_prepack_is_on_by_default_and_false_turns_it_off(tiny_files, image_folder, tmp_path):
+    """model.cpu_prepack (default true): ONNX Runtime pre-packs the MatMul weights of a float
+    and an INT8 file alike; false builds the session without; --check names what runs."""
     from fsac.runtime.cli import check
     from fsac.runtime.config import load_config
 
@@ -296,23 +295,21 @@ def test_cpu_prepack_auto_packs_an_int8_files_weights_and_not_a_float_files(tiny
 
     def packed(model) -> bool:
         opts = model.backend.session.get_session_options()
-        try:  # ONNX Runtime raises for an entry never set: the default, pre-packing on
+        try:  # ONNX Runtime raises for an entry never set: its default, pre-packing on
             return opts.get_session_config_entry("session.disable_prepacking") != "1"
         except RuntimeError:
             return True
 
-    for path, setting, want in ((int8, "auto", True), (fp32, "auto", False), (fp32, True, True),
-                                (int8, False, False)):
-        model = load_model(ModelConfig(path=str(path), threshold=0.5, cpu_prepack=setting))
-        assert model.backend.cpu_prepack is want and packed(model) is want, (path.name, setting)
-        assert ("pre-packed weights" in model.describe()) is want
-        model.backend.close()
-    assert ModelConfig().cpu_prepack == "auto"
-    with pytest.raises(FsacError, match=r"model\.cpu_prepack: must be auto, true or false, got 'sometimes'"):
+    assert ModelConfig().cpu_prepack is True
+    for path in (fp32, int8):
+        for setting in (True, False):
+            model = load_model(ModelConfig(path=str(path), threshold=0.5, cpu_prepack=setting))
+            assert model.backend.cpu_prepack is setting and packed(model) is setting, (path.name, setting)
+            assert ("pre-packed weights" in model.describe()) is setting
+            model.backend.close()
+    with pytest.raises(FsacError, match=r"model\.cpu_prepack: expected true or false, got 'sometimes'"):
         load_config(None, ["model.cpu_prepack=sometimes"], model=str(int8), source=str(image_folder))
-    cfg = load_config(None, ["model.threshold=0.5"], model=str(int8), source=str(image_folder),
-                      jsonl=str(tmp_path / "r.jsonl"))
-    assert "pre-packed weights" in check(cfg)[0]
-    cfg = load_config(None, ["model.threshold=0.5", "model.cpu_prepack=false"], model=str(int8),
-                      source=str(image_folder), jsonl=str(tmp_path / "r.jsonl"))
+    args = dict(model=str(int8), source=str(image_folder), jsonl=str(tmp_path / "r.jsonl"))
+    assert "pre-packed weights" in check(load_config(None, ["model.threshold=0.5"], **args))[0]
+    cfg = load_config(None, ["model.threshold=0.5", "model.cpu_prepack=false"], **args)
     assert "pre-packed weights" not in check(cfg)[0]

@@ -46,18 +46,18 @@ def test_bench_runtime_command(tmp_path, model_file, image_folder):
 
 
 def test_bench_runtime_cpu_prepack_reaches_every_pass(tmp_path, model_file, image_folder):
-    """--cpu-prepack sets model.cpu_prepack for the in-process passes and the fsac-run
-    subprocess alike (auto: the daemon's own rule, left to it); a bad value is refused."""
+    """--cpu-prepack / --no-cpu-prepack set model.cpu_prepack for the in-process passes and
+    the fsac-run subprocess alike, and the header says which ran."""
     import typer
     from typer.testing import CliRunner
 
     from fsac.runtime.bench import bench_runtime_command
     from fsac.runtime.bench_passes import _backend_args, _backend_kw
 
-    assert _backend_kw({"cpu_prepack": True}) == {"cpu_prepack": True}
-    assert _backend_kw({"cpu_prepack": "auto"}) == {}
+    assert _backend_kw({"cpu_prepack": False}) == {"cpu_prepack": False}
+    assert _backend_kw({}) == {}
     assert _backend_args({"cpu_prepack": False}) == ["--set", "model.cpu_prepack=false"]
-    assert _backend_args({"cpu_prepack": "auto"}) == []
+    assert _backend_args({"cpu_prepack": True}) == ["--set", "model.cpu_prepack=true"]
 
     app = typer.Typer()
     app.command("runtime")(bench_runtime_command)
@@ -65,11 +65,9 @@ def test_bench_runtime_cpu_prepack_reaches_every_pass(tmp_path, model_file, imag
     out = tmp_path / "bench.json"
     base = ["runtime", "--model", str(model_file), "--images", str(image_folder), "--frames", "8", "--rounds", "1",
             "--trigger-requests", "0", "--paced-seconds", "0", "--no-peaks", "--no-rss", "--out", str(out)]
-    result = CliRunner().invoke(app, base + ["--cpu-prepack", "true"])
+    result = CliRunner().invoke(app, base)
     assert result.exit_code == 0, result.output
     assert json.loads(out.read_text())["cpu_prepack"] is True and ", pre-packed weights" in result.output
-    result = CliRunner().invoke(app, base)  # a float file: auto leaves them off
+    result = CliRunner().invoke(app, base + ["--no-cpu-prepack"])
     assert result.exit_code == 0, result.output
     assert json.loads(out.read_text())["cpu_prepack"] is False and "pre-packed" not in result.output
-    result = CliRunner().invoke(app, base + ["--cpu-prepack", "often"])
-    assert result.exit_code == 2 and "must be auto, true or false, got 'often'" in result.output
