@@ -85,7 +85,11 @@ def interleaved(backends: dict[str, Callable[[np.ndarray], Any]], batches: list[
     """Seconds per call of each backend; round r runs every backend once on batches[r % len].
 
     The order within a round rotates (round r starts with backend r mod k), so no backend
-    always runs right after the same other one (cache contents, CPU frequency)."""
+    always runs right after the same other one (cache contents, CPU frequency); and each call
+    waits until the last one's spinning worker threads are quiet (fsac.cpu_quiet: ONNX
+    Runtime's took a core for ~40 ms after every call, and slowed the next row by 6-10 %)."""
+    from fsac.cpu_quiet import wait_until_idle
+
     for fn in backends.values():
         for i in range(warmup):
             fn(batches[i % len(batches)])
@@ -95,6 +99,7 @@ def interleaved(backends: dict[str, Callable[[np.ndarray], Any]], batches: list[
         x = batches[r % len(batches)]
         for j in range(len(names)):
             k = names[(r + j) % len(names)]
+            wait_until_idle()
             t = time.perf_counter()
             backends[k](x)
             times[k].append(time.perf_counter() - t)

@@ -78,9 +78,13 @@ def cpu_class(flags: list[str] | None = None) -> str:
 def best_rate(fn: Callable[[], Any], ops: float, repeats: int) -> float:
     """Best-of-`repeats` rate of `fn` in G(FL)OP/s after one warm-up call (also for a wing's
     own measurers, `measure_peaks(extra=...)`)."""
+    from fsac.cpu_quiet import wait_until_idle
+
+    wait_until_idle()  # the last measurer's spinning threads (another runtime's) off the cores
     fn()  # warm-up: first call packs weights / compiles
     best = math.inf
     for _ in range(repeats):
+        wait_until_idle()
         t = time.perf_counter()
         fn()
         best = min(best, time.perf_counter() - t)

@@ -37,6 +37,7 @@ import ctypes, json, os, sys, time
 import numpy as np
 from fsac.runtime.backends import load_model
 from fsac.runtime.config import ModelConfig, OpenVinoConfig
+from fsac.cpu_quiet import wait_until_idle
 try:
     mask = ctypes.CDLL(None).fsac_cpuid_cap()
 except AttributeError:
@@ -56,6 +57,7 @@ for backend, name, path, precision in runs:
         model.backend.infer(x)
     times = []
     for _ in range(int(sys.argv[3])):
+        wait_until_idle()
         t = time.perf_counter()
         model.backend.infer(x)
         times.append(time.perf_counter() - t)

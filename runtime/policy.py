@@ -80,10 +80,13 @@ class Selection:
 
 
 def _time_batch1(infer: Callable[[np.ndarray], Any], pixels: np.ndarray, runs: int) -> float:
+    from fsac.cpu_quiet import wait_until_idle
+
     infer(pixels[:1])  # warm-up (first call allocates, packs, or JIT-compiles)
     times = []
     for i in range(runs):
         x = pixels[i % len(pixels):i % len(pixels) + 1]
+        wait_until_idle()  # not beside the last candidate's spinning threads (model.spin_wait)
         t = time.perf_counter()
         infer(x)
         times.append(time.perf_counter() - t)
