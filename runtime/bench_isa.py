@@ -47,6 +47,11 @@ out = {"cap_seen": os.environ.get("FSAC_CPUID_CAP") or os.environ.get("ONEDNN_MA
 runs = [("openvino", "fp32", sys.argv[1], "f32"), ("openvino", "int8", sys.argv[2], "int8")]
 if sys.argv[5] in ("cpuid", "none"):
     runs = [("onnxruntime", "fp32", sys.argv[1], ""), ("onnxruntime", "int8", sys.argv[2], "")] + runs
+# All of them are loaded first and timed in interleaved rounds (the order rotating), each call
+# after the process has gone quiet: timed one backend after another, the machine's drift
+# between the blocks had been as large as the ratios (AVX2 EPYC: 1.41x and 1.59x for the same
+# CPU in one run).
+models, x = {}, None
 for backend, name, path, precision in runs:
     kw = {"openvino": OpenVinoConfig(precision=precision)} if backend == "openvino" else {}
     model = load_model(ModelConfig(path=path, threshold=0.5, backend=backend, batch_size=1, threads=int(sys.argv[4]),
@@ -55,17 +60,22 @@ for backend, name, path, precision in runs:
     x = np.random.default_rng(0).integers(0, 256, (1, size, size, 3), dtype=np.uint8)
     for _ in range(2):
         model.backend.infer(x)
-    times = []
-    for _ in range(int(sys.argv[3])):
-        wait_until_idle()
-        t = time.perf_counter()
-        model.backend.infer(x)
-        times.append(time.perf_counter() - t)
-    out[f"{backend} {name}"] = 1000 * float(np.median(times))
+    models[f"{backend} {name}"] = model
     if backend == "openvino" and name == "fp32":
         import openvino as ov
         out["openvino_capabilities"] = [str(c) for c in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")]
-    model.backend.close()
+names = list(models)
+times = {k: [] for k in names}
+for r in range(int(sys.argv[3])):
+    for j in range(len(names)):
+        k = names[(r + j) % len(names)]
+        wait_until_idle()
+        t = time.perf_counter()
+        models[k].backend.infer(x)
+        times[k].append(time.perf_counter() - t)
+for k in names:
+    out[k] = 1000 * float(np.median(times[k]))
+    models[k].backend.close()
 print("FSAC-ISA " + json.dumps(out))
 """
 
