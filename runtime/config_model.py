@@ -62,8 +62,11 @@ class ModelConfig(Settings):
                              "and serves the fastest whose logits agree with fp32 (fsac.runtime.policy); openvino: "
                              "Intel's runtime (model.openvino)")
     openvino: OpenVinoConfig = Field(default_factory=OpenVinoConfig)
-    int8_path: str = Field("", description="INT8 QDQ file quantized from model.path (`fsac quantize`) that backend: "
-                           "auto may serve instead, if it is faster and its logits agree with fp32")
+    int8_path: Union[str, List[str]] = Field("", description="INT8 file quantized from model.path (`fsac quantize`) "
+                                             "that backend: auto may serve instead, if it is faster and its logits "
+                                             "agree with fp32; a list: several INT8 layouts of the same model (e.g. "
+                                             "the default file and one from `fsac quantize --engine nncf`), each a "
+                                             "candidate on every INT8 runtime, so each machine gets its fastest")
     calibration_images: str = Field("", description="folder of normal images for backend: auto to measure each "
                                     "candidate's agreement with fp32 on (empty: auto is onnxruntime fp32)")
     providers: List[str] = Field(default_factory=list, description="onnxruntime execution providers in order "

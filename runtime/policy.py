@@ -1,7 +1,7 @@
 """`model.backend: auto` with calibration images: the fastest backend that agrees with fp32.
 
 On the machine it runs on, every candidate (ONNX Runtime fp32, the reference; OpenVINO
-f32 / bf16; and, given `model.int8_path`, the INT8 QDQ file on ONNX Runtime and OpenVINO)
+f32 / bf16; and, given `model.int8_path`, each INT8 file listed on ONNX Runtime and OpenVINO)
 is built from the verified sealed file(s), run on the calibration images, and timed at
 batch 1. A candidate qualifies only if its anomaly *logits* agree with the fp32 reference's
 on those images (the score sigmoid(z) saturates, so it is never compared):
@@ -175,19 +175,37 @@ def calibration_pixels(folder: str, info) -> np.ndarray:
     return np.stack([resize_crop(load_image(f, spec), spec) for f in files[:MAX_IMAGES]])
 
 
-def _int8_file(cfg, info):
-    """The verified INT8 QDQ sibling (model.int8_path) of the fp32 file, or None."""
-    if not cfg.int8_path:
-        return None, None
+def int8_paths(setting: str | list[str]) -> list[str]:
+    """model.int8_path as a list of files ("" or [] : none)."""
+    paths = [setting] if isinstance(setting, str) else list(setting)
+    return [p for p in paths if p]
+
+
+def _int8_files(cfg, info) -> list[tuple[str, bytes, Any]]:
+    """The verified INT8 siblings (model.int8_path) of the fp32 file: (label, bytes, ModelInfo)
+    each; the label tells the candidates of several files apart ("" for a single file)."""
+    from pathlib import Path
+
     from fsac.modelfile import load_model_file
 
-    data, qinfo = load_model_file(cfg.int8_path)
-    if qinfo.checkpoint_sha256 != info.checkpoint_sha256:
-        raise FsacError(f"model.int8_path: {cfg.int8_path} was quantized from another checkpoint "
-                        f"({qinfo.checkpoint_sha256[:12]}, model.path has {info.checkpoint_sha256[:12]})")
-    if str(qinfo.precision).lower() != "int8":
-        raise FsacError(f"model.int8_path: {cfg.int8_path} is a {qinfo.precision} model, not INT8 (`fsac quantize`)")
-    return data, qinfo
+    paths = int8_paths(cfg.int8_path)
+    seen: dict[str, str] = {}
+    out = []
+    for path in paths:
+        key = str(Path(path).resolve())
+        if key in seen:
+            raise FsacError(f"model.int8_path: {path} is listed twice")
+        seen[key] = path
+        data, qinfo = load_model_file(path)
+        if qinfo.checkpoint_sha256 != info.checkpoint_sha256:
+            raise FsacError(f"model.int8_path: {path} was quantized from another checkpoint "
+                            f"({qinfo.checkpoint_sha256[:12]}, model.path has {info.checkpoint_sha256[:12]})")
+        if str(qinfo.precision).lower() != "int8":
+            raise FsacError(f"model.int8_path: {path} is a {qinfo.precision} model, not INT8 (`fsac quantize`)")
+        out.append((path, data, qinfo))
+    names = [Path(p).name for p, _, _ in out]
+    labels = ["" if len(out) == 1 else f" [{n if names.count(n) == 1 else p}]" for (p, _, _), n in zip(out, names)]
+    return [(label, data, qinfo) for label, (_, data, qinfo) in zip(labels, out)]
 
 
 def build_auto(cfg, data: bytes | str, info, logit_threshold: float) -> tuple[Any, Selection]:
@@ -211,11 +229,13 @@ def build_auto(cfg, data: bytes | str, info, logit_threshold: float) -> tuple[An
         "openvino f32": openvino(data, info, "f32"),
         "openvino bf16": openvino(data, info, "bf16"),
     }
-    qdata, qinfo = _int8_file(cfg, info)
-    if qdata is not None:
-        candidates["onnxruntime int8"] = ort(qdata, qinfo)
-        candidates["openvino int8"] = openvino(qdata, qinfo, "int8")
-        candidates["openvino int8_bf16"] = openvino(qdata, qinfo, "int8_bf16")
+    served_file: dict[str, Any] = {}  # candidate name -> the INT8 file's ModelInfo
+    for label, qdata, qinfo in _int8_files(cfg, info):
+        for name, make in ((f"onnxruntime int8{label}", ort(qdata, qinfo)),
+                           (f"openvino int8{label}", openvino(qdata, qinfo, "int8")),
+                           (f"openvino int8_bf16{label}", openvino(qdata, qinfo, "int8_bf16"))):
+            candidates[name] = make
+            served_file[name] = qinfo
     notes = []
     if info.metadata.get("fsac.weights_random") == "true":
         notes.append("RANDOM backbone weights: the logits barely vary between images, so the agreement bounds "
@@ -232,7 +252,8 @@ def build_auto(cfg, data: bytes | str, info, logit_threshold: float) -> tuple[An
         # and in --check, where the daemon would have stopped anyway).
         raise FsacError(f"model.backend auto: {str(e).removeprefix('backend auto: ')} "
                         f"(model.calibration_images={cfg.calibration_images})") from None
-    if qinfo is not None and "int8" in sel.chosen:  # the INT8 file is served: its weights' bits matter
+    qinfo = served_file.get(sel.chosen)
+    if qinfo is not None:  # an INT8 file is served: its weights' bits matter
         from fsac.int8_saturation import saturation_warning
 
         from .backends import runs_on_cpu

@@ -174,3 +174,45 @@ def test_auto_serving_an_8_bit_int8_file_on_a_cpu_that_saturates_says_so(tiny_fi
     model = load_model(ModelConfig(**cfg, int8_path=str(tiny_files[1])))  # 7-bit: nothing to say
     model.backend.close()
     assert model.warnings == () and model.selection.warnings == []
+
+
+def test_auto_measures_every_int8_file_listed_and_names_them(tiny_files, tiny_8bit_file, bottle, monkeypatch):
+    """model.int8_path as a list: each INT8 layout is a candidate on every INT8 runtime, named
+    by its file; the one served is the one whose saturation warning is given."""
+    import fsac.peaks
+    import fsac.runtime.policy as policy
+
+    fp32, seven_bit = tiny_files
+    cfg = dict(path=str(fp32), threshold=0.5, calibration_images=str(bottle / "train" / "good"))
+    model = load_model(ModelConfig(**cfg, int8_path=[str(seven_bit), str(tiny_8bit_file)]))
+    names = [c.name for c in model.selection.candidates]
+    model.backend.close()
+    assert names[:3] == ["onnxruntime fp32", "openvino f32", "openvino bf16"]
+    for runtime in ("onnxruntime int8", "openvino int8", "openvino int8_bf16"):
+        assert f"{runtime} [tiny.int8.onnx]" in names and f"{runtime} [m8.int8.onnx]" in names
+    assert len(names) == 9
+    timed = {c.name: c for c in model.selection.candidates}
+    assert timed["onnxruntime int8 [m8.int8.onnx]"].ms_batch1 > 0 and timed["onnxruntime int8 [tiny.int8.onnx]"].agreement
+
+    real = policy.select
+
+    def pick(name):
+        def select(candidates, reference, *args):
+            sel, backend = real(candidates, reference, *args)
+            backend.close()
+            sel.chosen = name
+            return sel, candidates[name]()
+        return select
+
+    monkeypatch.setattr(fsac.peaks, "cpu_flags", lambda: ["sse2", "avx2", "fma"])  # a CPU that saturates
+    for chosen, warned in (("onnxruntime int8 [m8.int8.onnx]", True), ("onnxruntime int8 [tiny.int8.onnx]", False)):
+        monkeypatch.setattr(policy, "select", pick(chosen))
+        model = load_model(ModelConfig(**cfg, int8_path=[str(seven_bit), str(tiny_8bit_file)]))
+        model.backend.close()
+        assert (len(model.warnings) == 1 and "m8.int8.onnx: INT8 file with 8-bit weights" in model.warnings[0]) \
+            is warned, model.warnings
+    monkeypatch.setattr(policy, "select", real)
+    with pytest.raises(FsacError, match=r"model\.int8_path: .*tiny\.int8\.onnx is listed twice"):
+        load_model(ModelConfig(**cfg, int8_path=[str(seven_bit), str(seven_bit)]))
+    with pytest.raises(FsacError, match=r"model\.int8_path: .*tiny\.onnx is a fp32 model, not INT8"):
+        load_model(ModelConfig(**cfg, int8_path=[str(seven_bit), str(fp32)]))
