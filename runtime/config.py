@@ -223,6 +223,7 @@ def validate(cfg: RuntimeConfig) -> None:
     if not any(sink_section_enabled(getattr(cfg.sinks, s.name)) for s in SINKS):
         raise FsacError("sinks: no result sink configured; set sinks.jsonl.path (or --jsonl FILE), "
                         + ", ".join(f"sinks.{s.name}" for s in SINKS if not s.always_present))
+    cfg.model._frames_queue = source_queues(cfg)
     resolve_openvino_streams(cfg)
     if not cfg.journal.dir:
         if not cfg.sinks.jsonl.path:
@@ -254,15 +255,21 @@ def resolve_openvino_streams(cfg: RuntimeConfig) -> None:
     ov = cfg.model.openvino
     if ov.streams != "auto":
         return
-    kind = None
-    if cfg.source.uri and cfg.source.mode == "every-frame":
-        from .sources import resolve_kind
+    ov.streams = "throughput" if source_queues(cfg) else 1
 
-        try:
-            kind = resolve_kind(cfg.source)
-        except FsacError:  # the source names it when it opens; here it only means: not queued
-            kind = None
-    ov.streams = auto_streams(kind, cfg.source.mode)
+
+def source_queues(cfg: RuntimeConfig) -> bool:
+    """Whether the source's frames wait in a queue: a folder or video file in every-frame mode
+    (the scorer's batches are full, and frames/s is what counts)."""
+    if not (cfg.source.uri and cfg.source.mode == "every-frame"):
+        return False
+    from .sources import resolve_kind
+
+    try:
+        kind = resolve_kind(cfg.source)
+    except FsacError:  # the source names it when it opens; here it only means: not queued
+        return False
+    return auto_streams(kind, cfg.source.mode) == "throughput"
 
 
 def to_dict(cfg: Any) -> Any:

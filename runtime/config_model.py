@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Literal, Optional, Union
 
-from pydantic import Field, create_model, field_validator
+from pydantic import Field, PrivateAttr, create_model, field_validator
 
 from .gige_settings import GigeSettings
 from .opcua_settings import OpcuaSettings
@@ -93,6 +93,10 @@ class ModelConfig(Settings):
                           "work (OpenVINO compiles kernels per input shape: measured 157 ms for the first batch "
                           "of 1 of ViT-B-16-plus-240 bf16 instead of 49)")
     path_settings = ("path", "calibration_images", "int8_path")
+    # Not a setting: whether the configured source's frames wait in a queue (a folder or video
+    # in every-frame mode: full batches, frames/s counts), resolved from the source at load
+    # (runtime/config.py, source_queues); backend auto times its candidates at that batch.
+    _frames_queue: bool = PrivateAttr(False)
 
 
 class SourceConfig(Settings):

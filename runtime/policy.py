@@ -2,8 +2,12 @@
 
 On the machine it runs on, every candidate (ONNX Runtime fp32, the reference; OpenVINO
 f32 / bf16; and, given `model.int8_path`, each INT8 file listed on ONNX Runtime and OpenVINO)
-is built from the verified sealed file(s), run on the calibration images, and timed at
-batch 1. A candidate qualifies only if its anomaly *logits* agree with the fp32 reference's
+is built from the verified sealed file(s), run on the calibration images, and timed per
+image at the batch the daemon will form: batch 1 where each frame's latency counts (triggers,
+cameras, watch folders), `model.batch_size` where frames queue up (a folder or video in
+every-frame mode, where OpenVINO runs two streams: timed at batch 1 it used one of them and
+measured twice its per-frame time: 678.8 ms for OpenVINO f32 on the AVX2 EPYC, 354 in
+`fsac bench export`). A candidate qualifies only if its anomaly *logits* agree with the fp32 reference's
 on those images (the score sigmoid(z) saturates, so it is never compared):
 
   Spearman rank correlation  >= MIN_SPEARMAN (0.99)
@@ -50,7 +54,7 @@ def failures(a: LogitAgreement, min_spearman: float = MIN_SPEARMAN, min_verdict:
 @dataclass
 class CandidateResult:
     name: str
-    ms_batch1: float | None = None
+    ms_per_image: float | None = None  # median call time / batch, at Selection.timed_batch
     agreement: dict[str, Any] | None = None
     qualified: bool = False
     reasons: list[str] = field(default_factory=list)
@@ -65,6 +69,7 @@ class Selection:
     candidates: list[CandidateResult]
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # about the file served (fsac-run logs them at load)
+    timed_batch: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -72,50 +77,54 @@ class Selection:
     def summary(self) -> str:
         parts = []
         for c in self.candidates:
-            t = "n/a" if c.ms_batch1 is None else f"{c.ms_batch1:.1f} ms"
+            t = "n/a" if c.ms_per_image is None else f"{c.ms_per_image:.1f} ms"
             why = "ok" if c.qualified else "; ".join(c.reasons)
             parts.append(f"{c.name} {t} ({why})")
-        text = f"auto chose {self.chosen} on {self.images} calibration images: " + ", ".join(parts)
+        at = "batch 1" if self.timed_batch == 1 else f"batch {self.timed_batch}, per image (frames queue up)"
+        text = (f"auto chose {self.chosen} on {self.images} calibration images, timed at {at}: "
+                + ", ".join(parts))
         return text + "".join(f"; note: {n}" for n in self.notes)
 
 
-def _time_batch1(infer: Callable[[np.ndarray], Any], pixels: np.ndarray, runs: int) -> float:
+def _time_per_image(infer: Callable[[np.ndarray], Any], pixels: np.ndarray, runs: int, batch: int = 1) -> float:
+    """Median ms per image of `runs` calls on batches of `batch` calibration images."""
     from fsac.cpu_quiet import wait_until_idle
 
-    infer(pixels[:1])  # warm-up (first call allocates, packs, or JIT-compiles)
+    picks = np.resize(np.arange(len(pixels)), runs * batch)  # cycles through the images
+    infer(pixels[picks[:batch]])  # warm-up (first call allocates, packs, or JIT-compiles)
     times = []
     for i in range(runs):
-        x = pixels[i % len(pixels):i % len(pixels) + 1]
+        x = pixels[picks[i * batch:(i + 1) * batch]]
         wait_until_idle()  # not beside the last candidate's spinning threads (model.spin_wait)
         t = time.perf_counter()
         infer(x)
         times.append(time.perf_counter() - t)
-    return float(np.median(times) * 1e3)
+    return float(np.median(times) * 1e3 / batch)
 
 
-def _reference_failed(reference: str, what: str, why: str, built: dict[str, Any]) -> None:
+def _reference_failed(reference: str, what: str, why: str) -> None:
     """Without the reference's logits no candidate can be compared (nor served: the policy
     only ever serves what agrees with it), so its failure is the error, named as such; the
-    other candidates are not even built."""
-    for backend in built.values():
-        backend.close()
+    other candidates are not even built (the reference is built first)."""
     raise FsacError(f"backend auto: the reference {reference} {what}, so no backend can be checked "
                     f"against it: {why}")
 
 
 def select(candidates: dict[str, Callable[[], Any]], reference: str, pixels: np.ndarray,
            logits: Callable[[Any, np.ndarray], np.ndarray], logit_threshold: float | None,
-           notes: list[str] | None = None, runs: int = TIMING_RUNS) -> tuple[Selection, Any]:
+           notes: list[str] | None = None, runs: int = TIMING_RUNS, batch: int = 1) -> tuple[Selection, Any]:
     """Build, run and time every candidate; return (selection, the chosen backend).
 
     candidates: name -> factory building a backend (reference first is not required);
-    logits(backend, pixels) -> the logits of the images. Backends not chosen are closed.
+    logits(backend, pixels) -> the logits of the images; batch: the batch each candidate is
+    timed at (per image). Only the fastest qualifying candidate so far stays open (nine
+    candidates of the full model open at once would hold several GB at start).
     """
     if reference not in candidates:
         raise FsacError(f"backend auto: no reference candidate {reference!r}")
     pixels = pixels[:MAX_IMAGES]
     results: list[CandidateResult] = []
-    built: dict[str, Any] = {}
+    best: tuple[CandidateResult, Any] | None = None  # the reference first: it always qualifies
     ref_logits = None
     order = [reference] + [n for n in candidates if n != reference]
     for name in order:
@@ -126,17 +135,17 @@ def select(candidates: dict[str, Callable[[], Any]], reference: str, pixels: np.
         except FsacError as e:
             res.reasons.append(f"not available: {e}")
             if name == reference:
-                _reference_failed(reference, "is not available", str(e), built)
+                _reference_failed(reference, "is not available", str(e))
             continue
         try:
             z = logits(backend, pixels)
-            res.ms_batch1 = _time_batch1(backend.infer, pixels, runs)
+            res.ms_per_image = _time_per_image(backend.infer, pixels, runs, min(batch, backend.max_batch))
         except Exception as e:  # a candidate that crashes is skipped, never served
             res.reasons.append(f"failed: {type(e).__name__}: {e}")
             backend.close()
             if name == reference:
                 _reference_failed(reference, f"failed on the calibration images ({len(pixels)})",
-                                  f"{type(e).__name__}: {e}", built)
+                                  f"{type(e).__name__}: {e}")
             continue
         if name == reference:
             ref_logits = z
@@ -146,16 +155,17 @@ def select(candidates: dict[str, Callable[[], Any]], reference: str, pixels: np.
             res.agreement = asdict(a)
             res.reasons = failures(a)
             res.qualified = not res.reasons
-        built[name] = backend
-    ok = [r for r in results if r.qualified and r.ms_batch1 is not None]
-    best = min(ok, key=lambda r: r.ms_batch1)
-    for name, backend in built.items():
-        if name != best.name:
+        if best is None or (res.qualified and res.ms_per_image < best[0].ms_per_image):
+            if best is not None:
+                best[1].close()
+            best = (res, backend)
+        else:
             backend.close()
-    sel = Selection(chosen=best.name, reference=reference, images=int(len(pixels)),
+    sel = Selection(chosen=best[0].name, reference=reference, images=int(len(pixels)),
                     bounds={"min_spearman": MIN_SPEARMAN, "min_verdict_agreement": MIN_VERDICT,
-                            "max_rel_dlogit": MAX_REL_DLOGIT}, candidates=results, notes=list(notes or []))
-    return sel, built[best.name]
+                            "max_rel_dlogit": MAX_REL_DLOGIT}, candidates=results, notes=list(notes or []),
+                    timed_batch=int(batch))
+    return sel, best[1]
 
 
 # --------------------------------------------------------------------------- fsac-run wiring
@@ -246,7 +256,9 @@ def build_auto(cfg, data: bytes | str, info, logit_threshold: float) -> tuple[An
                                for i in range(0, len(px), backend.max_batch)])
 
     try:
-        sel, backend = select(candidates, "onnxruntime fp32", pixels, logits, logit_threshold, notes)
+        # Timed at the batch the daemon will form: full ones where the source's frames queue up.
+        batch = cfg.batch_size if cfg._frames_queue else 1
+        sel, backend = select(candidates, "onnxruntime fp32", pixels, logits, logit_threshold, notes, batch=batch)
     except FsacError as e:
         # The model's own failure, named with the settings that led to it (one line at start
         # and in --check, where the daemon would have stopped anyway).

@@ -40,7 +40,7 @@ def test_auto_measures_candidates_and_serves_the_fastest_that_agrees(tiny_files,
                      "openvino int8_bf16"]
     assert sel.images == 32 and sel.reference == "onnxruntime fp32"  # the first 32 of the folder
     ref = sel.candidates[0]
-    assert ref.qualified and ref.ms_batch1 > 0
+    assert ref.qualified and ref.ms_per_image > 0
     for c in sel.candidates[1:]:
         if c.agreement is None:  # not available on this CPU (e.g. no bf16): says why
             assert c.reasons and not c.qualified
@@ -50,7 +50,7 @@ def test_auto_measures_candidates_and_serves_the_fastest_that_agrees(tiny_files,
                                and a["rel_max_abs_diff"] <= MAX_REL_DLOGIT and a["n_images"] >= 20
                                and a["non_finite"] == 0)
     ok = [c for c in sel.candidates if c.qualified]
-    chosen = min(ok, key=lambda c: c.ms_batch1)
+    chosen = min(ok, key=lambda c: c.ms_per_image)
     assert sel.chosen == chosen.name
     assert sel.chosen.split()[0] == model.backend.name
     text = model.describe()
@@ -158,8 +158,8 @@ def test_auto_serving_an_8_bit_int8_file_on_a_cpu_that_saturates_says_so(tiny_fi
 
     real = policy.select
 
-    def int8_wins(candidates, reference, *args):
-        sel, backend = real(candidates, reference, *args)
+    def int8_wins(candidates, reference, *args, **kw):
+        sel, backend = real(candidates, reference, *args, **kw)
         backend.close()
         sel.chosen = "onnxruntime int8"
         return sel, candidates["onnxruntime int8"]()
@@ -192,13 +192,13 @@ def test_auto_measures_every_int8_file_listed_and_names_them(tiny_files, tiny_8b
         assert f"{runtime} [tiny.int8.onnx]" in names and f"{runtime} [m8.int8.onnx]" in names
     assert len(names) == 9
     timed = {c.name: c for c in model.selection.candidates}
-    assert timed["onnxruntime int8 [m8.int8.onnx]"].ms_batch1 > 0 and timed["onnxruntime int8 [tiny.int8.onnx]"].agreement
+    assert timed["onnxruntime int8 [m8.int8.onnx]"].ms_per_image > 0 and timed["onnxruntime int8 [tiny.int8.onnx]"].agreement
 
     real = policy.select
 
     def pick(name):
-        def select(candidates, reference, *args):
-            sel, backend = real(candidates, reference, *args)
+        def select(candidates, reference, *args, **kw):
+            sel, backend = real(candidates, reference, *args, **kw)
             backend.close()
             sel.chosen = name
             return sel, candidates[name]()
@@ -216,3 +216,74 @@ def test_auto_measures_every_int8_file_listed_and_names_them(tiny_files, tiny_8b
         load_model(ModelConfig(**cfg, int8_path=[str(seven_bit), str(seven_bit)]))
     with pytest.raises(FsacError, match=r"model\.int8_path: .*tiny\.onnx is a fp32 model, not INT8"):
         load_model(ModelConfig(**cfg, int8_path=[str(seven_bit), str(fp32)]))
+
+
+class _Timed:
+    """A stand-in backend: logits that agree (or not) with the reference's, a fixed time per
+    call, and a record of every batch it ran and whether it was closed."""
+
+    max_batch = 4
+
+    def __init__(self, seconds_per_call: float, offset: float = 0.0):
+        self.seconds, self.offset, self.batches, self.closed = seconds_per_call, offset, [], False
+
+    def infer(self, px):
+        import time
+
+        self.batches.append(len(px))
+        time.sleep(self.seconds)
+        return {"logit": np.arange(len(px), dtype=np.float64) + px[:, 0, 0, 0] + self.offset}
+
+    def close(self):
+        self.closed = True
+
+
+def test_select_times_per_image_at_the_daemons_batch_and_keeps_only_the_best_open():
+    """Candidates are timed per image at `batch` (the daemon's full batches where frames queue
+    up); a candidate run on one of two streams at batch 1 would count double. Only the fastest
+    qualifying candidate stays open."""
+    from fsac.runtime.policy import select
+
+    pixels = np.zeros((24, 2, 2, 3), np.uint8)
+    pixels[:, 0, 0, 0] = np.arange(24) * 10  # distinct logits, so the ranks mean something
+    made = {"ref": _Timed(0.02), "fast": _Timed(0.005), "faster but wrong": _Timed(0.001, offset=1e6),
+            "slow": _Timed(0.04)}
+    candidates = {k: (lambda b: lambda: b)(b) for k, b in made.items()}
+
+    def logits(backend, px):
+        return np.concatenate([backend.infer(px[i:i + 4])["logit"] for i in range(0, len(px), 4)])
+
+    sel, served = select(candidates, "ref", pixels, logits, 100.0, runs=3, batch=4)
+    assert sel.timed_batch == 4 and "timed at batch 4, per image (frames queue up)" in sel.summary()
+    by = {c.name: c for c in sel.candidates}
+    assert all(set(b.batches[-3:]) == {4} for b in made.values())  # the timed calls: full batches
+    assert 0.8 * 5 / 4 <= by["fast"].ms_per_image <= 3 * 5 / 4  # ~5 ms a call of 4 images
+    assert not by["faster but wrong"].qualified and by["slow"].qualified  # the fastest disagrees
+    assert sel.chosen == "fast" and served is made["fast"]
+    assert [b.closed for b in made.values()] == [True, False, True, True]  # the reference, once beaten
+
+    for b in made.values():
+        b.closed = False
+    sel, served = select(candidates, "ref", pixels, logits, None, runs=3)  # no threshold: only the reference
+    assert sel.chosen == "ref" and [b.closed for b in made.values()] == [False, True, True, True]
+    assert sel.timed_batch == 1 and "timed at batch 1:" in sel.summary()
+    assert set(made["fast"].batches[-3:]) == {1}
+
+
+def test_auto_times_at_the_batch_size_where_the_source_queues_frames(tiny_files, image_folder, bottle, tmp_path):
+    """A folder in every-frame mode: backend auto times at model.batch_size; a trigger station
+    (each frame's latency counts): at batch 1."""
+    from fsac.runtime.config import load_config
+
+    fp32, int8 = tiny_files
+    sets = ["model.threshold=0.5", f"model.calibration_images={bottle / 'train' / 'good'}", f"model.int8_path={int8}",
+            "model.batch_size=3"]
+    cfg = load_config(None, sets, model=str(fp32), source=str(image_folder), jsonl=str(tmp_path / "r.jsonl"))
+    model = load_model(cfg.model)
+    model.backend.close()
+    assert model.selection.timed_batch == 3 and cfg.model.openvino.streams == "throughput"
+    cfg = load_config(None, sets + ["source.mode=trigger", "source.uri="], model=str(fp32),
+                      jsonl=str(tmp_path / "r.jsonl"))
+    model = load_model(cfg.model)
+    model.backend.close()
+    assert model.selection.timed_batch == 1 and cfg.model.openvino.streams == 1
