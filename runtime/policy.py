@@ -117,8 +117,8 @@ def select(candidates: dict[str, Callable[[], Any]], reference: str, pixels: np.
 
     candidates: name -> factory building a backend (reference first is not required);
     logits(backend, pixels) -> the logits of the images; batch: the batch each candidate is
-    timed at (per image). Only the fastest qualifying candidate so far stays open (nine
-    candidates of the full model open at once would hold several GB at start).
+    timed at (per image). Only the fastest qualifying candidate so far stays open (before,
+    every candidate stayed open until all were measured: each backend's memory at once).
     """
     if reference not in candidates:
         raise FsacError(f"backend auto: no reference candidate {reference!r}")
