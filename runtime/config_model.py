@@ -69,6 +69,11 @@ class ModelConfig(Settings):
                                              "candidate on every INT8 runtime, so each machine gets its fastest")
     calibration_images: str = Field("", description="folder of normal images for backend: auto to measure each "
                                     "candidate's agreement with fp32 on (empty: auto is onnxruntime fp32)")
+    max_backend_memory: Size = Field(0, ge=0, description="backend auto: a candidate whose backend holds more "
+                                     "resident memory than this (measured at start, e.g. 800MB) does not qualify; "
+                                     "0: no limit. `fsac-run --check` on a 2-core AVX2 EPYC, ViT-B-16-plus-240, "
+                                     "batch 4: ONNX Runtime fp32 +611 MiB, OpenVINO f32 +1497, ONNX Runtime INT8 "
+                                     "+358, OpenVINO int8 +596")
     providers: List[str] = Field(default_factory=list, description="onnxruntime execution providers in order "
                                  "(tensorrt, cuda, cpu or full names); empty: TensorRT -> CUDA -> CPU, whichever "
                                  "this onnxruntime offers")

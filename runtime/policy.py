@@ -36,6 +36,7 @@ import numpy as np
 from fsac.agreement import (MAX_REL_DLOGIT, MIN_SPEARMAN, MIN_VERDICT, LogitAgreement, agreement_failures,
                             logit_agreement)
 from fsac.errors import FsacError
+from fsac.procmem import give_back_memory, rss_bytes
 
 log = logging.getLogger("fsac.runtime")
 
@@ -55,6 +56,7 @@ def failures(a: LogitAgreement, min_spearman: float = MIN_SPEARMAN, min_verdict:
 class CandidateResult:
     name: str
     ms_per_image: float | None = None  # median call time / batch, at Selection.timed_batch
+    memory_bytes: int | None = None  # resident memory the backend added (built, run, timed)
     agreement: dict[str, Any] | None = None
     qualified: bool = False
     reasons: list[str] = field(default_factory=list)
@@ -78,6 +80,8 @@ class Selection:
         parts = []
         for c in self.candidates:
             t = "n/a" if c.ms_per_image is None else f"{c.ms_per_image:.1f} ms"
+            if c.memory_bytes is not None:
+                t += f", +{c.memory_bytes / 2**20:.0f} MiB"
             why = "ok" if c.qualified else "; ".join(c.reasons)
             parts.append(f"{c.name} {t} ({why})")
         at = "batch 1" if self.timed_batch == 1 else f"batch {self.timed_batch}, per image (frames queue up)"
@@ -112,12 +116,15 @@ def _reference_failed(reference: str, what: str, why: str) -> None:
 
 def select(candidates: dict[str, Callable[[], Any]], reference: str, pixels: np.ndarray,
            logits: Callable[[Any, np.ndarray], np.ndarray], logit_threshold: float | None,
-           notes: list[str] | None = None, runs: int = TIMING_RUNS, batch: int = 1) -> tuple[Selection, Any]:
+           notes: list[str] | None = None, runs: int = TIMING_RUNS, batch: int = 1,
+           max_memory: int = 0) -> tuple[Selection, Any]:
     """Build, run and time every candidate; return (selection, the chosen backend).
 
     candidates: name -> factory building a backend (reference first is not required);
     logits(backend, pixels) -> the logits of the images; batch: the batch each candidate is
-    timed at (per image). Only the fastest qualifying candidate so far stays open (before,
+    timed at (per image); max_memory: bytes a candidate's backend may hold (0: no limit; the
+    resident memory it added, freed heap given back to the OS before each one is built, so
+    the figure is its own). Only the fastest qualifying candidate so far stays open (before,
     every candidate stayed open until all were measured: each backend's memory at once).
     """
     if reference not in candidates:
@@ -130,6 +137,8 @@ def select(candidates: dict[str, Callable[[], Any]], reference: str, pixels: np.
     for name in order:
         res = CandidateResult(name=name)
         results.append(res)
+        give_back_memory()  # what the last candidate freed, so this one's figure is its own
+        before = rss_bytes()
         try:
             backend = candidates[name]()
         except FsacError as e:
@@ -140,6 +149,9 @@ def select(candidates: dict[str, Callable[[], Any]], reference: str, pixels: np.
         try:
             z = logits(backend, pixels)
             res.ms_per_image = _time_per_image(backend.infer, pixels, runs, min(batch, backend.max_batch))
+            after = rss_bytes()
+            if before is not None and after is not None:
+                res.memory_bytes = max(0, after - before)
         except Exception as e:  # a candidate that crashes is skipped, never served
             res.reasons.append(f"failed: {type(e).__name__}: {e}")
             backend.close()
@@ -149,11 +161,18 @@ def select(candidates: dict[str, Callable[[], Any]], reference: str, pixels: np.
             continue
         if name == reference:
             ref_logits = z
-            res.qualified = True
+            res.qualified = True  # whatever it holds: the policy never does worse than fp32
+            if max_memory and res.memory_bytes is not None and res.memory_bytes > max_memory:
+                notes = [*(notes or []), f"the reference {name} itself holds {res.memory_bytes / 2**20:.0f} MiB > "
+                         f"model.max_backend_memory {max_memory / 2**20:.0f} MiB; it is served if nothing else "
+                         "qualifies"]
         else:
             a = logit_agreement(ref_logits, z, logit_threshold)
             res.agreement = asdict(a)
             res.reasons = failures(a)
+            if max_memory and res.memory_bytes is not None and res.memory_bytes > max_memory:
+                res.reasons.append(f"holds {res.memory_bytes / 2**20:.0f} MiB > model.max_backend_memory "
+                                   f"{max_memory / 2**20:.0f} MiB")
             res.qualified = not res.reasons
         if best is None or (res.qualified and res.ms_per_image < best[0].ms_per_image):
             if best is not None:
@@ -258,7 +277,8 @@ def build_auto(cfg, data: bytes | str, info, logit_threshold: float) -> tuple[An
     try:
         # Timed at the batch the daemon will form: full ones where the source's frames queue up.
         batch = cfg.batch_size if cfg._frames_queue else 1
-        sel, backend = select(candidates, "onnxruntime fp32", pixels, logits, logit_threshold, notes, batch=batch)
+        sel, backend = select(candidates, "onnxruntime fp32", pixels, logits, logit_threshold, notes, batch=batch,
+                              max_memory=cfg.max_backend_memory)
     except FsacError as e:
         # The model's own failure, named with the settings that led to it (one line at start
         # and in --check, where the daemon would have stopped anyway).

@@ -224,8 +224,14 @@ class _Timed:
 
     max_batch = 4
 
-    def __init__(self, seconds_per_call: float, offset: float = 0.0):
+    def __init__(self, seconds_per_call: float, offset: float = 0.0, holds_mib: int = 0):
         self.seconds, self.offset, self.batches, self.closed = seconds_per_call, offset, [], False
+        self.holds_mib = holds_mib
+        self.held = None
+
+    def __call__(self):  # the factory: "building" it allocates (and touches) what it holds
+        self.held = np.ones(self.holds_mib * 2**20, np.uint8) if self.holds_mib else None
+        return self
 
     def infer(self, px):
         import time
@@ -236,6 +242,7 @@ class _Timed:
 
     def close(self):
         self.closed = True
+        self.held = None
 
 
 def test_select_times_per_image_at_the_daemons_batch_and_keeps_only_the_best_open():
@@ -287,3 +294,32 @@ def test_auto_times_at_the_batch_size_where_the_source_queues_frames(tiny_files,
     model = load_model(cfg.model)
     model.backend.close()
     assert model.selection.timed_batch == 1 and cfg.model.openvino.streams == 1
+
+
+def test_select_measures_what_each_candidate_holds_and_can_refuse_the_largest():
+    """Each candidate's resident memory is measured (freed heap given back first) and shown;
+    with max_memory a faster candidate that holds more does not qualify, with the reason."""
+    from fsac.runtime.policy import select
+
+    pixels = np.zeros((24, 2, 2, 3), np.uint8)
+    pixels[:, 0, 0, 0] = np.arange(24) * 10
+    made = {"ref": _Timed(0.02), "big and fast": _Timed(0.002, holds_mib=96), "small": _Timed(0.01, holds_mib=8)}
+
+    def logits(backend, px):
+        return np.concatenate([backend.infer(px[i:i + 4])["logit"] for i in range(0, len(px), 4)])
+
+    sel, served = select(made, "ref", pixels, logits, 100.0, runs=3)
+    by = {c.name: c for c in sel.candidates}
+    assert 80 * 2**20 <= by["big and fast"].memory_bytes <= 128 * 2**20, by["big and fast"].memory_bytes
+    assert by["small"].memory_bytes < 40 * 2**20
+    import re
+
+    assert sel.chosen == "big and fast"
+    assert re.search(r"big and fast [\d.]+ ms, \+(8\d|9\d|1[0-2]\d) MiB \(ok\)", sel.summary()), sel.summary()
+    served.close()
+    sel, served = select(made, "ref", pixels, logits, 100.0, runs=3, max_memory=48 * 2**20)
+    by = {c.name: c for c in sel.candidates}
+    assert not by["big and fast"].qualified and sel.chosen == "small" and served is made["small"]
+    assert any(r.startswith("holds 9") and "> model.max_backend_memory 48 MiB" in r for r in by["big and fast"].reasons)
+    sel, _ = select(made, "ref", pixels, logits, 100.0, runs=3, max_memory=1)
+    assert sel.chosen == "ref"  # nothing else fits; the reference is served whatever it holds
