@@ -37,6 +37,7 @@ from typing import Annotated, Any, Callable, Optional
 import numpy as np
 import typer
 
+from fsac.cpu_quiet import interleaved
 from fsac.errors import FsacError
 
 from .bench_memory import export_subprocess, peak_memory
@@ -78,32 +79,6 @@ def model_flops(deploy_model, image_size: int) -> int:
     with _mha_fastpath_disabled(), torch.no_grad(), FlopCounterMode(display=False) as fc:
         deploy_model(x)
     return int(fc.get_total_flops())
-
-
-def interleaved(backends: dict[str, Callable[[np.ndarray], Any]], batches: list[np.ndarray], rounds: int,
-                warmup: int = 1) -> dict[str, list[float]]:
-    """Seconds per call of each backend; round r runs every backend once on batches[r % len].
-
-    The order within a round rotates (round r starts with backend r mod k), so no backend
-    always runs right after the same other one (cache contents, CPU frequency); and each call
-    waits until the last one's spinning worker threads are quiet (fsac.cpu_quiet: ONNX
-    Runtime's took a core for ~40 ms after every call, and slowed the next row by 6-10 %)."""
-    from fsac.cpu_quiet import wait_until_idle
-
-    for fn in backends.values():
-        for i in range(warmup):
-            fn(batches[i % len(batches)])
-    names = list(backends)
-    times: dict[str, list[float]] = {k: [] for k in names}
-    for r in range(rounds):
-        x = batches[r % len(batches)]
-        for j in range(len(names)):
-            k = names[(r + j) % len(names)]
-            wait_until_idle()
-            t = time.perf_counter()
-            backends[k](x)
-            times[k].append(time.perf_counter() - t)
-    return times
 
 
 # --------------------------------------------------------------------------- command

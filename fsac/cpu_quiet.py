@@ -18,6 +18,7 @@ machine neither hold it up nor hide behind it.
 from __future__ import annotations
 
 import time
+from typing import Any, Callable, Sequence
 
 QUIET_MAX_S = 0.3  # ONNX Runtime's spin lasts ~40 ms; an upper bound, not a typical wait
 QUIET_WINDOW_S = 0.005
@@ -33,3 +34,27 @@ def wait_until_idle(max_s: float = QUIET_MAX_S, window_s: float = QUIET_WINDOW_S
         used, took = time.process_time() - c0, time.perf_counter() - w0
         if used <= busy * took or time.perf_counter() - start >= max_s:
             return time.perf_counter() - start
+
+
+def interleaved(backends: dict[str, Callable[[Any], Any]], batches: Sequence[Any], rounds: int,
+                warmup: int = 1) -> dict[str, list[float]]:
+    """Seconds per call of each backend; round r runs every backend once on batches[r % len].
+
+    The order within a round rotates (round r starts with backend r mod k), so no backend
+    always runs right after the same other one (cache contents, CPU frequency); and each call
+    waits until the last one's spinning worker threads are quiet (`wait_until_idle`). Used by
+    `fsac bench export` and `fsac bench isa`."""
+    for fn in backends.values():
+        for i in range(warmup):
+            fn(batches[i % len(batches)])
+    names = list(backends)
+    times: dict[str, list[float]] = {k: [] for k in names}
+    for r in range(rounds):
+        x = batches[r % len(batches)]
+        for j in range(len(names)):
+            k = names[(r + j) % len(names)]
+            wait_until_idle()
+            t = time.perf_counter()
+            backends[k](x)
+            times[k].append(time.perf_counter() - t)
+    return times

@@ -53,6 +53,7 @@ from fsac.errors import FsacError
 from fsac.io import atomic_write_json
 from fsac.preprocess import list_images
 
+from .backends import prepack_text
 from .bench_passes import Bare, Broker, daemon_pass, frames_folder, rss_subprocess
 
 RSS_ALLOWANCE = 300 * 1024 * 1024
@@ -208,7 +209,7 @@ def format_table(r: dict[str, Any]) -> str:
              f"backend {r.get('backend', '?')} {r.get('precision', '')}"
              + (f" ({r['streams']} streams)" if (r.get("streams") or 1) > 1 else "")
              + f", providers {','.join(r['providers'])}"
-             + (", pre-packed weights" if r.get("cpu_prepack") is True else "")]
+             + prepack_text(r.get("cpu_prepack"))]
     if "peaks" in r:
         pk = r["peaks"]
         f = lambda x: "n/a" if x is None else f"{x:.0f}"  # noqa: E731

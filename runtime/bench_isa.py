@@ -33,11 +33,11 @@ CAPS = ("AVX2", "AVX2_VNNI", "AVX512_CORE_VNNI", "")  # "" = no cap (this CPU)
 MASK_SOURCE = Path(__file__).resolve().parent / "native" / "cpuid_mask.c"
 
 _CHILD = r"""
-import ctypes, json, os, sys, time
+import ctypes, json, os, sys
 import numpy as np
 from fsac.runtime.backends import load_model
 from fsac.runtime.config import ModelConfig, OpenVinoConfig
-from fsac.cpu_quiet import wait_until_idle
+from fsac.cpu_quiet import interleaved
 try:
     mask = ctypes.CDLL(None).fsac_cpuid_cap()
 except AttributeError:
@@ -58,24 +58,14 @@ for backend, name, path, precision in runs:
                                    **kw))
     size = model.info.image_size
     x = np.random.default_rng(0).integers(0, 256, (1, size, size, 3), dtype=np.uint8)
-    for _ in range(2):
-        model.backend.infer(x)
     models[f"{backend} {name}"] = model
     if backend == "openvino" and name == "fp32":
         import openvino as ov
         out["openvino_capabilities"] = [str(c) for c in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")]
-names = list(models)
-times = {k: [] for k in names}
-for r in range(int(sys.argv[3])):
-    for j in range(len(names)):
-        k = names[(r + j) % len(names)]
-        wait_until_idle()
-        t = time.perf_counter()
-        models[k].backend.infer(x)
-        times[k].append(time.perf_counter() - t)
-for k in names:
+times = interleaved({k: m.backend.infer for k, m in models.items()}, [x], int(sys.argv[3]), warmup=2)
+for k, m in models.items():
     out[k] = 1000 * float(np.median(times[k]))
-    models[k].backend.close()
+    m.backend.close()
 print("FSAC-ISA " + json.dumps(out))
 """
 

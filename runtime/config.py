@@ -243,7 +243,8 @@ def auto_streams(kind: str | None, mode: str) -> str | int:
 
 
 def resolve_openvino_streams(cfg: RuntimeConfig) -> None:
-    """model.openvino.streams `auto` -> `throughput` or 1, from the source (kept as a value, so
+    """model.openvino.streams `auto` -> `throughput` or 1, from the source (model._frames_queue,
+    which `validate` sets from `source_queues` first; kept as a value, so
     `--check` and the log show what runs). With one stream a lone frame runs on all the
     threads; with two on 2 cores each stream has one core, so a decoder taking a core stalls
     one stream instead of the whole inference: measured on an AVX-512 VNNI EPYC (2 cores, int8),
@@ -255,7 +256,7 @@ def resolve_openvino_streams(cfg: RuntimeConfig) -> None:
     ov = cfg.model.openvino
     if ov.streams != "auto":
         return
-    ov.streams = "throughput" if source_queues(cfg) else 1
+    ov.streams = "throughput" if cfg.model._frames_queue else 1
 
 
 def source_queues(cfg: RuntimeConfig) -> bool:
@@ -269,7 +270,7 @@ def source_queues(cfg: RuntimeConfig) -> bool:
         kind = resolve_kind(cfg.source)
     except FsacError:  # the source names it when it opens; here it only means: not queued
         return False
-    return auto_streams(kind, cfg.source.mode) == "throughput"
+    return kind in QUEUED_KINDS
 
 
 def to_dict(cfg: Any) -> Any:

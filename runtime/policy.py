@@ -27,7 +27,6 @@ bounds say little; the selection then carries a note saying so.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
@@ -91,19 +90,22 @@ class Selection:
 
 
 def _time_per_image(infer: Callable[[np.ndarray], Any], pixels: np.ndarray, runs: int, batch: int = 1) -> float:
-    """Median ms per image of `runs` calls on batches of `batch` calibration images."""
-    from fsac.cpu_quiet import wait_until_idle
+    """Median ms per image of `runs` calls on batches of `batch` calibration images, each after
+    the last candidate's spinning threads are quiet (model.spin_wait; fsac.cpu_quiet)."""
+    from fsac.cpu_quiet import interleaved
 
     picks = np.resize(np.arange(len(pixels)), runs * batch)  # cycles through the images
-    infer(pixels[picks[:batch]])  # warm-up (first call allocates, packs, or JIT-compiles)
-    times = []
-    for i in range(runs):
-        x = pixels[picks[i * batch:(i + 1) * batch]]
-        wait_until_idle()  # not beside the last candidate's spinning threads (model.spin_wait)
-        t = time.perf_counter()
-        infer(x)
-        times.append(time.perf_counter() - t)
+    batches = [pixels[picks[i * batch:(i + 1) * batch]] for i in range(runs)]
+    # one warm-up call first (it allocates, packs, or JIT-compiles)
+    times = interleaved({"candidate": infer}, batches, runs, warmup=1)["candidate"]
     return float(np.median(times) * 1e3 / batch)
+
+
+def _memory_over(held: int | None, max_memory: int) -> str | None:
+    """Why a backend holding `held` bytes is over model.max_backend_memory (None: it is not)."""
+    if not max_memory or held is None or held <= max_memory:
+        return None
+    return f"holds {held / 2**20:.0f} MiB > model.max_backend_memory {max_memory / 2**20:.0f} MiB"
 
 
 def _reference_failed(reference: str, what: str, why: str) -> None:
@@ -159,20 +161,18 @@ def select(candidates: dict[str, Callable[[], Any]], reference: str, pixels: np.
                 _reference_failed(reference, f"failed on the calibration images ({len(pixels)})",
                                   f"{type(e).__name__}: {e}")
             continue
+        over = _memory_over(res.memory_bytes, max_memory)
         if name == reference:
             ref_logits = z
             res.qualified = True  # whatever it holds: the policy never does worse than fp32
-            if max_memory and res.memory_bytes is not None and res.memory_bytes > max_memory:
-                notes = [*(notes or []), f"the reference {name} itself holds {res.memory_bytes / 2**20:.0f} MiB > "
-                         f"model.max_backend_memory {max_memory / 2**20:.0f} MiB; it is served if nothing else "
-                         "qualifies"]
+            if over:
+                notes = [*(notes or []), f"the reference {name} itself {over}; it is served if nothing else qualifies"]
         else:
             a = logit_agreement(ref_logits, z, logit_threshold)
             res.agreement = asdict(a)
             res.reasons = failures(a)
-            if max_memory and res.memory_bytes is not None and res.memory_bytes > max_memory:
-                res.reasons.append(f"holds {res.memory_bytes / 2**20:.0f} MiB > model.max_backend_memory "
-                                   f"{max_memory / 2**20:.0f} MiB")
+            if over:
+                res.reasons.append(over)
             res.qualified = not res.reasons
         if best is None or (res.qualified and res.ms_per_image < best[0].ms_per_image):
             if best is not None:
