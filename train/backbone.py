@@ -6,13 +6,12 @@
     load_backbone("ViT-B-16-plus-240-tiny", "random")     # tiny config of the same family, for tests
 
 A pretrained tag and a local file take the same path: the tag is resolved to a file in
-open_clip's download cache, then `load_weights_file` loads it (safetensors, or torch's
+open_clip's download cache (train/pretrained.py), then `load_weights_file` loads it (safetensors, or torch's
 restricted `weights_only` loader for open_clip's .bin/.pt files) and records its sha256.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import sys
 import warnings
@@ -27,12 +26,12 @@ from fsac.errors import FsacError
 from fsac.io import sha256_file
 from fsac.preprocess import PreprocessSpec
 from fsac.train.model import PixelNormalize
+from fsac.train.pretrained import RANDOM_WEIGHTS, quiet_logger, resolve_weights
 
 log = logging.getLogger("fsac")
 
 DEFAULT_ARCH = "ViT-B-16-plus-240"
 DEFAULT_WEIGHTS = "laion400m_e31"
-RANDOM_WEIGHTS = "random"
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 
 RANDOM_WEIGHTS_WARNING = (
@@ -80,81 +79,6 @@ class BackboneInfo:
         return asdict(self)
 
 
-def cached_pretrained(arch: str, tag: str, cache_dir: str | None = None) -> Path | None:
-    """The file of a pretrained tag if an earlier download left it in the local cache, else
-    None. Never touches the network."""
-    import open_clip
-
-    cfg = open_clip.get_pretrained_cfg(arch, tag)
-    if not cfg:
-        return None
-    if cfg.get("hf_hub"):
-        from huggingface_hub import try_to_load_from_cache
-
-        repo = cfg["hf_hub"].rstrip("/")
-        for name in ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors",
-                     "open_clip_pytorch_model.bin"):
-            hit = try_to_load_from_cache(repo, name, cache_dir=cache_dir)
-            if isinstance(hit, str) and Path(hit).is_file():
-                return Path(hit)
-    if cfg.get("url"):
-        root = Path(cache_dir or Path.home() / ".cache" / "clip").expanduser()
-        hit = root / Path(cfg["url"]).name
-        if hit.is_file():
-            return hit
-    return None
-
-
-@contextlib.contextmanager
-def _quiet_logger(name: str):
-    logger = logging.getLogger(name)
-    before = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(before)
-
-
-def resolve_weights(arch: str, weights: str, cache_dir: str | None = None,
-                    offline: bool = False) -> tuple[Path | None, str]:
-    """-> (local weights file or None for random, weights id). Downloads pretrained tags
-    unless `offline`, which only looks in the local download cache."""
-    import open_clip
-
-    if weights in (RANDOM_WEIGHTS, "none"):
-        return None, RANDOM_WEIGHTS
-    path = Path(weights).expanduser()
-    if path.is_file():
-        return path, f"file:{path.name}"
-    tags = open_clip.list_pretrained_tags_by_model(arch)
-    if weights in tags:
-        cached = cached_pretrained(arch, weights, cache_dir)
-        if cached is not None:
-            return cached, weights
-        if offline:
-            raise FsacError(f"the {arch} '{weights}' weights are not in the local download cache")
-        cfg = open_clip.get_pretrained_cfg(arch, weights)
-        try:
-            # huggingface_hub logs every failed attempt (a dozen WARNING lines offline); our
-            # one error line below says what happened and what to do instead.
-            with _quiet_logger("huggingface_hub"):
-                file = open_clip.download_pretrained(cfg, cache_dir=cache_dir)
-        except Exception as e:  # network errors come in many types (requests, hf_hub, urllib)
-            raise FsacError(
-                f"could not download the {arch} '{weights}' weights ({type(e).__name__}: {str(e).splitlines()[0][:160]}). "
-                "Without internet, pass --weights PATH to a local checkpoint file, or --weights random for a "
-                "pipeline test"
-            ) from None
-        if not file:
-            raise FsacError(f"open_clip returned no file for {arch} '{weights}'")
-        return Path(file), weights
-    if path.suffix or "/" in weights or "\\" in weights:
-        raise FsacError(f"weights file not found: {weights}")
-    hint = f"pretrained tags for {arch}: {', '.join(tags)}" if tags else f"{arch} has no pretrained tags"
-    raise FsacError(f"unknown weights '{weights}' ({hint}; or a checkpoint file path, or 'random')")
-
-
 def load_weights_file(model: torch.nn.Module, path: Path, arch: str | None = None) -> None:
     """Load a CLIP checkpoint into `model` without unrestricted pickle.
 
@@ -186,7 +110,7 @@ def _meta_clip(arch: str, visual: torch.nn.Module) -> torch.nn.Module:
     load_state_dict into it checks every key and shape of a checkpoint, and fills `visual`."""
     import open_clip
 
-    with _quiet_logger(""), torch.device("meta"):
+    with quiet_logger(""), torch.device("meta"):
         model = open_clip.create_model(arch, pretrained=None, device="meta")
     model.visual = visual
     return model
@@ -221,7 +145,7 @@ def build_model(arch: str, random_init_seed: int = 0) -> torch.nn.Module:
     import open_clip
 
     # open_clip warns "no pretrained weights" on the root logger; we warn ourselves.
-    with _quiet_logger(""), torch.random.fork_rng(devices=[]):
+    with quiet_logger(""), torch.random.fork_rng(devices=[]):
         torch.manual_seed(random_init_seed)
         return open_clip.create_model(arch, pretrained=None, device="cpu")
 
@@ -240,7 +164,7 @@ def build_visual(arch: str, random_init_seed: int = 0) -> VisualOnly:
         return VisualOnly(build_model(arch, random_init_seed).visual)
     from open_clip.model import _build_vision_tower
 
-    with _quiet_logger(""), torch.random.fork_rng(devices=[]):
+    with quiet_logger(""), torch.random.fork_rng(devices=[]):
         torch.manual_seed(random_init_seed)
         visual = _build_vision_tower(cfg["embed_dim"], cfg["vision_cfg"], cfg.get("quick_gelu", False), None)
     return VisualOnly(visual)

@@ -187,7 +187,7 @@ def resolve_auto_weights(arch: str, weights: str) -> str:
     demo runs the same on an offline box; `--weights laion400m_e31` downloads."""
     if weights != "auto":
         return weights
-    from fsac.train.backbone import cached_pretrained
+    from fsac.train.pretrained import cached_pretrained
 
     if cached_pretrained(arch, DEFAULT_WEIGHTS) is not None:
         return DEFAULT_WEIGHTS
