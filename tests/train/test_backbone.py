@@ -62,6 +62,26 @@ def test_pretrained_tag_takes_the_same_loading_path(saved_checkpoint, monkeypatc
     assert _same_weights(loaded_by_tag.model, loaded_by_path.model)
 
 
+def test_a_tower_a_file_fills_is_built_without_initialisation():
+    """Same keys, shapes and dtypes as the initialised build, on the CPU; the file then fills
+    every tensor (test_local_checkpoint_file_loads compares the values)."""
+    built = bb.build_visual(TINY_ARCH).state_dict()
+    bare = bb.uninitialised(lambda: bb.build_visual(TINY_ARCH)).state_dict()
+    assert {k: (v.shape, v.dtype, v.device.type) for k, v in bare.items()} == \
+        {k: (v.shape, v.dtype, v.device.type) for k, v in built.items()}
+
+
+def test_a_module_with_a_buffer_no_file_holds_is_initialised():
+    class WithMask(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.ones(3))
+            self.register_buffer("mask", torch.full((2,), 7.0), persistent=False)
+
+    module = bb.uninitialised(WithMask)
+    assert torch.equal(module.mask, torch.full((2,), 7.0)) and torch.equal(module.weight, torch.ones(3))
+
+
 def test_wrong_architecture_checkpoint_is_refused(saved_checkpoint, tmp_path):
     other = bb.build_model(TINY_ARCH)
     state = {k: v for k, v in other.state_dict().items() if not k.startswith("visual.")}
