@@ -133,6 +133,7 @@ def bench_export_command(
     from fsac.export.bench_extra import (feature_cosines, markdown_extra, openvino_backends, peak_columns,
                                          run_batched, targets_extra)
     from fsac.agreement import logit_agreement
+    from fsac.export.bench_profile import profile_session
     from fsac.peaks import best_of, measure_peaks, numpy_sgemm
     from fsac.runner import expand_images, load_pixels, make_session, run_session
     from fsac.threshold import conformal_threshold, next_float32_up
@@ -278,6 +279,10 @@ def bench_export_command(
         _say(quiet, f"timing at batch {batch}: {batch_runs} interleaved rounds ...")
         big = [eval_px[:batch]]
         thr_times = interleaved(backends, big, batch_runs, warmup=1)
+        # Where the INT8 row's batch-1 time goes (integer products against the float ops), for
+        # its ceiling on this machine (fsac.export.bench_profile).
+        _say(quiet, "profiling the INT8 session at batch 1 (ONNX Runtime's kernel timer) ...")
+        int8_profile = profile_session(int8, singles[0], threads)
 
         flops = model_flops(deploy, spec.image_size)
         _say(quiet, "measuring the peaks again (after timing; each measurer keeps its better run) ...")
@@ -332,6 +337,7 @@ def bench_export_command(
     result["logit_agreement"] = logit_agree
     result["feature_cosine"] = feature_cos
     result["logit_threshold"] = logit_thr
+    result["int8_profile"] = int8_profile.to_dict()
     result["targets_hardware"] = targets_extra(result)
     md = markdown_table(result) + markdown_extra(result)
     atomic_write_json(out_dir / "bench.json", result)

@@ -159,6 +159,7 @@ def markdown_extra(res: dict[str, Any]) -> str:
             lines.append(f"- this run's measured int8 / fp32 matrix-multiply peak: {ratio:.2f}x (the int8 rows' "
                          f"ceiling against the {t['min_speedup']}x target, as far as the peaks measured are the "
                          "machine's)")
+    lines += profile_lines(res)
     if res.get("feature_cosine"):
         lines.append("")
         lines.append("Encoder feature (projected [CLS]) cosine against onnxruntime fp32, min over images: "
@@ -182,6 +183,44 @@ def within_bounds(agreement: dict[str, Any] | None) -> bool:
     from fsac.agreement import LogitAgreement, agreement_failures
 
     return bool(agreement) and not agreement_failures(LogitAgreement(**agreement))
+
+
+def int8_ceiling(res: dict[str, Any]) -> float | None:
+    """ONNX Runtime INT8's best speed-up over its fp32 at batch 1 on this machine: its profiled
+    integer products at this run's int8 peak, its other ops as profiled (`bench_profile`)."""
+    from fsac.export.bench_profile import OpProfile
+
+    prof = res.get("int8_profile")
+    if not prof:
+        return None
+    p = OpProfile(**{k: prof[k] for k in ("runs", "kernel_ms", "by_op", "calls", "int8_product_ms", "int8_product_gop",
+                                     "unsized_products")})
+    return p.ceiling(res["backends"]["onnxruntime fp32"]["batch1"]["p50_ms"], res["peaks"].get("int8"))
+
+
+def profile_lines(res: dict[str, Any]) -> list[str]:
+    """The INT8 profile and its ceiling, for bench.md."""
+    prof = res.get("int8_profile")
+    if not prof:
+        return []
+    from fsac.export.bench_profile import INT8_PRODUCT_OPS
+
+    peak = res["peaks"].get("int8")
+    rate = prof.get("int8_product_gops")
+    rate_s = "no call's size recorded" if rate is None else (
+        f"{rate:.0f} GOP/s" + (f", {100 * rate / peak:.0f} % of the int8 peak" if peak else ""))
+    if prof.get("unsized_products"):
+        rate_s += f"; {prof['unsized_products']} more calls of unrecorded size counted with the other ops"
+
+    top = sorted(((k, v) for k, v in prof["by_op"].items() if k not in INT8_PRODUCT_OPS), key=lambda kv: -kv[1])[:6]
+    line = (f"- ONNX Runtime INT8 profile, batch 1 ({prof['runs']} runs): {prof['kernel_ms']:.1f} ms of kernels; "
+            f"integer products {prof['int8_product_ms']:.1f} ms ({rate_s}); other ops {prof['other_ms']:.1f} ms ("
+            + ", ".join(f"{k} {v:.1f}" for k, v in top) + ")")
+    ceiling = res.get("targets_hardware", {}).get("onnxruntime_int8_ceiling_b1")
+    if ceiling is not None:
+        line += (f"; with every product at the int8 peak and the rest as profiled: at most {ceiling:.2f}x "
+                 "ONNX Runtime fp32")
+    return [line]
 
 
 def targets_extra(res: dict[str, Any]) -> dict[str, Any]:
@@ -209,7 +248,7 @@ def targets_extra(res: dict[str, Any]) -> dict[str, Any]:
     # kernels at their own measured peak, against fp32 at its peak.
     ratio = pk["int8"] / pk["fp32"] if kind == "int8" and pk.get("int8") and pk.get("fp32") else None
     return {"cpu_class": cls, "rows": kind, "min_speedup": speedup, "min_fraction_of_peak": frac,
-            "int8_over_fp32_peak": ratio,
+            "int8_over_fp32_peak": ratio, "onnxruntime_int8_ceiling_b1": int8_ceiling(res),
             "within_bounds": best([k for k in rows if within_bounds(agree.get(k))]), "any": best(list(rows))}
 
 

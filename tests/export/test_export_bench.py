@@ -43,6 +43,16 @@ def test_bench_tiny_end_to_end(bottle, tmp_path, models):
         assert th["int8_over_fp32_peak"] == pytest.approx(pk["int8"] / pk["fp32"])
         assert f"int8 / fp32 matrix-multiply peak: {pk['int8'] / pk['fp32']:.2f}x (the int8 rows' ceiling" in \
             (tmp_path / "bench.md").read_text()
+    # where the INT8 row's batch-1 time goes, and the ceiling that leaves it on this machine
+    prof = res["int8_profile"]
+    assert prof["runs"] == 8 and 0 < prof["int8_product_ms"] < prof["kernel_ms"]
+    assert prof["calls"]["MatMulIntegerToFloat"] > 0 and prof["unsized_products"] == 0
+    assert 0 < prof["int8_product_gop"] < res["gflop_per_image"]  # the encoder's products, not the head
+    fp32_ms = res["backends"]["onnxruntime fp32"]["batch1"]["p50_ms"]
+    assert th["onnxruntime_int8_ceiling_b1"] == pytest.approx(
+        fp32_ms / (1e3 * prof["int8_product_gop"] / pk["int8"] + prof["kernel_ms"] - prof["int8_product_ms"]))
+    assert "ONNX Runtime INT8 profile, batch 1 (8 runs)" in (tmp_path / "bench.md").read_text()
+    assert f"at most {th['onnxruntime_int8_ceiling_b1']:.2f}x ONNX Runtime fp32" in (tmp_path / "bench.md").read_text()
     # encoder feature F against fp32: the figure to read when random weights flatten the logits
     fc = res["feature_cosine"]
     assert {"openvino f32", "onnxruntime int8", "openvino int8", "onnxruntime int8 [all-ops]"} <= set(fc)
