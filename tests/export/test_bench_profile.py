@@ -63,6 +63,9 @@ def test_ceiling_is_amdahl_on_the_measured_parts():
     assert p.int8_product_gops() == pytest.approx(52.26 / 0.1531)
     assert p.ceiling(340.1, 355.0) == pytest.approx(340.1 / (1e3 * 52.26 / 355.0 + 41.4))
     assert p.ceiling(340.1, None) is None
+    # a peak measured under the products' own rate (341 GOP/s here) was measured low: the
+    # ceiling is never under what the products already ran at
+    assert p.ceiling(340.1, 200.0) == pytest.approx(340.1 / 194.5)
 
 
 def _qdq_matmul_model(m: int, k: int, n: int) -> bytes:
