@@ -193,9 +193,8 @@ def int8_ceiling(res: dict[str, Any]) -> float | None:
     prof = res.get("int8_profile")
     if not prof:
         return None
-    p = OpProfile(**{k: prof[k] for k in ("runs", "kernel_ms", "by_op", "calls", "int8_product_ms", "int8_product_gop",
-                                     "unsized_products")})
-    return p.ceiling(res["backends"]["onnxruntime fp32"]["batch1"]["p50_ms"], res["peaks"].get("int8"))
+    fp32_ms = res["backends"]["onnxruntime fp32"]["batch1"]["p50_ms"]
+    return OpProfile.from_dict(prof).ceiling(fp32_ms, res["peaks"].get("int8"))
 
 
 def profile_lines(res: dict[str, Any]) -> list[str]:

@@ -20,7 +20,7 @@ import json
 import math
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Sequence
 
 import numpy as np
@@ -91,6 +91,11 @@ class OpProfile:
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "other_ms": self.other_ms, "int8_product_gops": self.int8_product_gops()}
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "OpProfile":
+        """Back from `to_dict` (its derived figures are recomputed, not read)."""
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+
 
 def _shape(entry: Any) -> list[int] | None:
     # the profiler writes each tensor as {"<type>": [dims]}
@@ -138,18 +143,12 @@ def profile_session(model: bytes, x: np.ndarray, threads: int, runs: int = 8, wa
                     input_name: str = "image") -> OpProfile:
     """Profile `runs` calls of a fresh CPU session of `model` on input `x` (after `warmup`
     calls, which the summary leaves out: the first call packs weights and plans memory)."""
-    import onnxruntime as ort
-
     from fsac.cpu_quiet import wait_until_idle
+    from fsac.runner import make_session
 
     with tempfile.TemporaryDirectory(prefix="fsac-profile-") as tmp:
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.log_severity_level = 3
-        so.intra_op_num_threads = int(threads)
-        so.enable_profiling = True
-        so.profile_file_prefix = os.path.join(tmp, "ort")
-        sess = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+        # the timed INT8 row's own session settings, with the kernel profiler on
+        sess = make_session(model, threads, profile_prefix=os.path.join(tmp, "ort"))
         for _ in range(warmup + runs):
             wait_until_idle()  # the same quiet start as the timed rounds
             sess.run(None, {input_name: x})

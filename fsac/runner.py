@@ -29,13 +29,16 @@ from fsac.preprocess import IMAGE_SUFFIXES, PreprocessSpec, list_images, preproc
 
 
 def make_session(model: bytes | str | os.PathLike, threads: int | None = None, providers: Sequence[str] | None = None,
-                 *, spin_wait: bool = True, cpu_prepack: bool = True, source: str | None = None):
+                 *, spin_wait: bool = True, cpu_prepack: bool = True, source: str | None = None,
+                 profile_prefix: str | None = None):
     """onnxruntime.InferenceSession, all graph optimisations on, CPU provider by default.
 
     threads: intra-op threads (None or 0 = onnxruntime's default, one per physical core).
     spin_wait: worker threads spin between ops (onnxruntime's default; fsac-run turns it off
     so the decode threads get the cores). cpu_prepack: pre-pack MatMul weights (faster, but
     a second copy of every weight; fsac-run turns it off to stay within its memory budget).
+    profile_prefix: turn on onnxruntime's kernel profiler, its JSON file named from this prefix
+    (`session.end_profiling()` writes it and returns the path).
     """
     try:
         import onnxruntime as ort
@@ -49,6 +52,9 @@ def make_session(model: bytes | str | os.PathLike, threads: int | None = None, p
     so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin_wait else "0")
     if not cpu_prepack:
         so.add_session_config_entry("session.disable_prepacking", "1")
+    if profile_prefix:
+        so.enable_profiling = True
+        so.profile_file_prefix = str(profile_prefix)
     data = model if isinstance(model, (bytes, bytearray)) else str(model)
     src = source or ("<model bytes>" if isinstance(model, (bytes, bytearray)) else str(model))
     try:

@@ -102,3 +102,4 @@ def test_profile_session_times_a_real_quantized_product():
     assert p.int8_product_gops() == pytest.approx(p.int8_product_gop / (p.int8_product_ms / 1e3))
     d = p.to_dict()
     assert d["other_ms"] == pytest.approx(p.other_ms) and d["by_op"] == p.by_op
+    assert OpProfile.from_dict(d) == p  # what bench.json holds reads back (derived figures recomputed)
