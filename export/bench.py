@@ -68,15 +68,18 @@ def torch_matmul(n: int, threads: int, repeats: int) -> float:
 TORCH_PEAKS = (("bf16", "torch bf16", torch_matmul),)
 
 
-def model_flops(deploy_model, image_size: int) -> int:
-    """FLOPs (multiply-add = 2) of one image through the deploy model, counted by torch."""
+def model_flops(deploy_model, image_size: int, last_block: str = "class-token") -> int:
+    """FLOPs (multiply-add = 2) of one image through the deploy model, counted by torch, with
+    the last block as the export traces it (`fsac.export.last_block`)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
+    from fsac.export.last_block import last_block as last_block_traced
     from fsac.export.onnx_export import _mha_fastpath_disabled
 
     x = torch.zeros(1, image_size, image_size, 3, dtype=torch.uint8)
-    with _mha_fastpath_disabled(), torch.no_grad(), FlopCounterMode(display=False) as fc:
+    with _mha_fastpath_disabled(), last_block_traced(deploy_model, last_block), torch.no_grad(), \
+            FlopCounterMode(display=False) as fc:
         deploy_model(x)
     return int(fc.get_total_flops())
 
@@ -134,6 +137,7 @@ def bench_export_command(
                                          run_batched, targets_extra)
     from fsac.agreement import logit_agreement
     from fsac.export.bench_profile import profile_session
+    from fsac.export.last_block import last_block
     from fsac.peaks import best_of, measure_peaks, numpy_sgemm
     from fsac.runner import expand_images, load_pixels, make_session, run_session
     from fsac.threshold import conformal_threshold, next_float32_up
@@ -213,7 +217,9 @@ def bench_export_command(
         s_int8 = make_session(int8, threads)
 
         def run_torch(x: np.ndarray):
-            with torch.no_grad():
+            # The function the exported graph computes (its last block for [CLS] only), so
+            # that the PyTorch row and the ONNX rows do the same work (`model_flops` too).
+            with torch.no_grad(), last_block(deploy):
                 return deploy(torch.from_numpy(x))
 
         backends: dict[str, Callable[[np.ndarray], Any]] = {

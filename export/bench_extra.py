@@ -256,18 +256,19 @@ def targets_extra(res: dict[str, Any]) -> dict[str, Any]:
 
 def encoder_feature_name(model) -> str | None:
     """The tensor holding the projected [CLS] feature F (N, C): the output of the image
-    encoder's last MatMul, the one with a (width, C) weight where width != C."""
+    encoder's projection, the last MatMul under "/visual/" outside its transformer blocks
+    with a 2-D weight (`pooled @ proj`; a (width, C) weight, which may be square)."""
     inits = {i.name: tuple(i.dims) for i in model.graph.initializer}
     produced_by = {o: n for n in model.graph.node for o in n.output}
     found = None
     for n in model.graph.node:
-        if n.op_type != "MatMul" or not n.name.startswith("/visual/"):
+        if n.op_type != "MatMul" or not n.name.startswith("/visual/") or n.name.startswith("/visual/transformer/"):
             continue
         w = inits.get(n.input[1])
         if w is None and n.input[1] in produced_by:  # QDQ: the weight comes through DequantizeLinear
             dq = produced_by[n.input[1]]
             w = inits.get(dq.input[0]) if dq.op_type == "DequantizeLinear" else None
-        if w is not None and len(w) == 2 and w[0] != w[1]:
+        if w is not None and len(w) == 2:
             found = n.output[0]
     return found
 
@@ -301,7 +302,8 @@ def feature_cosines(fp32_path: Path, int8_path: Path | None, pixels: np.ndarray,
         return {}
 
     def cos(a, b):
-        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+        a = np.asarray(a, np.float64).reshape(len(a), -1)
+        b = np.asarray(b, np.float64).reshape(len(b), -1)
         return float(np.min(np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))))
 
     def ort_feature(data: bytes) -> np.ndarray:

@@ -18,7 +18,9 @@ We use the TorchScript exporter (`dynamo=False`): it handles open_clip's ViT at 
 `nn.MultiheadAttention` (`aten::_native_multi_head_attention`) has no ONNX symbolic, so it
 is switched off while tracing; the slow path computes the same function. With
 `attention="lean"` (the default) the encoder's self-attention is traced through
-`fsac.export.lean_attention` instead: the same function with 2 Transposes per block, not 8.
+`fsac.export.lean_attention` instead: the same function with 2 Transposes per block, not 8;
+with `last_block="class-token"` (the default) the last block computes only the [CLS] row the
+model reads (`fsac.export.last_block`).
 """
 
 from __future__ import annotations
@@ -54,15 +56,18 @@ def _mha_fastpath_disabled():
         backends.set_fastpath_enabled(before)
 
 
-def export_onnx(deploy_model, image_size: int, opset: int = DEFAULT_OPSET, attention: str = "lean"):
+def export_onnx(deploy_model, image_size: int, opset: int = DEFAULT_OPSET, attention: str = "lean",
+                last_block: str = "class-token"):
     """`DeployModel` -> onnx.ModelProto with input "image" uint8 [batch, S, S, 3] and outputs
     "score", "logit", "sim_normal", "sim_anomalous" float32 [batch], weights folded in by
     torch, in memory. Metadata is added later. `fsac export` itself traces without weights
     and folds without torch (`fsac.export.trace`, `fsac.export.fold`), which needs a third of
     the memory; this is the one-call form for tests and small models.
-    attention: "lean" or "torch" (see `fsac.export.lean_attention`)."""
+    attention: "lean" or "torch" (see `fsac.export.lean_attention`); last_block: "class-token"
+    or "all-tokens" (see `fsac.export.last_block`)."""
     import torch
 
+    from fsac.export.last_block import last_block as last_block_traced
     from fsac.export.lean_attention import lean_attention
 
     deploy_model = deploy_model.eval()
@@ -71,7 +76,7 @@ def export_onnx(deploy_model, image_size: int, opset: int = DEFAULT_OPSET, atten
     axes = {INPUT_NAME: {0: "batch"}, **{name: {0: "batch"} for name in OUTPUT_NAMES}}
     target = io.BytesIO()
     with warnings.catch_warnings(), _mha_fastpath_disabled(), lean_attention(deploy_model, attention), \
-            torch.no_grad():
+            last_block_traced(deploy_model, last_block), torch.no_grad():
         # Deprecation notice of the TorchScript exporter, and trace warnings about
         # sqrt(C) turning into a constant (C is fixed for a model, so that is intended).
         warnings.simplefilter("ignore")
@@ -156,7 +161,8 @@ def io_metadata(image_size: int) -> tuple[str, str]:
 
 
 def build_metadata(trained, checkpoint_sha256: str, opset: int, precision: str = "fp32",
-                   extra: dict[str, Any] | None = None, attention: str = "lean") -> dict[str, str]:
+                   extra: dict[str, Any] | None = None, attention: str = "lean",
+                   last_block: str = "class-token") -> dict[str, str]:
     """All "fsac.*" metadata of a freshly exported model (no threshold yet: `fsac calibrate`).
 
     `trained` is a `fsac.train.checkpoint.TrainedModel`. Values are strings, structured
@@ -190,6 +196,7 @@ def build_metadata(trained, checkpoint_sha256: str, opset: int, precision: str =
             "exporter": "torch.onnx.export (TorchScript, dynamo=False, no parameters, no folding) + fsac.export.fold",
             "opset": opset,
             "attention": attention,
+            "last_block": last_block,
             "torch": torch.__version__,
             "onnx": onnx.__version__,
             "onnxruntime": onnxruntime.__version__,

@@ -41,12 +41,14 @@ WEIGHTS_FILE = "weights.bin"
 REFERENCE_FILE = "reference.npz"
 
 
-def trace_weightless(deploy_model, image_size: int, path: Path, opset: int, attention: str) -> None:
+def trace_weightless(deploy_model, image_size: int, path: Path, opset: int, attention: str,
+                     last_block: str = "class-token") -> None:
     """torch.onnx.export of `deploy_model` to `path` with no parameters and no folding: every
     weight is a graph input named by its state-dict key, passed in as an argument
     (`fsac.export.stream.weights_as_inputs`), so the values may be stand-ins."""
     import torch
 
+    from fsac.export.last_block import last_block as last_block_traced
     from fsac.export.lean_attention import lean_attention
     from fsac.export.onnx_export import _mha_fastpath_disabled
     from fsac.export.stream import weight_names, weights_as_inputs
@@ -58,7 +60,7 @@ def trace_weightless(deploy_model, image_size: int, path: Path, opset: int, atte
     state = deploy_model.state_dict(keep_vars=True)
     weights = [state[n] for n in names]
     with warnings.catch_warnings(), _mha_fastpath_disabled(), lean_attention(deploy_model, attention), \
-            weights_as_inputs(deploy_model, names), torch.no_grad():
+            last_block_traced(deploy_model, last_block), weights_as_inputs(deploy_model, names), torch.no_grad():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice, trace warnings
         torch.onnx.export(
             deploy_model, (example, *weights), str(path), input_names=[INPUT_NAME, *names],
@@ -133,7 +135,7 @@ def bind_weights(graph_path: Path, protos: dict[str, bytes]) -> int:
 
 def trace_to_dir(trained, checkpoint_sha: str, image_paths: list[Path], workdir: Path, opset: int = 17,
                  attention: str = "lean", extra_meta: dict[str, str] | None = None, quiet: bool = False,
-                 release_torch: bool = False, spilled: dict | None = None) -> dict:
+                 release_torch: bool = False, spilled: dict | None = None, last_block: str = "class-token") -> dict:
     """See the module docstring. `trained` is a `fsac.train.checkpoint.TrainedModel`.
     release_torch: nobody runs the torch model afterwards, so its weights are freed before the
     trace (`release_for_trace`); the benchmark keeps them to time PyTorch. spilled: the
@@ -159,7 +161,7 @@ def trace_to_dir(trained, checkpoint_sha: str, image_paths: list[Path], workdir:
     give_back_memory()
     np.savez(workdir / REFERENCE_FILE, pixels=pixels, **torch_out)
     width, heads = _encoder_shape(trained.backbone.visual)
-    gflop = _gflop_per_image(deploy, spec.image_size)
+    gflop = _gflop_per_image(deploy, spec.image_size, last_block)
     give_back_memory()
     t0 = time.perf_counter()
     protos = write_weights(deploy, workdir / WEIGHTS_FILE, spilled)
@@ -167,18 +169,19 @@ def trace_to_dir(trained, checkpoint_sha: str, image_paths: list[Path], workdir:
         release_for_trace(deploy)
         gc.collect()
         give_back_memory()
-    trace_weightless(deploy, spec.image_size, workdir / GRAPH_FILE, opset, attention)
+    trace_weightless(deploy, spec.image_size, workdir / GRAPH_FILE, opset, attention, last_block)
     bound = bind_weights(workdir / GRAPH_FILE, protos)
     del protos
     export_s = time.perf_counter() - t0
-    _say(quiet, f"traced to ONNX (opset {opset}, {attention} attention, {bound} weights) in {export_s:.1f} s")
+    _say(quiet, f"traced to ONNX (opset {opset}, {attention} attention, last block {last_block}, {bound} weights) in {export_s:.1f} s")
     return {
         "images": [str(p) for p in image_paths],
         "tau": float(trained.head.cfg.tau),
         "gflop_per_image": gflop,
         "width": width, "heads": heads,
         "random_weights": bool(trained.backbone.info.is_random),
-        "metadata": build_metadata(trained, checkpoint_sha, opset, "fp32", extra_meta, attention=attention),
+        "metadata": build_metadata(trained, checkpoint_sha, opset, "fp32", extra_meta, attention=attention,
+                                   last_block=last_block),
         "export_s": export_s, "torch_reference_s": torch_s,
     }
 
@@ -220,7 +223,8 @@ def run_job(job: dict) -> dict:
              "fsac.train_preset": _preset_text(ck_meta.get("train") or {}),
              "fsac.training_diagnostics": json.dumps(ck_meta.get("diagnostics", {}))}
     return trace_to_dir(trained, checkpoint_sha256(checkpoint), images, workdir, job["opset"], job["attention"],
-                        extra, job["quiet"], release_torch=True, spilled=spilled)
+                        extra, job["quiet"], release_torch=True, spilled=spilled,
+                        last_block=job.get("last_block", "class-token"))
 
 
 def main(argv: list[str]) -> int:

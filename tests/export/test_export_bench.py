@@ -69,7 +69,8 @@ def test_bench_tiny_end_to_end(bottle, tmp_path, models):
     parts = e["peak_rss"]  # the tracing child counts: the peak is never below it plus the waiting parent
     assert parts["trace_process_bytes"] > 100 * 2**20 and parts["export_process_while_tracing_bytes"] > 0
     assert e["peak_rss_bytes"] >= parts["trace_process_bytes"] + parts["export_process_while_tracing_bytes"]
-    assert 0.05 < res["gflop_per_image"] < 0.2  # tiny config: ~0.09 GFLOP per image
+    # tiny config (2 blocks): 0.048 GFLOP per image with the last block for [CLS] only, 0.067 with all tokens
+    assert 0.03 < res["gflop_per_image"] < 0.06
     assert res["sgemm_gflops"] > 0
     r = res["ratios"]
     assert r["int8_vs_fp32_b1"] == pytest.approx(
