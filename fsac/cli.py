@@ -20,6 +20,7 @@ from fsac.calibration import cli as calibration_cli
 from fsac.export import bench as export_bench
 from fsac.export import cli as export_cli
 from fsac.runtime import bench as runtime_bench
+from fsac.runtime import bench_files as runtime_bench_files
 from fsac.runtime import bench_isa as runtime_bench_isa
 from fsac.train import cli as train_cli
 
@@ -42,6 +43,7 @@ bench_app.command("train")(train_cli.bench_train_command)
 bench_app.command("export")(export_bench.bench_export_command)
 bench_app.command("runtime")(runtime_bench.bench_runtime_command)
 bench_app.command("isa")(runtime_bench_isa.bench_isa_command)
+bench_app.command("files")(runtime_bench_files.bench_files_command)
 
 
 @app.command("version")
