@@ -24,7 +24,8 @@ BACKENDS = ("onnxruntime", "openvino")  # the CPU backends; a TensorRT engine is
 
 
 def bench_files(paths: Sequence[str | os.PathLike], images: Sequence[str | os.PathLike] = (), rounds: int = 20,
-                backend: str = "onnxruntime", threads: int = 0) -> list[dict[str, Any]]:
+                backend: str = "onnxruntime", threads: int = 0,
+                spin_wait: bool = False) -> list[dict[str, Any]]:
     """Time each model file at batch 1, interleaved -> one row per file, the first is the base."""
     from fsac.cpu_quiet import interleaved
     from fsac.runner import load_pixels
@@ -40,7 +41,8 @@ def bench_files(paths: Sequence[str | os.PathLike], images: Sequence[str | os.Pa
     names = [str(p) for p in paths]
     if len(set(names)) != len(names):
         raise FsacError(f"fsac bench files: a file is given twice ({names})")
-    models = {n: load_model(ModelConfig(path=n, threshold=0.5, backend=backend, batch_size=1, threads=threads))
+    models = {n: load_model(ModelConfig(path=n, threshold=0.5, backend=backend, batch_size=1, threads=threads,
+                                     spin_wait=spin_wait))
               for n in names}
     try:
         sizes = {m.info.image_size for m in models.values()}
@@ -65,7 +67,8 @@ def bench_files(paths: Sequence[str | os.PathLike], images: Sequence[str | os.Pa
         median = float(np.median(t))
         base = base if base is not None else median
         rows.append({"file": n, "backend": backend, "median_ms": median, "p20_ms": float(np.percentile(t, 20)),
-                     "runs": int(t.size), "speedup_vs_first": base / median, "inputs": source})
+                     "runs": int(t.size), "speedup_vs_first": base / median, "inputs": source,
+                     "spin_wait": spin_wait})
     return rows
 
 
@@ -77,8 +80,9 @@ def cpu_line() -> str:
 
 
 def format_rows(rows: list[dict[str, Any]]) -> str:
+    spin = ", threads spinning between operators" if rows[0]["spin_wait"] else ""
     lines = [f"batch 1, {rows[0]['backend']}, {rows[0]['runs']} timed calls per file on {rows[0]['inputs']}, "
-             "interleaved", "",
+             f"interleaved{spin}", "",
              "| file | median ms | p20 ms | speed-up vs the first (median) |", "|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {Path(r['file']).name} | {r['median_ms']:.1f} | {r['p20_ms']:.1f} | "
@@ -99,6 +103,8 @@ try:  # typer is a base dependency; the runtime itself does not need it
         rounds: Annotated[int, typer.Option("--rounds", min=1, help="interleaved rounds (one timed call per file each)")] = 20,
         backend: Annotated[str, typer.Option("--backend", help="onnxruntime or openvino")] = "onnxruntime",
         threads: Annotated[int, typer.Option("--threads", min=0, help="threads per session (0: the backend's choice)")] = 0,
+        spin_wait: Annotated[bool, typer.Option("--spin-wait", help="as model.spin_wait: ONNX Runtime's threads "
+                                                                  "busy-wait between operators")] = False,
         out: Annotated[Optional[Path], typer.Option("--out", help="write the rows as JSON")] = None,
     ) -> None:
         """Sealed model files against each other at batch 1, interleaved in one process."""
@@ -106,7 +112,7 @@ try:  # typer is a base dependency; the runtime itself does not need it
         from fsac.runner import expand_images
 
         files = expand_images(images) if images else []
-        rows = bench_files(models, files, rounds, backend, threads)
+        rows = bench_files(models, files, rounds, backend, threads, spin_wait)
         cpu = cpu_line()
         typer.echo(cpu)
         typer.echo(format_rows(rows))

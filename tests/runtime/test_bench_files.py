@@ -30,6 +30,12 @@ def test_two_files_timed_interleaved_on_real_images(tmp_path, model_file, image_
     assert all(r["runs"] == 5 and 0 < r["p20_ms"] <= r["median_ms"] for r in rows)
     assert rows[0]["speedup_vs_first"] == 1.0
     assert rows[1]["speedup_vs_first"] == pytest.approx(rows[0]["median_ms"] / rows[1]["median_ms"])
+    assert not any(r["spin_wait"] for r in rows) and "spinning" not in result.output
+
+    result = CliRunner().invoke(app, ["files", str(model_file), "--rounds", "1", "--spin-wait", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "threads spinning between operators" in result.output and "on 4 random-pixel images" in result.output
+    assert json.loads(out.read_text())["rows"][0]["spin_wait"] is True
 
 
 def test_refuses_a_broken_seal_a_repeated_file_and_an_unknown_backend(tmp_path, model_file):
