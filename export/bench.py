@@ -70,11 +70,11 @@ TORCH_PEAKS = (("bf16", "torch bf16", torch_matmul),)
 
 def model_flops(deploy_model, image_size: int, last_block: str = "class-token") -> int:
     """FLOPs (multiply-add = 2) of one image through the deploy model, counted by torch, with
-    the last block as the export traces it (`fsac.export.last_block`)."""
+    the last block as the export traces it (`fsac.train.last_block`)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from fsac.export.last_block import last_block as last_block_traced
+    from fsac.train.last_block import last_block as last_block_traced
     from fsac.export.onnx_export import _mha_fastpath_disabled
 
     x = torch.zeros(1, image_size, image_size, 3, dtype=torch.uint8)
@@ -137,7 +137,7 @@ def bench_export_command(
                                          run_batched, targets_extra)
     from fsac.agreement import logit_agreement
     from fsac.export.bench_profile import profile_session
-    from fsac.export.last_block import last_block
+    from fsac.train.last_block import last_block
     from fsac.peaks import best_of, measure_peaks, numpy_sgemm
     from fsac.runner import expand_images, load_pixels, make_session, run_session
     from fsac.threshold import conformal_threshold, next_float32_up

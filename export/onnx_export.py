@@ -20,7 +20,7 @@ is switched off while tracing; the slow path computes the same function. With
 `attention="lean"` (the default) the encoder's self-attention is traced through
 `fsac.export.lean_attention` instead: the same function with 2 Transposes per block, not 8;
 with `last_block="class-token"` (the default) the last block computes only the [CLS] row the
-model reads (`fsac.export.last_block`).
+model reads (`fsac.train.last_block`).
 """
 
 from __future__ import annotations
@@ -64,10 +64,10 @@ def export_onnx(deploy_model, image_size: int, opset: int = DEFAULT_OPSET, atten
     and folds without torch (`fsac.export.trace`, `fsac.export.fold`), which needs a third of
     the memory; this is the one-call form for tests and small models.
     attention: "lean" or "torch" (see `fsac.export.lean_attention`); last_block: "class-token"
-    or "all-tokens" (see `fsac.export.last_block`)."""
+    or "all-tokens" (see `fsac.train.last_block`)."""
     import torch
 
-    from fsac.export.last_block import last_block as last_block_traced
+    from fsac.train.last_block import last_block as last_block_traced
     from fsac.export.lean_attention import lean_attention
 
     deploy_model = deploy_model.eval()

@@ -48,7 +48,7 @@ def trace_weightless(deploy_model, image_size: int, path: Path, opset: int, atte
     (`fsac.export.stream.weights_as_inputs`), so the values may be stand-ins."""
     import torch
 
-    from fsac.export.last_block import last_block as last_block_traced
+    from fsac.train.last_block import last_block as last_block_traced
     from fsac.export.lean_attention import lean_attention
     from fsac.export.onnx_export import _mha_fastpath_disabled
     from fsac.export.stream import weight_names, weights_as_inputs

@@ -35,8 +35,8 @@ def make_session(model: bytes | str | os.PathLike, threads: int | None = None, p
 
     threads: intra-op threads (None or 0 = onnxruntime's default, one per physical core).
     spin_wait: worker threads spin between ops (onnxruntime's default; fsac-run turns it off
-    so the decode threads get the cores). cpu_prepack: pre-pack MatMul weights (faster, but
-    a second copy of every weight; fsac-run turns it off to stay within its memory budget).
+    so the decode threads get the cores). cpu_prepack: pre-pack MatMul weights (faster; the
+    packed copy takes the plain weights' place; fsac-run's `model.cpu_prepack`, on by default).
     profile_prefix: turn on onnxruntime's kernel profiler, its JSON file named from this prefix
     (`session.end_profiling()` writes it and returns the path).
     """
