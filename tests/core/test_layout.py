@@ -20,8 +20,10 @@ WING_PACKAGES = set(WINGS.values())
 # (file relative to the repository root, or a folder prefix ending in "/") -> modules it may import
 # from other wings. Keep this short: each entry is a decision, not a convenience.
 ALLOWED: dict[str, tuple[str, ...]] = {
-    # The export turns a training checkpoint into a model file: it must read the checkpoint.
-    "export/": ("fsac.train.checkpoint",),
+    # The export turns a training checkpoint into a model file: it must read the checkpoint;
+    # and it traces the encoder's last block for [CLS] the way training encodes images (one
+    # definition of that block, so the file and the training features cannot drift apart).
+    "export/": ("fsac.train.checkpoint", "fsac.train.last_block"),
     # `fsac bench export` benchmarks every backend the project ships on the same images: it runs
     # the calibration wing's INT8 quantizer and the runtime wing's own backends and policy bounds
     # (timing a copy would measure something fsac-run does not run). These modules are the one
