@@ -207,6 +207,10 @@ def test_mqtt_command_topic_answers_on_the_results_topic_once_per_request(tmp_pa
         assert [(r["part_id"], r["request_id"]) for r in got] == [("P-1", "a"), ("P-2", "b")]
         assert got[0]["name"] == "img_000.png" and got[1]["name"] == "img_001.png"
         assert (got[0]["site"], got[0]["line"], got[0]["station"]) == ("site1", "line3", "st1")
+        # The commands are handled one after another on the client's thread: once the last one
+        # (recipe nope) is refused, every earlier one has been handled too. A fixed sleep here
+        # raced a busy CI machine (errors was still 1).
+        wait_for(lambda: daemon.trigger.inputs[0].errors >= 2, what="the two bad requests refused")
         time.sleep(0.3)
         assert len(results.on("fsac/site1/line3/st1/results")) == 2  # the duplicate got no second answer
         assert daemon.trigger.inputs[0].errors == 2  # part_id 7 and recipe nope refused, logged and counted
