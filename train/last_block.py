@@ -1,4 +1,4 @@
-"""Trace the encoder's last block for the one token the model reads: [CLS].
+"""The encoder's last block for the one token the model reads: [CLS].
 
 open_clip's ViT with `pool_type="tok"` and no attentional pooler keeps only token 0 of the
 last block's output (`ln_post`, then `x[:, 0] @ proj`). Of that block, every token is needed
@@ -23,7 +23,8 @@ initializer names and the quantizer's node scopes stay "/visual/transformer/resb
 The PyTorch reference runs the unchanged block, and the export's parity check holds the
 graph to it. Mode "all-tokens" traces the block as it is. A model this does not fit (an
 attentional pooler, average pooling, output tokens, a cross-attention block) is traced as
-it is, whichever the mode.
+it is, whichever the mode. `Backbone.encode_images` runs the same block while training and
+evaluation encode images, so the training features and the exported file share one definition.
 """
 
 from __future__ import annotations

@@ -154,7 +154,7 @@ def test_encoders_are_frozen_and_shapes(tiny_backbone):
         tiny_backbone.encode_images(x[:, :100])
 
 
-def test_images_are_encoded_with_the_last_block_for_cls_only(tiny_backbone, monkeypatch):
+def test_images_are_encoded_with_the_last_block_for_cls_only(tiny_backbone):
     """encode_images runs the last block for [CLS] alone: the features of the unchanged
     encoder (open_clip's own forward), and the block's MLP sees one token per image."""
     from fsac.train.last_block import last_block_of
