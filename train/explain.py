@@ -6,6 +6,11 @@ the picture shown. The paper draws |d AS / d x|; since AS = sigmoid(z),
 d AS / dx = AS (1 - AS) dz/dx: the same map scaled by a factor that underflows to zero on any
 confidently scored image (AS = 1.0 in float32), which left the map blank. The logit's
 gradient has the paper's shape and survives confidence.
+
+The forward runs the last encoder block for [CLS] alone (`fsac.train.last_block`), as the
+exported file and training do: z reads token 0 only, so the gradient is the same (the other
+tokens still reach it as keys and values) and the block's other rows are never computed
+(full architecture, AVX2 EPYC: forward + backward 813 -> 779 ms, 4 %).
 """
 
 from __future__ import annotations
@@ -20,14 +25,16 @@ from fsac.io import atomic_write_bytes
 from fsac.preprocess import preprocess_file
 from fsac.score import score_from_logit, verdict
 from fsac.train.checkpoint import TrainedModel
+from fsac.train.last_block import last_block
 
 
 def gradient_map(model: TrainedModel, pixels: np.ndarray) -> tuple[float, np.ndarray]:
     """(S, S, 3) uint8 -> (logit z, (S, S) float32 map of mean_c |d z / d x|)."""
     deploy = model.deploy_model()
     x = torch.tensor(pixels, dtype=torch.float32, device=model.backbone.device)[None].requires_grad_(True)
-    logit = deploy(x)[1][0]
-    (grad,) = torch.autograd.grad(logit, x)
+    with last_block(deploy):
+        logit = deploy(x)[1][0]
+        (grad,) = torch.autograd.grad(logit, x)
     return float(logit.detach()), grad[0].abs().mean(dim=-1).cpu().numpy().astype(np.float32)
 
 

@@ -5,6 +5,7 @@ import torch
 from fsac.preprocess import preprocess_file
 from fsac.train.checkpoint import TrainedModel
 from fsac.train.explain import explain_names, gradient_map, render, smooth
+from fsac.train.last_block import last_block_of
 from fsac.train.model import FSACHead, HeadConfig
 
 
@@ -13,15 +14,24 @@ def test_gradient_map_is_abs_grad_mean_over_channels(tiny_backbone, bottle):
     t = torch.nn.functional.normalize(torch.randn(2, 64), dim=-1)
     model = TrainedModel(tiny_backbone, FSACHead(HeadConfig(embed_dim=64, tau=1.0), t[0], t[1]), True, "bottle")
     px = preprocess_file(next((bottle / "test" / "broken_large").glob("*.png")), tiny_backbone.spec)
-    logit, grad = gradient_map(model, px)
+    block = last_block_of(tiny_backbone.visual)
+    tokens_into_mlp = []
+    hook = block.mlp.register_forward_hook(lambda m, i, o: tokens_into_mlp.append(i[0].shape[1]))
+    try:
+        logit, grad = gradient_map(model, px)
+    finally:
+        hook.remove()
+    assert tokens_into_mlp == [1]  # the last block ran for [CLS] alone
+    assert "forward" not in vars(block)
     assert grad.shape == (240, 240) and grad.dtype == np.float32
     assert (grad >= 0).all() and grad.max() > 0
-    # Reference: autograd through the same deploy model, by hand.
+    # Reference: autograd through the unchanged deploy model (full last block), by hand.
     x = torch.tensor(px, dtype=torch.float32)[None].requires_grad_(True)
     z = model.deploy_model()(x)[1][0]  # the logit output
     z.backward()
-    assert np.allclose(grad, x.grad[0].abs().mean(-1).numpy(), atol=1e-9)
-    assert abs(logit - z.item()) < 1e-6
+    ref = x.grad[0].abs().mean(-1).numpy()
+    assert np.abs(grad - ref).max() <= 1e-4 * ref.max()
+    assert abs(logit - z.item()) < 1e-5
     png = render(px, smooth(grad, 2.0), logit, "t", logit_threshold=0.0)
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
