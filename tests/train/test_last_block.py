@@ -3,9 +3,6 @@ the module and its parameters untouched, left alone where other tokens are read.
 
 from __future__ import annotations
 
-import json
-
-import numpy as np
 import pytest
 import torch
 from open_clip.transformer import VisionTransformer
@@ -78,4 +75,3 @@ def test_left_alone_where_other_tokens_are_read():
     block = vit.transformer.resblocks[-1]
     with pytest.raises(ValueError):
         class_token_forward(block, torch.zeros(1, 5, 64), attn_mask=torch.zeros(5, 5))
-
