@@ -101,6 +101,7 @@ def check(cfg) -> list[str]:
     model.backend.close()
     if cfg.source.uri:
         source = make_source(cfg.source)
+        source.use_state_dir(cfg.journal.dir)
         try:
             lines.append(f"source: {source.check()}, mode {cfg.source.mode}")
         finally:

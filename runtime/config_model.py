@@ -121,9 +121,10 @@ class SourceConfig(Settings):
     poll_s: float = Field(0.2, ge=0.01, description="watch: folder scan interval")
     give_up_s: float = Field(30.0, ge=0.0, description="watch: a file that still does not decode this long after "
                              "it appeared is reported as an error record")
-    existing: Literal["process", "skip"] = Field("process", description="watch: score files already in the folder "
-                                                 "at start, or only new ones (with processed: leave, a restart "
-                                                 "scores the files still there again)")
+    existing: Literal["process", "skip", "all"] = Field(
+        "process", description="watch: files already in the folder at start. process: score those no earlier run "
+        "scored (with processed: leave, earlier runs' files are remembered in <journal.dir>/watch-scored.jsonl); "
+        "skip: only files that appear later; all: every file, even ones scored before (e.g. with a new model)")
     processed: Literal["leave", "move"] = Field("leave", description="watch: leave scored files in place or move "
                                                 "them to done_dir")
     done_dir: str = Field("", description="watch: where processed files go (default <folder>/done)")

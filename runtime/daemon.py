@@ -71,6 +71,8 @@ class Daemon:
         self.journal: Journal | None = None
         try:
             self.source = source if source is not None or not cfg.source.uri else make_source(cfg.source)
+            if self.source is not None and cfg.journal.dir:
+                self.source.use_state_dir(cfg.journal.dir)  # a watch folder's memory of scored files
             self.trigger = None
             if cfg.source.mode == "trigger":  # one frame per inspection request (runtime/trigger.py)
                 from .trigger_io import attach_trigger

@@ -37,6 +37,7 @@ class Frame:
     error: str | None = None
     kind: str = ENCODED
     path: Path | None = None  # the file, for sources that move processed files
+    identity: tuple | None = None  # watch: (name, inode, size, mtime_ns) of the file read
     t_mono: float = field(default_factory=time.monotonic)  # for latency; immune to clock steps
 
 
@@ -113,6 +114,9 @@ class Source:
 
     def frames(self, stop: threading.Event) -> Iterator[Frame]:
         raise NotImplementedError
+
+    def use_state_dir(self, folder: str | Path) -> None:
+        """The folder (journal.dir) where a source may keep what must outlive a run."""
 
     def on_result(self, frame: Frame, record: dict[str, Any]) -> None:
         """Called after every sink accepted the frame's record."""

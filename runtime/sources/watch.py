@@ -17,6 +17,7 @@ from fsac.preprocess import IMAGE_SUFFIXES, decode_image_bytes
 
 from ..config import SourceConfig
 from .base import ENCODED, RGB, Frame, Source, check_frame_pixels, file_too_big, require_folder
+from .watch_ledger import WatchLedger, ledger_path, read_ledger
 
 log = logging.getLogger("fsac.runtime")
 
@@ -27,6 +28,11 @@ class _Candidate:
     mtime_ns: int
     first_seen: float
     stable_since: float
+
+
+def _identities(found: dict[str, os.stat_result]) -> set[tuple[str, int, int, int]]:
+    """(name, inode, size, mtime_ns) of each file: what "the same file" means here."""
+    return {(n, st.st_ino, st.st_size, st.st_mtime_ns) for n, st in found.items()}
 
 
 class WatchSource(Source):
@@ -46,7 +52,9 @@ class WatchSource(Source):
     So only the version that was scored is ever moved to done_dir, and only after its
     record is durable. Files left in the claim folder by a crash are scored again first.
     With processed: leave, nothing is renamed and a file counts as new when its inode,
-    size or mtime changes.
+    size or mtime changes; the files scored are remembered across runs in
+    `<journal.dir>/watch-scored.jsonl` (runtime/sources/watch_ledger.py), so a restart does
+    not score them again (existing: all does).
     """
 
     kind = "watch"
@@ -58,6 +66,12 @@ class WatchSource(Source):
         self.claim_dir = self.folder / ".fsac-processing"
         self.claim = cfg.processed == "move"
         self.replaced = 0  # files replaced between read and claim (read again)
+        self.ledger: WatchLedger | None = None  # processed: leave, once the daemon names journal.dir
+        self._unlisted = 0  # scans in a row that could not list the folder
+
+    def use_state_dir(self, folder: str | Path) -> None:
+        if not self.claim:
+            self.ledger = WatchLedger(ledger_path(folder), self.folder.resolve())
 
     def open(self, create: bool = True) -> None:
         require_folder(self.folder)
@@ -86,15 +100,30 @@ class WatchSource(Source):
     def check(self) -> str:
         self.open(create=False)  # --check changes nothing on disk
         extra = f", processed files move to {self.done_dir}" if self.cfg.processed == "move" else ""
+        if self.ledger is not None:
+            keys, why = read_ledger(self.ledger.path, self.ledger.folder)
+            present = _identities(self._scan() or {})
+            if keys is None:
+                extra += f", no earlier run's scored files ({why})"
+            elif self.cfg.existing == "process":
+                extra += f", {len(keys & present)} file(s) scored by earlier runs skipped ({self.ledger.path})"
         return f"watch {self.label} (settle {self.cfg.settle_s:g}s{extra})"
 
-    def _scan(self) -> dict[str, os.stat_result]:
-        found = {}
+    def _scan(self) -> dict[str, os.stat_result] | None:
+        """The image files in the folder, or None when it cannot be listed (a network share
+        gone for a moment: that is not "every file was removed", which would forget what was
+        scored and score the whole folder again once it is back)."""
+        found: dict[str, os.stat_result] = {}
         try:
             entries = list(os.scandir(self.folder))
         except OSError as e:
-            log.warning("cannot list watch folder %s: %s", self.folder, e)
-            return found
+            if not self._unlisted:
+                log.warning("cannot list watch folder %s: %s (retrying every %gs)", self.folder, e, self.cfg.poll_s)
+            self._unlisted += 1
+            return None
+        if self._unlisted:
+            log.info("watch folder %s can be listed again (after %d failed scans)", self.folder, self._unlisted)
+            self._unlisted = 0
         for entry in entries:
             name = entry.name
             if name.startswith(".") or os.path.splitext(name)[1].lower() not in IMAGE_SUFFIXES:
@@ -111,7 +140,16 @@ class WatchSource(Source):
         pending: dict[str, _Candidate] = {}
         done: set[tuple[str, int, int, int]] = set()  # (name, inode, size, mtime_ns): scored already
         if self.cfg.existing == "skip":
-            done = {(n, st.st_ino, st.st_size, st.st_mtime_ns) for n, st in self._scan().items()}
+            done = _identities(self._scan() or {})
+        if self.ledger is not None:
+            earlier = self.ledger.load()
+            if self.cfg.existing == "process":
+                done |= earlier
+                here = len(earlier & _identities(self._scan() or {}))
+                if here:
+                    log.info("watch: %d file(s) in the folder were scored by an earlier run (%s): not scored "
+                             "again (source.existing: all scores them)", here, self.ledger.path)
+        pruned_at = None  # the ledger forgets removed files at the first scan, then once a minute
         if self.claim:  # claimed by a run that died before their records were durable
             for path in sorted(self.claim_dir.iterdir()) if self.claim_dir.is_dir() else []:
                 if stop.is_set():
@@ -121,9 +159,15 @@ class WatchSource(Source):
         while not stop.is_set():
             now = time.monotonic()
             found = self._scan()
+            if found is None:
+                stop.wait(self.cfg.poll_s)
+                continue
             # Forget what left the folder: moved, deleted, or renamed away.
             pending = {n: c for n, c in pending.items() if n in found}
             done = {key for key in done if key[0] in found}
+            if self.ledger is not None and (pruned_at is None or now - pruned_at >= 60.0):
+                self.ledger.prune(_identities(found))
+                pruned_at = now
             # Oldest first: the order in which the line produced them.
             for name in sorted(found, key=lambda n: (found[n].st_mtime_ns, n)):
                 if stop.is_set():
@@ -143,6 +187,7 @@ class WatchSource(Source):
                     continue
                 pending.pop(name, None)
                 done.add(key)
+                frame.identity = key
                 if self.claim:
                     frame = self._claim(frame, st)
                     if frame is None:
@@ -224,6 +269,8 @@ class WatchSource(Source):
         return self._frame(rgb, name, RGB, path=path)
 
     def on_result(self, frame: Frame, record: dict[str, Any]) -> None:
+        if self.ledger is not None and frame.identity is not None:
+            self.ledger.add(frame.identity)  # the record is durable: remember the file as scored
         if self.cfg.processed != "move" or frame.path is None:
             return
         target = self.done_dir / (frame.name or frame.path.name)
@@ -236,3 +283,7 @@ class WatchSource(Source):
             pass  # someone else took it; the result is already recorded
         except OSError as e:
             log.warning("cannot move processed file %s to %s: %s", frame.path, target, e)
+
+    def close(self) -> None:
+        if self.ledger is not None:
+            self.ledger.close()

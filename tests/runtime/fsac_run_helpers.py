@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -201,3 +200,43 @@ def metric_value(text: str, metric: str, **labels: str) -> float | None:
             if s.name == metric and all(s.labels.get(k) == v for k, v in labels.items()):
                 return s.value
     return None
+
+
+def fill(folder: Path) -> Path:
+    """Write a filler file until the file system is full (ENOSPC); return it."""
+    filler = folder / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError:
+        pass
+    os.close(fd)
+    probe = os.open(folder / "probe", os.O_WRONLY | os.O_CREAT)
+    try:  # really full: not even one more block
+        os.write(probe, b"x" * 4096)
+    except OSError:
+        pass
+    else:
+        raise AssertionError(f"{folder} is not full after filling it")
+    os.close(probe)
+    os.unlink(folder / "probe")
+    return filler
+
+
+def png(value: int, size: int = 64) -> bytes:
+    """A uniform size x size PNG of one grey value (the toy model's logit is 2 value/255 - 1)."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.full((size, size, 3), value, np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def drop(folder: Path, name: str, data: bytes) -> None:
+    """How a camera program should write: a hidden temporary name, then one rename."""
+    tmp = folder / f".{name}.part"
+    tmp.write_bytes(data)
+    os.replace(tmp, folder / name)

@@ -4,7 +4,6 @@ journal, frames above the size limit. Every test counts inputs, records and deli
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -21,22 +20,7 @@ import pytest
 
 from fsac.runtime.config import load_config
 from fsac.runtime.daemon import Daemon
-from fsac_run_helpers import fsac_run, metric_value, read_jsonl, wait_for
-
-
-def png(value: int, size: int = 64) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(np.full((size, size, 3), value, np.uint8)).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def drop(folder: Path, name: str, data: bytes) -> None:
-    """How a camera program should write: a hidden temporary name, then one rename."""
-    tmp = folder / f".{name}.part"
-    tmp.write_bytes(data)
-    os.replace(tmp, folder / name)
+from fsac_run_helpers import drop, fill, fsac_run, metric_value, png, read_jsonl, wait_for
 
 
 def config(model: Path, source: str, out: Path, *extra: str):
@@ -54,24 +38,6 @@ def start(daemon: Daemon) -> tuple[threading.Thread, dict]:
 def small_fs(mount_small):
     """A real, tiny file system (tmpfs, 256 KiB) that a test can fill up."""
     return mount_small("256k")
-
-
-def fill(folder: Path) -> Path:
-    """Write a filler file until the file system is full (ENOSPC); return it."""
-    filler = folder / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
-    try:
-        while True:
-            os.write(fd, b"\0" * 4096)
-    except OSError:
-        pass
-    os.close(fd)
-    probe = os.open(folder / "probe", os.O_WRONLY | os.O_CREAT)
-    with pytest.raises(OSError):  # really full: not even one more block
-        os.write(probe, b"x" * 4096)
-    os.close(probe)
-    os.unlink(folder / "probe")
-    return filler
 
 
 def files(folder: Path) -> list[str]:

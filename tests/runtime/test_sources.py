@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import logging
 import threading
 import time
 from pathlib import Path
@@ -194,6 +195,31 @@ def test_watch_skip_existing_and_missing_folder(tmp_path, bottle_images):
     assert [f.name for f in col.frames] == ["new.png"]
     with pytest.raises(FsacError, match="folder not found"):
         WatchSource(SourceConfig(kind="watch", uri=str(tmp_path / "nope"))).open()
+
+
+def test_watch_folder_gone_for_a_moment_is_not_scored_again(tmp_path, bottle_images, caplog):
+    """A network share that cannot be listed for a while is not a folder emptied: the files
+    scored before the outage are not scored again when it comes back."""
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    for i in range(2):
+        (drop / f"p{i}.png").write_bytes(bottle_images[i].read_bytes())
+    src = WatchSource(SourceConfig(kind="watch", uri=str(drop), settle_s=0.05, poll_s=0.02))
+    src.open()
+    col = Collector(src)
+    wait_for(lambda: len(col.frames) == 2, 10, what="p0 and p1")
+    with caplog.at_level(logging.INFO, logger="fsac.runtime"):
+        drop.rename(tmp_path / "away")  # the share is gone: every scan fails
+        time.sleep(0.3)
+        (tmp_path / "away").rename(drop)
+        (drop / "p2.png").write_bytes(bottle_images[2].read_bytes())
+        wait_for(lambda: len(col.frames) >= 3, 10, what="p2")
+        time.sleep(0.3)
+    col.close()
+    assert [f.name for f in col.frames] == ["p0.png", "p1.png", "p2.png"]
+    warned = [r for r in caplog.records if "cannot list watch folder" in r.getMessage()]
+    assert len(warned) == 1  # once per outage, not once per scan
+    assert any("can be listed again" in r.getMessage() for r in caplog.records)
 
 
 def test_frames_path_keeps_file_for_move(tmp_path, image_folder):
