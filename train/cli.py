@@ -121,7 +121,8 @@ def train_command(
     quiet: bool = QUIET,
 ) -> None:
     """Train CLIP-FSAC on 1-4 images of good parts; write a checkpoint (safetensors + JSON)."""
-    from fsac.train.data import EMBEDDED_OBJECT, embedded_dataset, guess_object_name, sample_shots, training_images
+    from fsac.train.data import (EMBEDDED_OBJECT, distinct_by_content, embedded_dataset, guess_object_name,
+                                 sample_shots, training_images)
     from fsac.train.run import run_training
 
     cfg = build_train_config(mode, epochs1, epochs2, lr1, lr2, seed, alpha1, alpha2, beta1, beta2, tau,
@@ -136,6 +137,17 @@ def train_command(
         pool = embedded_dataset().train_pool
         default_object, where = EMBEDDED_OBJECT, "the embedded textile images"
     k = shots if shots is not None else min(4, len(pool))
+    distinct, copies = distinct_by_content(pool)
+    if copies:  # the same photo twice would make a k-shot model that saw fewer than k parts
+        (copy, first), also = copies[0], f" ({len(copies)} such copies)" if len(copies) > 1 else ""
+        if (shots is None and len(pool) <= 4) or k > len(distinct):
+            raise FsacError(f"training images {copy} and {first} have the same bytes{also}; each shot must be a "
+                            f"different image ({len(distinct)} distinct images given)")
+        if not quiet:
+            print(f"note: left out {len(copies)} byte-identical cop{'y' if len(copies) == 1 else 'ies'} of other "
+                  f"images (e.g. {copy} = {first}); shots are drawn from the {len(distinct)} distinct ones",
+                  file=sys.stderr)
+        pool = distinct
     chosen = pool if (shots is None and len(pool) <= 4) else sample_shots(pool, k, seed, where)
     obj = object_name or default_object
     out = out or Path("runs") / obj.replace(" ", "_")

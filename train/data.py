@@ -14,12 +14,15 @@ Errors are one-line `FsacError`s naming the folder at fault.
 
 from __future__ import annotations
 
+import functools
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from fsac.errors import FsacError
+from fsac.io import sha256_file
 from fsac.preprocess import list_images
 
 NORMAL_NAMES = ("normal", "good", "ok", "nominal")
@@ -48,19 +51,59 @@ class Category:
     test: list[TestItem] = field(default_factory=list)
 
     def split(self, k: int, seed: int) -> tuple[list[Path], list[TestItem]]:
-        """Draw k shots from the pool (seeded) -> (shots, test items)."""
-        shots = sample_shots(self.train_pool, k, seed, where=str(self.root))
-        if self.layout == "mvtec":
-            return shots, list(self.test)
+        """Draw k shots from the pool (seeded) -> (shots, test items).
+
+        Shots are drawn from the pool's distinct images (a byte-identical copy would make a
+        k-shot model that saw fewer than k images), and no test item has the bytes of a shot:
+        a copy of a training image in the test set (real sets have them: 11 pairs among
+        shared/data/brain_mri's normals) would be scored as if unseen."""
+        distinct, copies = distinct_by_content(self.train_pool)
+        if copies and len(distinct) < k <= len(self.train_pool):
+            raise FsacError(f"asked for {k} shots but {self.root} has only {len(distinct)} distinct normal images "
+                            f"({len(copies)} are byte-identical copies of others, e.g. {copies[0][0].name} = "
+                            f"{copies[0][1].name})")
+        shots = sample_shots(distinct, k, seed, where=str(self.root))
+        seen = {content_id(p) for p in shots}
+        normals = [] if self.layout == "mvtec" else [TestItem(p, 0, "good") for p in self.train_pool]
+        return shots, [t for t in normals + list(self.test) if not seen or content_id(t.path) not in seen]
+
+    def shot_copies(self, shots: list[Path]) -> list[Path]:
+        """The test images (of any split) with the bytes of one of `shots`, other than the
+        shots themselves: what `split` leaves out of the test set."""
+        seen = {content_id(p) for p in shots}
         chosen = set(shots)
-        normals = [TestItem(p, 0, "good") for p in self.train_pool if p not in chosen]
-        return shots, normals + list(self.test)
+        return [p for p in self.all_test_paths() if p not in chosen and seen and content_id(p) in seen]
 
     def all_test_paths(self) -> list[Path]:
         """Every image that can appear in a test set of this category."""
         if self.layout == "mvtec":
             return [t.path for t in self.test]
         return list(self.train_pool) + [t.path for t in self.test]
+
+
+@functools.lru_cache(maxsize=None)
+def _content_id(path: str, size: int, mtime_ns: int) -> str:
+    return sha256_file(path)
+
+
+def content_id(path: Path) -> str:
+    """sha256 of the file's bytes, computed once per (path, size, mtime)."""
+    st = os.stat(path)
+    return _content_id(str(path), st.st_size, st.st_mtime_ns)
+
+
+def distinct_by_content(paths: list[Path]) -> tuple[list[Path], list[tuple[Path, Path]]]:
+    """(the first path of each distinct content, in order; [(copy, the path it copies)])."""
+    first: dict[str, Path] = {}
+    kept, copies = [], []
+    for p in paths:
+        key = content_id(p)
+        if key in first:
+            copies.append((p, first[key]))
+        else:
+            first[key] = p
+            kept.append(p)
+    return kept, copies
 
 
 def sample_shots(pool: list[Path], k: int, seed: int, where: str = "") -> list[Path]:

@@ -24,7 +24,7 @@ from fsac.preprocess import preprocess_file, stack
 from fsac.score import score_from_logit
 from fsac.train.backbone import Backbone
 from fsac.train.checkpoint import versions
-from fsac.train.data import Category, TestItem
+from fsac.train.data import Category, TestItem, distinct_by_content
 from fsac.train.model import zero_shot_score
 from fsac.train.prompts import object_name_from_category
 from fsac.train.report import EvalReport, RunResult
@@ -114,6 +114,11 @@ def evaluate(backbone: Backbone, categories: list[Category], cfg: EvalConfig, qu
         # are decoded only when drawn; a bad shot stops training with an error naming it.
         pool = [p for p in cat.train_pool if cat.layout == "mvtec" or str(p) in valid]
         clean = Category(cat.name, cat.root, cat.layout, pool, [t for t in cat.test if str(t.path) in valid])
+        _, pool_copies = distinct_by_content(pool)
+        if pool_copies and not quiet:
+            print(f"note: {cat.name}: {len(pool_copies)} normal image(s) are byte-identical copies of others (e.g. "
+                  f"{_rel_path(pool_copies[0][0], cat.root)} = {_rel_path(pool_copies[0][1], cat.root)}); shots "
+                  f"are drawn from the {len(pool) - len(pool_copies)} distinct ones", file=sys.stderr)
         if not [t for t in clean.test if t.label == 1]:
             raise FsacError(f"{cat.root}: no readable anomalous test images")
         for k in cfg.shots:
@@ -121,6 +126,10 @@ def evaluate(backbone: Backbone, categories: list[Category], cfg: EvalConfig, qu
                 raise FsacError(f"asked for {k} shots but {cat.root} has only {len(pool)} normal images")
             for seed in (cfg.seeds[:1] if k == 0 else cfg.seeds):
                 shots, test = clean.split(k, seed)
+                copies = clean.shot_copies(shots)
+                if copies and not quiet:
+                    print(f"note: {cat.name} k={k} seed={seed}: left out of the test set {len(copies)} image(s) with "
+                          f"the bytes of a shot: {', '.join(_rel_path(p, cat.root) for p in copies)}", file=sys.stderr)
                 if not any(t.label == 0 for t in test):
                     raise FsacError(f"{cat.root}: no normal test images left after drawing {k} shots")
                 feats = cache.get([t.path for t in test])
@@ -141,7 +150,7 @@ def evaluate(backbone: Backbone, categories: list[Category], cfg: EvalConfig, qu
                 run = RunResult(category=cat.name, shots=k, seed=seed, metrics=image_metrics(labels, logits),
                                 logits=logits, scores=score_from_logit(logits), labels=[int(x) for x in labels],
                                 image_names=[_rel(t, cat.root) for t in test], train_images=train_names,
-                                diagnostics=diagnostics)
+                                diagnostics=diagnostics, shot_copies=[_rel_path(p, cat.root) for p in copies])
                 results.append(run)
                 if k > 0 and on_model is not None:
                     on_model(run, result)
@@ -165,7 +174,11 @@ def evaluate(backbone: Backbone, categories: list[Category], cfg: EvalConfig, qu
 
 
 def _rel(item: TestItem, root: Path) -> str:
+    return _rel_path(item.path, root)
+
+
+def _rel_path(path: Path, root: Path) -> str:
     try:
-        return str(item.path.relative_to(root))
+        return str(path.relative_to(root))
     except ValueError:
-        return str(item.path)
+        return str(path)

@@ -59,7 +59,8 @@ class RunResult:
     shots: reference images per category (0 = zero-shot baseline, no reference images).
     logits, scores, labels, image_names: one entry per test image, same order (labels 1 =
     anomalous); `metrics` were computed from the logits. image_names may be left empty. train_images: the few-shot reference images
-    of this run (empty for shots = 0).
+    of this run (empty for shots = 0). shot_copies: images left out of this run's test set
+    because they have the bytes of one of its shots (a copy of a training image is not a test).
     """
 
     category: str
@@ -74,6 +75,7 @@ class RunResult:
     # What training did (fsac.train.diagnostics.training_diagnostics, with its warnings); empty for
     # shots = 0, which trains nothing.
     diagnostics: dict = field(default_factory=dict)
+    shot_copies: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         # Accept numpy arrays / Paths from the caller, but store plain JSON-able lists.
@@ -84,6 +86,7 @@ class RunResult:
         self.labels = [int(v) for v in np.asarray(self.labels).ravel()]
         self.image_names = [str(v) for v in self.image_names]
         self.train_images = [str(v) for v in self.train_images]
+        self.shot_copies = [str(v) for v in self.shot_copies]
         where = f"run {self.category}/{self.shots}-shot/seed {self.seed}"
         if len(self.scores) != len(self.labels) or len(self.logits) != len(self.labels):
             raise FsacError(f"{where}: {len(self.logits)} logits and {len(self.scores)} scores but "
@@ -313,6 +316,7 @@ def to_json(report: EvalReport) -> dict:
                 "seed": r.seed,
                 "metrics": r.metrics.to_dict(),
                 "train_images": list(r.train_images),
+                "shot_copies": list(r.shot_copies),
                 "image_names": list(r.image_names),
                 "labels": list(r.labels),
                 "logits": list(r.logits),
@@ -340,6 +344,7 @@ def from_json(d: dict) -> EvalReport:
                 labels=r["labels"],
                 image_names=r.get("image_names", []),
                 train_images=r.get("train_images", []),
+                shot_copies=r.get("shot_copies", []),
                 diagnostics=r.get("diagnostics") or {},
             )
             for r in d.get("results", [])

@@ -64,6 +64,13 @@ def to_markdown(report: EvalReport) -> str:
             )
         md += ["", "Per-image logits and scores, and the reference images of each run, are in report.json. "
                "Metrics are computed from the logits (the score saturates).", ""]
+        copied = [r for r in report.results if r.shot_copies]
+        if copied:
+            md += ["Left out of a run's test set because they have the bytes of one of its shots (a copy of a "
+                   "training image is no test):", ""]
+            md += [f"- {_md_cell(r.category)}, {r.shots} shots, seed {r.seed}: "
+                   + ", ".join(f"`{_md_cell(n)}`" for n in r.shot_copies) for r in copied]
+            md.append("")
 
     md += ["## Setup", ""]
     meta = _flatten(_jsonable(report.meta))

@@ -4,6 +4,7 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 from fsac.cli import main
 from tests.conftest import TINY_ARCH
@@ -51,6 +52,24 @@ def test_shots_option_samples_from_a_folder(bottle, tmp_path):
     assert meta["shots"] == 1 and meta["object_name"] == "bottle"
     assert meta["train"]["preset"] == "visa" and meta["train"]["synth"]["kind"] == "nsa"
     assert meta["head"]["beta1"] == 1.0 and meta["head"]["beta2"] == 1.0
+
+
+def test_the_same_photo_under_two_names_is_not_two_shots(bottle, tmp_path, capsys):
+    good = sorted((bottle / "train" / "good").glob("*.png"))
+    folder = tmp_path / "good"
+    folder.mkdir()
+    for name, src in [("a.png", good[0]), ("a_copy.png", good[0]), ("b.png", good[1]), ("c.png", good[2])]:
+        (folder / name).write_bytes(src.read_bytes())
+    # All four given: one is a copy, so this would be a 4-shot model of 3 parts.
+    assert main(["train", *map(str, sorted(folder.iterdir())), "--out", str(tmp_path / "x")] + FAST) == 2
+    err = capsys.readouterr().err
+    assert "a_copy.png and" in err and "a.png have the same bytes" in err and "3 distinct images given" in err
+    # Drawn from the folder: the copy is left out of the pool, and the run says so.
+    out = tmp_path / "k3"
+    assert main(["train", str(folder), "--shots", "3", "--out", str(out)] + FAST[:-1]) == 0
+    assert "left out 1 byte-identical copy of other images" in capsys.readouterr().err
+    names = sorted(Path(t["name"]).name for t in json.loads((out / "model.json").read_text())["train_images"])
+    assert names == ["a.png", "b.png", "c.png"]
 
 
 def test_synth_command_writes_pngs(bottle, tmp_path):

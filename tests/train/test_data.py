@@ -32,7 +32,8 @@ def test_two_folder_layout_protocol(shared_data):
     shots, test = cat.split(2, seed=1)
     assert len(shots) == 2
     normals = [t.path for t in test if t.label == 0]
-    assert len(normals) == 96 and not set(shots) & set(normals)
+    copies = cat.shot_copies(shots)  # both shots of this draw have a byte-identical twin among the normals
+    assert len(copies) == 2 and len(normals) == 96 - 2 and not set(shots + copies) & set(normals)
     assert sum(t.label for t in test) == 155
 
 
@@ -91,3 +92,41 @@ def test_the_same_training_image_twice_is_refused(bottle):
     with pytest.raises(FsacError, match="000.png is given twice"):
         training_images([bottle / "train" / "good", one])
     assert len(training_images([one, bottle / "train" / "good" / "001.png"])) == 2
+
+
+def test_shots_are_distinct_images_and_no_test_image_is_a_copy_of_one(shared_data):
+    """shared/data/brain_mri has 11 pairs of byte-identical normals. A shot must not be drawn
+    twice under two names, and its copy must not be scored as an unseen test image."""
+    from fsac.train.data import content_id, distinct_by_content
+
+    (cat,) = find_categories(shared_data / "brain_mri")
+    distinct, copies = distinct_by_content(cat.train_pool)
+    assert len(copies) == 11 and len(distinct) == 87
+    leaked = 0
+    for seed in range(6):
+        shots, test = cat.split(4, seed)
+        ids = [content_id(p) for p in shots]
+        assert len(set(ids)) == 4
+        assert not {content_id(t.path) for t in test} & set(ids)
+        left_out = cat.shot_copies(shots)
+        leaked += len(left_out)
+        assert sum(t.label == 0 for t in test) == 98 - 4 - len(left_out) and sum(t.label for t in test) == 155
+    assert leaked >= 3  # these seeds do draw images that have copies (seed 0: 49 no.jpg = no 1.jpg)
+    shots, _ = cat.split(4, 0)
+    assert [p.name for p in cat.shot_copies(shots)] == ["no 1.jpg"]
+
+
+def test_copies_of_the_pool_can_leave_too_few_distinct_shots(tmp_path, bottle):
+    from fsac.train.data import Category
+
+    good = sorted((bottle / "train" / "good").glob("*.png"))
+    pool = []
+    for i, src in enumerate([good[0], good[0], good[1]]):
+        pool.append(tmp_path / f"n{i}.png")
+        pool[-1].write_bytes(src.read_bytes())
+    cat = Category("c", tmp_path, "two-folder", pool, [])
+    with pytest.raises(FsacError, match="only 2 distinct normal images .1 are byte-identical copies of others, "
+                                        "e.g. n1.png = n0.png"):
+        cat.split(3, 0)
+    shots, test = cat.split(2, 0)
+    assert sorted(p.name for p in shots) == ["n0.png", "n2.png"] and test == []  # n1.png is n0.png

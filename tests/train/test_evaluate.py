@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -73,6 +74,38 @@ def test_two_folder_with_corrupt_image_skips_and_lists_it(shared_data, tmp_path,
     two_shot = [r for r in report.results if r.shots == 2][0]
     assert sum(two_shot.labels) == 5 and len(two_shot.labels) == 5 + 8 - 2
     assert not any("corrupt" in n or "truncated" in n for n in two_shot.image_names)
+
+
+def test_a_copy_of_a_shot_is_left_out_of_the_test_set_and_reported(shared_data, tmp_path, tiny_backbone, capsys):
+    """Real sets hold byte-identical copies (shared/data/brain_mri: 11 pairs of normals). A
+    copy of a shot scored as a test normal would be a training image counted as unseen."""
+    from fsac.train.report import from_json, to_json
+    from fsac.train.report_markdown import to_markdown
+
+    root = tmp_path / "mri"
+    for sub, n in (("normal", 4), ("anomalous", 3)):
+        (root / sub).mkdir(parents=True)
+        for p in sorted((shared_data / "brain_mri" / sub).iterdir())[:n]:
+            shutil.copy(p, root / sub / p.name)
+    first = sorted((root / "normal").iterdir())[0]
+    shutil.copy(first, root / "normal" / "zz copy.jpg")  # sorts last: the copy, not the original
+    cfg = EvalConfig(shots=(1, 2), seeds=(0, 1, 2), train=TrainConfig(stage1_epochs=2, stage2_epochs=2))
+    report = evaluate(tiny_backbone, find_categories(root), cfg, quiet=False)
+    err = capsys.readouterr().err
+    assert f"1 normal image(s) are byte-identical copies of others (e.g. normal/zz copy.jpg = normal/{first.name})" in err
+    with_copy = [r for r in report.results if r.shot_copies]
+    assert with_copy, "no run drew the copied image: the test lost its point"
+    for r in report.results:
+        drawn = [Path(t).name for t in r.train_images]
+        assert "zz copy.jpg" not in drawn  # the pool holds one of the two
+        drew = first.name in drawn
+        assert r.shot_copies == (["normal/zz copy.jpg"] if drew else [])
+        assert ("normal/zz copy.jpg" in r.image_names) == (not drew)
+        assert len(r.labels) == 5 - r.shots + 3 - len(r.shot_copies)
+        note = f"note: mri k={r.shots} seed={r.seed}: left out of the test set 1 image(s) with the bytes of a shot"
+        assert (note in err) == drew
+    assert [r.shot_copies for r in from_json(to_json(report)).results] == [r.shot_copies for r in report.results]
+    assert "- mri, " in to_markdown(report) and "`normal/zz copy.jpg`" in to_markdown(report)
 
 
 def test_k_larger_than_pool_is_one_line_error(bottle, tmp_path, capsys):
