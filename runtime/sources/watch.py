@@ -21,6 +21,8 @@ from .watch_ledger import WatchLedger, ledger_path, read_ledger
 
 log = logging.getLogger("fsac.runtime")
 
+SCAN_SHARE = 0.1  # the most of one core's time that scanning the folder may take
+
 
 @dataclass
 class _Candidate:
@@ -68,6 +70,7 @@ class WatchSource(Source):
         self.replaced = 0  # files replaced between read and claim (read again)
         self.ledger: WatchLedger | None = None  # processed: leave, once the daemon names journal.dir
         self._unlisted = 0  # scans in a row that could not list the folder
+        self._slow_scan_said = False
 
     def use_state_dir(self, folder: str | Path) -> None:
         if not self.claim:
@@ -162,28 +165,32 @@ class WatchSource(Source):
             if found is None:
                 stop.wait(self.cfg.poll_s)
                 continue
+            frames_s = 0.0  # reading new files and handing them on: not what a scan of the folder costs
             # Forget what left the folder: moved, deleted, or renamed away.
             pending = {n: c for n, c in pending.items() if n in found}
             done = {key for key in done if key[0] in found}
             if self.ledger is not None and (pruned_at is None or now - pruned_at >= 60.0):
                 self.ledger.prune(_identities(found))
                 pruned_at = now
-            # Oldest first: the order in which the line produced them.
-            for name in sorted(found, key=lambda n: (found[n].st_mtime_ns, n)):
+            # Oldest first: the order in which the line produced them (only the files not scored
+            # yet are sorted: a folder that keeps its files holds mostly scored ones).
+            new = [(st.st_mtime_ns, name) for name, st in found.items()
+                   if (name, st.st_ino, st.st_size, st.st_mtime_ns) not in done]
+            for _, name in sorted(new):
                 if stop.is_set():
                     break
                 st = found[name]
                 key = (name, st.st_ino, st.st_size, st.st_mtime_ns)
-                if key in done:
-                    continue
                 cand = pending.get(name)
                 if cand is None or (cand.size, cand.mtime_ns) != (st.st_size, st.st_mtime_ns):
                     pending[name] = _Candidate(st.st_size, st.st_mtime_ns, cand.first_seen if cand else now, now)
                     continue
                 if now - cand.stable_since < settle:
                     continue
+                t_frame = time.monotonic()
                 frame = self._try_read(name, cand, now, give_up)
                 if frame is None:
+                    frames_s += time.monotonic() - t_frame
                     continue
                 pending.pop(name, None)
                 done.add(key)
@@ -191,9 +198,25 @@ class WatchSource(Source):
                 if self.claim:
                     frame = self._claim(frame, st)
                     if frame is None:
+                        frames_s += time.monotonic() - t_frame
                         continue
                 yield frame
-            stop.wait(self.cfg.poll_s)
+                frames_s += time.monotonic() - t_frame
+            stop.wait(self._poll_wait(time.monotonic() - now - frames_s, len(found)))
+
+    def _poll_wait(self, busy_s: float, n_files: int) -> float:
+        """Seconds until the next scan: source.poll_s, or longer when a scan itself is slow.
+        A folder that keeps its files (processed: leave) grows by one file per part, and with
+        tens of thousands of them listing and stat-ing every 0.2 s would take a core from the
+        model on a 2-core box; so scanning gets at most SCAN_SHARE of one core's time."""
+        wait = max(self.cfg.poll_s, busy_s * (1.0 - SCAN_SHARE) / SCAN_SHARE)
+        if wait > 2 * self.cfg.poll_s and not self._slow_scan_said:
+            self._slow_scan_said = True
+            log.warning("watch: one scan of %s (%d files) takes %.0f ms, so the folder is scanned every %.2f s "
+                        "(at most %d %% of a core) instead of every source.poll_s=%gs; moving scored files away "
+                        "(processed: move) keeps it fast", self.folder, n_files, busy_s * 1e3, wait,
+                        round(SCAN_SHARE * 100), self.cfg.poll_s)
+        return wait
 
     def _try_read(self, name: str, cand: _Candidate, now: float, give_up: float) -> Frame | None:
         path = self.folder / name

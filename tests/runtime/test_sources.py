@@ -222,6 +222,47 @@ def test_watch_folder_gone_for_a_moment_is_not_scored_again(tmp_path, bottle_ima
     assert any("can be listed again" in r.getMessage() for r in caplog.records)
 
 
+def test_watch_a_slow_scan_is_spaced_out_and_said_once(tmp_path, bottle_images, caplog):
+    """A folder that keeps every file grows by one per part; its scan must not take a core.
+    The time spent reading new files is work, not scan cost: a burst does not delay the next scan."""
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    src = WatchSource(SourceConfig(kind="watch", uri=str(drop), settle_s=0.0, poll_s=0.01))
+    src.open()
+    real_scan, real_read, scans = src._scan, src._try_read, []
+
+    def slow_scan():
+        scans.append(time.monotonic())
+        time.sleep(0.03)  # what listing some 30000 files costs
+        return real_scan()
+
+    src._scan = slow_scan
+    with caplog.at_level(logging.WARNING, logger="fsac.runtime"):
+        col = Collector(src)
+        time.sleep(1.5)
+    gaps = np.diff(scans)
+    assert 3 <= len(scans) <= 8, scans  # every poll_s = 0.01 s it would have been about 37
+    assert all(g >= 0.25 for g in gaps), gaps  # 0.03 s of scanning, then at least 0.27 s of rest
+    said = [r.getMessage() for r in caplog.records if "one scan of" in r.getMessage()]
+    assert len(said) == 1 and "(0 files) takes 3" in said[0] and "processed: move" in said[0]
+    col.close()
+
+    # A burst of slow-to-read files (0.1 s each), then one more file: it is found at the next
+    # ordinary poll, not after 9 x the burst's read time.
+    src2 = WatchSource(SourceConfig(kind="watch", uri=str(drop), settle_s=0.0, poll_s=0.05))
+    src2.open()
+    src2._try_read = lambda *a: (time.sleep(0.1), real_read.__func__(src2, *a))[1]
+    for i in range(8):
+        (drop / f"b{i}.png").write_bytes(bottle_images[i % 6].read_bytes())
+    col = Collector(src2)
+    wait_for(lambda: len(col.frames) == 8, 10, what="the burst")
+    (drop / "late.png").write_bytes(bottle_images[0].read_bytes())
+    t = time.monotonic()
+    wait_for(lambda: len(col.frames) == 9, 10, what="late.png")
+    assert time.monotonic() - t < 2.0  # with the burst counted as scanning: about 0.8 s x 9 = 7 s
+    col.close()
+
+
 def test_frames_path_keeps_file_for_move(tmp_path, image_folder):
     src = FolderSource(SourceConfig(kind="folder", uri=str(image_folder)))
     src.open()
