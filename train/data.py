@@ -63,9 +63,9 @@ class Category:
                             f"({len(copies)} are byte-identical copies of others, e.g. {copies[0][0].name} = "
                             f"{copies[0][1].name})")
         shots = sample_shots(distinct, k, seed, where=str(self.root))
-        seen = {content_id(p) for p in shots}
+        drop = {*shots, *self.shot_copies(shots)}
         normals = [] if self.layout == "mvtec" else [TestItem(p, 0, "good") for p in self.train_pool]
-        return shots, [t for t in normals + list(self.test) if not seen or content_id(t.path) not in seen]
+        return shots, [t for t in normals + list(self.test) if t.path not in drop]
 
     def shot_copies(self, shots: list[Path]) -> list[Path]:
         """The test images (of any split) with the bytes of one of `shots`, other than the

@@ -32,9 +32,13 @@ class _Candidate:
     stable_since: float
 
 
+def _identity(name: str, st: os.stat_result) -> tuple[str, int, int, int]:
+    """(name, inode, size, mtime_ns): what "the same file" means here."""
+    return (name, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 def _identities(found: dict[str, os.stat_result]) -> set[tuple[str, int, int, int]]:
-    """(name, inode, size, mtime_ns) of each file: what "the same file" means here."""
-    return {(n, st.st_ino, st.st_size, st.st_mtime_ns) for n, st in found.items()}
+    return {_identity(n, st) for n, st in found.items()}
 
 
 class WatchSource(Source):
@@ -144,14 +148,12 @@ class WatchSource(Source):
         done: set[tuple[str, int, int, int]] = set()  # (name, inode, size, mtime_ns): scored already
         if self.cfg.existing == "skip":
             done = _identities(self._scan() or {})
+        earlier: set[tuple[str, int, int, int]] = set()  # scored by earlier runs: skipped now
         if self.ledger is not None:
-            earlier = self.ledger.load()
+            loaded = self.ledger.load()
             if self.cfg.existing == "process":
+                earlier = loaded
                 done |= earlier
-                here = len(earlier & _identities(self._scan() or {}))
-                if here:
-                    log.info("watch: %d file(s) in the folder were scored by an earlier run (%s): not scored "
-                             "again (source.existing: all scores them)", here, self.ledger.path)
         pruned_at = None  # the ledger forgets removed files at the first scan, then once a minute
         if self.claim:  # claimed by a run that died before their records were durable
             for path in sorted(self.claim_dir.iterdir()) if self.claim_dir.is_dir() else []:
@@ -170,17 +172,20 @@ class WatchSource(Source):
             pending = {n: c for n, c in pending.items() if n in found}
             done = {key for key in done if key[0] in found}
             if self.ledger is not None and (pruned_at is None or now - pruned_at >= 60.0):
-                self.ledger.prune(_identities(found))
+                present = _identities(found)
+                if pruned_at is None and (here := len(earlier & present)):
+                    log.info("watch: %d file(s) in the folder were scored by an earlier run (%s): not scored "
+                             "again (source.existing: all scores them)", here, self.ledger.path)
+                self.ledger.prune(present)
                 pruned_at = now
             # Oldest first: the order in which the line produced them (only the files not scored
             # yet are sorted: a folder that keeps its files holds mostly scored ones).
-            new = [(st.st_mtime_ns, name) for name, st in found.items()
-                   if (name, st.st_ino, st.st_size, st.st_mtime_ns) not in done]
-            for _, name in sorted(new):
+            new = sorted((st.st_mtime_ns, key) for name, st in found.items()
+                         if (key := _identity(name, st)) not in done)
+            for _, key in new:
                 if stop.is_set():
                     break
-                st = found[name]
-                key = (name, st.st_ino, st.st_size, st.st_mtime_ns)
+                name, st = key[0], found[key[0]]
                 cand = pending.get(name)
                 if cand is None or (cand.size, cand.mtime_ns) != (st.st_size, st.st_mtime_ns):
                     pending[name] = _Candidate(st.st_size, st.st_mtime_ns, cand.first_seen if cand else now, now)

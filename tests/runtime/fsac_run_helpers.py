@@ -219,8 +219,9 @@ def fill(folder: Path) -> Path:
         pass
     else:
         raise AssertionError(f"{folder} is not full after filling it")
-    os.close(probe)
-    os.unlink(folder / "probe")
+    finally:
+        os.close(probe)
+        os.unlink(folder / "probe")
     return filler
 
 
